@@ -1,0 +1,342 @@
+"""Typed, strict configuration: dataclasses loaded from YAML.
+
+Unknown keys and wrong types are errors naming the dotted key path, raised before any expensive
+work starts (a typo in a sweep must not cost a night of GPU time).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+_SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key path in the message."""
+
+
+@dataclass
+class DataConfig:
+    kind: str = "generated"  # generated | karpathy
+    path: str | None = None  # Karpathy-format dataset JSON
+    images: str | None = None  # image root folder (Karpathy)
+    tasks_file: str | None = None  # JSON: image filename -> task name
+    instances: str | None = None  # COCO instances JSON: tasks by supercategory
+    cache_dir: str | None = None  # where the generated benchmark is cached (default ~/.cache/ccr)
+    # generated benchmark
+    n_tasks: int = 5
+    train_per_task: int = 400
+    test_per_task: int = 100
+    captions_per_image: int = 4
+    image_size: int = 32
+    generator_seed: int = 0  # the benchmark's own seed: data stays fixed while run seeds vary
+    num_workers: int = 0  # DataLoader workers for image files
+
+
+@dataclass
+class TasksConfig:
+    # list of task names, "random" (permutation from the run seed), or None (dataset's natural order)
+    order: list[str] | str | None = None
+
+
+@dataclass
+class ImageEncoderConfig:
+    pretrained: str | None = None  # local path to a transformers vision model (ViT, CLIP vision)
+    image_size: int = 32
+    patch_size: int = 4
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate_size: int = 128
+    pool: str = "mean"  # mean | cls
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+
+@dataclass
+class TextEncoderConfig:
+    pretrained: str | None = None  # local path to a transformers text model with its tokenizer
+    hidden_size: int = 64
+    layers: int = 2
+    heads: int = 4
+    intermediate_size: int = 128
+    max_length: int = 24
+    min_word_count: int = 1  # words rarer than this in the training captions map to [UNK]
+    pool: str = "mean"  # mean | cls
+
+
+@dataclass
+class ModelConfig:
+    embed_dim: int = 64
+    image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    loss: str = "infonce"  # infonce | vsepp
+    margin: float = 0.2  # VSE++ margin
+    temperature: float = 0.07  # InfoNCE initial temperature (learnable)
+    learn_temperature: bool = True
+    grad_clip: float = 1.0
+    warmup_steps: int = 20
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    # data-parallel training through Ray Train
+    workers: int = 1
+    use_gpu: bool | None = None  # None: whether a GPU is visible
+    grad_accum: int = 1
+    max_failures: int = 0
+
+
+@dataclass
+class StrategyConfig:
+    # a strategy name or a list of names composed in order (e.g. [replay, lwf])
+    name: str | list[str] = "finetune"
+    # per-strategy hyperparameters, validated against each strategy's own Params dataclass
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+@dataclass
+class IndexConfig:
+    policy: str = "reindex"
+    # further policies evaluated on the same training run (indexing never feeds back into training)
+    compare: list[str] = field(default_factory=list)
+    backend: str = "faiss"  # faiss | torch
+    shards: int = 1
+    backfill_budget: float = 0.25  # backfill: fraction (<=1) or count (>1) of old entries per step
+    backfill_order: str = "oldest"  # oldest | drift
+    drift_map_ridge: float = 1e-3  # drift_map: ridge regularisation of the linear map
+    drift_map_fit: int = 1024  # drift_map / backfill(drift): training items of the new task used to fit the map
+    save_snapshots: bool = False
+
+
+@dataclass
+class EvalConfig:
+    scope: str = "task"  # task | seen
+    ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    batch_size: int = 256
+    anatomy: bool = True  # compatibility grid, drift and alignment
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    tasks: TasksConfig = field(default_factory=TasksConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "data.kind": ("generated", "karpathy"),
+    "train.loss": ("infonce", "vsepp"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "model.image.pool": ("mean", "cls"),
+    "model.text.pool": ("mean", "cls"),
+    "index.backend": ("faiss", "torch"),
+    "index.backfill_order": ("oldest", "drift"),
+    "eval.scope": ("task", "seen"),
+}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Check `value` against the annotation `tp`; return it (ints widen to floats)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ConfigError(f"config key '{path}': must not be null (expected {_type_name(tp)})")
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, path)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}': expected a mapping, got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{path}': expected a list, got {type(value).__name__} {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{path}': expected a mapping, got {type(value).__name__} {value!r}")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, str) and _SCI.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads `3e-3` (no dot) as a string
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"config key '{path}': expected float, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"config key '{path}': expected int, got {type(value).__name__} {value!r}")
+        return value
+    if tp in (str, bool):
+        if not isinstance(value, tp):
+            raise ConfigError(f"config key '{path}': expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"config key '{path}': unsupported type {tp}")  # pragma: no cover
+
+
+def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by key path."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        kp = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{kp}' (valid keys here: {', '.join(names)})")
+        kwargs[key] = _convert(value, hints[key], kp)
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """`a.b=VALUE` with VALUE parsed as YAML (so `[a,b]`, `1e-3`, `null` work)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like KEY=VALUE (e.g. index.policy=no_reindex)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {item!r}: value is not valid YAML ({e})") from e
+    return key, value
+
+
+def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
+    """Set a dotted key in a nested dict, creating intermediate mappings."""
+    parts = key.split(".")
+    node = tree
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' is not a section; cannot set '{key}'")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping at the top level")
+    return data
+
+
+def build_config(tree: dict[str, Any]) -> Config:
+    """Build and validate a Config from a (possibly partial) nested dict."""
+    cfg = from_dict(Config, tree)
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The embedded default, updated by an optional YAML file and `KEY=VALUE` overrides."""
+    tree: dict[str, Any] = read_yaml(path) if path else {}
+    for item in overrides or []:
+        key, value = parse_override(item)
+        set_path(tree, key, value)
+    return build_config(tree)
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    for p in dotted.split("."):
+        cfg = getattr(cfg, p)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Semantic checks that types alone cannot express; every message names the key."""
+    for key, allowed in CHOICES.items():
+        v = _get(cfg, key)
+        if v not in allowed:
+            raise ConfigError(f"config key '{key}': {v!r} is not one of {', '.join(allowed)}")
+    positive = ["train.epochs", "train.batch_size", "train.workers", "train.grad_accum", "index.shards",
+                "eval.batch_size", "model.embed_dim", "data.n_tasks", "data.train_per_task",
+                "data.test_per_task", "data.captions_per_image", "data.image_size"]
+    for key in positive:
+        if _get(cfg, key) < 1:
+            raise ConfigError(f"config key '{key}': must be >= 1, got {_get(cfg, key)}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"config key 'train.lr': must be > 0, got {cfg.train.lr}")
+    if cfg.train.temperature <= 0:
+        raise ConfigError(f"config key 'train.temperature': must be > 0, got {cfg.train.temperature}")
+    if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
+        raise ConfigError(f"config key 'eval.ks': must be a non-empty list of positive ints, got {cfg.eval.ks}")
+    if isinstance(cfg.tasks.order, str) and cfg.tasks.order != "random":
+        raise ConfigError(f"config key 'tasks.order': a string must be 'random', got {cfg.tasks.order!r} "
+                          "(give task names as a list, e.g. [a,b])")
+    if isinstance(cfg.tasks.order, list) and len(set(cfg.tasks.order)) != len(cfg.tasks.order):
+        raise ConfigError(f"config key 'tasks.order': names a task twice: {cfg.tasks.order}")
+    if cfg.data.kind == "karpathy":
+        if not cfg.data.path:
+            raise ConfigError("config key 'data.path': required when data.kind is karpathy")
+        if not cfg.data.images:
+            raise ConfigError("config key 'data.images': required when data.kind is karpathy")
+        if not cfg.data.tasks_file and not cfg.data.instances:
+            raise ConfigError("data.kind=karpathy needs 'data.tasks_file' (image -> task) or "
+                              "'data.instances' (COCO annotations: tasks by supercategory)")
+    # names of strategies and policies are checked against their registries (lazy import: no cycle)
+    from ccr.index import check_policy_names
+    from ccr.strategies import check_strategy_config
+
+    check_strategy_config(cfg.strategy)
+    check_policy_names([cfg.index.policy, *cfg.index.compare], cfg.index)

@@ -1,0 +1,117 @@
+"""The in-memory description of an image-caption dataset split into tasks.
+
+Items are numbered globally: images 0..N-1 and captions 0..M-1, each caption owned by one image.
+Every stage (training, indexing, querying) speaks these global ids, so shards and policies can
+map results back without ambiguity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from PIL import Image
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A problem with the dataset files, raised before training starts."""
+
+
+class ImageStore(Protocol):
+    """Something that returns images as uint8 tensors (B, 3, H, W) for global image ids."""
+
+    image_size: int
+
+    def load(self, ids: np.ndarray) -> torch.Tensor: ...
+
+
+class ArrayImages:
+    """All images decoded once and held in memory (the generated benchmark, small datasets)."""
+
+    def __init__(self, array: np.ndarray):
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] != 3:
+            raise ValueError(f"expected a uint8 (N, 3, H, W) array, got {array.dtype} {array.shape}")
+        self.array = torch.from_numpy(np.ascontiguousarray(array))
+        self.image_size = int(array.shape[-1])
+
+    def load(self, ids: np.ndarray) -> torch.Tensor:
+        return self.array[torch.as_tensor(np.asarray(ids), dtype=torch.long)]
+
+
+def load_image_file(path: str | Path, size: int) -> np.ndarray:
+    """Any size, aspect or mode -> RGB, shorter side resized to `size`, centre crop, uint8 (3, size, size)."""
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        w, h = im.size
+        scale = size / min(w, h)
+        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+class FileImages:
+    """Images decoded from files on demand (real datasets that do not fit in memory at full size)."""
+
+    def __init__(self, paths: list[Path], image_size: int):
+        self.paths = paths
+        self.image_size = image_size
+
+    def load(self, ids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.stack([load_image_file(self.paths[i], self.image_size) for i in ids]))
+
+
+@dataclass
+class RetrievalDataset:
+    """Images with captions, splits and task labels (global ids throughout)."""
+
+    name: str
+    image_names: list[str]  # (N,)
+    image_split: np.ndarray  # (N,) str
+    image_task: np.ndarray  # (N,) str
+    captions: list[str]  # (M,)
+    caption_image: np.ndarray  # (M,) int64: owner image of each caption
+    images: ImageStore
+    task_names: list[str]  # natural task order
+
+    def __post_init__(self) -> None:
+        self.caption_image = np.asarray(self.caption_image, dtype=np.int64)
+        self.image_split = np.asarray(self.image_split)
+        self.image_task = np.asarray(self.image_task)
+        order = np.argsort(self.caption_image, kind="stable")
+        counts = np.bincount(self.caption_image, minlength=len(self.image_names))
+        self._caption_order = order
+        self._caption_start = np.concatenate([[0], np.cumsum(counts)])
+
+    @property
+    def n_images(self) -> int:
+        return len(self.image_names)
+
+    def image_ids(self, tasks: str | list[str], split: str) -> np.ndarray:
+        """Global ids of the images of `tasks` in `split`, ascending."""
+        tasks = [tasks] if isinstance(tasks, str) else list(tasks)
+        mask = np.isin(self.image_task, tasks) & (self.image_split == split)
+        return np.nonzero(mask)[0].astype(np.int64)
+
+    def captions_of(self, image_ids: np.ndarray) -> np.ndarray:
+        """Global ids of all captions of the given images, ascending per image."""
+        parts = [self._caption_order[self._caption_start[i]:self._caption_start[i + 1]] for i in image_ids]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def caption_ids(self, tasks: str | list[str], split: str) -> np.ndarray:
+        return np.sort(self.captions_of(self.image_ids(tasks, split)))
+
+    def caption_counts(self) -> np.ndarray:
+        return np.diff(self._caption_start)
+
+    def summary(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for t in self.task_names:
+            out[t] = {s: int(len(self.image_ids(t, s))) for s in SPLITS}
+        return out

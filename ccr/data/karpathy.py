@@ -1,0 +1,140 @@
+"""Loader for the Karpathy JSON format (Flickr30K, MS-COCO) with task assignment.
+
+Every problem with the files (missing or unreadable image, image with no caption, bad split)
+is a DataError raised here, before any model is built or trained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from ccr.config import DataConfig
+from ccr.data.dataset import ArrayImages, DataError, FileImages, RetrievalDataset, load_image_file
+
+log = logging.getLogger(__name__)
+
+SPLIT_MAP = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+PRELOAD_BYTES = 2 << 30  # decode once into memory when the whole set fits in this many bytes
+
+
+def _read_json(path: str | Path, what: str) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} not found: {p}")
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{what} {p} is not valid JSON: {e}") from e
+
+
+def _list_problem(msg: str, items: list[str]) -> DataError:
+    shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+    return DataError(f"{msg}: {shown}")
+
+
+def tasks_from_instances(path: str | Path) -> dict[str, str]:
+    """COCO instances annotations -> {file_name: supercategory of the image's largest object}."""
+    inst = _read_json(path, "COCO instances file")
+    try:
+        supercat = {c["id"]: c["supercategory"] for c in inst["categories"]}
+        files = {im["id"]: im["file_name"] for im in inst["images"]}
+        best: dict[int, tuple[float, str]] = {}
+        for a in inst["annotations"]:
+            area = float(a.get("area", 0.0))
+            if a["image_id"] not in best or area > best[a["image_id"]][0]:
+                best[a["image_id"]] = (area, supercat[a["category_id"]])
+    except (KeyError, TypeError) as e:
+        raise DataError(f"COCO instances file {path} lacks the expected fields "
+                        f"(categories/images/annotations): {e}") from e
+    return {files[i]: sc for i, (_, sc) in best.items() if i in files}
+
+
+def _check_readable(path: Path) -> str | None:
+    try:
+        with Image.open(path) as im:
+            im.verify()
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure means unreadable
+        return f"{path.name} ({type(e).__name__})"
+
+
+def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
+    """Load a Karpathy-format dataset; tasks from `tasks_file` or COCO supercategories."""
+    data = _read_json(cfg.path, "dataset file (data.path)")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"dataset file {cfg.path} must be a JSON object with an 'images' list (Karpathy format)")
+    root = Path(cfg.images)
+    if not root.is_dir():
+        raise DataError(f"image folder (data.images) not found: {root}")
+    if cfg.tasks_file:
+        assign = _read_json(cfg.tasks_file, "tasks file (data.tasks_file)")
+        if not isinstance(assign, dict) or not all(isinstance(v, str) for v in assign.values()):
+            raise DataError(f"tasks file {cfg.tasks_file} must be a JSON object: image filename -> task name")
+    else:
+        assign = tasks_from_instances(cfg.instances)
+
+    names, paths, splits, tasks, captions, cap_img = [], [], [], [], [], []
+    no_caption, bad_split, unassigned = [], [], 0
+    for entry in data["images"]:
+        fn = entry.get("filename")
+        if not fn:
+            raise DataError(f"dataset file {cfg.path}: an image entry has no 'filename': {str(entry)[:120]}")
+        task = assign.get(fn)
+        if task is None:
+            unassigned += 1
+            continue
+        split = SPLIT_MAP.get(entry.get("split", ""))
+        if split is None:
+            bad_split.append(f"{fn} ({entry.get('split')!r})")
+            continue
+        sents = [s.get("raw", "").strip() for s in entry.get("sentences", []) if isinstance(s, dict)]
+        sents = [s for s in sents if s]
+        if not sents:
+            no_caption.append(fn)
+            continue
+        idx = len(names)
+        names.append(fn)
+        paths.append(root / entry.get("filepath", "") / fn)
+        splits.append(split)
+        tasks.append(task)
+        captions.extend(sents)
+        cap_img.extend([idx] * len(sents))
+    if bad_split:
+        raise _list_problem("images with an unknown split (expected train/restval/val/test)", bad_split)
+    if no_caption:
+        raise _list_problem("images with no caption", no_caption)
+    if not names:
+        raise DataError(f"no image of {cfg.path} has a task in the task assignment")
+    if unassigned:
+        log.warning("%d images have no task in the task assignment and are left out", unassigned)
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise _list_problem(f"missing image files under {root}", missing)
+    with ThreadPoolExecutor(8) as pool:
+        unreadable = [r for r in pool.map(_check_readable, paths) if r]
+    if unreadable:
+        raise _list_problem("unreadable image files", unreadable)
+
+    task_names = sorted(set(tasks))
+    nbytes = len(paths) * 3 * image_size * image_size
+    if nbytes <= PRELOAD_BYTES:
+        with ThreadPoolExecutor(8) as pool:
+            arr = np.stack(list(pool.map(lambda p: load_image_file(p, image_size), paths)))
+        store: ArrayImages | FileImages = ArrayImages(arr)
+    else:
+        store = FileImages(paths, image_size)
+    ds = RetrievalDataset(
+        name=Path(cfg.path).stem, image_names=names, image_split=np.array(splits), image_task=np.array(tasks),
+        captions=captions, caption_image=np.array(cap_img), images=store, task_names=task_names,
+    )
+    log.info("loaded %s: %d images, %d captions, tasks %s", cfg.path, len(names), len(captions),
+             dict(Counter(tasks)))
+    return ds

@@ -1,0 +1,57 @@
+"""Batch embedding of gallery items and queries with one model version.
+
+An Embedder is bound to one model state; it memoises per (modality, ids) so that within a step the
+queries, the re-indexing of every policy and the anatomy share one forward pass per item. Cost
+accounting is the policies' job, not this cache's: a policy that asks counts what it asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ccr.data.dataset import RetrievalDataset
+from ccr.models import DualEncoder, TokenizedCaptions
+from ccr.train import autocast_for
+
+
+class Embedder:
+    """Embeds images or captions (by global id) with `model`: (n, D) float32 unit vectors."""
+
+    def __init__(self, model: DualEncoder, dataset: RetrievalDataset, tokens: TokenizedCaptions,
+                 device: torch.device, batch_size: int = 256, amp: bool = True, progress: bool = False):
+        self.model, self.dataset, self.tokens = model, dataset, tokens
+        self.device, self.batch_size, self.amp, self.progress = device, batch_size, amp, progress
+        self._memo: dict[tuple[str, str], np.ndarray] = {}
+        self.computed = {"images": 0, "captions": 0}  # forward passes actually run
+
+    def embed(self, modality: str, ids: np.ndarray) -> np.ndarray:
+        ids = np.asarray(ids, dtype=np.int64)
+        key = (modality, hashlib.sha1(ids.tobytes()).hexdigest())
+        if key not in self._memo:
+            self._memo[key] = self._run(modality, ids)
+        return self._memo[key]
+
+    @torch.inference_mode()
+    def _run(self, modality: str, ids: np.ndarray) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        out = np.empty((len(ids), self.model.cfg.embed_dim), np.float32)
+        chunks = range(0, len(ids), self.batch_size)
+        for lo in tqdm(chunks, desc=f"embed {modality}", leave=False, disable=None if self.progress else True):
+            part = ids[lo:lo + self.batch_size]
+            with autocast_for(self.device, self.amp):
+                if modality == "images":
+                    e = self.model.encode_images(self.dataset.images.load(part).to(self.device))
+                elif modality == "captions":
+                    tid, mask = self.tokens.batch(part)
+                    e = self.model.encode_text(tid.to(self.device), mask.to(self.device))
+                else:
+                    raise ValueError(f"unknown modality {modality!r}")
+            out[lo:lo + len(part)] = e.float().cpu().numpy()
+        self.computed[modality] += len(ids)
+        self.model.train(was_training)
+        return out

@@ -1,0 +1,125 @@
+"""After each task: update every policy's galleries, query them, and record recall and anatomy.
+
+Indexing never feeds back into training, so the configured policy and any `index.compare`
+policies are all evaluated on one training run; each keeps its own galleries and cost counters.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from ccr.anatomy import COMBOS, anatomy_of_task
+from ccr.config import Config
+from ccr.data.dataset import RetrievalDataset
+from ccr.embed import Embedder
+from ccr.index import MODALITIES, IndexState, StepInput, build_policy
+from ccr.metrics import DIRECTIONS, summarize, to_json_matrix
+from ccr.query import evaluate_step
+from ccr.train import task_seed
+
+log = logging.getLogger(__name__)
+
+
+def _nan(n: int) -> np.ndarray:
+    return np.full((n, n), np.nan)
+
+
+class Evaluator:
+    """Holds galleries, recall matrices and anatomy across steps; its state checkpoints with the model."""
+
+    def __init__(self, cfg: Config, ds: RetrievalDataset, order: list[str], device: str = "cpu"):
+        self.cfg, self.ds, self.order = cfg, ds, order
+        n, ks = len(order), cfg.eval.ks
+        self.policy_names = [cfg.index.policy, *cfg.index.compare]
+        self.policies = {p: build_policy(p, cfg.index) for p in self.policy_names}
+        search_device = device if cfg.index.backend == "torch" else "cpu"
+        self.states = {p: IndexState.empty(cfg.index.backend, search_device) for p in self.policy_names}
+        self.recall = {p: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for p in self.policy_names}
+        self.test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")}
+                         for t in order}
+        self.learned: dict[str, dict[str, np.ndarray]] = {}
+        self.anatomy = {"grid": {c: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for c in COMBOS},
+                        "drift": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n)}
+
+    @property
+    def needs_previous_model(self) -> bool:
+        return any(p.needs_previous_model for p in self.policies.values())
+
+    def fit_ids(self, step: int) -> dict[str, np.ndarray]:
+        """Training items of the new task used by policies that fit a drift map."""
+        imgs = self.ds.image_ids(self.order[step], "train")
+        rng = np.random.default_rng(task_seed(self.cfg.seed, step, 2))
+        imgs = np.sort(rng.choice(imgs, min(len(imgs), self.cfg.index.drift_map_fit), replace=False))
+        caps = self.ds.captions_of(imgs)
+        caps = np.sort(rng.choice(caps, min(len(caps), self.cfg.index.drift_map_fit), replace=False))
+        return {"images": imgs, "captions": caps}
+
+    def step(self, step: int, embedder: Embedder, prev_embedder: Embedder | None = None) -> None:
+        """Index task order[step] (θ_step = embedder's model), then query all seen tasks."""
+        seen = self.order[: step + 1]
+        fit = self.fit_ids(step) if self.needs_previous_model else None
+        for name, policy in self.policies.items():
+            inp = StepInput(step, self.order, embedder, self.test_ids, prev_embedder, fit)
+            cost = policy.update(self.states[name], inp)
+            rows = evaluate_step(self.states[name], embedder, self.ds, seen, self.cfg.eval.scope, self.cfg.eval.ks)
+            for d in DIRECTIONS:
+                for i, t in enumerate(seen):
+                    for k in self.cfg.eval.ks:
+                        self.recall[name][d][k][step, i] = rows[d][t][k]
+            log.info("step %d [%s] embedded %s; t2i R@1 %s", step, name, cost,
+                     [round(rows["t2i"][t][1], 1) for t in seen] if 1 in self.cfg.eval.ks else "")
+        if self.cfg.eval.anatomy:
+            self._anatomy(step, embedder)
+
+    def _anatomy(self, step: int, embedder: Embedder) -> None:
+        task = self.order[step]
+        self.learned[task] = {m: embedder.embed(m, self.test_ids[task][m]) for m in MODALITIES}
+        for i, t in enumerate(self.order[: step + 1]):
+            ids = self.test_ids[t]
+            current = {m: embedder.embed(m, ids[m]) for m in MODALITIES}
+            a = anatomy_of_task(self.ds, ids["images"], ids["captions"], self.learned[t], current, self.cfg.eval.ks)
+            for c in COMBOS:
+                for d in DIRECTIONS:
+                    for k in self.cfg.eval.ks:
+                        self.anatomy["grid"][c][d][k][step, i] = a["grid"][c][d][k]
+            for m in MODALITIES:
+                self.anatomy["drift"][m][step, i] = a["drift"][m]
+            self.anatomy["alignment"][step, i] = a["alignment"]
+
+    # ---- checkpointing -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"states": {p: s.state_dict() for p, s in self.states.items()}, "recall": self.recall,
+                "learned": self.learned, "anatomy": self.anatomy}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for p, s in self.states.items():
+            s.load_state_dict(state["states"][p])
+        self.recall, self.learned, self.anatomy = state["recall"], state["learned"], state["anatomy"]
+
+    # ---- results -----------------------------------------------------------------------------
+    def policy_results(self, name: str, upto: int) -> dict[str, Any]:
+        """recall / summary / index_cost of one policy over the first `upto` steps."""
+        mats = {d: {k: m[:upto, :upto] for k, m in by_k.items()} for d, by_k in self.recall[name].items()}
+        st = self.states[name]
+        return {
+            "recall": {d: {str(k): to_json_matrix(m) for k, m in by_k.items()} for d, by_k in mats.items()},
+            "summary": summarize(mats) if upto else {},
+            "index_cost": {"images_embedded": st.cost["images"], "captions_embedded": st.cost["captions"],
+                           "per_step": st.cost_per_step[:upto]},
+        }
+
+    def anatomy_results(self, upto: int) -> dict[str, Any]:
+        def cut(m: np.ndarray) -> list:
+            return to_json_matrix(m[:upto, :upto])
+
+        a = self.anatomy
+        return {
+            "scope": "task",
+            "grid": {c: {d: {str(k): cut(m) for k, m in by_k.items()} for d, by_k in g.items()}
+                     for c, g in a["grid"].items()},
+            "drift": {m: cut(v) for m, v in a["drift"].items()},
+            "alignment": cut(a["alignment"]),
+        }

@@ -1,0 +1,192 @@
+"""Galleries and indexing policies.
+
+Two galleries (images for text->image, captions for image->text) hold, per task, the embedding of
+every test item, its global id and the model version (task step) that embedded it. A policy
+decides what happens to entries of earlier tasks once the model changes, and counts the
+embeddings it computes, so policies compare on quality *and* compute.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from ccr.search import FlatIndex, merge_topk
+
+if TYPE_CHECKING:
+    from ccr.config import IndexConfig
+    from ccr.embed import Embedder
+
+log = logging.getLogger(__name__)
+MODALITIES = ("images", "captions")
+
+
+@dataclass
+class Part:
+    """The entries of one task in one gallery."""
+
+    ids: np.ndarray  # (n,) global item ids, ascending
+    emb: np.ndarray  # (n, d) float32, unit norm
+    version: np.ndarray  # (n,) int: the task step whose model embedded the entry
+    index: FlatIndex | None = None
+
+
+class Gallery:
+    """One modality's gallery, split by task; exact inner-product search over any set of tasks."""
+
+    def __init__(self, modality: str, backend: str = "faiss", device: str = "cpu"):
+        self.modality, self.backend, self.device = modality, backend, device
+        self.parts: dict[str, Part] = {}
+
+    def put(self, task: str, ids: np.ndarray, emb: np.ndarray, version: int | np.ndarray) -> None:
+        v = np.broadcast_to(np.asarray(version, dtype=np.int64), (len(ids),)).copy()
+        self.parts[task] = Part(np.asarray(ids, np.int64), np.asarray(emb, np.float32).copy(), v)
+
+    def replace(self, task: str, rows: np.ndarray, emb: np.ndarray, version: int) -> None:
+        p = self.parts[task]
+        p.emb[rows] = emb
+        p.version[rows] = version
+        p.index = None
+
+    def search(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over the union of `tasks`' entries: (scores (nq, k), global ids (nq, k))."""
+        results = []
+        for t in tasks:
+            p = self.parts[t]
+            if p.index is None:
+                p.index = FlatIndex(p.emb, p.ids, self.backend, self.device)
+            results.append(p.index.search(queries, k))
+        return results[0] if len(results) == 1 else merge_topk(results, k)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {t: {"ids": p.ids, "emb": p.emb, "version": p.version} for t, p in self.parts.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.parts = {t: Part(np.asarray(s["ids"]), np.asarray(s["emb"], np.float32).copy(),
+                              np.asarray(s["version"]).copy()) for t, s in state.items()}
+
+
+@dataclass
+class IndexState:
+    """Both galleries of one policy, and the embeddings that policy has computed so far."""
+
+    galleries: dict[str, Gallery]
+    cost: dict[str, int] = field(default_factory=lambda: {m: 0 for m in MODALITIES})
+    cost_per_step: list[dict[str, int]] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, backend: str = "faiss", device: str = "cpu") -> IndexState:
+        return cls({m: Gallery(m, backend, device) for m in MODALITIES})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"galleries": {m: g.state_dict() for m, g in self.galleries.items()},
+                "cost": dict(self.cost), "cost_per_step": list(self.cost_per_step)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for m, g in self.galleries.items():
+            g.load_state_dict(state["galleries"][m])
+        self.cost = dict(state["cost"])
+        self.cost_per_step = list(state["cost_per_step"])
+
+
+@dataclass
+class StepInput:
+    """What a policy sees at step `step` (task order[step] just learned, model θ_step)."""
+
+    step: int
+    order: list[str]
+    embedder: Embedder  # embeds with θ_step, counting nothing itself
+    test_ids: dict[str, dict[str, np.ndarray]]  # task -> modality -> gallery item ids
+    prev_embedder: Embedder | None = None  # θ_{step-1}, for policies that declare needs_previous_model
+    fit_ids: dict[str, np.ndarray] | None = None  # modality -> training items of the new task
+
+
+POLICIES: dict[str, type[IndexPolicy]] = {}
+
+
+def register_policy(cls: type[IndexPolicy]) -> type[IndexPolicy]:
+    POLICIES[cls.name] = cls
+    return cls
+
+
+class IndexPolicy:
+    """Decides which gallery entries are (re-)embedded after each task. Subclasses set `name`."""
+
+    name: ClassVar[str] = ""
+    needs_previous_model: ClassVar[bool] = False
+
+    def __init__(self, cfg: IndexConfig):
+        self.cfg = cfg
+
+    def _embed(self, state: IndexState, inp: StepInput, modality: str, ids: np.ndarray,
+               counts: dict[str, int], embedder: Embedder | None = None) -> np.ndarray:
+        counts[modality] += len(ids)
+        return (embedder or inp.embedder).embed(modality, ids)
+
+    def _add_new_task(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:
+        task = inp.order[inp.step]
+        for m in MODALITIES:
+            ids = inp.test_ids[task][m]
+            state.galleries[m].put(task, ids, self._embed(state, inp, m, ids, counts), inp.step)
+
+    def _reembed_old(self, state: IndexState, inp: StepInput, modality: str, counts: dict[str, int]) -> None:
+        g = state.galleries[modality]
+        for task in inp.order[: inp.step]:
+            ids = g.parts[task].ids
+            g.put(task, ids, self._embed(state, inp, modality, ids, counts), inp.step)
+
+    def update(self, state: IndexState, inp: StepInput) -> dict[str, int]:
+        counts = {m: 0 for m in MODALITIES}
+        self._add_new_task(state, inp, counts)
+        self.update_old(state, inp, counts)
+        for m in MODALITIES:
+            state.cost[m] += counts[m]
+        state.cost_per_step.append(counts)
+        return counts
+
+    def update_old(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:
+        """What to do with entries of earlier tasks (default: nothing)."""
+
+
+@register_policy
+class Reindex(IndexPolicy):
+    """Re-embed every seen task's gallery with the newest model (the usual default)."""
+
+    name = "reindex"
+
+    def update_old(self, state, inp, counts):
+        for m in MODALITIES:
+            self._reembed_old(state, inp, m, counts)
+
+
+@register_policy
+class NoReindex(IndexPolicy):
+    """Keep each entry as embedded when its task was learned (Wang et al. 2021's remedy)."""
+
+    name = "no_reindex"
+
+
+def check_policy_names(names: list[str], icfg: IndexConfig) -> None:
+    from ccr.config import ConfigError
+
+    valid = ", ".join(sorted(POLICIES))
+    for i, n in enumerate(names):
+        key = "index.policy" if i == 0 else "index.compare"
+        if n not in POLICIES:
+            raise ConfigError(f"config key '{key}': unknown indexing policy {n!r} (valid: {valid})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"index.policy and index.compare name a policy twice: {names}")
+    if icfg.backfill_budget <= 0:
+        raise ConfigError(f"config key 'index.backfill_budget': must be > 0, got {icfg.backfill_budget}")
+    if icfg.drift_map_ridge < 0:
+        raise ConfigError(f"config key 'index.drift_map_ridge': must be >= 0, got {icfg.drift_map_ridge}")
+
+
+def build_policy(name: str, cfg: IndexConfig) -> IndexPolicy:
+    return POLICIES[name](cfg)
+
+
+from ccr import policies as _more  # noqa: E402,F401  (registers the further policies)

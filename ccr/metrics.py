@@ -1,0 +1,74 @@
+"""Retrieval metrics as pure functions over arrays: recall@K, recall matrices, forgetting, BWT.
+
+A recall matrix A is (n, n) in percent: A[s][i] is the recall on task i after learning task s,
+defined for i <= s (NaN above the diagonal).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+DIRECTIONS = ("i2t", "t2i")
+
+
+def recall_at_k(result_owner: np.ndarray, query_owner: np.ndarray, ks: list[int]) -> dict[int, float]:
+    """Percent of queries whose true item is among the first K results.
+
+    result_owner: (nq, >=max K) the image each retrieved item belongs to (for captions: its image);
+    query_owner: (nq,) the image each query belongs to.
+    """
+    if len(query_owner) == 0:
+        return {k: float("nan") for k in ks}
+    hit = result_owner == np.asarray(query_owner)[:, None]
+    first = np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
+    return {k: float(100.0 * np.mean(first < k)) for k in ks}
+
+
+def rsum(recalls: dict[str, dict[int, float]]) -> float:
+    """Sum of R@1, R@5, R@10 in both directions (the usual rsum)."""
+    return float(sum(recalls[d][k] for d in DIRECTIONS for k in (1, 5, 10) if k in recalls[d]))
+
+
+def final_average(a: np.ndarray) -> float:
+    """Mean recall over all tasks after the last task."""
+    return float(np.mean(a[-1]))
+
+
+def forgetting_per_task(a: np.ndarray) -> np.ndarray:
+    """F_i = max_{i<=s<n} A[s][i] - A[n][i], for the first n-1 tasks."""
+    n = len(a)
+    return np.array([np.nanmax(a[i:n - 1, i]) - a[n - 1, i] for i in range(n - 1)])
+
+
+def forgetting(a: np.ndarray) -> float:
+    """Average forgetting over the first n-1 tasks (0 for one task)."""
+    f = forgetting_per_task(a)
+    return float(f.mean()) if len(f) else 0.0
+
+
+def bwt(a: np.ndarray) -> float:
+    """Backward transfer: mean over the first n-1 tasks of A[n][i] - A[i][i] (0 for one task)."""
+    n = len(a)
+    return float(np.mean([a[n - 1, i] - a[i, i] for i in range(n - 1)])) if n > 1 else 0.0
+
+
+def summarize(matrices: dict[str, dict[int, np.ndarray]]) -> dict[str, dict[str, dict[str, float]]]:
+    """{direction: {K: matrix}} -> {"avg_final_recall"|"forgetting"|"bwt": {direction: {K: value}}}."""
+    out: dict[str, dict[str, dict[str, float]]] = {"avg_final_recall": {}, "forgetting": {}, "bwt": {}}
+    for d, by_k in matrices.items():
+        for name, fn in (("avg_final_recall", final_average), ("forgetting", forgetting), ("bwt", bwt)):
+            out[name].setdefault(d, {})
+            for k, m in by_k.items():
+                out[name][d][str(k)] = fn(m)
+    return out
+
+
+def to_json_matrix(a: np.ndarray) -> list[list[float | None]]:
+    """NaN (above the diagonal) becomes null."""
+    return [[None if (isinstance(v, float) and math.isnan(v)) else float(v) for v in row.tolist()] for row in a]
+
+
+def from_json_matrix(rows: list[list[float | None]]) -> np.ndarray:
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=np.float64)

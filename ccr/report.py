@@ -1,0 +1,59 @@
+"""Plain-text tables of a study's results, printed at the end of `ccr run`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _fmt(v: float | None) -> str:
+    return "    -" if v is None else f"{v:5.1f}"
+
+
+def matrix_table(title: str, m: list[list[float | None]], tasks: list[str]) -> str:
+    w = max(8, *(len(t) for t in tasks))
+    lines = [title, " " * (w + 2) + " ".join(f"{t[:5]:>5}" for t in tasks)]
+    for s, row in enumerate(m):
+        lines.append(f"{('after ' + tasks[s])[: w + 1]:<{w + 2}}" + " ".join(_fmt(v) for v in row))
+    return "\n".join(lines)
+
+
+def summary_table(res: dict[str, Any]) -> str:
+    lines = [f"{'policy':<18} {'cost(img+cap)':>14} " + " ".join(
+        f"{d + ' ' + q:>12}" for d in ("i2t", "t2i") for q in ("R@1", "forget@1"))]
+    for name, r in res["by_policy"].items():
+        s, c = r["summary"], r["index_cost"]
+        cells = []
+        for d in ("i2t", "t2i"):
+            cells += [f"{s['avg_final_recall'][d]['1']:12.1f}", f"{s['forgetting'][d]['1']:12.1f}"]
+        lines.append(f"{name:<18} {c['images_embedded'] + c['captions_embedded']:>14} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def anatomy_table(res: dict[str, Any]) -> str:
+    a = res.get("anatomy")
+    if not a:
+        return ""
+    n = len(res["task_order"])
+    last = n - 1
+    lines = ["anatomy after the last task (t2i R@1 by query/gallery model; drift = cosine θ_i vs θ_n):",
+             f"{'task':<10} {'new/old':>8} {'new/new':>8} {'old/old':>8} {'old/new':>8} "
+             f"{'drift img':>9} {'drift cap':>9} {'align':>6}"]
+    g = a["grid"]
+    for i, t in enumerate(res["task_order"]):
+        vals = [g[c]["t2i"]["1"][last][i] for c in ("new_q/old_g", "new_q/new_g", "old_q/old_g", "old_q/new_g")]
+        lines.append(f"{t[:10]:<10} " + " ".join(f"{v:8.1f}" for v in vals)
+                     + f" {a['drift']['images'][last][i]:9.3f} {a['drift']['captions'][last][i]:9.3f}"
+                     + f" {a['alignment'][last][i]:6.3f}")
+    return "\n".join(lines)
+
+
+def render(res: dict[str, Any]) -> str:
+    tasks = res["task_order"]
+    parts = [
+        f"strategy {res['strategy']}, policy {res['policy']}, scope {res['scope']}, seed {res['seed']}",
+        matrix_table("t2i R@1 (row: trained up to, column: evaluated task)", res["recall"]["t2i"]["1"], tasks),
+        matrix_table("i2t R@1", res["recall"]["i2t"]["1"], tasks),
+        summary_table(res),
+        anatomy_table(res),
+    ]
+    return "\n\n".join(p for p in parts if p)

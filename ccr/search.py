@@ -1,0 +1,83 @@
+"""Exact inner-product top-k search over FAISS or torch, and the deterministic merge of partial results.
+
+Results are ordered by score descending, ties broken by the smaller global id, so one flat index,
+several shards or several per-task parts all give the same answer.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    import faiss
+except ImportError:  # pragma: no cover - faiss is a dependency, but the torch backend needs none
+    faiss = None
+
+
+def order_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row by (-score, id) and keep k; padding (id -1) sorts last."""
+    s = np.where(ids < 0, -np.inf, scores)
+    key_id = np.where(ids < 0, np.iinfo(np.int64).max, ids)
+    order = np.lexsort((key_id, -s), axis=1)[:, :k]
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+
+
+def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Merge per-part (scores (nq, ki), global ids (nq, ki)) into the global top-k (largest scores)."""
+    scores = np.concatenate([p[0] for p in parts], axis=1)
+    ids = np.concatenate([p[1] for p in parts], axis=1)
+    return order_topk(scores, ids, k)
+
+
+class FlatIndex:
+    """An exact inner-product index over (n, d) float32 vectors with global ids."""
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray, backend: str = "faiss", device: str = "cpu"):
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.backend = backend
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.dim = vectors.shape[1]
+        if backend == "faiss":
+            if faiss is None:
+                raise RuntimeError("index.backend=faiss but the faiss module is not installed")
+            self.index = faiss.IndexFlatIP(self.dim)
+            self.index.add(vectors)
+        elif backend == "torch":
+            self.matrix = torch.from_numpy(vectors).to(device)
+        else:
+            raise ValueError(f"unknown search backend {backend!r} (faiss or torch)")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _raw(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.backend == "faiss":
+            return self.index.search(q, kk)
+        with torch.inference_mode():
+            s, p = (torch.from_numpy(q).to(self.matrix.device) @ self.matrix.T).topk(kk, dim=1)
+        return s.float().cpu().numpy(), p.cpu().numpy()
+
+    def search(self, queries: np.ndarray, k: int, slack: int = 8) -> tuple[np.ndarray, np.ndarray]:
+        """(nq, d) queries -> top-k (scores, global ids), ties broken by the smaller id.
+
+        Candidates beyond k are fetched until the k-th score is strictly above the last candidate's
+        (or all entries are fetched), so ties across the k-th place resolve exactly by id.
+        """
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        n = len(self)
+        if n == 0 or len(q) == 0:
+            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        kk = min(n, k + slack)
+        while True:
+            scores, pos = self._raw(q, kk)
+            if kk >= n or k > kk or np.all(scores[:, k - 1] > scores[:, kk - 1]):
+                break
+            kk = min(n, kk * 4)
+        ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
+        scores, ids = order_topk(scores, ids, min(k, kk))
+        if ids.shape[1] < k:  # fewer entries than k: pad
+            pad = k - ids.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, ids

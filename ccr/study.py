@@ -1,0 +1,177 @@
+"""One continual cross-modal retrieval study: train task by task, index, query, record.
+
+Everything that can fail on bad input (config, dataset files, task order, strategy and policy
+names) is checked in `Study.__init__`, before a model is built or trained. After each task a
+checkpoint holds the model, the strategy's state and the galleries, so a study resumes from its
+last finished task and ends with the same numbers as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ccr.config import Config, ConfigError, to_dict
+from ccr.data import check_tasks, load_dataset, resolve_task_order
+from ccr.embed import Embedder
+from ccr.evaluation import Evaluator
+from ccr.models import build_model, build_tokenizer, tokenize_all
+from ccr.models.tokenizer import load_tokenizer
+from ccr.provenance import atomic_torch_save, atomic_write_bytes, atomic_write_json, provenance
+from ccr.strategies import TaskContext, build_strategy
+from ccr.train import resolve_device, train_task
+
+log = logging.getLogger(__name__)
+# keys that do not change a study's numbers: a resumed run may differ in them
+NON_RESULT_KEYS = {("train", "threads"), ("train", "max_failures"), ("eval", "batch_size")}
+
+
+def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
+    c = copy.deepcopy(cfg)
+    for sec, key in NON_RESULT_KEYS:
+        c.get(sec, {}).pop(key, None)
+    return c
+
+
+def checkpoint_path(out: Path, step: int) -> Path:
+    return out / "checkpoints" / f"task_{step:02d}.pt"
+
+
+def last_checkpoint(out: Path, n: int) -> int:
+    """Index of the last finished task with a readable checkpoint, or -1."""
+    for step in range(n - 1, -1, -1):
+        if checkpoint_path(out, step).is_file():
+            return step
+    return -1
+
+
+class Study:
+    """A configured study bound to an output folder."""
+
+    def __init__(self, cfg: Config, out: str | Path, progress: bool = True):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.config_dict = to_dict(cfg)
+        self._check_out_dir()
+        self.ds = load_dataset(cfg)
+        self.order = resolve_task_order(cfg, self.ds)
+        check_tasks(self.ds, self.order)
+        self.strategy = build_strategy(cfg.strategy)
+        self.device = resolve_device(cfg.train.device)
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+
+    def _check_out_dir(self) -> None:
+        saved = self.out / "config.yaml"
+        if saved.is_file():
+            old = yaml.safe_load(saved.read_text())
+            if _comparable(old) != _comparable(self.config_dict):
+                raise ConfigError(f"{self.out} holds a study with a different config; resuming it would mix "
+                                  f"results. Use another --out, or delete {self.out}")
+
+    # ---- set-up ------------------------------------------------------------------------------
+    def build(self) -> None:
+        """Tokenizer (fitted on training captions, saved with the run) and model."""
+        tok_dir = self.out / "tokenizer"
+        if (tok_dir / "tokenizer_config.json").is_file():
+            self.tokenizer = load_tokenizer(tok_dir)
+        else:
+            train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(self.order, "train")]
+            self.tokenizer = build_tokenizer(self.cfg.model.text, train_caps)
+            self.tokenizer.save_pretrained(str(tok_dir))
+        self.tokens = tokenize_all(self.tokenizer, self.ds.captions, self.cfg.model.text.max_length)
+        torch.manual_seed(self.cfg.seed)
+        self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train).to(self.device)
+        self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device))
+        self.train_stats: list[dict[str, float]] = []
+
+    def context(self, step: int, rank: int = 0, world_size: int = 1) -> TaskContext:
+        return TaskContext(step, self.order, self.ds, self.tokens, self.cfg, self.device, rank, world_size)
+
+    def embedder(self, model) -> Embedder:
+        return Embedder(model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size, self.cfg.train.amp,
+                        self.progress)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, step: int) -> None:
+        atomic_torch_save(checkpoint_path(self.out, step), {
+            "step": step, "order": self.order, "model": self.model.state_dict(),
+            "strategy": self.strategy.state_dict(), "evaluator": self.evaluator.state_dict(),
+            "train_stats": self.train_stats, "config": self.config_dict,
+        })
+
+    def load_checkpoint(self, step: int) -> None:
+        ck = torch.load(checkpoint_path(self.out, step), map_location=self.device, weights_only=False)
+        if ck["order"] != self.order:
+            raise ConfigError(f"checkpoint {checkpoint_path(self.out, step)} has task order {ck['order']}, "
+                              f"this study has {self.order}")
+        self.model.load_state_dict(ck["model"])
+        self.strategy.load_state_dict(ck["strategy"])
+        self.evaluator.load_state_dict(ck["evaluator"])
+        self.train_stats = ck["train_stats"]
+
+    # ---- the study -----------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(self.out / "config.yaml", yaml.safe_dump(self.config_dict, sort_keys=False).encode())
+        self.started = time.time()
+        self.build()
+        done = last_checkpoint(self.out, len(self.order))
+        if done >= 0:
+            log.info("resuming after task %d (%s) from %s", done, self.order[done], checkpoint_path(self.out, done))
+            self.load_checkpoint(done)
+        for step in range(done + 1, len(self.order)):
+            self.run_task(step)
+        results = self.results(len(self.order), complete=True)
+        atomic_write_json(self.out / "results.json", results)
+        return results
+
+    def run_task(self, step: int) -> None:
+        ctx = self.context(step)
+        prev = copy.deepcopy(self.model).eval() if self.evaluator.needs_previous_model and step > 0 else None
+        log.info("task %d/%d: %s (%s)", step + 1, len(self.order), ctx.task, self.strategy.name)
+        self.strategy.before_task(ctx, self.model)
+        self.train_stats.append(train_task(self.model, ctx, self.strategy, progress=self.progress))
+        self.strategy.after_task(ctx, self.model)
+        self.evaluate(step, prev)
+        self.save_checkpoint(step)
+        atomic_write_json(self.out / "results.json", self.results(step + 1, complete=False))
+
+    def evaluate(self, step: int, prev_model=None) -> None:
+        self.evaluator.step(step, self.embedder(self.model), self.embedder(prev_model) if prev_model else None)
+
+    def results(self, upto: int, complete: bool) -> dict[str, Any]:
+        ev = self.evaluator
+        by_policy = {p: ev.policy_results(p, upto) for p in ev.policy_names}
+        main = by_policy[self.cfg.index.policy]
+        strategy = self.cfg.strategy.name
+        return {
+            "status": "complete" if complete else "running",
+            "tasks_done": upto,
+            "config": self.config_dict,
+            "seed": self.cfg.seed,
+            "task_order": self.order,
+            "strategy": strategy if isinstance(strategy, str) else "+".join(strategy),
+            "policy": self.cfg.index.policy,
+            "scope": self.cfg.eval.scope,
+            "dataset": {"name": self.ds.name, "tasks": self.ds.summary()},
+            **main,
+            "by_policy": by_policy,
+            "anatomy": ev.anatomy_results(upto) if self.cfg.eval.anatomy else None,
+            "train": self.train_stats[:upto],
+            "provenance": {**provenance(), "started": self.started, "finished": time.time(),
+                           "device": str(self.device)},
+        }
+
+
+def run_study(cfg: Config, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one study into `out`; returns the results dict also written to results.json."""
+    return Study(cfg, out, progress).run()
+
+
+__all__ = ["Study", "run_study"]

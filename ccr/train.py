@@ -1,0 +1,143 @@
+"""The per-task training loop: plain torch, one task at a time (Ray Train wraps it for DDP).
+
+Under data parallelism each rank takes its slice of every global batch and the contrastive loss
+is computed over the globally gathered embeddings (gradients kept), so W workers x batch B train
+exactly the objective of 1 worker x batch W*B.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ccr import losses
+from ccr.models import DualEncoder
+from ccr.strategies import Batch, Strategy, TaskContext
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DistInfo:
+    """Data-parallel placement of this process; `gather` all-gathers a tensor keeping gradients."""
+
+    rank: int = 0
+    world_size: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device=cuda but torch sees no GPU")
+    return torch.device(name)
+
+
+def task_seed(seed: int, index: int, salt: int = 0) -> int:
+    """A seed for task `index` that does not depend on what ran before (so resumed runs match)."""
+    return int(np.random.SeedSequence([seed, index, salt]).generate_state(1)[0])
+
+
+def sample_captions(ctx: TaskContext, image_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One caption per image, drawn uniformly among that image's captions."""
+    ds = ctx.dataset
+    counts = ds.caption_counts()[image_ids]
+    pick = (rng.random(len(image_ids)) * counts).astype(np.int64)
+    return ds._caption_order[ds._caption_start[image_ids] + pick]
+
+
+def make_batch(ctx: TaskContext, image_ids: np.ndarray, caption_ids: np.ndarray, n_current: int,
+               device: torch.device) -> Batch:
+    ids, mask = ctx.tokens.batch(caption_ids)
+    images = ctx.dataset.images.load(image_ids)
+    nb = device.type == "cuda"
+    return Batch(image_ids, caption_ids, images.to(device, non_blocking=nb), ids.to(device, non_blocking=nb),
+                 mask.to(device, non_blocking=nb), n_current)
+
+
+def autocast_for(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forward: torch.nn.Module | None = None,
+               dist: DistInfo | None = None, progress: bool = True) -> dict[str, float]:
+    """Train `model` on ctx.task with `strategy`'s hooks; returns summary statistics.
+
+    `forward` is the module to call (a DDP wrapper of `model` under data parallelism).
+    """
+    cfg, dev = ctx.cfg.train, ctx.device
+    dist = dist or DistInfo()
+    forward = forward or model
+    items = strategy.train_items(ctx, ctx.dataset.image_ids(ctx.task, "train"))
+    rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index))
+    torch.manual_seed(task_seed(ctx.cfg.seed, ctx.index, 1))
+    gb = cfg.batch_size * dist.world_size  # global batch
+    steps_per_epoch = max(1, len(items) // gb) if len(items) >= 2 * dist.world_size else 0
+    if steps_per_epoch == 0:
+        raise ValueError(f"task {ctx.task!r} has {len(items)} training images: too few for a batch")
+    total_steps = cfg.epochs * steps_per_epoch // cfg.grad_accum
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    warm = min(cfg.warmup_steps, max(1, total_steps // 5))
+
+    def lr_at(step: int) -> float:  # warmup, then cosine to 10 % of the peak, per task
+        if step < warm:
+            return cfg.lr * (step + 1) / warm
+        p = (step - warm) / max(1, total_steps - warm)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+    model.train()
+    t0, n_pairs, step, loss_sum, n_loss = time.perf_counter(), 0, 0, 0.0, 0
+    last: dict[str, float] = {}
+    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {ctx.task}", leave=False,
+               disable=None if (progress and dist.rank == 0) else True)
+    for _epoch in range(cfg.epochs):
+        perm = items[rng.permutation(len(items))]
+        caps = sample_captions(ctx, perm, rng)
+        for b in range(steps_per_epoch):
+            lo = b * gb + dist.rank * cfg.batch_size  # this rank's slice of the global batch
+            img_ids, cap_ids = perm[lo:lo + cfg.batch_size], caps[lo:lo + cfg.batch_size]
+            n_cur = len(img_ids)
+            img_ids, cap_ids = strategy.augment_batch(ctx, img_ids, cap_ids)
+            batch = make_batch(ctx, img_ids, cap_ids, n_cur, dev)
+            with autocast_for(dev, cfg.amp):
+                img, txt = forward(batch.images, batch.input_ids, batch.attention_mask)
+                batch.img_emb, batch.txt_emb = img, txt
+                gi, gt = (dist.gather(img), dist.gather(txt)) if dist.gather else (img, txt)
+                terms = losses.contrastive(cfg.loss, gi.float(), gt.float(), model.logit_scale, cfg.margin)
+                terms.update(strategy.loss_terms(ctx, model, batch))
+                loss = losses.total(terms)
+            (loss / cfg.grad_accum).backward()
+            if (b + 1) % cfg.grad_accum == 0:
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(step)
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step += 1
+            n_pairs += n_cur * dist.world_size
+            lv = float(loss.detach())
+            loss_sum, n_loss = loss_sum + lv, n_loss + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{lv:.3f}")
+        last = {k: float(v.detach()) for k, v in terms.items()}
+    bar.close()
+    secs = time.perf_counter() - t0
+    stats = {"steps": step, "mean_loss": loss_sum / max(1, n_loss), "seconds": secs,
+             "pairs_per_s": n_pairs / secs if secs > 0 else 0.0, "train_images": int(len(items)),
+             **{f"last/{k}": v for k, v in last.items()}}
+    log.info("task %s: %d steps, mean loss %.4f, %.0f pairs/s", ctx.task, step, stats["mean_loss"],
+             stats["pairs_per_s"])
+    return stats

@@ -1,0 +1,32 @@
+"""Shared fixtures: tiny configs that train in seconds on CPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ccr.config import load_config
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY = [
+    "data.n_tasks=3", "data.train_per_task=48", "data.test_per_task=12", "data.captions_per_image=2",
+    "data.image_size=16", "model.image.image_size=16", "model.image.patch_size=4",
+    "model.image.hidden_size=32", "model.image.layers=1", "model.image.intermediate_size=64",
+    "model.text.hidden_size=32", "model.text.layers=1", "model.text.intermediate_size=64",
+    "model.embed_dim=16", "train.epochs=2", "train.batch_size=16", "train.warmup_steps=2",
+]
+
+
+@pytest.fixture
+def tiny_overrides(tmp_path):
+    return [*TINY, f"data.cache_dir={tmp_path / 'cache'}"]
+
+
+@pytest.fixture
+def tiny_cfg(tiny_overrides):
+    def make(*extra: str):
+        return load_config(None, [*tiny_overrides, *extra])
+
+    return make

@@ -1,0 +1,50 @@
+"""Builds a small dataset in Karpathy format (odd sizes and modes on purpose) for tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+SHAPES = {"animal": ["dog", "cat"], "vehicle": ["car", "bus"]}
+MODES = ["RGB", "L", "RGBA", "P"]
+
+
+def make_karpathy(root: Path, per_task: int = 12, test_per_task: int = 4) -> dict[str, Path]:
+    rng = np.random.default_rng(0)
+    img_dir = root / "images"
+    (img_dir / "sub").mkdir(parents=True, exist_ok=True)
+    entries, tasks = [], {}
+    k = 0
+    for task, words in SHAPES.items():
+        for j in range(per_task):
+            word = words[j % 2]
+            w, h = int(rng.integers(20, 60)), int(rng.integers(20, 60))
+            arr = rng.integers(0, 255, size=(h, w, 3), dtype=np.uint8)
+            im = Image.fromarray(arr).convert(MODES[k % len(MODES)])
+            fn = f"img_{k:03d}.{'png' if k % 2 else 'jpg'}"
+            if fn.endswith("jpg") and im.mode in ("RGBA", "P"):
+                im = im.convert("RGB")
+            im.save(img_dir / "sub" / fn)
+            split = "test" if j < test_per_task else ("restval" if j % 3 == 0 else "train")
+            entries.append({"filename": fn, "filepath": "sub", "split": split, "imgid": k,
+                            "sentences": [{"raw": f"a {word} number {j}"}, {"raw": f"photo of a {word}"}]})
+            tasks[fn] = task
+            k += 1
+    ds = root / "dataset.json"
+    ds.write_text(json.dumps({"dataset": "tiny", "images": entries}))
+    tf = root / "tasks.json"
+    tf.write_text(json.dumps(tasks))
+    # COCO-style instances: supercategory by the largest object
+    cats = [{"id": 1, "name": "dog", "supercategory": "animal"}, {"id": 2, "name": "car", "supercategory": "vehicle"}]
+    images = [{"id": i, "file_name": e["filename"]} for i, e in enumerate(entries)]
+    anns = []
+    for i, e in enumerate(entries):
+        main = 1 if tasks[e["filename"]] == "animal" else 2
+        anns.append({"image_id": i, "category_id": main, "area": 100.0})
+        anns.append({"image_id": i, "category_id": 3 - main, "area": 10.0})
+    inst = root / "instances.json"
+    inst.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
+    return {"path": ds, "images": img_dir, "tasks_file": tf, "instances": inst}

@@ -1,0 +1,58 @@
+import pytest
+
+from ccr.config import ConfigError, load_config, parse_override
+
+
+def test_default_config_is_valid():
+    cfg = load_config()
+    assert cfg.data.kind == "generated" and cfg.index.policy == "reindex" and cfg.strategy.name == "finetune"
+
+
+def test_overrides_parse_yaml_values():
+    cfg = load_config(None, ["index.policy=no_reindex", "tasks.order=[boxes,round]", "train.lr=3e-4",
+                             "train.epochs=2", "seed=7"])
+    assert cfg.index.policy == "no_reindex" and cfg.tasks.order == ["boxes", "round"]
+    assert cfg.train.lr == pytest.approx(3e-4) and cfg.train.epochs == 2 and cfg.seed == 7
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("train.lrr=0.1", "unknown config key 'train.lrr'"),
+    ("bogus=1", "unknown config key 'bogus'"),
+    ("train.epochs=two", "config key 'train.epochs': expected int"),
+    ("train.lr=true", "config key 'train.lr': expected float"),
+    ("model.image.layers=1.5", "config key 'model.image.layers': expected int"),
+    ("index.policy=sometimes", "unknown indexing policy 'sometimes'"),
+    ("strategy.name=magic", "unknown strategy 'magic'"),
+    ("eval.scope=everything", "config key 'eval.scope'"),
+    ("tasks.order=shuffle", "config key 'tasks.order'"),
+    ("train.batch_size=0", "config key 'train.batch_size': must be >= 1"),
+    ("data.kind=karpathy", "config key 'data.path'"),
+    ("train", "KEY=VALUE"),
+])
+def test_config_errors_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=None) as e:
+        load_config(None, [override])
+    assert needle in str(e.value)
+
+
+def test_strategy_error_lists_valid_choices():
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["strategy.name=ewcc"])
+    assert "finetune" in str(e.value) and "joint" in str(e.value)
+
+
+def test_yaml_file_unknown_nested_key(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("model:\n  image:\n    patch: 4\n")
+    with pytest.raises(ConfigError, match="model.image.patch"):
+        load_config(p)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_parse_override_keeps_strings():
+    assert parse_override("tasks.order=random") == ("tasks.order", "random")
+    assert parse_override("data.path=/a/b=c.json") == ("data.path", "/a/b=c.json")

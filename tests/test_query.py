@@ -1,0 +1,110 @@
+"""Recall computed through galleries, FAISS and the policies equals a brute-force numpy reference."""
+
+import numpy as np
+import pytest
+
+from ccr.config import IndexConfig
+from ccr.data.dataset import ArrayImages, RetrievalDataset
+from ccr.index import IndexState, StepInput, build_policy
+from ccr.query import evaluate_step
+from ccr.search import FlatIndex, merge_topk
+
+
+class TableEmbedder:
+    """A fake model: fixed random unit vectors per item."""
+
+    def __init__(self, n_img, n_cap, d, seed):
+        rng = np.random.default_rng(seed)
+        self.table = {m: rng.normal(size=(n, d)).astype(np.float32) for m, n in (("images", n_img),
+                                                                                  ("captions", n_cap))}
+        for t in self.table.values():
+            t /= np.linalg.norm(t, axis=1, keepdims=True)
+
+    def embed(self, modality, ids):
+        return self.table[modality][np.asarray(ids)]
+
+
+def make_dataset(n_tasks=3, per_task=20, caps=3, seed=0):
+    rng = np.random.default_rng(seed)
+    tasks, split, names = [], [], []
+    for t in range(n_tasks):
+        for j in range(per_task):
+            tasks.append(f"t{t}")
+            split.append("test" if j % 2 == 0 else "train")
+            names.append(f"{t}_{j}.png")
+    n = len(names)
+    cap_img = np.repeat(np.arange(n), caps)
+    rng.shuffle(cap_img)  # captions of an image are not contiguous: ids must still map back
+    return RetrievalDataset("fake", names, np.array(split), np.array(tasks), [f"c{i}" for i in range(len(cap_img))],
+                            cap_img, ArrayImages(np.zeros((n, 3, 2, 2), np.uint8)), [f"t{t}" for t in range(n_tasks)])
+
+
+def brute_force(ds, emb, seen, task, scope, ks):
+    where = [task] if scope == "task" else seen
+    g_img = ds.image_ids(where, "test")
+    g_cap = ds.caption_ids(where, "test")
+    q_img = ds.image_ids(task, "test")
+    q_cap = ds.caption_ids(task, "test")
+    out = {}
+    # i2t
+    sims = emb.embed("images", q_img) @ emb.embed("captions", g_cap).T
+    ranked = np.argsort(-sims, axis=1, kind="stable")
+    owners = ds.caption_image[g_cap][ranked]
+    out["i2t"] = {k: 100 * np.mean([(owners[r, :k] == q_img[r]).any() for r in range(len(q_img))]) for k in ks}
+    sims = emb.embed("captions", q_cap) @ emb.embed("images", g_img).T
+    ranked = g_img[np.argsort(-sims, axis=1, kind="stable")]
+    truth = ds.caption_image[q_cap]
+    out["t2i"] = {k: 100 * np.mean([(ranked[r, :k] == truth[r]).any() for r in range(len(q_cap))]) for k in ks}
+    return out
+
+
+@pytest.mark.parametrize("scope", ["task", "seen"])
+@pytest.mark.parametrize("backend", ["faiss", "torch"])
+def test_recall_matches_brute_force(scope, backend):
+    ds = make_dataset()
+    emb = TableEmbedder(ds.n_images, len(ds.captions), 8, seed=1)
+    order, ks = ds.task_names, [1, 5, 10]
+    state = IndexState.empty(backend)
+    policy = build_policy("reindex", IndexConfig())
+    test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")} for t in order}
+    for step in range(len(order)):
+        policy.update(state, StepInput(step, order, emb, test_ids))
+        seen = order[: step + 1]
+        got = evaluate_step(state, emb, ds, seen, scope, ks)
+        for task in seen:
+            ref = brute_force(ds, emb, seen, task, scope, ks)
+            for d in ("i2t", "t2i"):
+                for k in ks:
+                    assert got[d][task][k] == pytest.approx(ref[d][k]), (d, task, k, scope)
+
+
+def test_seen_scope_is_harder_than_task_scope():
+    ds = make_dataset(per_task=40)
+    emb = TableEmbedder(ds.n_images, len(ds.captions), 4, seed=3)
+    order = ds.task_names
+    state = IndexState.empty()
+    test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")} for t in order}
+    pol = build_policy("no_reindex", IndexConfig())
+    for step in range(3):
+        pol.update(state, StepInput(step, order, emb, test_ids))
+    task = evaluate_step(state, emb, ds, order, "task", [10])
+    seen = evaluate_step(state, emb, ds, order, "seen", [10])
+    for t in order:
+        assert seen["t2i"][t][10] <= task["t2i"][t][10]
+
+
+@pytest.mark.parametrize("n_parts", [1, 2, 3])
+def test_merged_parts_equal_one_flat_index_with_ties(n_parts):
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(300, 16)).astype(np.float32)
+    vecs[150:180] = vecs[0]  # exact ties with item 0
+    ids = np.arange(1000, 1300)
+    q = np.concatenate([vecs[:1], rng.normal(size=(20, 16)).astype(np.float32)])
+    ref_s, ref_i = FlatIndex(vecs, ids).search(q, 10)
+    bounds = np.linspace(0, 300, n_parts + 1).astype(int)
+    parts = [FlatIndex(vecs[a:b], ids[a:b]).search(q, 10) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    s, i = merge_topk(parts, 10)
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-6)
+    # ties resolve by the smaller id
+    assert i[0].tolist() == [1000] + list(range(1150, 1159))

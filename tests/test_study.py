@@ -1,0 +1,179 @@
+"""End-to-end studies on tiny generated data: schema, policies, cost, resume, determinism."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ccr.cli import main
+from ccr.config import ConfigError
+from ccr.study import Study, checkpoint_path
+
+
+@pytest.fixture(scope="module")
+def two_policy_run(tmp_path_factory):
+    """One tiny study evaluated under reindex (main) and no_reindex (compare)."""
+    from tests.conftest import TINY
+
+    out = tmp_path_factory.mktemp("run")
+    over = [*TINY, f"data.cache_dir={out / 'cache'}", "index.compare=[no_reindex]"]
+    from ccr.config import load_config
+
+    study = Study(load_config(None, over), out / "study", progress=False)
+    res = study.run()
+    return study, res, out / "study"
+
+
+def test_results_schema(two_policy_run):
+    study, res, out = two_policy_run
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["status"] == "complete"
+    for key in ("config", "task_order", "recall", "summary", "index_cost", "seed", "provenance", "by_policy"):
+        assert key in on_disk
+    n = len(on_disk["task_order"])
+    for d in ("i2t", "t2i"):
+        for k in ("1", "5", "10"):
+            m = on_disk["recall"][d][k]
+            assert len(m) == n and all(len(r) == n for r in m)
+            assert all(m[s][i] is None for s in range(n) for i in range(n) if i > s)
+            assert all(0 <= m[s][i] <= 100 for s in range(n) for i in range(s + 1))
+        for q in ("avg_final_recall", "forgetting", "bwt"):
+            assert set(on_disk["summary"][q][d]) == {"1", "5", "10"}
+    assert on_disk["config"]["seed"] == on_disk["seed"] == 0
+    assert "torch" in on_disk["provenance"]["versions"] and "git" in on_disk["provenance"]
+    assert (out / "config.yaml").is_file() and (out / "tokenizer" / "tokenizer_config.json").is_file()
+    assert all(checkpoint_path(out, s).is_file() for s in range(n))
+
+
+def test_no_reindex_entries_are_bit_identical_to_those_after_their_task(two_policy_run):
+    study, res, out = two_policy_run
+    first = study.order[0]
+    ck0 = torch.load(checkpoint_path(out, 0), weights_only=False)
+    after_task1 = ck0["evaluator"]["states"]["no_reindex"]["galleries"]
+    final = study.evaluator.states["no_reindex"].galleries
+    for m in ("images", "captions"):
+        assert np.array_equal(final[m].parts[first].emb, after_task1[m][first]["emb"])
+        assert (final[m].parts[first].version == 0).all()
+
+
+def test_reindex_entries_equal_the_final_models(two_policy_run):
+    study, res, out = two_policy_run
+    emb = study.embedder(study.model)
+    last = len(study.order) - 1
+    for t in study.order:
+        for m in ("images", "captions"):
+            part = study.evaluator.states["reindex"].galleries[m].parts[t]
+            np.testing.assert_allclose(part.emb, emb.embed(m, part.ids), atol=1e-6)
+            assert (part.version == last).all()
+
+
+def test_index_cost_matches_policy(two_policy_run):
+    study, res, out = two_policy_run
+    ds, order = study.ds, study.order
+    n_img = [len(ds.image_ids(t, "test")) for t in order]
+    n_cap = [len(ds.caption_ids(t, "test")) for t in order]
+    nr = res["by_policy"]["no_reindex"]["index_cost"]
+    assert nr["images_embedded"] == sum(n_img) and nr["captions_embedded"] == sum(n_cap)
+    rx = res["by_policy"]["reindex"]["index_cost"]
+    assert rx["images_embedded"] == sum(sum(n_img[: s + 1]) for s in range(len(order)))
+    assert rx["captions_embedded"] == sum(sum(n_cap[: s + 1]) for s in range(len(order)))
+    assert res["index_cost"] == rx  # the main policy's numbers are the top-level ones
+
+
+def test_policies_agree_on_the_diagonal(two_policy_run):
+    """Right after learning task s, both policies index task s with θ_s: same recall."""
+    _, res, _ = two_policy_run
+    a, b = res["by_policy"]["reindex"]["recall"], res["by_policy"]["no_reindex"]["recall"]
+    for d in ("i2t", "t2i"):
+        for s in range(len(res["task_order"])):
+            assert a[d]["1"][s][s] == b[d]["1"][s][s]
+
+
+def test_cli_run_same_seed_same_numbers_and_resume(tiny_overrides, tmp_path, capsys):
+    sets = [x for o in tiny_overrides for x in ("--set", o)]
+    assert main(["run", "--out", str(tmp_path / "a"), "--quiet", *sets]) == 0
+    assert "t2i R@1" in capsys.readouterr().out
+    assert main(["run", "--out", str(tmp_path / "b"), "--quiet", *sets]) == 0
+    ra = json.loads((tmp_path / "a" / "results.json").read_text())
+    rb = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert ra["recall"] == rb["recall"] and ra["anatomy"] == rb["anatomy"]
+    # interrupt after task 2 of 3: drop the last checkpoint and the final results, then rerun
+    checkpoint_path(tmp_path / "b", 2).unlink()
+    (tmp_path / "b" / "results.json").unlink()
+    assert main(["run", "--out", str(tmp_path / "b"), "--quiet", *sets]) == 0
+    rc = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert rc["recall"] == ra["recall"] and rc["index_cost"] == ra["index_cost"]
+    assert "resuming after task 1" in (tmp_path / "b" / "log.txt").read_text()
+
+
+def test_out_dir_with_other_config_is_refused(tiny_cfg, tmp_path):
+    Study(tiny_cfg("data.n_tasks=2"), tmp_path / "o", progress=False).run()
+    with pytest.raises(ConfigError, match="different config"):
+        Study(tiny_cfg("data.n_tasks=2", "train.lr=0.01"), tmp_path / "o")
+
+
+def test_cli_reports_bad_input_cleanly(tmp_path, capsys):
+    assert main(["run", "--out", str(tmp_path), "--set", "strategy.name=nope"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown strategy 'nope'" in err and "finetune" in err
+
+
+def test_joint_trains_on_all_seen_tasks(tiny_cfg, tmp_path):
+    res = Study(tiny_cfg("strategy.name=joint"), tmp_path, progress=False).run()
+    sizes = [t["train_images"] for t in res["train"]]
+    assert sizes == [48, 96, 144]
+
+
+def test_seen_scope_and_vsepp_and_random_order(tiny_cfg, tmp_path):
+    res = Study(tiny_cfg("eval.scope=seen", "train.loss=vsepp", "tasks.order=random", "seed=3"), tmp_path,
+                progress=False).run()
+    assert res["scope"] == "seen" and sorted(res["task_order"]) == ["boxes", "round", "triangles"]
+    assert res["config"]["train"]["loss"] == "vsepp"
+
+
+def test_karpathy_study_end_to_end(tmp_path):
+    from ccr.config import load_config
+    from tests.conftest import TINY
+    from tests.karpathy_fixture import make_karpathy
+
+    kp = make_karpathy(tmp_path / "data")
+    cfg = load_config(None, [*TINY, "data.kind=karpathy", f"data.path={kp['path']}", f"data.images={kp['images']}",
+                             f"data.tasks_file={kp['tasks_file']}", "train.batch_size=4"])
+    res = Study(cfg, tmp_path / "out", progress=False).run()
+    assert res["task_order"] == ["animal", "vehicle"] and res["dataset"]["name"] == "dataset"
+
+
+def test_pretrained_encoders_load_from_local_paths(tmp_path):
+    """Save a tiny BERT (with its own tokenizer) and ViT, then train a study from those paths."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, ViTConfig, ViTModel
+
+    from ccr.config import load_config
+    from tests.conftest import TINY
+
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "in", "red", "circle", "ring", "square",
+             "frame", "triangle", "wedge", "small", "large", "top", "left", "right", "bottom", "center"]
+    wp = Tokenizer(models.WordPiece({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
+    wp.normalizer, wp.pre_tokenizer = normalizers.BertNormalizer(), pre_tokenizers.BertPreTokenizer()
+    tok = PreTrainedTokenizerFast(tokenizer_object=wp, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                  sep_token="[SEP]", mask_token="[MASK]")
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64), add_pooling_layer=False).save_pretrained(tmp_path / "bert")
+    tok.save_pretrained(tmp_path / "bert")
+    ViTModel(ViTConfig(image_size=16, patch_size=4, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                       intermediate_size=64), add_pooling_layer=False).save_pretrained(tmp_path / "vit")
+    cfg = load_config(None, [*TINY, f"data.cache_dir={tmp_path / 'c'}", "data.n_tasks=2",
+                             f"model.text.pretrained={tmp_path / 'bert'}",
+                             f"model.image.pretrained={tmp_path / 'vit'}"])
+    study = Study(cfg, tmp_path / "out", progress=False)
+    study.build()
+    # the weights really come from the saved files
+    saved_bert, saved_vit = BertModel.from_pretrained(tmp_path / "bert"), ViTModel.from_pretrained(tmp_path / "vit")
+    assert torch.equal(study.model.text_encoder.embeddings.word_embeddings.weight,
+                       saved_bert.embeddings.word_embeddings.weight)
+    assert torch.equal(study.model.image_encoder.embeddings.patch_embeddings.projection.weight,
+                       saved_vit.embeddings.patch_embeddings.projection.weight)
+    assert study.tokenizer.convert_tokens_to_ids("circle") == words.index("circle")
+    res = study.run()
+    assert res["status"] == "complete" and study.model.text_encoder.config.hidden_size == 32
