@@ -56,6 +56,7 @@ class Study:
 
     def __init__(self, cfg: Config, out: str | Path, progress: bool = True):
         self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.started = time.time()
         self.config_dict = to_dict(cfg)
         self._check_out_dir()
         self.ds = load_dataset(cfg)
@@ -119,7 +120,6 @@ class Study:
     def run(self) -> dict[str, Any]:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.out / "config.yaml", yaml.safe_dump(self.config_dict, sort_keys=False).encode())
-        self.started = time.time()
         self.build()
         done = last_checkpoint(self.out, len(self.order))
         if done >= 0:

@@ -1,6 +1,6 @@
 """Strategies, registered by name: `finetune`, `joint` and the continual-learning methods."""
 
-from ccr.strategies import basic  # noqa: F401  (registers)
+from ccr.strategies import basic, distill, regularize, replay  # noqa: F401  (registers)
 from ccr.strategies.base import (
     REGISTRY,
     Batch,

@@ -1,0 +1,119 @@
+"""Function-space strategies that keep a frozen copy of the previous model: LwF-style distillation
+and a backward-compatibility loss (BCT-style) that keeps new queries searchable in old galleries."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ccr import losses
+from ccr.strategies.base import Batch, Strategy, register
+
+
+class _OldModel(Strategy):
+    """Snapshots θ_{t-1}, frozen and in eval mode, before each task after the first."""
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.old: torch.nn.Module | None = None
+
+    def before_task(self, ctx, model):
+        self.old = None
+        if ctx.index > 0:
+            self.old = copy.deepcopy(model).eval()
+            for q in self.old.parameters():
+                q.requires_grad_(False)
+
+    @torch.no_grad()
+    def old_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.old(batch.images, batch.input_ids, batch.attention_mask)
+
+    def after_task(self, ctx, model):
+        self.old = None  # rebuilt from the model before the next task (also after a resume)
+
+
+def similarity_distillation(new_img, new_txt, old_img, old_txt, tau: float) -> torch.Tensor:
+    """KL(old || new) of the in-batch image->text and text->image similarity distributions."""
+    n, o = new_img @ new_txt.T / tau, old_img @ old_txt.T / tau
+    kl = F.kl_div(F.log_softmax(n, 1), F.log_softmax(o, 1), log_target=True, reduction="batchmean")
+    kl_t = F.kl_div(F.log_softmax(n.T, 1), F.log_softmax(o.T, 1), log_target=True, reduction="batchmean")
+    return 0.5 * (kl + kl_t)
+
+
+def embedding_distillation(new: torch.Tensor, old: torch.Tensor) -> torch.Tensor:
+    """1 - cosine between new and old embeddings of the same items (zero when they agree)."""
+    return (1 - (new * old).sum(-1)).mean()
+
+
+@dataclass
+class LwFParams:
+    emb_weight: float = 1.0  # embedding distillation (per modality)
+    sim_weight: float = 1.0  # similarity-structure distillation
+    tau: float = 0.1  # temperature of the distilled similarity distributions
+
+    def check(self, key: str) -> None:
+        from ccr.config import ConfigError
+
+        if self.emb_weight < 0 or self.sim_weight < 0 or self.tau <= 0:
+            raise ConfigError(f"{key}: weights must be >= 0 and tau > 0")
+
+
+@register
+class LwF(_OldModel):
+    """Learning without Forgetting (Li & Hoiem, ECCV 2016) for a dual encoder: the frozen previous
+    model's embeddings of the current batch (per modality) and its in-batch image-text similarity
+    structure are distilled into the new model."""
+
+    name = "lwf"
+    source = "Li & Hoiem 2016, adapted to embeddings and similarity structure"
+    Params = LwFParams
+
+    def loss_terms(self, ctx, model, batch):
+        if self.old is None:
+            return {}
+        oi, ot = (x.float() for x in self.old_embeddings(batch))
+        ni, nt = batch.img_emb.float(), batch.txt_emb.float()
+        p = self.params
+        return {
+            "lwf_emb_loss": p.emb_weight * (embedding_distillation(ni, oi) + embedding_distillation(nt, ot)),
+            "lwf_sim_loss": p.sim_weight * similarity_distillation(ni, nt, oi, ot, p.tau),
+        }
+
+
+@dataclass
+class CompatParams:
+    reg_weight: float = 1.0  # regression of new embeddings to the old model's
+    cross_weight: float = 1.0  # cross-model contrastive: new queries vs old-model gallery embeddings
+
+    def check(self, key: str) -> None:
+        from ccr.config import ConfigError
+
+        if self.reg_weight < 0 or self.cross_weight < 0:
+            raise ConfigError(f"{key}: weights must be >= 0")
+
+
+@register
+class Compat(_OldModel):
+    """Backward-compatible training (in the spirit of BCT, Shen et al., CVPR 2020): new embeddings of
+    current data are pulled towards the old model's space, and new queries must retrieve the old
+    model's gallery embeddings (InfoNCE across models), so `no_reindex` galleries stay searchable."""
+
+    name = "compat"
+    source = "Shen et al. 2020 (BCT), adapted to cross-modal retrieval"
+    Params = CompatParams
+
+    def loss_terms(self, ctx, model, batch):
+        if self.old is None:
+            return {}
+        oi, ot = (x.float() for x in self.old_embeddings(batch))
+        ni, nt = batch.img_emb.float(), batch.txt_emb.float()
+        p = self.params
+        scale = model.logit_scale
+        # new captions -> old images (t2i on an old gallery) and new images -> old captions (i2t)
+        cross = 0.5 * (losses.infonce(oi, nt, scale)["contrastive_loss"]
+                       + losses.infonce(ni, ot, scale)["contrastive_loss"])
+        reg = embedding_distillation(ni, oi) + embedding_distillation(nt, ot)
+        return {"compat_cross_loss": p.cross_weight * cross, "compat_reg_loss": p.reg_weight * reg}

@@ -1,0 +1,148 @@
+"""Parameter-space strategies: EWC (penalise moving important weights) and freezing (forbid it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ccr import losses
+from ccr.strategies.base import Strategy, TaskContext, register
+
+
+def _dist_mean_(t: torch.Tensor) -> None:
+    """All-reduce mean in place when running under torch.distributed (no-op otherwise)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(t)
+        t /= torch.distributed.get_world_size()
+
+
+@dataclass
+class EWCParams:
+    lam: float = 100.0  # penalty weight (Fisher is normalised to mean 1 over all parameters)
+    online: bool = False  # online EWC: one running Fisher with decay instead of one term per task
+    gamma: float = 0.9  # online decay of the running Fisher
+    fisher_batches: int = 32  # batches of the task just learned used to estimate the Fisher
+    fisher_batch_size: int = 16
+
+    def check(self, key: str) -> None:
+        from ccr.config import ConfigError
+
+        if self.lam < 0 or not 0 < self.gamma <= 1 or self.fisher_batches < 1 or self.fisher_batch_size < 2:
+            raise ConfigError(f"{key}: need lam >= 0, 0 < gamma <= 1, fisher_batches >= 1, fisher_batch_size >= 2")
+
+
+@register
+class EWC(Strategy):
+    """Elastic Weight Consolidation (Kirkpatrick et al., PNAS 2017); online variant (Schwarz et al., ICML 2018).
+
+    The diagonal (empirical) Fisher of the retrieval loss over both encoders and projections is
+    estimated on the task just learned; moving a weight costs lam/2 * F * (θ - θ*)^2. Under DDP the
+    Fisher is all-reduced across ranks, so every rank holds the same penalty.
+    """
+
+    name = "ewc"
+    source = "Kirkpatrick et al. 2017; Schwarz et al. 2018 (online)"
+    Params = EWCParams
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.terms: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # (anchor, fisher)
+
+    def penalty(self, model: torch.nn.Module) -> torch.Tensor:
+        named = dict(model.named_parameters())
+        total = torch.zeros((), device=next(model.parameters()).device)
+        for anchor, fisher in self.terms:
+            for n, f in fisher.items():
+                total = total + (f * (named[n] - anchor[n]) ** 2).sum()
+        return 0.5 * self.params.lam * total
+
+    def loss_terms(self, ctx, model, batch):
+        return {"ewc_loss": self.penalty(model)} if self.terms else {}
+
+    def estimate_fisher(self, ctx: TaskContext, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        from ccr.train import make_batch, sample_captions, task_seed
+
+        p = self.params
+        rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 10 + ctx.rank))
+        items = ctx.dataset.image_ids(ctx.task, "train")
+        items = items[ctx.rank::ctx.world_size]  # each rank its shard; all-reduced below
+        named = {n: q for n, q in model.named_parameters() if q.requires_grad}
+        fisher = {n: torch.zeros_like(q) for n, q in named.items()}
+        was = model.training
+        model.eval()
+        n = 0
+        for _ in range(p.fisher_batches):
+            ids = rng.choice(items, min(p.fisher_batch_size, len(items)), replace=False)
+            b = make_batch(ctx, ids, sample_captions(ctx, ids, rng), len(ids), ctx.device)
+            model.zero_grad(set_to_none=True)
+            img, txt = model(b.images, b.input_ids, b.attention_mask)
+            loss = losses.total(losses.contrastive(ctx.cfg.train.loss, img, txt, model.logit_scale,
+                                                   ctx.cfg.train.margin))
+            loss.backward()
+            for k, q in named.items():
+                if q.grad is not None:
+                    fisher[k] += q.grad.detach() ** 2
+            n += 1
+        model.zero_grad(set_to_none=True)
+        model.train(was)
+        for f in fisher.values():
+            f /= n
+            _dist_mean_(f)
+        mean = torch.cat([f.flatten() for f in fisher.values()]).mean().clamp_min(1e-20)
+        return {k: f / mean for k, f in fisher.items()}
+
+    def after_task(self, ctx, model):
+        fisher = self.estimate_fisher(ctx, model)
+        anchor = {n: q.detach().clone() for n, q in model.named_parameters() if n in fisher}
+        if self.params.online and self.terms:
+            old = self.terms[0][1]
+            fisher = {n: self.params.gamma * old.get(n, 0) + f for n, f in fisher.items()}
+            self.terms = [(anchor, fisher)]
+        else:
+            self.terms.append((anchor, fisher))
+
+    def state_dict(self):
+        return {"terms": self.terms}
+
+    def load_state_dict(self, state):
+        self.terms = state.get("terms", [])
+
+
+FREEZE_PARTS = {
+    "image": ("image_encoder",),
+    "text": ("text_encoder",),
+    "image_side": ("image_encoder", "image_proj"),
+    "text_side": ("text_encoder", "text_proj"),
+    "encoders": ("image_encoder", "text_encoder"),  # all but the projections (and temperature)
+}
+
+
+@dataclass
+class FreezeParams:
+    part: str = "image"  # image | text | image_side | text_side | encoders
+
+    def check(self, key: str) -> None:
+        from ccr.config import ConfigError
+
+        if self.part not in FREEZE_PARTS:
+            raise ConfigError(f"{key}.part: {self.part!r} is not one of {', '.join(FREEZE_PARTS)}")
+
+
+@register
+class Freeze(Strategy):
+    """Freeze chosen parts after the first task: the simplest way to keep one side of an index valid
+    (e.g. a frozen image side means the image gallery never needs re-indexing)."""
+
+    name = "freeze"
+    source = "baseline (partial fine-tuning)"
+    Params = FreezeParams
+
+    def before_task(self, ctx, model):
+        if ctx.index == 0:
+            return
+        parts = model.parts()
+        for name in FREEZE_PARTS[self.params.part]:
+            for q in parts[name]:
+                q.requires_grad_(False)
