@@ -121,7 +121,7 @@ FREEZE_PARTS = {
 
 @dataclass
 class FreezeParams:
-    part: str = "image"  # image | text | image_side | text_side | encoders
+    part: str = "image_side"  # image | text | image_side | text_side | encoders
 
     def check(self, key: str) -> None:
         from ccr.config import ConfigError

@@ -1,0 +1,70 @@
+"""Aggregates over seeds (and optionally task orders): mean, std and count of every summary metric."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+METRICS = ["avg_final_recall", "forgetting", "bwt", "index_cost"]
+# what each question prefers: the best configuration per column is highlighted
+BETTER = {"avg_final_recall": "max", "forgetting": "min", "bwt": "max", "index_cost": "min"}
+
+
+def config_columns(summary: pd.DataFrame, by_order: bool = False) -> list[str]:
+    cols = ["strategy", "policy", "scope"] + sorted(c for c in summary.columns if c.startswith("cfg."))
+    return cols + (["task_order"] if by_order else [])
+
+
+def aggregate(summary: pd.DataFrame, by_order: bool = False) -> pd.DataFrame:
+    """Per configuration (everything but the seed; and the task order unless `by_order`), direction and K."""
+    if summary.empty:
+        return summary
+    keys = config_columns(summary, by_order) + ["direction", "k"]
+    g = summary.groupby(keys, dropna=False)[METRICS]
+    out = g.agg(["mean", "std", "count"])
+    out.columns = [f"{m}_{s}" for m, s in out.columns]
+    return out.reset_index()
+
+
+def _cell(mean: float, std: float, digits: int = 1) -> str:
+    if pd.isna(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def markdown_table(agg: pd.DataFrame, k: int = 1) -> str:
+    """Rows: configurations; columns: R@k and forgetting per direction, BWT, index cost, n. Best in bold."""
+    if agg.empty:
+        return "(no results)"
+    a = agg[agg["k"] == k]
+    cfg_cols = [c for c in config_columns(a) if a[c].nunique(dropna=False) > 1 or c in ("strategy", "policy")]
+    wide: dict[tuple, dict[str, tuple[float, float]]] = {}
+    counts: dict[tuple, int] = {}
+    for _, r in a.iterrows():
+        key = tuple(r[c] for c in cfg_cols)
+        d = r["direction"]
+        wide.setdefault(key, {})
+        for m in METRICS:
+            col = m if m == "index_cost" else f"{d} {m}"
+            wide[key][col] = (r[f"{m}_mean"], r[f"{m}_std"])
+        counts[key] = int(r["avg_final_recall_count"])
+    columns = [f"{d} {m}" for d in ("i2t", "t2i") for m in ("avg_final_recall", "forgetting", "bwt")] + ["index_cost"]
+    best = {}
+    for col in columns:
+        vals = [w[col][0] for w in wide.values() if col in w]
+        if vals:
+            best[col] = (max if BETTER[col.split()[-1]] == "max" else min)(vals)
+    nice = {"avg_final_recall": f"R@{k}", "forgetting": f"F@{k}", "bwt": f"BWT@{k}", "index_cost": "index cost"}
+    head = [*cfg_cols, *[(c.split()[0] + " " if " " in c else "") + nice[c.split()[-1]] for c in columns], "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key in sorted(wide, key=lambda x: tuple(str(v) for v in x)):
+        cells = [str(v) for v in key]
+        for col in columns:
+            if col not in wide[key]:
+                cells.append("")
+                continue
+            mean, std = wide[key][col]
+            txt = _cell(mean, std, 0 if col == "index_cost" else 1)
+            cells.append(f"**{txt}**" if mean == best.get(col) else txt)
+        cells.append(str(counts[key]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

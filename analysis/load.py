@@ -1,0 +1,147 @@
+"""Find ccr results under a folder and turn them into one tidy table.
+
+One row per (run, policy, trained-up-to step, evaluated task, direction, K, metric). Corrupt result
+files are reported by name and skipped; runs still going (or that left no results) are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+log = logging.getLogger(__name__)
+ID_COLUMNS = ["run", "strategy", "policy", "task_order", "seed", "scope"]
+
+
+@dataclass
+class Collected:
+    runs: dict[str, dict[str, Any]] = field(default_factory=dict)  # run name -> results
+    corrupt: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    incomplete: list[str] = field(default_factory=list)  # running or stopped before the last task
+    missing: list[str] = field(default_factory=list)  # a run folder (config.yaml) with no results.json
+    failed: list[tuple[str, str]] = field(default_factory=list)  # sweep trials recorded as failed
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v) if isinstance(v, (list, dict)) else v
+    return out
+
+
+def _valid(res: Any) -> str | None:
+    if not isinstance(res, dict):
+        return "not a JSON object"
+    for key in ("config", "task_order", "recall", "by_policy", "seed"):
+        if key not in res:
+            return f"no '{key}'"
+    return None
+
+
+def collect(root: str | Path) -> Collected:
+    root = Path(root)
+    c = Collected()
+    if not root.exists():
+        raise FileNotFoundError(f"no such folder: {root}")
+    for path in sorted(root.rglob("results.json")):
+        if "analysis" in path.relative_to(root).parts[:-1]:
+            continue
+        name = str(path.parent.relative_to(root)) or path.parent.name
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            c.corrupt.append((str(path), f"unreadable JSON: {e}"))
+            log.warning("skipping corrupt results file %s: %s", path, e)
+            continue
+        why = _valid(res)
+        if why:
+            c.corrupt.append((str(path), why))
+            log.warning("skipping results file %s: %s", path, why)
+            continue
+        if res.get("status") != "complete":
+            c.incomplete.append(name)
+        c.runs[name] = res
+    for cfg in sorted(root.rglob("config.yaml")):
+        if not (cfg.parent / "results.json").exists():
+            c.missing.append(str(cfg.parent.relative_to(root)))
+    for err in sorted(root.rglob("error.txt")):  # written by `ccr sweep` for failed trials
+        c.failed.append((str(err.parent.relative_to(root)), err.read_text()[-500:]))
+    return c
+
+
+def swept_keys(runs: dict[str, dict[str, Any]]) -> list[str]:
+    """Config keys whose values differ between runs (besides seed and task order)."""
+    flat = [_flatten(r["config"]) for r in runs.values()]
+    keys = sorted(set().union(*flat)) if flat else []
+    skip = {"seed", "tasks.order"}
+    return [k for k in keys if k not in skip and len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
+
+
+def run_info(name: str, res: dict[str, Any], swept: list[str]) -> dict[str, Any]:
+    flat = _flatten(res["config"])
+    info = {"run": name, "strategy": res.get("strategy"), "task_order": ">".join(res["task_order"]),
+            "seed": res["seed"], "scope": res.get("scope"), "complete": res.get("status") == "complete"}
+    info.update({f"cfg.{k}": flat.get(k) for k in swept if k not in ("strategy.name",)})
+    return info
+
+
+def tidy(c: Collected) -> pd.DataFrame:
+    """The long table: recall per policy, and the anatomy (policy 'anatomy:*') where present."""
+    swept = swept_keys(c.runs)
+    rows = []
+    for name, res in c.runs.items():
+        info = run_info(name, res, swept)
+        order = res["task_order"]
+        for policy, pr in res["by_policy"].items():
+            for d, by_k in pr["recall"].items():
+                for k, m in by_k.items():
+                    for s, row in enumerate(m):
+                        for i, v in enumerate(row):
+                            if v is not None:
+                                rows.append({**info, "policy": policy, "step": s, "task": order[i], "task_index": i,
+                                             "direction": d, "k": int(k), "metric": "recall", "value": v})
+        a = res.get("anatomy")
+        if a:
+            for combo, by_d in a["grid"].items():
+                for d, by_k in by_d.items():
+                    for k, m in by_k.items():
+                        rows += _matrix_rows(info, m, order, f"grid:{combo}", d, int(k))
+            for mod, m in a["drift"].items():
+                rows += _matrix_rows(info, m, order, "drift", mod, None)
+            rows += _matrix_rows(info, a["alignment"], order, "alignment", None, None)
+    df = pd.DataFrame(rows)
+    if not df.empty:
+        df["k"] = df["k"].astype("Int64")
+    return df
+
+
+def _matrix_rows(info, m, order, metric, direction, k):
+    return [{**info, "policy": "anatomy", "step": s, "task": order[i], "task_index": i, "direction": direction,
+             "k": k, "metric": metric, "value": v}
+            for s, row in enumerate(m) for i, v in enumerate(row) if v is not None]
+
+
+def per_run_summary(c: Collected) -> pd.DataFrame:
+    """One row per (run, policy, direction, K): final average recall, forgetting, BWT, index cost."""
+    swept = swept_keys(c.runs)
+    rows = []
+    for name, res in c.runs.items():
+        info = run_info(name, res, swept)
+        for policy, pr in res["by_policy"].items():
+            cost = pr["index_cost"]
+            for d in pr["summary"].get("avg_final_recall", {}):
+                for k in pr["summary"]["avg_final_recall"][d]:
+                    rows.append({**info, "policy": policy, "direction": d, "k": int(k),
+                                 "avg_final_recall": pr["summary"]["avg_final_recall"][d][k],
+                                 "forgetting": pr["summary"]["forgetting"][d][k], "bwt": pr["summary"]["bwt"][d][k],
+                                 "index_cost": cost["images_embedded"] + cost["captions_embedded"]})
+    return pd.DataFrame(rows)

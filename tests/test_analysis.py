@@ -1,0 +1,114 @@
+"""analysis/: aggregation against hand-computed numbers, corrupt files, plots and report, round trip."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.aggregate import aggregate, markdown_table
+from analysis.load import collect, per_run_summary, tidy
+from analysis.report import analyze, load_tidy
+
+
+def fake_result(strategy, seed, final, forget, cost=100, order=("a", "b")):
+    """A minimal results.json: 2 tasks, recall matrices chosen so the summary is easy to check."""
+    m = [[final + forget, None], [final, final]]
+    summ = {"avg_final_recall": {d: {"1": final} for d in ("i2t", "t2i")},
+            "forgetting": {d: {"1": forget} for d in ("i2t", "t2i")},
+            "bwt": {d: {"1": -forget} for d in ("i2t", "t2i")}}
+    pol = {"recall": {d: {"1": m} for d in ("i2t", "t2i")}, "summary": summ,
+           "index_cost": {"images_embedded": cost, "captions_embedded": 2 * cost, "per_step": []}}
+    return {"status": "complete", "config": {"seed": seed, "strategy": {"name": strategy}, "train": {"lr": 0.1}},
+            "seed": seed, "task_order": list(order), "strategy": strategy, "policy": "reindex", "scope": "task",
+            "recall": pol["recall"], "summary": summ, "index_cost": pol["index_cost"], "by_policy": {"reindex": pol}}
+
+
+@pytest.fixture
+def results_dir(tmp_path):
+    vals = {"finetune": [(10.0, 30.0), (20.0, 40.0), (30.0, 20.0)], "ewc": [(25.0, 5.0), (35.0, 15.0)]}
+    for s, rows in vals.items():
+        for seed, (final, forget) in enumerate(rows):
+            p = tmp_path / f"{s}-{seed}"
+            p.mkdir()
+            (p / "results.json").write_text(json.dumps(fake_result(s, seed, final, forget)))
+    return tmp_path
+
+
+def test_aggregate_hand_computed(results_dir):
+    c = collect(results_dir)
+    agg = aggregate(per_run_summary(c))
+    ft = agg[(agg.strategy == "finetune") & (agg.direction == "t2i") & (agg.k == 1)].iloc[0]
+    assert ft.avg_final_recall_mean == pytest.approx(20.0)
+    assert ft.avg_final_recall_std == pytest.approx(10.0)  # sample std of 10, 20, 30
+    assert ft.avg_final_recall_count == 3
+    assert ft.forgetting_mean == pytest.approx(30.0) and ft.forgetting_std == pytest.approx(10.0)
+    assert ft.index_cost_mean == 300
+    ewc = agg[(agg.strategy == "ewc") & (agg.direction == "i2t")].iloc[0]
+    assert ewc.avg_final_recall_mean == pytest.approx(30.0)
+    assert ewc.avg_final_recall_std == pytest.approx(np.std([25, 35], ddof=1))
+    assert ewc.bwt_mean == pytest.approx(-10.0) and ewc.avg_final_recall_count == 2
+    md = markdown_table(agg, 1)
+    assert "**30.0 ± 7.1**" in md  # best final recall in bold
+    assert "**10.0 ± 7.1**" in md  # least forgetting in bold
+
+
+def test_corrupt_and_incomplete_files_are_reported_and_skipped(results_dir):
+    (results_dir / "broken").mkdir()
+    (results_dir / "broken" / "results.json").write_text('{"status": "comp')
+    (results_dir / "wrong").mkdir()
+    (results_dir / "wrong" / "results.json").write_text('{"status": "complete"}')
+    (results_dir / "pending").mkdir()
+    (results_dir / "pending" / "config.yaml").write_text("seed: 0\n")
+    running = fake_result("lwf", 0, 1.0, 1.0)
+    running["status"] = "running"
+    (results_dir / "running").mkdir()
+    (results_dir / "running" / "results.json").write_text(json.dumps(running))
+    out = analyze(results_dir)
+    status = json.loads((out / "status.json").read_text())
+    assert {p.split("/")[-2] for p, _ in status["corrupt"]} == {"broken", "wrong"}
+    assert status["missing"] == ["pending"] and status["incomplete"] == ["running"] and status["runs"] == 6
+    page = (out / "report.html").read_text()
+    assert "broken" in page and "pending" in page and "running" in page
+
+
+def test_tidy_table_shape_and_round_trip(results_dir, tmp_path):
+    c = collect(results_dir)
+    long = tidy(c)
+    # 5 runs x 2 directions x 1 K x 3 defined cells
+    assert len(long) == 5 * 2 * 3
+    assert set(long.columns) >= {"run", "strategy", "policy", "task_order", "seed", "step", "task", "direction",
+                                 "k", "metric", "value"}
+    out = analyze(results_dir, tmp_path / "an")
+    back = load_tidy(out)
+    pd.testing.assert_frame_equal(back.reset_index(drop=True), long.reset_index(drop=True), check_dtype=False)
+    csv = pd.read_csv(out / "tidy.csv")
+    assert len(csv) == len(long)
+
+
+def test_swept_keys_become_columns(tmp_path):
+    for lr in (0.1, 0.2):
+        r = fake_result("finetune", 0, 10.0, 1.0)
+        r["config"]["train"]["lr"] = lr
+        (tmp_path / f"lr{lr}").mkdir()
+        (tmp_path / f"lr{lr}" / "results.json").write_text(json.dumps(r))
+    agg = aggregate(per_run_summary(collect(tmp_path)))
+    assert "cfg.train.lr" in agg.columns and sorted(agg["cfg.train.lr"].unique()) == [0.1, 0.2]
+
+
+@pytest.mark.slow
+def test_plots_and_report_from_a_real_tiny_study(tiny_cfg, tmp_path):
+    from ccr.study import Study
+
+    for s in ("finetune", "lwf"):
+        for seed in (0, 1):
+            Study(tiny_cfg(f"strategy.name={s}", f"seed={seed}", "data.n_tasks=2", "index.compare=[no_reindex]"),
+                  tmp_path / "runs" / f"{s}-{seed}", progress=False).run()
+    out = analyze(tmp_path / "runs")
+    for name in ("heatmaps_t2i_R1.png", "task_curves_t2i_R1_reindex.png", "forgetting_R1.png",
+                 "quality_vs_cost_t2i_R1.png", "compatibility_grid.png", "drift.png", "report.html", "summary.md"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64") == 6 and "lwf" in page
+    md = (out / "summary.md").read_text()
+    assert "| finetune | no_reindex |" in md and "| lwf | reindex |" in md
