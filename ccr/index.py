@@ -35,21 +35,59 @@ class Part:
 
 
 class Gallery:
-    """One modality's gallery, split by task; exact inner-product search over any set of tasks."""
+    """One modality's gallery, split by task; exact inner-product search over any set of tasks.
+
+    Policies talk to a gallery only through `embed`, `apply_map`, `movement`, `ids`/`versions` and
+    `search`, so a sharded gallery (ccr.distributed.shards) can stand in for this local one.
+    """
 
     def __init__(self, modality: str, backend: str = "faiss", device: str = "cpu"):
         self.modality, self.backend, self.device = modality, backend, device
         self.parts: dict[str, Part] = {}
 
+    def tasks(self) -> list[str]:
+        return list(self.parts)
+
+    def ids(self, task: str) -> np.ndarray:
+        return self.parts[task].ids
+
+    def versions(self, task: str) -> np.ndarray:
+        return self.parts[task].version
+
+    def entries(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        p = self.parts[task]
+        return p.ids, p.emb, p.version
+
     def put(self, task: str, ids: np.ndarray, emb: np.ndarray, version: int | np.ndarray) -> None:
         v = np.broadcast_to(np.asarray(version, dtype=np.int64), (len(ids),)).copy()
-        self.parts[task] = Part(np.asarray(ids, np.int64), np.asarray(emb, np.float32).copy(), v)
+        order = np.argsort(ids, kind="stable")
+        self.parts[task] = Part(np.asarray(ids, np.int64)[order], np.asarray(emb, np.float32)[order].copy(), v[order])
 
-    def replace(self, task: str, rows: np.ndarray, emb: np.ndarray, version: int) -> None:
+    def embed(self, task: str, ids: np.ndarray, version: int, embedder: Embedder) -> None:
+        """(Re-)embed entries `ids` of `task` with model `version` (new task: all its entries)."""
+        ids = np.asarray(ids, np.int64)
+        emb = embedder.embed(self.modality, ids)
+        if task not in self.parts:
+            self.put(task, ids, emb, version)
+            return
         p = self.parts[task]
+        rows = np.searchsorted(p.ids, ids)
+        if len(ids) and (rows >= len(p.ids)).any() or not np.array_equal(p.ids[np.clip(rows, 0, len(p.ids) - 1)], ids):
+            raise KeyError(f"gallery {self.modality}/{task}: re-embedding ids that are not entries")
         p.emb[rows] = emb
         p.version[rows] = version
         p.index = None
+
+    def apply_map(self, task: str, mat: np.ndarray) -> None:
+        """Move every entry of `task` through a linear map (then renormalise): drift compensation."""
+        p = self.parts[task]
+        p.emb[:] = apply_map(p.emb, mat)
+        p.index = None
+
+    def movement(self, task: str, mat: np.ndarray) -> np.ndarray:
+        """How far each entry would move under `mat` (aligned with ids(task))."""
+        p = self.parts[task]
+        return np.linalg.norm(apply_map(p.emb, mat) - p.emb, axis=1)
 
     def search(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Top-k over the union of `tasks`' entries: (scores (nq, k), global ids (nq, k))."""
@@ -67,6 +105,11 @@ class Gallery:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.parts = {t: Part(np.asarray(s["ids"]), np.asarray(s["emb"], np.float32).copy(),
                               np.asarray(s["version"]).copy()) for t, s in state.items()}
+
+
+def apply_map(emb: np.ndarray, m: np.ndarray) -> np.ndarray:
+    out = emb @ m
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass
@@ -121,22 +164,27 @@ class IndexPolicy:
     def __init__(self, cfg: IndexConfig):
         self.cfg = cfg
 
-    def _embed(self, state: IndexState, inp: StepInput, modality: str, ids: np.ndarray,
-               counts: dict[str, int], embedder: Embedder | None = None) -> np.ndarray:
+    def _embed(self, state: IndexState, inp: StepInput, modality: str, task: str, ids: np.ndarray,
+               counts: dict[str, int]) -> None:
+        """(Re-)embed gallery entries with θ_step, counting them."""
         counts[modality] += len(ids)
-        return (embedder or inp.embedder).embed(modality, ids)
+        state.galleries[modality].embed(task, ids, inp.step, inp.embedder)
+
+    def _fit_embed(self, inp: StepInput, modality: str, ids: np.ndarray, counts: dict[str, int],
+                   previous: bool) -> np.ndarray:
+        """Embeddings computed to fit a drift map (not gallery entries), counted all the same."""
+        counts[modality] += len(ids)
+        return (inp.prev_embedder if previous else inp.embedder).embed(modality, ids)
 
     def _add_new_task(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:
         task = inp.order[inp.step]
         for m in MODALITIES:
-            ids = inp.test_ids[task][m]
-            state.galleries[m].put(task, ids, self._embed(state, inp, m, ids, counts), inp.step)
+            self._embed(state, inp, m, task, inp.test_ids[task][m], counts)
 
     def _reembed_old(self, state: IndexState, inp: StepInput, modality: str, counts: dict[str, int]) -> None:
         g = state.galleries[modality]
         for task in inp.order[: inp.step]:
-            ids = g.parts[task].ids
-            g.put(task, ids, self._embed(state, inp, modality, ids, counts), inp.step)
+            self._embed(state, inp, modality, task, g.ids(task), counts)
 
     def update(self, state: IndexState, inp: StepInput) -> dict[str, int]:
         counts = {m: 0 for m in MODALITIES}

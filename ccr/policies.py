@@ -37,16 +37,11 @@ def fit_linear_map(x: np.ndarray, y: np.ndarray, ridge: float) -> np.ndarray:
     return np.linalg.solve(x64.T @ x64 + ridge * len(x) * np.eye(d), x64.T @ y64).astype(np.float32)
 
 
-def apply_map(emb: np.ndarray, m: np.ndarray) -> np.ndarray:
-    out = emb @ m
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
 class _FitsDrift(IndexPolicy):
     def _fit(self, state: IndexState, inp: StepInput, modality: str, counts: dict[str, int]) -> np.ndarray:
         ids = inp.fit_ids[modality]
-        x = self._embed(state, inp, modality, ids, counts, inp.prev_embedder)
-        y = self._embed(state, inp, modality, ids, counts)
+        x = self._fit_embed(inp, modality, ids, counts, previous=True)
+        y = self._fit_embed(inp, modality, ids, counts, previous=False)
         return fit_linear_map(x, y, self.cfg.drift_map_ridge)
 
 
@@ -63,11 +58,8 @@ class DriftMap(_FitsDrift):
             return
         for m in MODALITIES:
             mat = self._fit(state, inp, m, counts)
-            g = state.galleries[m]
             for task in inp.order[: inp.step]:
-                p = g.parts[task]
-                p.emb[:] = apply_map(p.emb, mat)
-                p.index = None
+                state.galleries[m].apply_map(task, mat)
 
 
 @register_policy
@@ -91,21 +83,16 @@ class Backfill(_FitsDrift):
         old = inp.order[: inp.step]
         for m in MODALITIES:
             g = state.galleries[m]
-            task_of = np.concatenate([np.full(len(g.parts[t].ids), i) for i, t in enumerate(old)])
-            row_of = np.concatenate([np.arange(len(g.parts[t].ids)) for t in old])
-            ids = np.concatenate([g.parts[t].ids for t in old])
-            version = np.concatenate([g.parts[t].version for t in old])
+            task_of = np.concatenate([np.full(len(g.ids(t)), i) for i, t in enumerate(old)])
+            ids = np.concatenate([g.ids(t) for t in old])
             if self.cfg.backfill_order == "drift":
                 mat = self._fit(state, inp, m, counts)
-                emb = np.concatenate([g.parts[t].emb for t in old])
-                moved = np.linalg.norm(apply_map(emb, mat) - emb, axis=1)
+                moved = np.concatenate([g.movement(t, mat) for t in old])
                 pick = np.lexsort((ids, -moved))
             else:
-                pick = np.lexsort((ids, version))
+                pick = np.lexsort((ids, np.concatenate([g.versions(t) for t in old])))
             pick = pick[: self.budget(len(ids))]
             for i, t in enumerate(old):
-                sel = pick[task_of[pick] == i]
-                if len(sel):
-                    rows = row_of[sel]
-                    emb_new = self._embed(state, inp, m, g.parts[t].ids[rows], counts)
-                    g.replace(t, rows, emb_new, inp.step)
+                chosen = np.sort(ids[pick[task_of[pick] == i]])
+                if len(chosen):
+                    self._embed(state, inp, m, t, chosen, counts)

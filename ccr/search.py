@@ -33,18 +33,22 @@ def merge_topk(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple[np.n
 class FlatIndex:
     """An exact inner-product index over (n, d) float32 vectors with global ids."""
 
-    def __init__(self, vectors: np.ndarray, ids: np.ndarray, backend: str = "faiss", device: str = "cpu"):
+    # scores of one query chunk stay under this many bytes (the torch backend on a GPU)
+    CHUNK_BYTES = 1 << 31
+
+    def __init__(self, vectors: np.ndarray | torch.Tensor, ids: np.ndarray, backend: str = "faiss",
+                 device: str = "cpu", dtype: str = "float32"):
         self.ids = np.asarray(ids, dtype=np.int64)
         self.backend = backend
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.dim = vectors.shape[1]
         if backend == "faiss":
             if faiss is None:
                 raise RuntimeError("index.backend=faiss but the faiss module is not installed")
             self.index = faiss.IndexFlatIP(self.dim)
-            self.index.add(vectors)
+            self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
         elif backend == "torch":
-            self.matrix = torch.from_numpy(vectors).to(device)
+            v = vectors if isinstance(vectors, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(vectors))
+            self.matrix = v.to(device=device, dtype=getattr(torch, dtype))
         else:
             raise ValueError(f"unknown search backend {backend!r} (faiss or torch)")
 
@@ -54,15 +58,23 @@ class FlatIndex:
     def _raw(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
         if self.backend == "faiss":
             return self.index.search(q, kk)
+        m = self.matrix
+        chunk = max(1, self.CHUNK_BYTES // (len(self) * m.element_size()))
+        qt = torch.from_numpy(q).to(m.device, non_blocking=True).to(m.dtype)
+        scores, pos = [], []
         with torch.inference_mode():
-            s, p = (torch.from_numpy(q).to(self.matrix.device) @ self.matrix.T).topk(kk, dim=1)
-        return s.float().cpu().numpy(), p.cpu().numpy()
+            for lo in range(0, len(qt), chunk):
+                s, p = (qt[lo:lo + chunk] @ m.T).topk(kk, dim=1)
+                scores.append(s)
+                pos.append(p)
+            return torch.cat(scores).float().cpu().numpy(), torch.cat(pos).cpu().numpy()
 
-    def search(self, queries: np.ndarray, k: int, slack: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, slack: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """(nq, d) queries -> top-k (scores, global ids), ties broken by the smaller id.
 
-        Candidates beyond k are fetched until the k-th score is strictly above the last candidate's
-        (or all entries are fetched), so ties across the k-th place resolve exactly by id.
+        One candidate beyond k is fetched: when the k-th score is strictly above it, the top-k set is
+        unique; otherwise (a tie across the k-th place) more are fetched until it is, so ties resolve
+        exactly by id at the cost of one extra candidate in the common case.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         n = len(self)

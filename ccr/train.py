@@ -98,7 +98,8 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
 
     model.train()
-    t0, n_pairs, step, loss_sum, n_loss = time.perf_counter(), 0, 0, 0.0, 0
+    t0, n_pairs, step, n_loss = time.perf_counter(), 0, 0, 0
+    loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
     last: dict[str, float] = {}
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {ctx.task}", leave=False,
                disable=None if (progress and dist.rank == 0) else True)
@@ -128,14 +129,16 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
                 opt.zero_grad(set_to_none=True)
                 step += 1
             n_pairs += n_cur * dist.world_size
-            lv = float(loss.detach())
-            loss_sum, n_loss = loss_sum + lv, n_loss + 1
+            loss_sum += loss.detach().float()
+            n_loss += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{lv:.3f}")
+            if not bar.disable and n_loss % 25 == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
         last = {k: float(v.detach()) for k, v in terms.items()}
     bar.close()
+    mean_loss = float(loss_sum) / max(1, n_loss)  # synchronises: the timing below includes all queued work
     secs = time.perf_counter() - t0
-    stats = {"steps": step, "mean_loss": loss_sum / max(1, n_loss), "seconds": secs,
+    stats = {"steps": step, "mean_loss": mean_loss, "seconds": secs,
              "pairs_per_s": n_pairs / secs if secs > 0 else 0.0, "train_images": int(len(items)),
              **{f"last/{k}": v for k, v in last.items()}}
     log.info("task %s: %d steps, mean loss %.4f, %.0f pairs/s", ctx.task, step, stats["mean_loss"],
