@@ -117,12 +117,18 @@ class IndexConfig:
     # further policies evaluated on the same training run (indexing never feeds back into training)
     compare: list[str] = field(default_factory=list)
     backend: str = "faiss"  # faiss | torch
-    shards: int = 1
+    shards: int = 1  # > 1: galleries sharded over Ray actors
+    shard_cpus: float = 1.0  # Ray resources of each shard actor
+    shard_gpus: float = 0.0
     backfill_budget: float = 0.25  # backfill: fraction (<=1) or count (>1) of old entries per step
     backfill_order: str = "oldest"  # oldest | drift
     drift_map_ridge: float = 1e-3  # drift_map: ridge regularisation of the linear map
     drift_map_fit: int = 1024  # drift_map / backfill(drift): training items of the new task used to fit the map
-    save_snapshots: bool = False
+    save_snapshots: bool = False  # after each step, each shard's galleries (out/snapshots/POLICY/step_NN)
+    approx: str = "none"  # none | ivf | hnsw: approximate search (its recall@10 vs exact is reported)
+    nlist: int = 64  # IVF lists (capped at a quarter of the training vectors)
+    nprobe: int = 8  # IVF lists probed per query
+    hnsw_m: int = 16
 
 
 @dataclass
@@ -153,6 +159,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "model.text.pool": ("mean", "cls"),
     "index.backend": ("faiss", "torch"),
     "index.backfill_order": ("oldest", "drift"),
+    "index.approx": ("none", "ivf", "hnsw"),
     "eval.scope": ("task", "seen"),
 }
 
@@ -326,6 +333,8 @@ def validate(cfg: Config) -> None:
                           "(give task names as a list, e.g. [a,b])")
     if isinstance(cfg.tasks.order, list) and len(set(cfg.tasks.order)) != len(cfg.tasks.order):
         raise ConfigError(f"config key 'tasks.order': names a task twice: {cfg.tasks.order}")
+    if cfg.index.approx != "none" and cfg.index.backend != "faiss":
+        raise ConfigError("config key 'index.approx': approximate search needs index.backend=faiss")
     if cfg.data.kind == "karpathy":
         if not cfg.data.path:
             raise ConfigError("config key 'data.path': required when data.kind is karpathy")

@@ -36,13 +36,19 @@ class Evaluator:
         self.policy_names = [cfg.index.policy, *cfg.index.compare]
         self.policies = {p: build_policy(p, cfg.index) for p in self.policy_names}
         search_device = device if cfg.index.backend == "torch" else "cpu"
-        self.states = {p: IndexState.empty(cfg.index.backend, search_device) for p in self.policy_names}
+        self.states = {}
+        for p in self.policy_names:
+            self._next_policy = p  # lets a sharded evaluator name each policy's galleries
+            self.states[p] = self.make_state(cfg, search_device)
         self.recall = {p: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for p in self.policy_names}
         self.test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")}
                          for t in order}
         self.learned: dict[str, dict[str, np.ndarray]] = {}
         self.anatomy = {"grid": {c: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for c in COMBOS},
                         "drift": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n)}
+
+    def make_state(self, cfg: Config, device: str) -> IndexState:
+        return IndexState.empty(cfg.index, device)
 
     @property
     def needs_previous_model(self) -> bool:
@@ -60,6 +66,7 @@ class Evaluator:
     def step(self, step: int, embedder: Embedder, prev_embedder: Embedder | None = None) -> None:
         """Index task order[step] (θ_step = embedder's model), then query all seen tasks."""
         seen = self.order[: step + 1]
+        self.before_index(step, embedder)
         fit = self.fit_ids(step) if self.needs_previous_model else None
         for name, policy in self.policies.items():
             inp = StepInput(step, self.order, embedder, self.test_ids, prev_embedder, fit)
@@ -73,6 +80,16 @@ class Evaluator:
                      [round(rows["t2i"][t][1], 1) for t in seen] if 1 in self.cfg.eval.ks else "")
         if self.cfg.eval.anatomy:
             self._anatomy(step, embedder)
+
+    def before_index(self, step: int, embedder: Embedder) -> None:
+        """Hook for galleries that embed elsewhere (shards receive the step's model here)."""
+
+    def close(self) -> None:
+        """Release what the evaluator holds outside this process (shard actors)."""
+
+    def save_snapshots(self, folder: Path, step: int) -> None:
+        for name, st in self.states.items():
+            st.save_snapshot(folder / name / f"step_{step:02d}", step)
 
     def _anatomy(self, step: int, embedder: Embedder) -> None:
         task = self.order[step]
@@ -109,6 +126,8 @@ class Evaluator:
             "summary": summarize(mats) if upto else {},
             "index_cost": {"images_embedded": st.cost["images"], "captions_embedded": st.cost["captions"],
                            "per_step": st.cost_per_step[:upto]},
+            "index_quality": None if self.cfg.index.approx == "none" else
+            {"kind": self.cfg.index.approx, "recall_at_10_vs_exact": st.quality()},
         }
 
     def anatomy_results(self, upto: int) -> dict[str, Any]:

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from ccr.search import FlatIndex, merge_topk
+from ccr.search import ApproxIndex, FlatIndex, merge_topk, overlap_at_k, train_template
 
 if TYPE_CHECKING:
     from ccr.config import IndexConfig
@@ -32,6 +33,7 @@ class Part:
     emb: np.ndarray  # (n, d) float32, unit norm
     version: np.ndarray  # (n,) int: the task step whose model embedded the entry
     index: FlatIndex | None = None
+    approx: ApproxIndex | None = None
 
 
 class Gallery:
@@ -41,9 +43,14 @@ class Gallery:
     `search`, so a sharded gallery (ccr.distributed.shards) can stand in for this local one.
     """
 
-    def __init__(self, modality: str, backend: str = "faiss", device: str = "cpu"):
-        self.modality, self.backend, self.device = modality, backend, device
+    def __init__(self, modality: str, cfg: IndexConfig | None = None, device: str = "cpu"):
+        from ccr.config import IndexConfig
+
+        self.cfg = cfg or IndexConfig()
+        self.modality, self.backend, self.device = modality, self.cfg.backend, device
         self.parts: dict[str, Part] = {}
+        self.template = None  # the trained, empty approximate index every part clones
+        self.quality: list[float] = []  # recall@10 of approximate vs exact search, per search call
 
     def tasks(self) -> list[str]:
         return list(self.parts)
@@ -76,21 +83,20 @@ class Gallery:
             raise KeyError(f"gallery {self.modality}/{task}: re-embedding ids that are not entries")
         p.emb[rows] = emb
         p.version[rows] = version
-        p.index = None
+        p.index = p.approx = None
 
     def apply_map(self, task: str, mat: np.ndarray) -> None:
         """Move every entry of `task` through a linear map (then renormalise): drift compensation."""
         p = self.parts[task]
         p.emb[:] = apply_map(p.emb, mat)
-        p.index = None
+        p.index = p.approx = None
 
     def movement(self, task: str, mat: np.ndarray) -> np.ndarray:
         """How far each entry would move under `mat` (aligned with ids(task))."""
         p = self.parts[task]
         return np.linalg.norm(apply_map(p.emb, mat) - p.emb, axis=1)
 
-    def search(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k over the union of `tasks`' entries: (scores (nq, k), global ids (nq, k))."""
+    def search_exact(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
         results = []
         for t in tasks:
             p = self.parts[t]
@@ -98,6 +104,34 @@ class Gallery:
                 p.index = FlatIndex(p.emb, p.ids, self.backend, self.device)
             results.append(p.index.search(queries, k))
         return results[0] if len(results) == 1 else merge_topk(results, k)
+
+    def sample(self, tasks: list[str], n: int = 20000) -> np.ndarray:
+        emb = np.concatenate([self.parts[t].emb for t in tasks])
+        return emb[np.random.default_rng(0).permutation(len(emb))[:n]]
+
+    def search_approx(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.template is None:  # trained once, on the first entries searched
+            self.template = train_template(self.cfg.approx, self.sample(tasks), self.cfg.nlist, self.cfg.hnsw_m)
+        results = []
+        for t in tasks:
+            p = self.parts[t]
+            if p.approx is None:
+                p.approx = ApproxIndex(p.emb, p.ids, self.template, self.cfg.nprobe)
+            results.append(p.approx.search(queries, k))
+        return results[0] if len(results) == 1 else merge_topk(results, k)
+
+    def search(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k over the union of `tasks`' entries: (scores (nq, k), global ids (nq, k)).
+
+        With `index.approx`, the approximate index answers and its recall@10 against exact search
+        is recorded in `self.quality`.
+        """
+        if self.cfg.approx == "none":
+            return self.search_exact(queries, k, tasks)
+        res = self.search_approx(queries, k, tasks)
+        exact = self.search_exact(queries, 10, tasks)
+        self.quality.append(overlap_at_k(self.search_approx(queries, 10, tasks)[1], exact[1], 10))
+        return res
 
     def state_dict(self) -> dict[str, Any]:
         return {t: {"ids": p.ids, "emb": p.emb, "version": p.version} for t, p in self.parts.items()}
@@ -121,18 +155,43 @@ class IndexState:
     cost_per_step: list[dict[str, int]] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, backend: str = "faiss", device: str = "cpu") -> IndexState:
-        return cls({m: Gallery(m, backend, device) for m in MODALITIES})
+    def empty(cls, cfg: IndexConfig | None = None, device: str = "cpu") -> IndexState:
+        return cls({m: Gallery(m, cfg, device) for m in MODALITIES})
+
+    def quality(self) -> dict[str, float] | None:
+        """Mean recall@10 of approximate against exact search, per gallery (None for exact search)."""
+        q = {m: float(np.mean(g.quality)) for m, g in self.galleries.items() if getattr(g, "quality", None)}
+        return q or None
 
     def state_dict(self) -> dict[str, Any]:
         return {"galleries": {m: g.state_dict() for m, g in self.galleries.items()},
-                "cost": dict(self.cost), "cost_per_step": list(self.cost_per_step)}
+                "cost": dict(self.cost), "cost_per_step": list(self.cost_per_step),
+                "quality": {m: list(g.quality) for m, g in self.galleries.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for m, g in self.galleries.items():
             g.load_state_dict(state["galleries"][m])
+            g.quality = list(state.get("quality", {}).get(m, []))
         self.cost = dict(state["cost"])
         self.cost_per_step = list(state["cost_per_step"])
+
+    def save_snapshot(self, folder: str | Path, step: int) -> None:
+        """This state's galleries as a one-shard snapshot (the sharded index writes one file per shard)."""
+        from ccr.snapshots import write_manifest, write_shard
+
+        digest = write_shard(folder, 0, {m: g.state_dict() for m, g in self.galleries.items()})
+        dim = next((p["emb"].shape[1] for g in self.galleries.values() for p in g.state_dict().values()), 0)
+        write_manifest(folder, 1, dim, step, [digest])
+
+    def load_snapshot(self, folder: str | Path, dim: int | None = None) -> None:
+        from ccr.snapshots import SnapshotError, read_manifest, read_shard
+
+        man = read_manifest(folder, n_shards=1, dim=dim)
+        data = read_shard(folder, 0, man)
+        if set(data) - set(self.galleries):
+            raise SnapshotError(f"snapshot {folder} holds galleries {sorted(data)}, expected {sorted(self.galleries)}")
+        for m, g in self.galleries.items():
+            g.load_state_dict(data.get(m, {}))
 
 
 @dataclass

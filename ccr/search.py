@@ -93,3 +93,53 @@ class FlatIndex:
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
             ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
         return scores, ids
+
+
+class ApproxIndex:
+    """An approximate inner-product index (IVF or HNSW) over one part, built from a shared template.
+
+    The IVF coarse quantizer is trained once (on the first vectors the gallery sees) and cloned into
+    every part and shard, so all of them partition the space the same way.
+    """
+
+    def __init__(self, vectors: np.ndarray, ids: np.ndarray, template: faiss.Index, nprobe: int = 8):
+        self.ids = np.asarray(ids, dtype=np.int64)
+        self.index = faiss.clone_index(template)
+        if hasattr(self.index, "nprobe"):
+            self.index.nprobe = nprobe
+        self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        kk = min(len(self), k)
+        scores, pos = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), max(1, kk))
+        ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
+        scores = np.where(pos >= 0, scores, -np.inf).astype(np.float32)
+        scores, ids = order_topk(scores, ids, kk)
+        if ids.shape[1] < k:
+            pad = k - ids.shape[1]
+            scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        return scores, ids
+
+
+def train_template(kind: str, sample: np.ndarray, nlist: int, hnsw_m: int) -> faiss.Index:
+    """An empty, trained approximate index to clone: `ivf` (IVF-Flat, inner product) or `hnsw`."""
+    d = sample.shape[1]
+    if kind == "hnsw":
+        return faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivf":
+        nlist = max(1, min(nlist, len(sample) // 4))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.train(np.ascontiguousarray(sample, dtype=np.float32))
+        return index
+    raise ValueError(f"unknown approximate index {kind!r} (ivf or hnsw)")
+
+
+def overlap_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:
+    """Recall@k of an approximate search against exact search: mean |top-k ∩ exact top-k| / k."""
+    hits = [len(set(a[:k][a[:k] >= 0]) & set(e[:k][e[:k] >= 0])) / max(1, min(k, (e[:k] >= 0).sum()))
+            for a, e in zip(approx_ids, exact_ids, strict=True)]
+    return float(np.mean(hits)) if hits else float("nan")

@@ -88,7 +88,12 @@ class Study:
         self.tokens = tokenize_all(self.tokenizer, self.ds.captions, self.cfg.model.text.max_length)
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train).to(self.device)
-        self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device))
+        if self.cfg.index.shards > 1:
+            from ccr.distributed.shards import ShardedEvaluator
+
+            self.evaluator = ShardedEvaluator(self.cfg, self.ds, self.order, str(self.device), self.out)
+        else:
+            self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device))
         self.train_stats: list[dict[str, float]] = []
 
     def context(self, step: int, rank: int = 0, world_size: int = 1) -> TaskContext:
@@ -125,9 +130,12 @@ class Study:
         if done >= 0:
             log.info("resuming after task %d (%s) from %s", done, self.order[done], checkpoint_path(self.out, done))
             self.load_checkpoint(done)
-        for step in range(done + 1, len(self.order)):
-            self.run_task(step)
-        results = self.results(len(self.order), complete=True)
+        try:
+            for step in range(done + 1, len(self.order)):
+                self.run_task(step)
+            results = self.results(len(self.order), complete=True)
+        finally:
+            self.evaluator.close()
         atomic_write_json(self.out / "results.json", results)
         return results
 
@@ -144,6 +152,8 @@ class Study:
 
     def evaluate(self, step: int, prev_model=None) -> None:
         self.evaluator.step(step, self.embedder(self.model), self.embedder(prev_model) if prev_model else None)
+        if self.cfg.index.save_snapshots:
+            self.evaluator.save_snapshots(self.out / "snapshots", step)
 
     def results(self, upto: int, complete: bool) -> dict[str, Any]:
         ev = self.evaluator

@@ -64,7 +64,7 @@ def test_recall_matches_brute_force(scope, backend):
     ds = make_dataset()
     emb = TableEmbedder(ds.n_images, len(ds.captions), 8, seed=1)
     order, ks = ds.task_names, [1, 5, 10]
-    state = IndexState.empty(backend)
+    state = IndexState.empty(IndexConfig(backend=backend))
     policy = build_policy("reindex", IndexConfig())
     test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")} for t in order}
     for step in range(len(order)):

@@ -1,0 +1,325 @@
+"""Sharded galleries on Ray actors.
+
+Each `GalleryShard` actor owns one shard of every gallery (items assigned by a stable hash of their
+global id), receives the model of each step, embeds its own items, and holds its indexes. The
+driver-side `ShardedGallery` has the interface of `ccr.index.Gallery`, so indexing policies run
+unchanged on top; queries fan out to every shard and per-shard top-k merge into the global top-k
+(largest scores first, ties by smaller id). Every operation sent to a shard is journaled; a lost
+actor is restarted by Ray and rebuilt from the last snapshot plus the journal (or the journal alone),
+so its answers are the same as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from ccr.config import Config, to_dict
+from ccr.evaluation import Evaluator
+from ccr.index import MODALITIES, IndexState
+from ccr.search import merge_topk, overlap_at_k, train_template
+from ccr.snapshots import read_manifest, read_shard, write_manifest, write_shard
+
+log = logging.getLogger(__name__)
+
+
+def shard_of(ids: np.ndarray, n: int) -> np.ndarray:
+    """Stable shard of each global id (Fibonacci hashing: spreads consecutive ids, same on every run)."""
+    h = (np.asarray(ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
+    return (h % np.uint64(n)).astype(np.int64)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class GalleryShard:
+    """One shard of every gallery (keyed by namespace, e.g. 'reindex/images')."""
+
+    def __init__(self, shard: int, cfg_dict: dict[str, Any], tokenizer_dir: str, device: str):
+        from ccr.config import build_config
+        from ccr.data import load_dataset
+        from ccr.models import build_model, tokenize_all
+        from ccr.models.tokenizer import load_tokenizer
+
+        self.shard = shard
+        self.cfg: Config = build_config(cfg_dict)
+        self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
+        self.ds = load_dataset(self.cfg)
+        tok = load_tokenizer(tokenizer_dir)
+        self.tokens = tokenize_all(tok, self.ds.captions, self.cfg.model.text.max_length)
+        self.model = build_model(self.cfg.model, len(tok), self.cfg.train).to(self.device).eval()
+        self.version: int | None = None
+        self.embedder = None
+        self.galleries: dict[str, Any] = {}
+
+    def _gallery(self, ns: str):
+        from ccr.index import Gallery
+
+        if ns not in self.galleries:
+            self.galleries[ns] = Gallery(ns.split("/")[-1], self.cfg.index, str(self.device))
+        return self.galleries[ns]
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+    def set_model(self, version: int, state: dict[str, torch.Tensor]) -> None:
+        from ccr.embed import Embedder
+
+        self.model.load_state_dict(state)
+        self.version = version
+        self.embedder = Embedder(self.model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size,
+                                 self.cfg.train.amp)
+
+    def embed(self, ns: str, task: str, ids: np.ndarray, version: int) -> int:
+        if self.version != version:
+            raise RuntimeError(f"shard {self.shard} holds model {self.version}, asked to embed with {version}")
+        self._gallery(ns).embed(task, ids, version, self.embedder)
+        return len(ids)
+
+    def apply_map(self, ns: str, task: str, mat: np.ndarray) -> None:
+        self._gallery(ns).apply_map(task, mat)
+
+    def movement(self, ns: str, task: str, mat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = self._gallery(ns)
+        return g.ids(task), g.movement(task, mat)
+
+    def sample(self, ns: str, tasks: list[str], n: int) -> np.ndarray:
+        g = self._gallery(ns)
+        have = [t for t in tasks if t in g.parts and len(g.ids(t))]
+        return g.sample(have, n) if have else np.zeros((0, self.cfg.model.embed_dim), np.float32)
+
+    def set_template(self, ns: str, blob: np.ndarray) -> None:
+        import faiss
+
+        self._gallery(ns).template = faiss.deserialize_index(blob)
+
+    def search(self, ns: str, queries: np.ndarray, k: int, tasks: list[str], approx: bool
+               ) -> tuple[np.ndarray, np.ndarray]:
+        g = self._gallery(ns)
+        have = [t for t in tasks if t in g.parts and len(g.ids(t))]
+        if not have:
+            return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
+        return (g.search_approx if approx else g.search_exact)(queries, k, have)
+
+    def state(self) -> dict[str, Any]:
+        return {ns: g.state_dict() for ns, g in self.galleries.items()}
+
+    def load(self, state: dict[str, Any]) -> None:
+        for ns, parts in state.items():
+            self._gallery(ns).load_state_dict(parts)
+
+    def save_snapshot(self, folder: str) -> str:
+        return write_shard(folder, self.shard, self.state())
+
+    def load_snapshot(self, folder: str, manifest: dict[str, Any]) -> None:
+        self.galleries = {}
+        self.load(read_shard(folder, self.shard, manifest))
+
+
+class ShardPool:
+    """The driver's handle on the shard actors: fan-out calls, journal, recovery, snapshots."""
+
+    RETRIES = 5
+
+    def __init__(self, cfg: Config, tokenizer_dir: str | Path, device: str = "cpu"):
+        if not ray.is_initialized():
+            ray.init()
+        self.cfg, self.n = cfg, cfg.index.shards
+        opts = {"num_cpus": cfg.index.shard_cpus, "num_gpus": cfg.index.shard_gpus}
+        self.actors = [GalleryShard.options(**opts).remote(i, to_dict(cfg), str(tokenizer_dir),
+                                                           "cuda" if cfg.index.shard_gpus > 0 else "cpu")
+                       for i in range(self.n)]
+        self.journal: list[list[tuple]] = [[] for _ in range(self.n)]
+        self.model_refs: dict[int, Any] = {}
+        self.snapshot: tuple[str, dict[str, Any]] | None = None
+        self.recoveries = 0
+
+    # ---- calls -------------------------------------------------------------------------------
+    def _submit(self, i: int, op: tuple):
+        method, *args = op
+        if method == "set_model":
+            args = [args[0], self.model_refs[args[0]]]
+        return getattr(self.actors[i], method).remote(*args)
+
+    def call(self, ops: dict[int, tuple], journal: bool = True) -> dict[int, Any]:
+        """Run one op per shard (in parallel); a lost shard is rebuilt and its op retried."""
+        refs = {i: self._submit(i, op) for i, op in ops.items()}
+        out = {}
+        for i, ref in refs.items():
+            for attempt in range(self.RETRIES + 1):
+                try:
+                    out[i] = ray.get(ref)
+                    break
+                except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                    if attempt == self.RETRIES:
+                        raise
+                    log.warning("gallery shard %d was lost: rebuilding it (attempt %d)", i, attempt + 1)
+                    self.recover(i)
+                    ref = self._submit(i, ops[i])
+            if journal:
+                self.journal[i].append(ops[i])
+        return out
+
+    def call_all(self, *op: Any, journal: bool = True) -> list[Any]:
+        res = self.call({i: tuple(op) for i in range(self.n)}, journal)
+        return [res[i] for i in range(self.n)]
+
+    def recover(self, i: int) -> None:
+        """Rebuild shard i in its restarted actor: last snapshot, then every journaled op since."""
+        self.recoveries += 1
+        for attempt in range(50):  # the restarted actor may take a moment to come up
+            try:
+                ray.get(self.actors[i].pid.remote())
+                break
+            except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+                time.sleep(0.2 * (attempt + 1))
+        if self.snapshot:
+            ray.get(self.actors[i].load_snapshot.remote(*self.snapshot))
+        for op in self.journal[i]:
+            ray.get(self._submit(i, op))
+
+    def shutdown(self) -> None:
+        """Stop the shard actors (their resources go back to the cluster)."""
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+        self.actors = []
+
+    # ---- model and snapshots -------------------------------------------------------------------
+    def set_model(self, version: int, state: dict[str, torch.Tensor]) -> None:
+        self.model_refs[version] = ray.put({k: v.detach().cpu() for k, v in state.items()})
+        self.call_all("set_model", version)
+
+    def save_snapshot(self, folder: str | Path, step: int) -> None:
+        folder = str(folder)
+        digests = self.call_all("save_snapshot", folder, journal=False)
+        write_manifest(folder, self.n, self.cfg.model.embed_dim, step, digests)
+        self.snapshot = (folder, read_manifest(folder, self.n))
+        # the snapshot now holds everything before it; keep the current model op for replays
+        self.journal = [[op for op in j if op[0] == "set_model"][-1:] for j in self.journal]
+
+    def load_snapshot(self, folder: str | Path) -> None:
+        man = read_manifest(folder, self.n, self.cfg.model.embed_dim)
+        self.call_all("load_snapshot", str(folder), man, journal=False)
+        self.snapshot = (str(folder), man)
+        self.journal = [[] for _ in range(self.n)]
+
+
+class ShardedGallery:
+    """Driver-side view of one gallery spread over a ShardPool (the interface of ccr.index.Gallery)."""
+
+    def __init__(self, ns: str, modality: str, pool: ShardPool):
+        self.ns, self.modality, self.pool = ns, modality, pool
+        self.cfg = pool.cfg.index
+        self.manifest: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (sorted ids, versions)
+        self.quality: list[float] = []
+        self.template_sent = False
+
+    def tasks(self) -> list[str]:
+        return list(self.manifest)
+
+    def ids(self, task: str) -> np.ndarray:
+        return self.manifest[task][0]
+
+    def versions(self, task: str) -> np.ndarray:
+        return self.manifest[task][1]
+
+    def _split(self, ids: np.ndarray) -> dict[int, np.ndarray]:
+        owner = shard_of(ids, self.pool.n)
+        return {i: ids[owner == i] for i in range(self.pool.n)}
+
+    def embed(self, task: str, ids: np.ndarray, version: int, embedder=None) -> None:
+        ids = np.asarray(ids, np.int64)
+        parts = self._split(ids)
+        self.pool.call({i: ("embed", self.ns, task, part, version) for i, part in parts.items()})
+        if task not in self.manifest:
+            order = np.argsort(ids)
+            self.manifest[task] = (ids[order], np.full(len(ids), version, np.int64))
+        else:
+            all_ids, ver = self.manifest[task]
+            ver = ver.copy()
+            ver[np.searchsorted(all_ids, ids)] = version
+            self.manifest[task] = (all_ids, ver)
+
+    def apply_map(self, task: str, mat: np.ndarray) -> None:
+        self.pool.call_all("apply_map", self.ns, task, mat)
+
+    def movement(self, task: str, mat: np.ndarray) -> np.ndarray:
+        res = self.pool.call_all("movement", self.ns, task, mat)
+        ids = np.concatenate([r[0] for r in res])
+        moved = np.concatenate([r[1] for r in res])
+        out = np.empty(len(ids))
+        out[np.searchsorted(self.ids(task), ids)] = moved
+        return out
+
+    def _search(self, queries: np.ndarray, k: int, tasks: list[str], approx: bool):
+        q = ray.put(np.ascontiguousarray(queries, np.float32))
+        return merge_topk(self.pool.call_all("search", self.ns, q, k, tasks, approx, journal=False), k)
+
+    def search(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        if self.cfg.approx == "none":
+            return self._search(queries, k, tasks, False)
+        if not self.template_sent:  # trained once on a sample from every shard, shared by all shards
+            import faiss
+
+            sample = np.concatenate(self.pool.call_all("sample", self.ns, tasks, 20000 // self.pool.n + 1,
+                                                       journal=False))
+            blob = faiss.serialize_index(train_template(self.cfg.approx, sample, self.cfg.nlist, self.cfg.hnsw_m))
+            self.pool.call_all("set_template", self.ns, blob)
+            self.template_sent = True
+        res = self._search(queries, k, tasks, True)
+        exact = self._search(queries, 10, tasks, False)
+        self.quality.append(overlap_at_k(self._search(queries, 10, tasks, True)[1], exact[1], 10))
+        return res
+
+    def entries(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        parts = self.pool.call_all("state", journal=False)
+        ids = np.concatenate([p[self.ns][task]["ids"] for p in parts if task in p.get(self.ns, {})])
+        emb = np.concatenate([p[self.ns][task]["emb"] for p in parts if task in p.get(self.ns, {})])
+        ver = np.concatenate([p[self.ns][task]["version"] for p in parts if task in p.get(self.ns, {})])
+        order = np.argsort(ids)
+        return ids[order], emb[order], ver[order]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The same layout as Gallery.state_dict: checkpoints do not depend on the shard count."""
+        out = {}
+        for t in self.manifest:
+            ids, emb, ver = self.entries(t)
+            out[t] = {"ids": ids, "emb": emb, "version": ver}
+        return out
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        per_shard: dict[int, dict[str, Any]] = {i: {} for i in range(self.pool.n)}
+        for t, p in state.items():
+            owner = shard_of(p["ids"], self.pool.n)
+            for i in range(self.pool.n):
+                m = owner == i
+                per_shard[i][t] = {"ids": p["ids"][m], "emb": p["emb"][m], "version": p["version"][m]}
+            self.manifest[t] = (np.asarray(p["ids"]), np.asarray(p["version"]))
+        self.pool.call({i: ("load", {self.ns: parts}) for i, parts in per_shard.items()})
+
+
+class ShardedEvaluator(Evaluator):
+    """The Evaluator with every policy's galleries on one pool of shard actors."""
+
+    def __init__(self, cfg: Config, ds, order: list[str], device: str, out: Path):
+        self.pool = ShardPool(cfg, Path(out) / "tokenizer", device)
+        super().__init__(cfg, ds, order, device)
+
+    def make_state(self, cfg: Config, device: str) -> IndexState:
+        name = getattr(self, "_next_policy", None)
+        return IndexState({m: ShardedGallery(f"{name}/{m}", m, self.pool) for m in MODALITIES})
+
+    def before_index(self, step: int, embedder) -> None:
+        self.pool.set_model(step, embedder.model.state_dict())
+
+    def save_snapshots(self, folder: Path, step: int) -> None:
+        self.pool.save_snapshot(folder / f"step_{step:02d}", step)
+
+    def close(self) -> None:
+        self.pool.shutdown()

@@ -1,0 +1,188 @@
+"""Sharded galleries on Ray actors (local Ray, 2 CPUs)."""
+
+import json
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from ccr.config import load_config  # noqa: E402
+from ccr.index import IndexState  # noqa: E402
+from ccr.search import FlatIndex  # noqa: E402
+from ccr.snapshots import SnapshotError  # noqa: E402
+from ccr.study import Study  # noqa: E402
+from tests.conftest import TINY  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture
+def pools():
+    """Collects the pools a test makes and stops their actors afterwards (2 CPUs hold few actors)."""
+    made = []
+    yield made
+    for p in made:
+        if p.actors:
+            p.shutdown()
+
+
+def make_pool(pools, over, n, root):
+    from ccr.distributed.shards import ShardPool
+
+    p = ShardPool(load_config(None, [*over, f"index.shards={n}"]), root / "base" / "tokenizer")
+    pools.append(p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory, ray_local):
+    """A tokenizer and cached data that shard actors can load."""
+    root = tmp_path_factory.mktemp("shards")
+    over = [*TINY, f"data.cache_dir={root / 'cache'}", "data.n_tasks=2", "index.shard_cpus=0.25"]
+    s = Study(load_config(None, over), root / "base", progress=False)
+    s.out.mkdir(parents=True, exist_ok=True)
+    s.build()
+    return root, over
+
+
+def random_state(n=300, d=16, ties=True):
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(n, d)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    if ties:
+        emb[100:130] = emb[5]
+    ids = np.arange(1000, 1000 + n)
+    return {"a": {"ids": ids[:150], "emb": emb[:150], "version": np.zeros(150, np.int64)},
+            "b": {"ids": ids[150:], "emb": emb[150:], "version": np.ones(150, np.int64)}}, emb, ids
+
+
+@pytest.mark.parametrize("n_shards", [1, 2, 3])
+def test_sharded_search_equals_one_flat_index(base, pools, n_shards):
+    from ccr.distributed.shards import ShardedGallery
+
+    root, over = base
+    pool = make_pool(pools, over, n_shards, root)
+    g = ShardedGallery("t/images", "images", pool)
+    state, emb, ids = random_state()
+    g.load_state_dict(state)
+    q = np.concatenate([emb[5:6], np.random.default_rng(1).normal(size=(20, 16)).astype(np.float32)])
+    ref_s, ref_i = FlatIndex(emb, ids).search(q, 12)
+    s, i = g.search(q, 12, ["a", "b"])
+    np.testing.assert_array_equal(i, ref_i)
+    np.testing.assert_array_equal(s, ref_s)
+    assert i[0].tolist()[:12] == [1005] + list(range(1100, 1111))  # ties by smaller id
+    # one task only
+    ref_s, ref_i = FlatIndex(emb[:150], ids[:150]).search(q, 5)
+    np.testing.assert_array_equal(g.search(q, 5, ["a"])[1], ref_i)
+    ids_a, emb_a, _ = g.entries("a")
+    np.testing.assert_array_equal(ids_a, ids[:150])
+    np.testing.assert_array_equal(emb_a, emb[:150])
+
+
+def test_full_run_two_shards_equals_one(base, tmp_path):
+    root, over = base
+    extra = ["index.compare=[no_reindex,backfill]", "data.n_tasks=2"]
+    one = Study(load_config(None, [*over, *extra]), tmp_path / "one", progress=False).run()
+    two = Study(load_config(None, [*over, *extra, "index.shards=2"]), tmp_path / "two", progress=False).run()
+    for p in ("reindex", "no_reindex", "backfill"):
+        assert two["by_policy"][p]["recall"] == one["by_policy"][p]["recall"], p
+        assert two["by_policy"][p]["index_cost"] == one["by_policy"][p]["index_cost"], p
+
+
+def test_killed_actor_is_rebuilt_with_the_same_answers(base, pools):
+    from ccr.distributed.shards import ShardedGallery
+
+    root, over = base
+    pool = make_pool(pools, over, 2, root)
+    g = ShardedGallery("t/captions", "captions", pool)
+    state, emb, ids = random_state(ties=False)
+    g.load_state_dict(state)
+    g.apply_map("a", np.eye(16, dtype=np.float32) * 2)  # an op after the load, replayed on recovery
+    q = np.random.default_rng(2).normal(size=(15, 16)).astype(np.float32)
+    before = g.search(q, 10, ["a", "b"])
+    old_pid = ray.get(pool.actors[1].pid.remote())
+    ray.kill(pool.actors[1], no_restart=False)
+    after = g.search(q, 10, ["a", "b"])
+    assert ray.get(pool.actors[1].pid.remote()) != old_pid and pool.recoveries >= 1
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[0], before[0])
+
+
+def test_snapshots_round_trip_and_reject_bad_ones(base, pools, tmp_path):
+    from ccr.distributed.shards import ShardedGallery
+
+    root, over = base
+    pool = make_pool(pools, over, 2, root)
+    g = ShardedGallery("t/images", "images", pool)
+    state, emb, ids = random_state()
+    g.load_state_dict(state)
+    q = emb[:7] + 0.01
+    before = g.search(q, 10, ["a", "b"])
+    pool.save_snapshot(tmp_path / "snap", step=1)
+    fresh = make_pool(pools, over, 2, root)
+    fresh.load_snapshot(tmp_path / "snap")
+    g2 = ShardedGallery("t/images", "images", fresh)
+    after = g2.search(q, 10, ["a", "b"])
+    np.testing.assert_array_equal(after[1], before[1])
+    np.testing.assert_array_equal(after[0], before[0])
+    pool.shutdown()
+    fresh.shutdown()
+    three = make_pool(pools, over, 3, root)
+    with pytest.raises(SnapshotError, match="2 shards; this index has 3"):
+        three.load_snapshot(tmp_path / "snap")
+    three.shutdown()
+    f = tmp_path / "snap" / "shard_001.npz"
+    f.write_bytes(f.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(Exception, match="checksum"):
+        make_pool(pools, over, 2, root).load_snapshot(tmp_path / "snap")
+
+
+def test_local_snapshot_round_trip_and_corruption(tmp_path):
+    state, emb, ids = random_state()
+    st = IndexState.empty()
+    st.galleries["images"].load_state_dict(state)
+    st.galleries["captions"].load_state_dict(state)
+    st.save_snapshot(tmp_path / "s", step=0)
+    st2 = IndexState.empty()
+    st2.load_snapshot(tmp_path / "s", dim=16)
+    q = emb[:5]
+    for m in ("images", "captions"):
+        a = st.galleries[m].search(q, 10, ["a", "b"])
+        b = st2.galleries[m].search(q, 10, ["a", "b"])
+        np.testing.assert_array_equal(a[1], b[1])
+        np.testing.assert_array_equal(a[0], b[0])
+    with pytest.raises(SnapshotError, match="16-d"):
+        IndexState.empty().load_snapshot(tmp_path / "s", dim=32)
+    man = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    man["sha256"][0] = "0" * 64
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(man))
+    with pytest.raises(SnapshotError, match="checksum"):
+        IndexState.empty().load_snapshot(tmp_path / "s")
+    with pytest.raises(SnapshotError, match="no manifest"):
+        IndexState.empty().load_snapshot(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_reports_recall_against_exact(kind, tiny_cfg, tmp_path):
+    res = Study(tiny_cfg(f"index.approx={kind}", "index.nlist=4", "data.n_tasks=2", "eval.scope=seen",
+                         "index.save_snapshots=true"), tmp_path, progress=False).run()
+    q = res["index_quality"]
+    assert q["kind"] == kind
+    for m in ("images", "captions"):
+        assert 0.0 < q["recall_at_10_vs_exact"][m] <= 1.0
+    assert (tmp_path / "snapshots" / "reindex" / "step_01" / "manifest.json").is_file()
+
+
+def test_approx_on_shards(base, tmp_path):
+    root, over = base
+    res = Study(load_config(None, [*over, "index.approx=ivf", "index.nlist=4", "index.shards=2"]), tmp_path,
+                progress=False).run()
+    assert 0 < res["index_quality"]["recall_at_10_vs_exact"]["images"] <= 1
