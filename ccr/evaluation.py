@@ -7,6 +7,7 @@ policies are all evaluated on one training run; each keeps its own galleries and
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
