@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     study = Study(cfg, out, progress=not args.quiet)  # all input checks happen here
     setup_logging(out, args.verbose)
-    if cfg.train.workers > 1 or cfg.train.use_gpu and cfg.train.workers >= 1 and _wants_ray(cfg):
+    if cfg.train.workers > 1 or cfg.train.use_ray:
         from ccr.distributed.train import run_distributed
 
         res = run_distributed(cfg, out, progress=not args.quiet)
@@ -46,10 +46,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(render(res))
     print(f"\nresults: {out / 'results.json'}")
     return 0
-
-
-def _wants_ray(cfg) -> bool:
-    return cfg.train.workers > 1
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

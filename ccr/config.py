@@ -97,10 +97,12 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     threads: int = 0  # torch CPU threads; 0 = torch's default
     # data-parallel training through Ray Train
-    workers: int = 1
+    workers: int = 1  # > 1 (or use_ray): data-parallel training through Ray Train
+    use_ray: bool = False  # train through Ray Train even with one worker
     use_gpu: bool | None = None  # None: whether a GPU is visible
     grad_accum: int = 1
-    max_failures: int = 0
+    max_failures: int = 0  # worker-group restarts Ray Train allows (each resumes from the last task)
+    cpus_per_worker: float = 1.0  # Ray resources of each training worker
 
 
 @dataclass

@@ -79,12 +79,9 @@ class Study:
     def build(self) -> None:
         """Tokenizer (fitted on training captions, saved with the run) and model."""
         tok_dir = self.out / "tokenizer"
-        if (tok_dir / "tokenizer_config.json").is_file():
-            self.tokenizer = load_tokenizer(tok_dir)
-        else:
-            train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(self.order, "train")]
-            self.tokenizer = build_tokenizer(self.cfg.model.text, train_caps)
-            self.tokenizer.save_pretrained(str(tok_dir))
+        if not (tok_dir / "tokenizer_config.json").is_file():
+            self.prepare_out()
+        self.tokenizer = load_tokenizer(tok_dir)
         self.tokens = tokenize_all(self.tokenizer, self.ds.captions, self.cfg.model.text.max_length)
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train).to(self.device)
@@ -95,6 +92,7 @@ class Study:
         else:
             self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device))
         self.train_stats: list[dict[str, float]] = []
+        self.resumes: list[int] = []  # after which task each resume happened
 
     def context(self, step: int, rank: int = 0, world_size: int = 1) -> TaskContext:
         return TaskContext(step, self.order, self.ds, self.tokens, self.cfg, self.device, rank, world_size)
@@ -108,11 +106,15 @@ class Study:
         atomic_torch_save(checkpoint_path(self.out, step), {
             "step": step, "order": self.order, "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(), "evaluator": self.evaluator.state_dict(),
-            "train_stats": self.train_stats, "config": self.config_dict,
+            "train_stats": self.train_stats, "config": self.config_dict, "resumes": self.resumes,
         })
 
     def load_checkpoint(self, step: int) -> None:
-        ck = torch.load(checkpoint_path(self.out, step), map_location=self.device, weights_only=False)
+        self.restore(torch.load(checkpoint_path(self.out, step), map_location=self.device, weights_only=False))
+
+    def restore(self, ck: dict[str, Any]) -> None:
+        """Model, strategy state, galleries and statistics from a checkpoint dict."""
+        step = ck["step"]
         if ck["order"] != self.order:
             raise ConfigError(f"checkpoint {checkpoint_path(self.out, step)} has task order {ck['order']}, "
                               f"this study has {self.order}")
@@ -120,11 +122,24 @@ class Study:
         self.strategy.load_state_dict(ck["strategy"])
         self.evaluator.load_state_dict(ck["evaluator"])
         self.train_stats = ck["train_stats"]
+        self.resumes = [*ck.get("resumes", []), step]
 
     # ---- the study -----------------------------------------------------------------------------
-    def run(self) -> dict[str, Any]:
+    def prepare_out(self) -> None:
+        """config.yaml and the tokenizer, written once before any training."""
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.out / "config.yaml", yaml.safe_dump(self.config_dict, sort_keys=False).encode())
+        if not (self.out / "tokenizer" / "tokenizer_config.json").is_file():
+            train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(self.order, "train")]
+            build_tokenizer(self.cfg.model.text, train_caps).save_pretrained(str(self.out / "tokenizer"))
+
+    def write_results(self, upto: int, complete: bool) -> dict[str, Any]:
+        res = self.results(upto, complete)
+        atomic_write_json(self.out / "results.json", res)
+        return res
+
+    def run(self) -> dict[str, Any]:
+        self.prepare_out()
         self.build()
         done = last_checkpoint(self.out, len(self.order))
         if done >= 0:
@@ -133,11 +148,9 @@ class Study:
         try:
             for step in range(done + 1, len(self.order)):
                 self.run_task(step)
-            results = self.results(len(self.order), complete=True)
+            return self.write_results(len(self.order), complete=True)
         finally:
             self.evaluator.close()
-        atomic_write_json(self.out / "results.json", results)
-        return results
 
     def run_task(self, step: int) -> None:
         ctx = self.context(step)
@@ -148,7 +161,8 @@ class Study:
         self.strategy.after_task(ctx, self.model)
         self.evaluate(step, prev)
         self.save_checkpoint(step)
-        atomic_write_json(self.out / "results.json", self.results(step + 1, complete=False))
+        if step < len(self.order) - 1:
+            self.write_results(step + 1, complete=False)
 
     def evaluate(self, step: int, prev_model=None) -> None:
         self.evaluator.step(step, self.embedder(self.model), self.embedder(prev_model) if prev_model else None)
@@ -174,6 +188,7 @@ class Study:
             "by_policy": by_policy,
             "anatomy": ev.anatomy_results(upto) if self.cfg.eval.anatomy else None,
             "train": self.train_stats[:upto],
+            "resumes": self.resumes,
             "provenance": {**provenance(), "started": self.started, "finished": time.time(),
                            "device": str(self.device)},
         }

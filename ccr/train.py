@@ -71,7 +71,8 @@ def autocast_for(device: torch.device, amp: bool):
 
 
 def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forward: torch.nn.Module | None = None,
-               dist: DistInfo | None = None, progress: bool = True) -> dict[str, float]:
+               dist: DistInfo | None = None, progress: bool = True,
+               on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
     """Train `model` on ctx.task with `strategy`'s hooks; returns summary statistics.
 
     `forward` is the module to call (a DDP wrapper of `model` under data parallelism).
@@ -108,6 +109,8 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
         caps = sample_captions(ctx, perm, rng)
         for b in range(steps_per_epoch):
             lo = b * gb + dist.rank * cfg.batch_size  # this rank's slice of the global batch
+            if on_batch is not None:
+                on_batch(b)
             img_ids, cap_ids = perm[lo:lo + cfg.batch_size], caps[lo:lo + cfg.batch_size]
             n_cur = len(img_ids)
             img_ids, cap_ids = strategy.augment_batch(ctx, img_ids, cap_ids)

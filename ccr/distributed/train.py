@@ -1,0 +1,171 @@
+"""Data-parallel continual training of one task sequence through Ray Train (TorchTrainer, DDP).
+
+One trainer runs the whole sequence: every worker walks the tasks in order, training on its slice
+of each global batch with negatives gathered from all workers. After each task rank 0 indexes and
+queries with the Ray-free core, writes ccr's checkpoint (model + strategy state + galleries) and
+reports it to Ray Train as a checkpoint. A worker that dies makes Ray Train restart the group, which
+resumes from the last finished task's checkpoint; a restarted `ccr run` with the same --out resumes
+from ccr's own checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+from ccr.config import Config, ConfigError, build_config, to_dict
+from ccr.train import DistInfo, train_task
+
+log = logging.getLogger(__name__)
+CKPT_NAME = "ccr.pt"
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """all_gather along dim 0 whose backward sums the gradients of every rank (all_reduce), then keeps
+    this rank's rows: the same gradient as one process computing the loss on the whole batch."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.rank, ctx.n = tdist.get_rank(), x.shape[0]
+        out = [torch.empty_like(x) for _ in range(tdist.get_world_size())]
+        tdist.all_gather(out, x.contiguous())
+        return torch.cat(out)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous().clone()
+        tdist.all_reduce(grad)
+        return grad[ctx.rank * ctx.n:(ctx.rank + 1) * ctx.n]
+
+
+def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """(B, D) per rank -> (W*B, D) in rank order, differentiable (equal B on every rank)."""
+    return _GatherWithGrad.apply(x)
+
+
+def check_distributed(cfg: Config) -> None:
+    """Refuse, before anything starts, a strategy that is not correct under data parallelism."""
+    from ccr.strategies import build_strategy
+
+    strategy = build_strategy(cfg.strategy)
+    if not strategy.supports_distributed:
+        raise ConfigError(f"strategy {cfg.strategy.name!r} does not support data-parallel training "
+                          f"(train.workers={cfg.train.workers}); use train.workers=1")
+
+
+def _fault(config: dict[str, Any], step: int, rank: int):
+    """Test hook: kill this worker once, mid-task, when config['fault'] names this step and rank."""
+    f = config.get("fault")
+    if not f or f["step"] != step or f["rank"] != rank or Path(f["marker"]).exists():
+        return None
+
+    def on_batch(b: int) -> None:
+        if b == f.get("batch", 0):
+            Path(f["marker"]).write_text("killed")
+            os._exit(1)
+
+    return on_batch
+
+
+def train_fn_per_worker(config: dict[str, Any]) -> None:
+    """The per-worker loop: the whole task sequence, resuming from the last finished task."""
+    import ray.train
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from ccr.study import Study, checkpoint_path, last_checkpoint
+
+    cfg = build_config(config["cfg"])
+    ctx_train = ray.train.get_context()
+    rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
+    study = Study(cfg, config["out"], progress=config.get("progress", False) and rank == 0)
+    study.device = torch.device("cuda", ctx_train.get_local_rank()) if config["use_gpu"] else torch.device("cpu")
+    study.build()
+    done = -1
+    ck = ray.train.get_checkpoint()
+    if ck is not None:
+        with ck.as_directory() as d:
+            state = torch.load(Path(d) / CKPT_NAME, map_location=study.device, weights_only=False)
+        done = state["step"]
+        study.restore(state)
+    else:
+        done = last_checkpoint(study.out, len(study.order))
+        if done >= 0:
+            study.load_checkpoint(done)
+    if rank == 0 and done >= 0:
+        log.info("worker group resuming after task %d (%s)", done, study.order[done])
+    dist = DistInfo(rank, world, gather_with_grad if world > 1 else None)
+    for step in range(done + 1, len(study.order)):
+        ctx = study.context(step, rank, world)
+        prev = None
+        if rank == 0 and study.evaluator.needs_previous_model and step > 0:
+            import copy
+
+            prev = copy.deepcopy(study.model).eval()
+        study.strategy.before_task(ctx, study.model)
+        # wrapped per task: a strategy may have frozen parameters in before_task
+        ddp = DDP(study.model, device_ids=[study.device.index] if study.device.type == "cuda" else None) \
+            if world > 1 else study.model
+        stats = train_task(study.model, ctx, study.strategy, forward=ddp, dist=dist,
+                           progress=study.progress, on_batch=_fault(config, step, rank))
+        study.train_stats.append(stats)
+        study.strategy.after_task(ctx, study.model)
+        metrics = {"step": step, "task": ctx.task, "mean_loss": stats["mean_loss"], "pairs_per_s": stats["pairs_per_s"]}
+        if rank == 0:
+            study.evaluate(step, prev)
+            study.save_checkpoint(step)
+            study.write_results(step + 1, complete=step == len(study.order) - 1)
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy(checkpoint_path(study.out, step), Path(tmp) / CKPT_NAME)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+        else:
+            ray.train.report(metrics)
+    if rank == 0:
+        study.evaluator.close()
+
+
+def run_distributed(cfg: Config, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) one study with `train.workers` Ray Train workers; returns its results."""
+    import json
+
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ccr.study import Study
+
+    check_distributed(cfg)
+    out = Path(out).resolve()
+    study = Study(cfg, out, progress=False)  # every input check, before Ray starts
+    out.mkdir(parents=True, exist_ok=True)
+    study.prepare_out()  # config.yaml and the tokenizer, shared by all workers
+    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()
+    if not ray.is_initialized():
+        ray.init()
+    per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    trainer = TorchTrainer(
+        train_fn_per_worker,
+        train_loop_config={"cfg": to_dict(cfg), "out": str(out), "use_gpu": use_gpu, "progress": progress,
+                           **({"fault": cfg_fault} if (cfg_fault := _fault_from_env()) else {})},
+        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+        run_config=RunConfig(name="train", storage_path=str(out / "ray"),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    trainer.fit()
+    return json.loads((out / "results.json").read_text())
+
+
+def _fault_from_env() -> dict[str, Any] | None:
+    """CCR_FAULT=step:rank:marker_path kills one worker once (for fault-tolerance tests)."""
+    spec = os.environ.get("CCR_FAULT")
+    if not spec:
+        return None
+    step, rank, marker = spec.split(":", 2)
+    return {"step": int(step), "rank": int(rank), "marker": marker}

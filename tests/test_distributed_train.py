@@ -1,0 +1,114 @@
+"""Ray Train: global-batch equivalence, a 2-worker study, refusal of unsafe strategies, fault tolerance."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray")
+
+from ccr.config import ConfigError, load_config  # noqa: E402
+from tests.conftest import TINY  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _model_and_batch():
+    from bench.common import synthetic_dataset
+    from ccr.models import build_model
+
+    cfg = load_config(None, TINY)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, 1000, cfg.train)
+    ds, tokens = synthetic_dataset({"t": 16}, 16, 8)
+    return cfg, model, ds.images.array[:16], tokens.input_ids[:16], tokens.attention_mask[:16]
+
+
+def _loss_worker(config):
+    import ray.train
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from ccr import losses
+    from ccr.distributed.train import gather_with_grad
+
+    cfg, model, img, ids, mask = _model_and_batch()
+    rank = ray.train.get_context().get_world_rank()
+    ddp = DDP(model)
+    lo, hi = rank * 8, rank * 8 + 8  # batch B=8 per worker, global 16
+    i, t = ddp(img[lo:hi], ids[lo:hi], mask[lo:hi])
+    loss = losses.infonce(gather_with_grad(i), gather_with_grad(t), model.logit_scale)["contrastive_loss"]
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    with open(f"{config['out']}/rank{rank}.json", "w") as f:
+        json.dump({"loss": float(loss), "grad": grad.tolist()}, f)
+    ray.train.report({"loss": float(loss)})
+
+
+def test_two_workers_batch_b_equal_one_worker_batch_2b(ray_local, tmp_path):
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ccr import losses
+
+    TorchTrainer(_loss_worker, train_loop_config={"out": str(tmp_path)}, scaling_config=ScalingConfig(num_workers=2),
+                 run_config=RunConfig(storage_path=str(tmp_path), name="eq")).fit()
+    cfg, model, img, ids, mask = _model_and_batch()
+    i, t = model(img, ids, mask)
+    loss = losses.infonce(i, t, model.logit_scale)["contrastive_loss"]
+    loss.backward()
+    grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    for rank in (0, 1):  # after DDP's all-reduce every rank holds the full-batch gradient
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert got["loss"] == pytest.approx(float(loss), rel=1e-5)
+        np.testing.assert_allclose(np.array(got["grad"]), grad.numpy(), rtol=1e-3, atol=1e-6)
+
+
+def test_unsafe_strategy_is_refused_before_start(tmp_path):
+    from ccr.distributed.train import run_distributed
+    from ccr.strategies import REGISTRY, Strategy, register
+
+    @register
+    class Unsafe(Strategy):
+        """Keeps per-rank state that would diverge."""
+
+        name = "unsafe_for_test"
+        source = "test"
+        supports_distributed = False
+
+    try:
+        with pytest.raises(ConfigError, match="does not support data-parallel"):
+            run_distributed(load_config(None, [*TINY, "strategy.name=unsafe_for_test", "train.workers=2"]), tmp_path)
+    finally:
+        REGISTRY.pop("unsafe_for_test")
+    assert not (tmp_path / "ray").exists()
+
+
+def _run(tmp_path, name, *extra):
+    from ccr.distributed.train import run_distributed
+
+    cfg = load_config(None, [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", "train.workers=2",
+                             "train.epochs=3", *extra])
+    return run_distributed(cfg, tmp_path / name, progress=False)
+
+
+def test_worker_killed_in_task_2_resumes_from_task_1(ray_local, tmp_path, monkeypatch):
+    clean = _run(tmp_path, "clean", "strategy.name=[replay,ewc]")
+    assert clean["status"] == "complete" and clean["task_order"] == ["round", "boxes"]
+    for key in ("recall", "summary", "index_cost", "by_policy", "anatomy", "provenance"):
+        assert key in clean
+    marker = tmp_path / "killed.marker"
+    monkeypatch.setenv("CCR_FAULT", f"1:1:{marker}")
+    hurt = _run(tmp_path, "hurt", "strategy.name=[replay,ewc]", "train.max_failures=2")
+    assert marker.read_text() == "killed"  # the fault really fired
+    assert hurt["recall"] == clean["recall"]
+    assert hurt["index_cost"] == clean["index_cost"]
+    # the restarted worker group resumed after task 1 (index 0) instead of starting over
+    assert clean["resumes"] == [] and hurt["resumes"] == [0]
