@@ -79,11 +79,15 @@ def collect(root: str | Path) -> Collected:
 
 
 def swept_keys(runs: dict[str, dict[str, Any]]) -> list[str]:
-    """Config keys whose values differ between runs (besides seed and task order)."""
+    """Config keys whose values differ between runs (besides seed, task order and resource keys).
+
+    A key absent from some runs (written by an older ccr) counts only by the values present.
+    """
     flat = [_flatten(r["config"]) for r in runs.values()]
     keys = sorted(set().union(*flat)) if flat else []
-    skip = {"seed", "tasks.order"}
-    return [k for k in keys if k not in skip and len({json.dumps(f.get(k), default=str) for f in flat}) > 1]
+    skip = {"seed", "tasks.order", "train.threads", "eval.batch_size", "train.max_failures"}
+    return [k for k in keys if k not in skip
+            and len({json.dumps(f[k], default=str) for f in flat if k in f}) > 1]
 
 
 def run_info(name: str, res: dict[str, Any], swept: list[str]) -> dict[str, Any]:

@@ -1,0 +1,176 @@
+"""Sweep files: a base config, overrides, grid axes and an optional Optuna search, checked before Ray starts.
+
+    base: null                 # a config YAML (relative to this file), or null for the embedded default
+    set: {train.epochs: 10}    # overrides for every trial
+    grid:                      # axes over any config keys; every combination is one trial (one study)
+      strategy.name: [finetune, lwf]
+      index.policy: [reindex, no_reindex]
+      tasks.order: {random_permutations: 3}   # or explicit lists of task names
+      seed: [0, 1, 2]
+    optuna:                    # optional: one Optuna search per grid cell
+      space: {train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}
+      metric: summary.avg_final_recall.t2i.1
+      mode: max
+      num_samples: 8
+    resources: {cpus_per_trial: 1, gpus_per_trial: 0}
+    max_concurrent_trials: null   # default: what the cluster's CPUs/GPUs allow
+    max_failures: 1               # retries of a failed trial; then it is recorded as failed
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccr.config import Config, ConfigError, build_config, deep_merge, read_yaml, set_path
+
+SPEC_KEYS = {"base", "set", "grid", "optuna", "resources", "max_concurrent_trials", "max_failures", "name"}
+DISTRIBUTIONS = {"uniform", "loguniform", "int", "choice"}
+
+
+@dataclass
+class SweepSpec:
+    name: str
+    base_tree: dict[str, Any]
+    grid: dict[str, list[Any]]
+    optuna: dict[str, Any] | None = None
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    max_concurrent_trials: int | None = None
+    max_failures: int = 1
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Every combination of the grid axes (one dict of dotted key -> value per trial or search)."""
+        keys = list(self.grid)
+        return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(self.grid[k] for k in keys))]
+
+    def config_for(self, params: dict[str, Any]) -> Config:
+        tree = copy.deepcopy(self.base_tree)
+        for k, v in params.items():
+            set_path(tree, k, v)
+        return build_config(tree)
+
+
+def trial_name(params: dict[str, Any]) -> str:
+    """A stable, readable name from a trial's parameters (so a restored sweep finds its runs)."""
+    parts = []
+    for k in sorted(params):
+        v = params[k]
+        v = "+".join(map(str, v)) if isinstance(v, list) else (f"{v:.6g}" if isinstance(v, float) else str(v))
+        parts.append(f"{k.replace('strategy.params.', '')}={v}")
+    name = ",".join(parts).replace("/", "_").replace(" ", "")
+    return name if len(name) < 180 else name[:150] + "-" + str(abs(hash(name)) % 10**8)
+
+
+def _field_type(key: str) -> Any:
+    """The annotated type of a dotted config key (None when the key is free-form, e.g. strategy params)."""
+    tp: Any = Config
+    for part in key.split("."):
+        hints = typing.get_type_hints(tp) if isinstance(tp, type) else {}
+        if part not in hints:
+            return None
+        tp = hints[part]
+    return tp
+
+
+def valid_metrics(cfg: Config) -> set[str]:
+    names = set()
+    for q in ("avg_final_recall", "forgetting", "bwt"):
+        for d in ("i2t", "t2i"):
+            for k in cfg.eval.ks:
+                names.add(f"summary.{q}.{d}.{k}")
+    return names | {"index_cost.images_embedded", "index_cost.captions_embedded", "index_cost.total"}
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
+    """Read and check a sweep file: every trial's config is built (and so validated) here."""
+    from ccr.config import parse_override
+
+    path = Path(path)
+    raw = read_yaml(path)
+    unknown = set(raw) - SPEC_KEYS
+    if unknown:
+        raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)} (valid: {', '.join(sorted(SPEC_KEYS))})")
+    base = raw.get("base")
+    tree: dict[str, Any] = read_yaml(path.parent / base) if base else {}
+    for k, v in (raw.get("set") or {}).items():
+        set_path(tree, k, v)
+    for item in overrides or []:
+        k, v = parse_override(item)
+        set_path(tree, k, v)
+    base_cfg = build_config(copy.deepcopy(tree))
+    grid: dict[str, list[Any]] = {}
+    for key, values in (raw.get("grid") or {}).items():
+        if isinstance(values, dict) and set(values) == {"random_permutations"} and key == "tasks.order":
+            grid[key] = _permutations(base_cfg, int(values["random_permutations"]))
+        elif not isinstance(values, list):
+            raise ConfigError(f"sweep {path}: grid axis '{key}' must be a list of values")
+        else:
+            grid[key] = values
+        if not grid[key]:
+            raise ConfigError(f"sweep {path}: grid axis '{key}' is empty")
+    opt = raw.get("optuna")
+    if not grid and not opt:
+        raise ConfigError(f"sweep {path}: the grid is empty and there is no optuna search: nothing to run")
+    res = raw.get("resources") or {}
+    spec = SweepSpec(name=raw.get("name") or path.stem, base_tree=tree, grid=grid, optuna=opt,
+                     cpus_per_trial=float(res.get("cpus_per_trial", 1)),
+                     gpus_per_trial=float(res.get("gpus_per_trial", 0)),
+                     max_concurrent_trials=raw.get("max_concurrent_trials"),
+                     max_failures=int(raw.get("max_failures", 1)), raw=raw)
+    for cell in spec.cells() or [{}]:  # unknown keys, wrong types and bad values in any axis fail here
+        try:
+            spec.config_for(cell)
+        except ConfigError as e:
+            raise ConfigError(f"sweep {path}, grid cell {cell}: {e}") from e
+    if opt:
+        _check_optuna(path, spec, base_cfg)
+    return spec
+
+
+def _permutations(cfg: Config, n: int) -> list[list[str]]:
+    from ccr.data import load_dataset
+
+    tasks = load_dataset(cfg).task_names
+    rng = np.random.default_rng(cfg.seed)
+    return [[tasks[i] for i in rng.permutation(len(tasks))] for _ in range(n)]
+
+
+def _check_optuna(path: Path, spec: SweepSpec, cfg: Config) -> None:
+    opt = spec.optuna
+    missing = {"space", "metric", "mode"} - set(opt)
+    if missing:
+        raise ConfigError(f"sweep {path}: optuna needs {sorted(missing)}")
+    if opt["mode"] not in ("min", "max"):
+        raise ConfigError(f"sweep {path}: optuna.mode must be min or max, got {opt['mode']!r}")
+    if opt["metric"] not in valid_metrics(cfg):
+        raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} is not in the results; valid: "
+                          f"{', '.join(sorted(valid_metrics(cfg)))}")
+    for key, dist in opt["space"].items():
+        if not isinstance(dist, dict) or dist.get("type") not in DISTRIBUTIONS:
+            raise ConfigError(f"sweep {path}: optuna.space.{key} needs a type in {sorted(DISTRIBUTIONS)}")
+        tp = _field_type(key)
+        numeric = tp in (int, float) or (tp is None and key.startswith("strategy.params."))
+        if dist["type"] != "choice" and not numeric:
+            raise ConfigError(f"sweep {path}: optuna.space.{key}: a {dist['type']} search needs a numeric key, "
+                              f"but '{key}' is {getattr(tp, '__name__', tp)}")
+        if dist["type"] != "choice":
+            probe = spec.config_for({key: dist["low"]})
+            del probe
+        if key in spec.grid:
+            raise ConfigError(f"sweep {path}: '{key}' is both a grid axis and an optuna parameter")
+
+
+def describe(spec: SweepSpec) -> str:
+    return json.dumps({"name": spec.name, "grid": spec.grid, "optuna": spec.optuna}, default=str)
+
+
+__all__ = ["SweepSpec", "load_spec", "trial_name", "valid_metrics", "deep_merge"]

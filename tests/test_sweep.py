@@ -1,0 +1,158 @@
+"""`ccr sweep`: spec errors (no Ray), a tiny sweep, a 2-node cluster, driver kill + resume, Optuna, cluster.yaml."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ccr.config import ConfigError
+from ccr.distributed.sweep_spec import load_spec, trial_name
+from tests.conftest import TINY
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path, spec, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(spec))
+    return p
+
+
+def tiny_sets(tmp_path):
+    return [*TINY, "data.n_tasks=2", f"data.cache_dir={tmp_path / 'cache'}", "train.threads=1"]
+
+
+@pytest.mark.parametrize("spec, needle", [
+    ({"grid": {"train.lrr": [0.1]}}, "unknown config key 'train.lrr'"),
+    ({"grid": {"strategy.name": ["finetune", "nope"]}}, "unknown strategy 'nope'"),
+    ({"grid": {"seed": []}}, "grid axis 'seed' is empty"),
+    ({"grid": {}}, "the grid is empty"),
+    ({"grid": {"seed": [0]}, "optuna": {"space": {"strategy.name": {"type": "loguniform", "low": 1, "high": 2}},
+                                         "metric": "summary.forgetting.t2i.1", "mode": "min"}}, "needs a numeric key"),
+    ({"grid": {"seed": [0]}, "optuna": {"space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+                                         "metric": "summary.happiness.t2i.1", "mode": "max"}}, "is not in the results"),
+    ({"grid": {"seed": [0]}, "sweeep": 1}, "unknown key(s) ['sweeep']"),
+])
+def test_spec_errors_before_anything_starts(tmp_path, spec, needle):
+    with pytest.raises(ConfigError) as e:
+        load_spec(write(tmp_path, spec))
+    assert needle in str(e.value)
+
+
+def test_spec_cells_permutations_and_names(tmp_path):
+    spec = load_spec(write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"],
+                                               "tasks.order": {"random_permutations": 2}}}),
+                     [f"data.cache_dir={tmp_path / 'c'}", "data.n_tasks=3", *TINY[1:5]])
+    cells = spec.cells()
+    assert len(cells) == 4 and all(sorted(c["tasks.order"]) == ["boxes", "round", "triangles"] for c in cells)
+    assert len({trial_name(c) for c in cells}) == 4
+    assert trial_name({"strategy.name": "lwf", "seed": 1}) == "seed=1,strategy.name=lwf"
+
+
+def test_sweep_files_in_repo_are_valid():
+    for name in ("default.yaml", "hpo.yaml"):
+        spec = load_spec(REPO / "sweeps" / name)
+        assert spec.cells()
+    default = load_spec(REPO / "sweeps" / "default.yaml")
+    names = {c["strategy.name"] for c in default.cells()}
+    assert {"finetune", "joint"} < names and len(names) >= 4
+    assert default.config_for(default.cells()[0]).index.compare == ["no_reindex"]
+
+
+def test_cluster_yaml_validates_against_rays_schema():
+    pytest.importorskip("ray")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(cfg))
+    assert any("ccr" in c and "gpu" in c for c in cfg["setup_commands"])
+
+
+# ---- with Ray ---------------------------------------------------------------------------------------
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture
+def ray_local():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def results_in(storage):
+    return {p.parent.name: json.loads(p.read_text()) for p in (Path(storage) / "runs").glob("*/results.json")}
+
+
+@pytest.mark.slow
+def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_path):
+    from ccr.distributed.tune import run_sweep
+
+    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"], "index.policy": ["reindex", "no_reindex"],
+                                     "seed": [0]}})
+    assert run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out") == 0
+    res = results_in(tmp_path / "out")
+    assert len(res) == 4 and all(r["status"] == "complete" for r in res.values())
+    assert {(r["strategy"], r["policy"]) for r in res.values()} == {
+        ("finetune", "reindex"), ("finetune", "no_reindex"), ("lwf", "reindex"), ("lwf", "no_reindex")}
+    with pytest.raises(ConfigError, match="--resume"):
+        run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out")
+
+    opt = write(tmp_path, {"grid": {"seed": [0]}, "optuna": {
+        "space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+        "metric": "summary.avg_final_recall.t2i.1", "mode": "max", "num_samples": 3}}, "o.yaml")
+    assert run_sweep(opt, tiny_sets(tmp_path), tmp_path / "opt") == 0
+    best = json.loads((tmp_path / "opt" / "best.json").read_text())
+    (cell,) = best.values()
+    assert 1e-3 <= cell["config"]["train.lr"] <= 1e-2 and "summary.avg_final_recall.t2i.1" in cell
+    assert len(results_in(tmp_path / "opt")) == 3
+
+
+@pytest.mark.slow
+def test_sweep_places_trials_on_both_nodes_of_a_two_node_cluster(tmp_path):
+    from ray.cluster_utils import Cluster
+
+    from ccr.distributed.tune import run_sweep
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"]}})
+        run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out")
+        nodes = {json.loads(p.read_text())["node_id"] for p in (tmp_path / "out" / "runs").glob("*/trial.json")}
+        assert len(results_in(tmp_path / "out")) == 2 and len(nodes) == 2
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
+    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf", "ewc"]}, "max_concurrent_trials": 1})
+    sets = [x for o in tiny_sets(tmp_path) for x in ("--set", o)]
+    cmd = [sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(tmp_path / "out"), *sets]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(r["status"] == "complete" for r in results_in(tmp_path / "out").values()):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+    proc.wait()
+    done_before = {n for n, r in results_in(tmp_path / "out").items() if r["status"] == "complete"}
+    stamps = {n: (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns for n in done_before}
+    assert 1 <= len(done_before) < 3
+    subprocess.run(["ray", "stop", "--force"], capture_output=True)
+    rc = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    res = results_in(tmp_path / "out")
+    assert len(res) == 3 and all(r["status"] == "complete" for r in res.values())
+    for n in done_before:  # finished trials were not run again
+        assert len((tmp_path / "out" / "runs" / n / "starts.log").read_text().split()) == 1
+        assert (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns == stamps[n]
