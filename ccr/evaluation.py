@@ -126,6 +126,7 @@ class Evaluator:
             "recall": {d: {str(k): to_json_matrix(m) for k, m in by_k.items()} for d, by_k in mats.items()},
             "summary": summarize(mats) if upto else {},
             "index_cost": {"images_embedded": st.cost["images"], "captions_embedded": st.cost["captions"],
+                           "seconds": round(sum(c.get("seconds", 0.0) for c in st.cost_per_step[:upto]), 4),
                            "per_step": st.cost_per_step[:upto]},
             "index_quality": None if self.cfg.index.approx == "none" else
             {"kind": self.cfg.index.approx, "recall_at_10_vs_exact": st.quality()},

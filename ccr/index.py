@@ -246,12 +246,16 @@ class IndexPolicy:
             self._embed(state, inp, modality, task, g.ids(task), counts)
 
     def update(self, state: IndexState, inp: StepInput) -> dict[str, int]:
+        import time
+
+        t0 = time.perf_counter()
         counts = {m: 0 for m in MODALITIES}
         self._add_new_task(state, inp, counts)
         self.update_old(state, inp, counts)
         for m in MODALITIES:
             state.cost[m] += counts[m]
-        state.cost_per_step.append(counts)
+        # seconds of this step's indexing (embedding shared within a step is counted where first done)
+        state.cost_per_step.append({**counts, "seconds": round(time.perf_counter() - t0, 4)})
         return counts
 
     def update_old(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:

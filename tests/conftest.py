@@ -30,3 +30,9 @@ def tiny_cfg(tiny_overrides):
         return load_config(None, [*tiny_overrides, *extra])
 
     return make
+
+
+def counts(cost: dict) -> dict:
+    """An index_cost without its (timing) seconds: what must match between equivalent runs."""
+    return {k: ([{m: v for m, v in s.items() if m != "seconds"} for s in cost[k]] if k == "per_step" else cost[k])
+            for k in cost if k != "seconds"}
