@@ -74,16 +74,21 @@ class FlatIndex:
 
         One candidate beyond k is fetched: when the k-th score is strictly above it, the top-k set is
         unique; otherwise (a tie across the k-th place) more are fetched until it is, so ties resolve
-        exactly by id at the cost of one extra candidate in the common case.
+        exactly by id at the cost of one extra candidate in the common case. With reduced precision
+        (a fp16/bf16 torch matrix, or fp32 with TF32 matmuls) scores are rounded so coarsely that such
+        ties are rounding artefacts and frequent: they are broken by id among the fetched candidates,
+        without a second pass.
         """
         q = np.ascontiguousarray(queries, dtype=np.float32)
         n = len(self)
         if n == 0 or len(q) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
         kk = min(n, k + slack)
+        exact_ties = self.backend == "faiss" or (self.matrix.dtype == torch.float32 and not (
+            self.matrix.is_cuda and torch.backends.cuda.matmul.allow_tf32))  # TF32 rounds like fp16
         while True:
             scores, pos = self._raw(q, kk)
-            if kk >= n or k > kk or np.all(scores[:, k - 1] > scores[:, kk - 1]):
+            if not exact_ties or kk >= n or k > kk or np.all(scores[:, k - 1] > scores[:, kk - 1]):
                 break
             kk = min(n, kk * 4)
         ids = np.where(pos >= 0, self.ids[np.clip(pos, 0, None)], -1)
