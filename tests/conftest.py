@@ -36,3 +36,12 @@ def counts(cost: dict) -> dict:
     """An index_cost without its (timing) seconds: what must match between equivalent runs."""
     return {k: ([{m: v for m, v in s.items() if m != "seconds"} for s in cost[k]] if k == "per_step" else cost[k])
             for k in cost if k != "seconds"}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """One local Ray (2 CPUs) per test module that asks for it."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

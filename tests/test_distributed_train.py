@@ -14,13 +14,6 @@ from tests.conftest import TINY, counts  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _model_and_batch():
     from bench.common import synthetic_dataset
     from ccr.models import build_model

@@ -18,13 +18,6 @@ from tests.conftest import TINY, counts  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture
 def pools():
     """Collects the pools a test makes and stops their actors afterwards (2 CPUs hold few actors)."""

@@ -31,6 +31,11 @@ class _OldModel(Strategy):
     def old_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.old(batch.images, batch.input_ids, batch.attention_mask)
 
+    def new_and_old(self, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """(new image, new text, old image, old text) embeddings of the batch, in fp32."""
+        oi, ot = self.old_embeddings(batch)
+        return batch.img_emb.float(), batch.txt_emb.float(), oi.float(), ot.float()
+
     def after_task(self, ctx, model):
         self.old = None  # rebuilt from the model before the next task (also after a resume)
 
@@ -74,8 +79,7 @@ class LwF(_OldModel):
     def loss_terms(self, ctx, model, batch):
         if self.old is None:
             return {}
-        oi, ot = (x.float() for x in self.old_embeddings(batch))
-        ni, nt = batch.img_emb.float(), batch.txt_emb.float()
+        ni, nt, oi, ot = self.new_and_old(batch)
         p = self.params
         return {
             "lwf_emb_loss": p.emb_weight * (embedding_distillation(ni, oi) + embedding_distillation(nt, ot)),
@@ -108,8 +112,7 @@ class Compat(_OldModel):
     def loss_terms(self, ctx, model, batch):
         if self.old is None:
             return {}
-        oi, ot = (x.float() for x in self.old_embeddings(batch))
-        ni, nt = batch.img_emb.float(), batch.txt_emb.float()
+        ni, nt, oi, ot = self.new_and_old(batch)
         p = self.params
         scale = model.logit_scale
         # new captions -> old images (t2i on an old gallery) and new images -> old captions (i2t)
