@@ -84,7 +84,7 @@ def forgetting_bars(summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None
         return None
     strategies, policies = sorted(d.strategy.unique()), sorted(d.policy.unique())
     col = colours(strategies)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.1 * len(policies) * 2), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.1 * len(policies) * 2 + 1.5), 3.4), squeeze=False)
     width = 0.8 / len(strategies)
     for ax, direction in zip(axes[0], ("i2t", "t2i"), strict=True):
         g = d[d.direction == direction].groupby(["strategy", "policy"]).forgetting.agg(["mean", "std"])
@@ -97,7 +97,7 @@ def forgetting_bars(summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None
         ax.set_xticklabels(policies, rotation=30, ha="right", fontsize=8)
         ax.set_title(f"{direction} forgetting @R{k}")
         ax.axhline(0, color="k", lw=0.5)
-    axes[0][1].legend(fontsize=7, ncol=2)
+    axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return _save(fig, out / f"forgetting_R{k}.png")
 
 
@@ -142,7 +142,7 @@ def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t
         ax.set_xticklabels([c.replace("grid:", "") for c in combos], fontsize=8)
         ax.set_ylabel(f"{direction} R@{k} on old tasks (%)")
         ax.set_title("compatibility grid after the last task (query model / gallery model)", fontsize=9)
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         paths.append(_save(fig, out / "compatibility_grid.png"))
     drift = a[(a.metric == "drift") & (a.task_index == 0)]
     if not drift.empty:
