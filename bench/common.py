@@ -56,3 +56,19 @@ def timed(fn, device: torch.device) -> float:
     fn()
     sync(device)
     return time.perf_counter() - t
+
+
+def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """(n, d) random unit vectors, float32."""
+    x = rng.standard_normal((n, d), dtype=np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def best_of(fn, repeat: int = 3) -> float:
+    """The fastest of `repeat` wall-clock timings of fn() (CPU work; GPU callers synchronise inside)."""
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)

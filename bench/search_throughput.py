@@ -8,27 +8,12 @@ torch matmul+topk (GPU), over the same random unit vectors, in one run.
 from __future__ import annotations
 
 import argparse
-import time
 
-import common  # noqa: F401  (path set-up)
 import numpy as np
 import torch
+from common import best_of, unit
 
 from ccr.search import FlatIndex
-
-
-def unit(rng, n, d):
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def best_of(fn, repeat=3) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:

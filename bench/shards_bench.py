@@ -11,28 +11,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import common  # noqa: F401  (path set-up)
 import numpy as np
 import ray
+from common import best_of, unit
 
 from ccr.config import load_config
 from ccr.study import Study
 
 TINY_MODEL = ["data.n_tasks=5"]
-
-
-def unit(rng, n, d):
-    x = rng.standard_normal((n, d), dtype=np.float32)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
-def best_of(fn, repeat=3):
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return min(out)
 
 
 def main() -> None:
