@@ -40,7 +40,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg.train.workers > 1 or cfg.train.use_ray:
         from ccr.distributed.train import run_distributed
 
-        res = run_distributed(cfg, out, progress=not args.quiet)
+        res = run_distributed(cfg, out, progress=not args.quiet, study=study)
     else:
         res = study.run()
     print(render(res))

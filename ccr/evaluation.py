@@ -37,10 +37,7 @@ class Evaluator:
         self.policy_names = [cfg.index.policy, *cfg.index.compare]
         self.policies = {p: build_policy(p, cfg.index) for p in self.policy_names}
         search_device = device if cfg.index.backend == "torch" else "cpu"
-        self.states = {}
-        for p in self.policy_names:
-            self._next_policy = p  # lets a sharded evaluator name each policy's galleries
-            self.states[p] = self.make_state(cfg, search_device)
+        self.states = {p: self.make_state(p, cfg, search_device) for p in self.policy_names}
         self.recall = {p: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for p in self.policy_names}
         self.test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")}
                          for t in order}
@@ -48,7 +45,8 @@ class Evaluator:
         self.anatomy = {"grid": {c: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for c in COMBOS},
                         "drift": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n)}
 
-    def make_state(self, cfg: Config, device: str) -> IndexState:
+    def make_state(self, policy: str, cfg: Config, device: str) -> IndexState:
+        """The galleries of one policy (a sharded evaluator puts them on its actors)."""
         return IndexState.empty(cfg.index, device)
 
     @property

@@ -79,8 +79,9 @@ class Gallery:
             return
         p = self.parts[task]
         rows = np.searchsorted(p.ids, ids)
-        if len(ids) and (rows >= len(p.ids)).any() or not np.array_equal(p.ids[np.clip(rows, 0, len(p.ids) - 1)], ids):
-            raise KeyError(f"gallery {self.modality}/{task}: re-embedding ids that are not entries")
+        known = (rows < len(p.ids)) & (p.ids[np.minimum(rows, len(p.ids) - 1)] == ids) if len(p.ids) else rows < 0
+        if not known.all():
+            raise KeyError(f"gallery {self.modality}/{task}: re-embedding ids that are not entries: {ids[~known][:5]}")
         p.emb[rows] = emb
         p.version[rows] = version
         p.index = p.approx = None

@@ -105,3 +105,14 @@ def test_worker_killed_in_task_2_resumes_from_task_1(ray_local, tmp_path, monkey
     assert counts(hurt["index_cost"]) == counts(clean["index_cost"])
     # the restarted worker group resumed after task 1 (index 0) instead of starting over
     assert clean["resumes"] == [] and hurt["resumes"] == [0]
+
+
+def test_cli_run_with_two_workers(ray_local, tmp_path, capsys):
+    from ccr.cli import main
+
+    sets = [x for o in [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", "train.workers=2"]
+            for x in ("--set", o)]
+    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 0
+    assert "t2i R@1" in capsys.readouterr().out
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["status"] == "complete" and res["config"]["train"]["workers"] == 2

@@ -100,8 +100,11 @@ def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_p
     assert len(res) == 4 and all(r["status"] == "complete" for r in res.values())
     assert {(r["strategy"], r["policy"]) for r in res.values()} == {
         ("finetune", "reindex"), ("finetune", "no_reindex"), ("lwf", "reindex"), ("lwf", "no_reindex")}
-    with pytest.raises(ConfigError, match="--resume"):
-        run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out")
+    stamps = {n: (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns for n in res}
+    assert run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out") == 0  # the same sweep again: resumes
+    assert {n: (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns for n in res} == stamps
+    with pytest.raises(ConfigError, match="different sweep"):
+        run_sweep(spec, [*tiny_sets(tmp_path), "train.epochs=1"], tmp_path / "out")
 
     opt = write(tmp_path, {"grid": {"seed": [0]}, "optuna": {
         "space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},

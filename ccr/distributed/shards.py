@@ -311,9 +311,8 @@ class ShardedEvaluator(Evaluator):
         self.pool = ShardPool(cfg, Path(out) / "tokenizer", device)
         super().__init__(cfg, ds, order, device)
 
-    def make_state(self, cfg: Config, device: str) -> IndexState:
-        name = getattr(self, "_next_policy", None)
-        return IndexState({m: ShardedGallery(f"{name}/{m}", m, self.pool) for m in MODALITIES})
+    def make_state(self, policy: str, cfg: Config, device: str) -> IndexState:
+        return IndexState({m: ShardedGallery(f"{policy}/{m}", m, self.pool) for m in MODALITIES})
 
     def before_index(self, step: int, embedder) -> None:
         self.pool.set_model(step, embedder.model.state_dict())

@@ -130,8 +130,11 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
         study.evaluator.close()
 
 
-def run_distributed(cfg: Config, out: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) one study with `train.workers` Ray Train workers; returns its results."""
+def run_distributed(cfg: Config, out: str | Path, progress: bool = True, study=None) -> dict[str, Any]:
+    """Run (or resume) one study with `train.workers` Ray Train workers; returns its results.
+
+    `study`: an already checked `Study` for this config and folder (saves loading the data twice).
+    """
     import json
 
     import ray
@@ -142,7 +145,8 @@ def run_distributed(cfg: Config, out: str | Path, progress: bool = True) -> dict
 
     check_distributed(cfg)
     out = Path(out).resolve()
-    study = Study(cfg, out, progress=False)  # every input check, before Ray starts
+    if study is None:
+        study = Study(cfg, out, progress=False)  # every input check, before Ray starts
     out.mkdir(parents=True, exist_ok=True)
     study.prepare_out()  # config.yaml and the tokenizer, shared by all workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()

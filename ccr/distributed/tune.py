@@ -148,10 +148,20 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
 
     spec = load_spec(path, overrides)  # every config error before Ray starts
     storage = Path(out or Path("runs") / "sweeps" / spec.name).resolve()
+    same = {"sweep": Path(path).read_text(), "overrides": list(overrides or [])}
     if (storage / "sweep.yaml").exists() and not resume:
-        raise ConfigError(f"{storage} already holds a sweep: pass --resume to continue it, or choose another --out")
+        try:
+            before = json.loads((storage / "sweep_input.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            before = None
+        if before != same:
+            raise ConfigError(f"{storage} already holds a different sweep: pass --resume to continue it anyway, "
+                              "or choose another --out")
+        log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage)
+        resume = True
     storage.mkdir(parents=True, exist_ok=True)
-    (storage / "sweep.yaml").write_text(Path(path).read_text())
+    (storage / "sweep.yaml").write_text(same["sweep"])
+    atomic_write_json(storage / "sweep_input.json", same)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     cells = spec.cells() if (spec.optuna and spec.grid) else [None]
