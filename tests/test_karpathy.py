@@ -92,3 +92,18 @@ def test_errors_come_before_training(kp, tmp_path):
     with pytest.raises(DataError, match="ghosts"):
         Study(cfg, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("strategy", ["finetune", "joint", "ewc", "lwf", "replay", "freeze", "compat", "[replay,lwf]"])
+def test_every_strategy_and_policy_on_karpathy_data(kp, tmp_path, strategy):
+    """Every strategy trains on the Karpathy fixture, with every indexing policy evaluated on the run."""
+    from tests.conftest import TINY
+
+    cfg = load_config(None, [*TINY, "data.kind=karpathy", f"data.path={kp['path']}", f"data.images={kp['images']}",
+                             f"data.tasks_file={kp['tasks_file']}", "train.batch_size=4",
+                             f"strategy.name={strategy}", "strategy.params.replay.budget=4",
+                             "index.compare=[no_reindex,reindex_images,reindex_captions,backfill,drift_map]"])
+    res = Study(cfg, tmp_path / "out", progress=False).run()
+    assert res["status"] == "complete" and len(res["by_policy"]) == 6
+    for pol in res["by_policy"].values():
+        assert pol["recall"]["t2i"]["1"][1][0] is not None
