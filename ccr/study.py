@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ccr.models import build_model, build_tokenizer, tokenize_all
 from ccr.models.tokenizer import load_tokenizer
 from ccr.provenance import atomic_torch_save, atomic_write_bytes, atomic_write_json, provenance
 from ccr.strategies import TaskContext, build_strategy
-from ccr.train import resolve_device, train_task
+from ccr.train import DistInfo, resolve_device, train_task
 
 log = logging.getLogger(__name__)
 # keys that do not change a study's numbers: a resumed run may differ in them
@@ -141,10 +142,7 @@ class Study:
     def run(self) -> dict[str, Any]:
         self.prepare_out()
         self.build()
-        done = last_checkpoint(self.out, len(self.order))
-        if done >= 0:
-            log.info("resuming after task %d (%s) from %s", done, self.order[done], checkpoint_path(self.out, done))
-            self.load_checkpoint(done)
+        done = self.resume()
         try:
             for step in range(done + 1, len(self.order)):
                 self.run_task(step)
@@ -152,17 +150,39 @@ class Study:
         finally:
             self.evaluator.close()
 
-    def run_task(self, step: int) -> None:
-        ctx = self.context(step)
-        prev = copy.deepcopy(self.model).eval() if self.evaluator.needs_previous_model and step > 0 else None
-        log.info("task %d/%d: %s (%s)", step + 1, len(self.order), ctx.task, self.strategy.name)
+    def resume(self) -> int:
+        """Load the last finished task's checkpoint from --out, if any; returns its index (or -1)."""
+        done = last_checkpoint(self.out, len(self.order))
+        if done >= 0:
+            log.info("resuming after task %d (%s) from %s", done, self.order[done], checkpoint_path(self.out, done))
+            self.load_checkpoint(done)
+        return done
+
+    def run_task(self, step: int, dist: DistInfo | None = None, wrap: Callable | None = None,
+                 on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+        """Learn task `step`, then (on rank 0 only) index, query, checkpoint and write partial results.
+
+        Under data parallelism every rank calls this with its `dist`; `wrap` makes the module to train
+        through (DDP), built after `before_task` because a strategy may freeze parameters there.
+        """
+        dist = dist or DistInfo()
+        lead = dist.rank == 0
+        ctx = self.context(step, dist.rank, dist.world_size)
+        needs_prev = lead and self.evaluator.needs_previous_model and step > 0
+        prev = copy.deepcopy(self.model).eval() if needs_prev else None
+        if lead:
+            log.info("task %d/%d: %s (%s)", step + 1, len(self.order), ctx.task, self.strategy.name)
         self.strategy.before_task(ctx, self.model)
-        self.train_stats.append(train_task(self.model, ctx, self.strategy, progress=self.progress))
+        stats = train_task(self.model, ctx, self.strategy, forward=wrap(self.model) if wrap else None, dist=dist,
+                           progress=self.progress, on_batch=on_batch)
+        self.train_stats.append(stats)
         self.strategy.after_task(ctx, self.model)
-        self.evaluate(step, prev)
-        self.save_checkpoint(step)
-        if step < len(self.order) - 1:
-            self.write_results(step + 1, complete=False)
+        if lead:
+            self.evaluate(step, prev)
+            self.save_checkpoint(step)
+            if step < len(self.order) - 1:
+                self.write_results(step + 1, complete=False)
+        return stats
 
     def evaluate(self, step: int, prev_model=None) -> None:
         self.evaluator.step(step, self.embedder(self.model), self.embedder(prev_model) if prev_model else None)

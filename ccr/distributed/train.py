@@ -21,7 +21,7 @@ import torch
 import torch.distributed as tdist
 
 from ccr.config import Config, ConfigError, build_config, to_dict
-from ccr.train import DistInfo, train_task
+from ccr.train import DistInfo
 
 log = logging.getLogger(__name__)
 CKPT_NAME = "ccr.pt"
@@ -79,7 +79,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ccr.study import Study, checkpoint_path, last_checkpoint
+    from ccr.study import Study, checkpoint_path
 
     cfg = build_config(config["cfg"])
     ctx_train = ray.train.get_context()
@@ -87,46 +87,29 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     study = Study(cfg, config["out"], progress=config.get("progress", False) and rank == 0)
     study.device = torch.device("cuda", ctx_train.get_local_rank()) if config["use_gpu"] else torch.device("cpu")
     study.build()
-    done = -1
     ck = ray.train.get_checkpoint()
-    if ck is not None:
+    if ck is not None:  # a restarted worker group: Ray's last reported checkpoint
         with ck.as_directory() as d:
             state = torch.load(Path(d) / CKPT_NAME, map_location=study.device, weights_only=False)
-        done = state["step"]
         study.restore(state)
-    else:
-        done = last_checkpoint(study.out, len(study.order))
-        if done >= 0:
-            study.load_checkpoint(done)
-    if rank == 0 and done >= 0:
-        log.info("worker group resuming after task %d (%s)", done, study.order[done])
+        done = state["step"]
+    else:  # a fresh trainer, possibly over an --out that a stopped run left
+        done = study.resume()
     dist = DistInfo(rank, world, gather_with_grad if world > 1 else None)
+    device_ids = [study.device.index] if study.device.type == "cuda" else None
+    wrap = (lambda m: DDP(m, device_ids=device_ids)) if world > 1 else None
     for step in range(done + 1, len(study.order)):
-        ctx = study.context(step, rank, world)
-        prev = None
-        if rank == 0 and study.evaluator.needs_previous_model and step > 0:
-            import copy
-
-            prev = copy.deepcopy(study.model).eval()
-        study.strategy.before_task(ctx, study.model)
-        # wrapped per task: a strategy may have frozen parameters in before_task
-        ddp = DDP(study.model, device_ids=[study.device.index] if study.device.type == "cuda" else None) \
-            if world > 1 else study.model
-        stats = train_task(study.model, ctx, study.strategy, forward=ddp, dist=dist,
-                           progress=study.progress, on_batch=_fault(config, step, rank))
-        study.train_stats.append(stats)
-        study.strategy.after_task(ctx, study.model)
-        metrics = {"step": step, "task": ctx.task, "mean_loss": stats["mean_loss"], "pairs_per_s": stats["pairs_per_s"]}
+        stats = study.run_task(step, dist, wrap, on_batch=_fault(config, step, rank))
+        metrics = {"step": step, "task": study.order[step], "mean_loss": stats["mean_loss"],
+                   "pairs_per_s": stats["pairs_per_s"]}
         if rank == 0:
-            study.evaluate(step, prev)
-            study.save_checkpoint(step)
-            study.write_results(step + 1, complete=step == len(study.order) - 1)
             with tempfile.TemporaryDirectory() as tmp:
                 shutil.copy(checkpoint_path(study.out, step), Path(tmp) / CKPT_NAME)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics)
     if rank == 0:
+        study.write_results(len(study.order), complete=True)
         study.evaluator.close()
 
 
