@@ -110,6 +110,10 @@ class GalleryShard:
     def state(self) -> dict[str, Any]:
         return {ns: g.state_dict() for ns, g in self.galleries.items()}
 
+    def parts(self, ns: str) -> dict[str, Any]:
+        """One namespace's entries ({task: {ids, emb, version}}), not the whole shard."""
+        return self.galleries[ns].state_dict() if ns in self.galleries else {}
+
     def load(self, state: dict[str, Any]) -> None:
         for ns, parts in state.items():
             self._gallery(ns).load_state_dict(parts)
@@ -278,19 +282,22 @@ class ShardedGallery:
         return res
 
     def entries(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        parts = self.pool.call_all("state", journal=False)
-        ids = np.concatenate([p[self.ns][task]["ids"] for p in parts if task in p.get(self.ns, {})])
-        emb = np.concatenate([p[self.ns][task]["emb"] for p in parts if task in p.get(self.ns, {})])
-        ver = np.concatenate([p[self.ns][task]["version"] for p in parts if task in p.get(self.ns, {})])
-        order = np.argsort(ids)
-        return ids[order], emb[order], ver[order]
+        p = self.state_dict()[task]
+        return p["ids"], p["emb"], p["version"]
 
     def state_dict(self) -> dict[str, Any]:
-        """The same layout as Gallery.state_dict: checkpoints do not depend on the shard count."""
+        """The same layout as Gallery.state_dict: checkpoints do not depend on the shard count.
+
+        One fetch of this gallery's entries from each shard, merged per task in id order.
+        """
+        shards = self.pool.call_all("parts", self.ns, journal=False)
         out = {}
         for t in self.manifest:
-            ids, emb, ver = self.entries(t)
-            out[t] = {"ids": ids, "emb": emb, "version": ver}
+            held = [p[t] for p in shards if t in p]
+            ids = np.concatenate([h["ids"] for h in held])
+            order = np.argsort(ids)
+            out[t] = {"ids": ids[order], "emb": np.concatenate([h["emb"] for h in held])[order],
+                      "version": np.concatenate([h["version"] for h in held])[order]}
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
