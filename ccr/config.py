@@ -6,7 +6,6 @@ work starts (a typo in a sweep must not cost a night of GPU time).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import re
 import types
@@ -265,16 +264,6 @@ def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
             raise ConfigError(f"config key '{'.'.join(parts[: i + 1])}' is not a section; cannot set '{key}'")
         node = nxt
     node[parts[-1]] = value
-
-
-def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:

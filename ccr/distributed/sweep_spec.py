@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ccr.config import Config, ConfigError, build_config, deep_merge, read_yaml, set_path
+from ccr.config import Config, ConfigError, build_config, read_yaml, set_path
 
 SPEC_KEYS = {"base", "set", "grid", "optuna", "resources", "max_concurrent_trials", "max_failures", "name"}
 DISTRIBUTIONS = {"uniform", "loguniform", "int", "choice"}
@@ -169,8 +168,4 @@ def _check_optuna(path: Path, spec: SweepSpec, cfg: Config) -> None:
             raise ConfigError(f"sweep {path}: '{key}' is both a grid axis and an optuna parameter")
 
 
-def describe(spec: SweepSpec) -> str:
-    return json.dumps({"name": spec.name, "grid": spec.grid, "optuna": spec.optuna}, default=str)
-
-
-__all__ = ["SweepSpec", "load_spec", "trial_name", "valid_metrics", "deep_merge"]
+__all__ = ["SweepSpec", "load_spec", "trial_name", "valid_metrics"]
