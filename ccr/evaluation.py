@@ -17,7 +17,7 @@ from ccr.config import Config
 from ccr.data.dataset import RetrievalDataset
 from ccr.embed import Embedder
 from ccr.index import MODALITIES, IndexState, StepInput, build_policy
-from ccr.metrics import DIRECTIONS, summarize, to_json_matrix
+from ccr.metrics import DIRECTIONS, final_average, rsum_matrix, summarize, to_json_matrix
 from ccr.query import evaluate_step
 from ccr.train import task_seed
 
@@ -120,9 +120,11 @@ class Evaluator:
         """recall / summary / index_cost of one policy over the first `upto` steps."""
         mats = {d: {k: m[:upto, :upto] for k, m in by_k.items()} for d, by_k in self.recall[name].items()}
         st = self.states[name]
+        rs = rsum_matrix(mats)
         return {
             "recall": {d: {str(k): to_json_matrix(m) for k, m in by_k.items()} for d, by_k in mats.items()},
             "summary": summarize(mats) if upto else {},
+            "rsum": {"matrix": to_json_matrix(rs), "avg_final": final_average(rs) if upto else None},
             "index_cost": {"images_embedded": st.cost["images"], "captions_embedded": st.cost["captions"],
                            "seconds": round(sum(c.get("seconds", 0.0) for c in st.cost_per_step[:upto]), 4),
                            "per_step": st.cost_per_step[:upto]},

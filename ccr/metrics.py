@@ -31,6 +31,11 @@ def rsum(recalls: dict[str, dict[int, float]]) -> float:
     return float(sum(recalls[d][k] for d in DIRECTIONS for k in (1, 5, 10) if k in recalls[d]))
 
 
+def rsum_matrix(matrices: dict[str, dict[int, np.ndarray]]) -> np.ndarray:
+    """Cell-wise rsum of recall matrices {direction: {K: (n, n)}} (the K in 1, 5, 10 that were measured)."""
+    return sum(m for d in DIRECTIONS for k, m in matrices[d].items() if k in (1, 5, 10))
+
+
 def final_average(a: np.ndarray) -> float:
     """Mean recall over all tasks after the last task."""
     return float(np.mean(a[-1]))

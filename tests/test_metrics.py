@@ -10,6 +10,8 @@ from ccr.metrics import (
     forgetting_per_task,
     from_json_matrix,
     recall_at_k,
+    rsum,
+    rsum_matrix,
     summarize,
     to_json_matrix,
 )
@@ -52,3 +54,9 @@ def test_summary_keys_and_json_roundtrip():
     assert j[0][1] is None and j[2][2] == 90.0
     back = from_json_matrix(j)
     assert math.isnan(back[0, 2]) and back[1, 0] == 60.0
+
+
+def test_rsum_by_hand():
+    assert rsum({"i2t": {1: 10.0, 5: 20.0, 10: 30.0}, "t2i": {1: 1.0, 5: 2.0, 10: 3.0}}) == 66.0
+    m = rsum_matrix({"i2t": {1: A, 5: A}, "t2i": {1: A, 10: A}})
+    assert m[2, 0] == 4 * 50.0 and np.isnan(m[0, 1])

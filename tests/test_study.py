@@ -41,6 +41,12 @@ def test_results_schema(two_policy_run):
             assert all(0 <= m[s][i] <= 100 for s in range(n) for i in range(s + 1))
         for q in ("avg_final_recall", "forgetting", "bwt"):
             assert set(on_disk["summary"][q][d]) == {"1", "5", "10"}
+    rs = on_disk["rsum"]["matrix"]
+    for s in range(n):  # rsum = R@1 + R@5 + R@10 of both directions, cell by cell
+        for i in range(s + 1):
+            want = sum(on_disk["recall"][d][k][s][i] for d in ("i2t", "t2i") for k in ("1", "5", "10"))
+            assert rs[s][i] == pytest.approx(want)
+    assert on_disk["rsum"]["avg_final"] == pytest.approx(sum(rs[-1]) / n)
     assert on_disk["config"]["seed"] == on_disk["seed"] == 0
     assert "torch" in on_disk["provenance"]["versions"] and "git" in on_disk["provenance"]
     assert (out / "config.yaml").is_file() and (out / "tokenizer" / "tokenizer_config.json").is_file()

@@ -86,7 +86,8 @@ def valid_metrics(cfg: Config) -> set[str]:
         for d in ("i2t", "t2i"):
             for k in cfg.eval.ks:
                 names.add(f"summary.{q}.{d}.{k}")
-    return names | {"index_cost.images_embedded", "index_cost.captions_embedded", "index_cost.total"}
+    return names | {"rsum.avg_final", "index_cost.images_embedded", "index_cost.captions_embedded",
+                    "index_cost.total"}
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:

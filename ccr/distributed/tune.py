@@ -26,6 +26,7 @@ def flat_metrics(res: dict[str, Any]) -> dict[str, float]:
         for d, by_k in by_d.items():
             for k, v in by_k.items():
                 out[f"summary.{q}.{d}.{k}"] = v
+    out["rsum.avg_final"] = res["rsum"]["avg_final"]
     c = res["index_cost"]
     out.update({"index_cost.images_embedded": c["images_embedded"], "index_cost.captions_embedded":
                 c["captions_embedded"], "index_cost.total": c["images_embedded"] + c["captions_embedded"]})
