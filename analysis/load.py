@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from ccr.storage import Storage
+
 log = logging.getLogger(__name__)
 ID_COLUMNS = ["run", "strategy", "policy", "task_order", "seed", "scope"]
 
@@ -47,35 +49,42 @@ def _valid(res: Any) -> str | None:
     return None
 
 
-def collect(root: str | Path) -> Collected:
-    root = Path(root)
+def collect(root: str | Path | Storage) -> Collected:
+    """Every ccr result below `root`: a local folder or a storage URI (s3://..., see ccr.storage)."""
+    store = Storage(root)
     c = Collected()
-    if not root.exists():
-        raise FileNotFoundError(f"no such folder: {root}")
-    for path in sorted(root.rglob("results.json")):
-        if "analysis" in path.relative_to(root).parts[:-1]:
-            continue
-        name = str(path.parent.relative_to(root)) or path.parent.name
-        try:
-            res = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            c.corrupt.append((str(path), f"unreadable JSON: {e}"))
-            log.warning("skipping corrupt results file %s: %s", path, e)
-            continue
-        why = _valid(res)
-        if why:
-            c.corrupt.append((str(path), why))
-            log.warning("skipping results file %s: %s", path, why)
-            continue
-        if res.get("status") != "complete":
-            c.incomplete.append(name)
-        c.runs[name] = res
-    for cfg in sorted(root.rglob("config.yaml")):
-        if not (cfg.parent / "results.json").exists():
-            c.missing.append(str(cfg.parent.relative_to(root)))
-    for err in sorted(root.rglob("error.txt")):  # written by `ccr sweep` for failed trials
-        c.failed.append((str(err.parent.relative_to(root)), err.read_text()[-500:]))
+    if not store.exists():
+        raise FileNotFoundError(f"no such folder: {store.display()}")
+    files = [f for f in store.files() if "analysis" not in f.split("/")[:-1]]
+    have = set(files)
+    for rel in files:
+        folder, _, base = rel.rpartition("/")
+        if base == "results.json":
+            name = folder or Path(store.root).name
+            path = store.display(rel)
+            try:
+                res = json.loads(store.read_bytes(rel))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                c.corrupt.append((path, f"unreadable JSON: {e}"))
+                log.warning("skipping corrupt results file %s: %s", path, e)
+                continue
+            why = _valid(res)
+            if why:
+                c.corrupt.append((path, why))
+                log.warning("skipping results file %s: %s", path, why)
+                continue
+            if res.get("status") != "complete":
+                c.incomplete.append(name)
+            c.runs[name] = res
+        elif base == "config.yaml" and _join(folder, "results.json") not in have:
+            c.missing.append(folder)
+        elif base == "error.txt" and _join(folder, "trial.json") in have:  # a failed `ccr sweep` trial
+            c.failed.append((folder, store.read_text(rel)[-500:]))
     return c
+
+
+def _join(folder: str, name: str) -> str:
+    return f"{folder}/{name}" if folder else name
 
 
 def swept_keys(runs: dict[str, dict[str, Any]]) -> list[str]:

@@ -9,6 +9,7 @@ import base64
 import html
 import json
 import logging
+import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -17,6 +18,7 @@ import yaml
 from analysis import plots
 from analysis.aggregate import aggregate, markdown_table
 from analysis.load import collect, per_run_summary, tidy
+from ccr.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +29,10 @@ def _img(path: Path) -> str:
             f"<figcaption>{path.stem}</figcaption></figure>")
 
 
-def _sweep_config(root: Path, runs: dict) -> str:
+def _sweep_config(root: Storage, runs: dict) -> str:
     for name in ("sweep.yaml", "sweep_spec.json"):
-        p = root / name
-        if p.is_file():
-            return p.read_text()
+        if root.is_file(name):
+            return root.read_text(name)
     if runs:
         first = next(iter(runs.values()))["config"]
         return yaml.safe_dump(first, sort_keys=False)
@@ -58,12 +59,27 @@ def _md_to_html(md: str) -> str:
     return "\n".join(out) + "</tbody></table>"
 
 
-def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = False) -> Path:
-    """Analyse every ccr result under `path`; returns the output folder."""
-    root = Path(path)
-    out = Path(out) if out else root / "analysis"
-    out.mkdir(parents=True, exist_ok=True)
+def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = False) -> Path | str:
+    """Analyse every ccr result under `path` (a folder or storage URI); returns the output folder
+    (a Path when it is local, else its URI without query).
+
+    The output (default PATH/analysis) may be a URI too: it is made in a local folder, then uploaded.
+    """
+    root = Storage(path)
+    dest = Storage(out) if out else root.child("analysis")
     c = collect(root)
+    if dest.local_path is not None:
+        _write_analysis(root, c, dest.local_path, by_order)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            _write_analysis(root, c, Path(tmp), by_order)
+            dest.upload_dir(tmp, "")
+    log.info("analysis of %d runs written to %s", len(c.runs), dest.display())
+    return dest.local_path or dest.display()
+
+
+def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
     long = tidy(c)
     summary = per_run_summary(c)
     agg = aggregate(summary, by_order)
@@ -73,7 +89,7 @@ def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = Fa
     summary.to_csv(out / "per_run.csv", index=False)
     agg.to_csv(out / "aggregate.csv", index=False)
     tables = {k: markdown_table(agg, k) for k in (1, 5, 10)} if not agg.empty else {}
-    md = [f"# ccr analysis of `{root}`", "", f"{len(c.runs)} runs ({len(c.incomplete)} incomplete), "
+    md = [f"# ccr analysis of `{root.display()}`", "", f"{len(c.runs)} runs ({len(c.incomplete)} incomplete), "
           f"{len(c.corrupt)} corrupt result files, {len(c.missing)} runs without results, {len(c.failed)} failed.", ""]
     for k, t in tables.items():
         md += [f"## Average final recall, forgetting and BWT at K={k} (mean ± std over seeds; best in bold)", "", t, ""]
@@ -94,7 +110,7 @@ def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = Fa
     problems += [f"failed trial: {html.escape(r)}: <pre>{html.escape(e)}</pre>" for r, e in c.failed]
     strategies = ", ".join(sorted(summary.strategy.unique())) if not summary.empty else "-"
     body = [
-        f"<h1>ccr analysis: {html.escape(str(root))}</h1>",
+        f"<h1>ccr analysis: {html.escape(root.display())}</h1>",
         f"<p>{len(c.runs)} runs analysed. Strategies: {html.escape(strategies)}.</p>",
         "<h2>Failed, missing and incomplete runs</h2>",
         "<ul>" + "".join(f"<li>{p}</li>" for p in problems) + "</ul>" if problems else "<p>None.</p>",
@@ -111,8 +127,6 @@ def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = Fa
     (out / "status.json").write_text(json.dumps({"runs": len(c.runs), "incomplete": c.incomplete,
                                                  "corrupt": c.corrupt, "missing": c.missing,
                                                  "failed": [r for r, _ in c.failed]}, indent=1))
-    log.info("analysis of %d runs written to %s", len(c.runs), out)
-    return out
 
 
 def load_tidy(out: str | Path) -> pd.DataFrame:

@@ -5,28 +5,37 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
+from ccr.checkpoint import CheckpointError
 from ccr.config import ConfigError, load_config
 from ccr.data import DataError
+from ccr.storage import StorageError
 
 log = logging.getLogger("ccr")
 
 
-def setup_logging(out: Path | None, verbose: bool = False) -> None:
+class _Stderr(logging.StreamHandler):
+    """A handler on whatever `sys.stderr` is at the time of each message (tests and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """ccr's messages to stderr (a study adds its log.txt, see `Study.logging_to_store`)."""
     root = logging.getLogger("ccr")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
                for h in root.handlers):
-        h = logging.StreamHandler(sys.stderr)
+        h = _Stderr()
         h.setFormatter(fmt)
         root.addHandler(h)
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        fh = logging.FileHandler(out / "log.txt")
-        fh.setFormatter(fmt)
-        root.addHandler(fh)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -34,31 +43,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ccr.study import Study
 
     cfg = load_config(args.config, args.set)
-    out = Path(args.out)
-    study = Study(cfg, out, progress=not args.quiet)  # all input checks happen here
-    setup_logging(out, args.verbose)
-    if cfg.train.workers > 1 or cfg.train.use_ray:
-        from ccr.distributed.train import run_distributed
+    study = Study(cfg, args.out, progress=not args.quiet)  # all input checks happen here
+    setup_logging(args.verbose)
+    with study.logging_to_store():
+        if cfg.train.workers > 1 or cfg.train.use_ray:
+            from ccr.distributed.train import run_distributed
 
-        res = run_distributed(cfg, out, progress=not args.quiet, study=study)
-    else:
-        res = study.run()
+            res = run_distributed(cfg, study.store, progress=not args.quiet, study=study)
+        else:
+            res = study.run()
     print(render(res))
-    print(f"\nresults: {out / 'results.json'}")
+    print(f"\nresults: {study.store.display('results.json')}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ccr.distributed.tune import run_sweep
 
-    setup_logging(None, args.verbose)
+    setup_logging(args.verbose)
     return run_sweep(args.sweep, overrides=args.set, out=args.out, resume=args.resume)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from analysis.report import analyze
 
-    setup_logging(None, args.verbose)
+    setup_logging(args.verbose)
     out = analyze(args.path, args.out)
     print(f"analysis written to {out}")
     return 0
@@ -71,7 +80,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted path, value parsed as YAML); repeatable")
-    r.add_argument("--out", default="runs/default", help="output folder (resumes if it holds a study)")
+    r.add_argument("--out", default="runs/default",
+                   help="output folder or storage URI, e.g. s3://bucket/prefix (resumes if it holds a study)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(fn=cmd_run)
@@ -79,13 +89,14 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("sweep", help="sweep YAML (see sweeps/)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base-config key for every trial")
-    s.add_argument("--out", default=None, help="storage path (default runs/sweeps)")
+    s.add_argument("--out", default=None, help="storage: a folder shared by all nodes, or a URI such as "
+                   "s3://bucket/prefix?endpoint_override=HOST:PORT (default runs/sweeps/NAME)")
     s.add_argument("--resume", action="store_true", help="resume an interrupted sweep")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(fn=cmd_sweep)
     a = sub.add_parser("analyze", help="aggregate results into tables, plots and a report")
-    a.add_argument("path", help="a sweep's storage folder or any folder of ccr run outputs")
-    a.add_argument("--out", default=None, help="output folder (default PATH/analysis)")
+    a.add_argument("path", help="a sweep's storage (folder or URI) or any folder of ccr run outputs")
+    a.add_argument("--out", default=None, help="output folder or URI (default PATH/analysis)")
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_analyze)
     return p
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError) as e:
+    except (ConfigError, DataError, StorageError, CheckpointError) as e:
         print(f"ccr: error: {e}", file=sys.stderr)
         return 2
 

@@ -7,7 +7,6 @@ policies are all evaluated on one training run; each keeps its own galleries and
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from ccr.embed import Embedder
 from ccr.index import MODALITIES, IndexState, StepInput, build_policy
 from ccr.metrics import DIRECTIONS, final_average, rsum_matrix, summarize, to_json_matrix
 from ccr.query import evaluate_step
+from ccr.storage import Storage
 from ccr.train import task_seed
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,9 @@ class Evaluator:
     def close(self) -> None:
         """Release what the evaluator holds outside this process (shard actors)."""
 
-    def save_snapshots(self, folder: Path, step: int) -> None:
+    def save_snapshots(self, folder: Storage, step: int) -> None:
         for name, st in self.states.items():
-            st.save_snapshot(folder / name / f"step_{step:02d}", step)
+            st.save_snapshot(folder.child(f"{name}/step_{step:02d}"), step)
 
     def _anatomy(self, step: int, embedder: Embedder) -> None:
         task = self.order[step]

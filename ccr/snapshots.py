@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ccr.provenance import atomic_write_bytes, atomic_write_json
+from ccr.storage import Storage
 
 FORMAT = 1
 
@@ -43,26 +43,30 @@ def decode(data: bytes) -> dict[str, dict[str, dict[str, np.ndarray]]]:
     return out
 
 
-def write_shard(folder: str | Path, shard: int, galleries: dict[str, Any]) -> str:
+Folder = str | Path | Storage  # a path or URI: shards on any node write and read through storage
+
+
+def write_shard(folder: Folder, shard: int, galleries: dict[str, Any]) -> str:
     """Write one shard's file atomically; returns its sha256 (for the manifest)."""
     data = encode(galleries)
-    atomic_write_bytes(Path(folder) / f"shard_{shard:03d}.npz", data)
+    Storage(folder).write_bytes(f"shard_{shard:03d}.npz", data)
     return hashlib.sha256(data).hexdigest()
 
 
-def write_manifest(folder: str | Path, n_shards: int, dim: int, step: int, digests: list[str],
+def write_manifest(folder: Folder, n_shards: int, dim: int, step: int, digests: list[str],
                    extra: dict[str, Any] | None = None) -> None:
-    atomic_write_json(Path(folder) / "manifest.json", {"format": FORMAT, "n_shards": n_shards, "dim": dim,
-                                                        "step": step, "sha256": digests, **(extra or {})})
+    Storage(folder).write_json("manifest.json", {"format": FORMAT, "n_shards": n_shards, "dim": dim,
+                                                 "step": step, "sha256": digests, **(extra or {})})
 
 
-def read_manifest(folder: str | Path, n_shards: int | None = None, dim: int | None = None) -> dict[str, Any]:
-    path = Path(folder) / "manifest.json"
-    if not path.is_file():
+def read_manifest(folder: Folder, n_shards: int | None = None, dim: int | None = None) -> dict[str, Any]:
+    store = Storage(folder)
+    folder = store.display()
+    if not store.is_file("manifest.json"):
         raise SnapshotError(f"snapshot {folder}: no manifest.json")
     try:
-        man = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        man = json.loads(store.read_text("manifest.json"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SnapshotError(f"snapshot {folder}: manifest.json is corrupt ({e})") from e
     if man.get("format") != FORMAT:
         raise SnapshotError(f"snapshot {folder}: format {man.get('format')}, expected {FORMAT}")
@@ -73,11 +77,12 @@ def read_manifest(folder: str | Path, n_shards: int | None = None, dim: int | No
     return man
 
 
-def read_shard(folder: str | Path, shard: int, manifest: dict[str, Any]) -> dict[str, Any]:
-    path = Path(folder) / f"shard_{shard:03d}.npz"
-    if not path.is_file():
+def read_shard(folder: Folder, shard: int, manifest: dict[str, Any]) -> dict[str, Any]:
+    store = Storage(folder)
+    folder, path = store.display(), Path(f"shard_{shard:03d}.npz")
+    if not store.is_file(path.name):
         raise SnapshotError(f"snapshot {folder}: {path.name} is missing")
-    data = path.read_bytes()
+    data = store.read_bytes(path.name)
     if hashlib.sha256(data).hexdigest() != manifest["sha256"][shard]:
         raise SnapshotError(f"snapshot {folder}: {path.name} does not match its checksum (corrupt or replaced)")
     try:

@@ -8,23 +8,26 @@ last finished task and ends with the same numbers as an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
+from ccr.checkpoint import from_bytes, to_bytes
 from ccr.config import Config, ConfigError, to_dict
 from ccr.data import check_tasks, load_dataset, resolve_task_order
 from ccr.embed import Embedder
 from ccr.evaluation import Evaluator
 from ccr.models import build_model, build_tokenizer, tokenize_all
 from ccr.models.tokenizer import load_tokenizer
-from ccr.provenance import atomic_torch_save, atomic_write_bytes, atomic_write_json, provenance
+from ccr.provenance import provenance
+from ccr.storage import Storage, open_storage
 from ccr.strategies import TaskContext, build_strategy
 from ccr.train import DistInfo, resolve_device, train_task
 
@@ -40,23 +43,36 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
+def checkpoint_name(step: int) -> str:
+    """A task's checkpoint, relative to the study's storage."""
+    return f"checkpoints/task_{step:02d}.pt"
+
+
 def checkpoint_path(out: Path, step: int) -> Path:
-    return out / "checkpoints" / f"task_{step:02d}.pt"
+    """A task's checkpoint in a study folder on a local disk."""
+    return Path(out) / checkpoint_name(step)
 
 
-def last_checkpoint(out: Path, n: int) -> int:
-    """Index of the last finished task with a readable checkpoint, or -1."""
+def last_checkpoint(store: Storage, n: int) -> int:
+    """Index of the last finished task with a checkpoint in storage, or -1."""
     for step in range(n - 1, -1, -1):
-        if checkpoint_path(out, step).is_file():
+        if store.is_file(checkpoint_name(step)):
             return step
     return -1
 
 
 class Study:
-    """A configured study bound to an output folder."""
+    """A configured study bound to its storage (a local folder or a URI, see `ccr.storage`).
 
-    def __init__(self, cfg: Config, out: str | Path, progress: bool = True):
-        self.cfg, self.out, self.progress = cfg, Path(out), progress
+    `out` (a local Path) is the node-local working folder: the storage itself when that is local,
+    else a cache; everything that resume or analysis needs is written to `store`. `threads`: torch
+    intra-op threads when the config does not fix them (a sweep passes the CPUs a trial was granted).
+    """
+
+    def __init__(self, cfg: Config, out: str | Path | Storage, progress: bool = True, threads: int | None = None):
+        self.cfg, self.progress = cfg, progress
+        self.store = open_storage(out)
+        self.out = self.store.scratch()
         self.started = time.time()
         self.config_dict = to_dict(cfg)
         self._check_out_dir()
@@ -65,31 +81,56 @@ class Study:
         check_tasks(self.ds, self.order)
         self.strategy = build_strategy(cfg.strategy)
         self.device = resolve_device(cfg.train.device)
-        if cfg.train.threads:
-            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.threads or threads:
+            torch.set_num_threads(cfg.train.threads or threads)
 
     def _check_out_dir(self) -> None:
-        saved = self.out / "config.yaml"
-        if saved.is_file():
-            old = yaml.safe_load(saved.read_text())
-            if _comparable(old) != _comparable(self.config_dict):
-                raise ConfigError(f"{self.out} holds a study with a different config; resuming it would mix "
-                                  f"results. Use another --out, or delete {self.out}")
+        try:
+            old = yaml.safe_load(self.store.read_text("config.yaml"))
+        except FileNotFoundError:
+            return
+        if _comparable(old) != _comparable(self.config_dict):
+            where = self.store.display()
+            raise ConfigError(f"{where} holds a study with a different config; resuming it would mix "
+                              f"results. Use another --out, or delete {where}")
+
+    @contextlib.contextmanager
+    def logging_to_store(self) -> Iterator[None]:
+        """Log ccr's messages to `log.txt` in the working folder (kept in storage with the results)."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        if self.store.remote and not (self.out / "log.txt").exists() and self.store.is_file("log.txt"):
+            (self.out / "log.txt").write_bytes(self.store.read_bytes("log.txt"))  # a resume on another node
+        handler = logging.FileHandler(self.out / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root = logging.getLogger("ccr")
+        root.addHandler(handler)
+        if root.level == logging.NOTSET or root.level > logging.INFO:
+            root.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
+            handler.close()
+            self.upload_log()
+
+    def upload_log(self) -> None:
+        if self.store.remote and (self.out / "log.txt").is_file():
+            self.store.write_bytes("log.txt", (self.out / "log.txt").read_bytes())
 
     # ---- set-up ------------------------------------------------------------------------------
     def build(self) -> None:
         """Tokenizer (fitted on training captions, saved with the run) and model."""
-        tok_dir = self.out / "tokenizer"
-        if not (tok_dir / "tokenizer_config.json").is_file():
+        if not self.store.is_file("tokenizer/tokenizer_config.json"):
             self.prepare_out()
-        self.tokenizer = load_tokenizer(tok_dir)
+        self.tokenizer = load_tokenizer(local_copy(self.store.child("tokenizer")))
         self.tokens = tokenize_all(self.tokenizer, self.ds.captions, self.cfg.model.text.max_length)
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train).to(self.device)
         if self.cfg.index.shards > 1:
             from ccr.distributed.shards import ShardedEvaluator
 
-            self.evaluator = ShardedEvaluator(self.cfg, self.ds, self.order, str(self.device), self.out)
+            self.evaluator = ShardedEvaluator(self.cfg, self.ds, self.order, str(self.device),
+                                              self.store.child("tokenizer"))
         else:
             self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device))
         self.train_stats: list[dict[str, float]] = []
@@ -104,20 +145,21 @@ class Study:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
-        atomic_torch_save(checkpoint_path(self.out, step), {
+        self.store.write_bytes(checkpoint_name(step), to_bytes({
             "step": step, "order": self.order, "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(), "evaluator": self.evaluator.state_dict(),
             "train_stats": self.train_stats, "config": self.config_dict, "resumes": self.resumes,
-        })
+        }))
 
     def load_checkpoint(self, step: int) -> None:
-        self.restore(torch.load(checkpoint_path(self.out, step), map_location=self.device, weights_only=False))
+        name = checkpoint_name(step)
+        self.restore(from_bytes(self.store.read_bytes(name), self.store.display(name), map_location=self.device))
 
     def restore(self, ck: dict[str, Any]) -> None:
         """Model, strategy state, galleries and statistics from a checkpoint dict."""
         step = ck["step"]
         if ck["order"] != self.order:
-            raise ConfigError(f"checkpoint {checkpoint_path(self.out, step)} has task order {ck['order']}, "
+            raise ConfigError(f"checkpoint {self.store.display(checkpoint_name(step))} has task order {ck['order']}, "
                               f"this study has {self.order}")
         self.model.load_state_dict(ck["model"])
         self.strategy.load_state_dict(ck["strategy"])
@@ -129,14 +171,18 @@ class Study:
     def prepare_out(self) -> None:
         """config.yaml and the tokenizer, written once before any training."""
         self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(self.out / "config.yaml", yaml.safe_dump(self.config_dict, sort_keys=False).encode())
-        if not (self.out / "tokenizer" / "tokenizer_config.json").is_file():
+        self.store.write_text("config.yaml", yaml.safe_dump(self.config_dict, sort_keys=False))
+        if not self.store.is_file("tokenizer/tokenizer_config.json"):
             train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(self.order, "train")]
-            build_tokenizer(self.cfg.model.text, train_caps).save_pretrained(str(self.out / "tokenizer"))
+            local = self.out / "tokenizer"
+            build_tokenizer(self.cfg.model.text, train_caps).save_pretrained(str(local))
+            if self.store.remote:
+                self.store.upload_dir(local, "tokenizer")
 
     def write_results(self, upto: int, complete: bool) -> dict[str, Any]:
         res = self.results(upto, complete)
-        atomic_write_json(self.out / "results.json", res)
+        self.store.write_json("results.json", res)
+        self.upload_log()
         return res
 
     def run(self) -> dict[str, Any]:
@@ -152,9 +198,10 @@ class Study:
 
     def resume(self) -> int:
         """Load the last finished task's checkpoint from --out, if any; returns its index (or -1)."""
-        done = last_checkpoint(self.out, len(self.order))
+        done = last_checkpoint(self.store, len(self.order))
         if done >= 0:
-            log.info("resuming after task %d (%s) from %s", done, self.order[done], checkpoint_path(self.out, done))
+            log.info("resuming after task %d (%s) from %s", done, self.order[done],
+                     self.store.display(checkpoint_name(done)))
             self.load_checkpoint(done)
         return done
 
@@ -187,7 +234,7 @@ class Study:
     def evaluate(self, step: int, prev_model=None) -> None:
         self.evaluator.step(step, self.embedder(self.model), self.embedder(prev_model) if prev_model else None)
         if self.cfg.index.save_snapshots:
-            self.evaluator.save_snapshots(self.out / "snapshots", step)
+            self.evaluator.save_snapshots(self.store.child("snapshots"), step)
 
     def results(self, upto: int, complete: bool) -> dict[str, Any]:
         ev = self.evaluator
@@ -210,11 +257,19 @@ class Study:
             "train": self.train_stats[:upto],
             "resumes": self.resumes,
             "provenance": {**provenance(), "started": self.started, "finished": time.time(),
-                           "device": str(self.device)},
+                           "device": str(self.device), "torch_threads": torch.get_num_threads(),
+                           "storage": self.store.display()},
         }
 
 
-def run_study(cfg: Config, out: str | Path, progress: bool = True) -> dict[str, Any]:
+def local_copy(store: Storage) -> Path:
+    """A folder in storage as a folder on this node's disk (transformers reads tokenizers from folders)."""
+    if store.local_path is not None:
+        return store.local_path
+    return store.download_dir("", store.scratch())
+
+
+def run_study(cfg: Config, out: str | Path | Storage, progress: bool = True) -> dict[str, Any]:
     """Run (or resume) one study into `out`; returns the results dict also written to results.json."""
     return Study(cfg, out, progress).run()
 

@@ -25,6 +25,7 @@ from ccr.evaluation import Evaluator
 from ccr.index import MODALITIES, IndexState
 from ccr.search import merge_topk, overlap_at_k, train_template
 from ccr.snapshots import read_manifest, read_shard, write_manifest, write_shard
+from ccr.storage import Storage
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +40,18 @@ def shard_of(ids: np.ndarray, n: int) -> np.ndarray:
 class GalleryShard:
     """One shard of every gallery (keyed by namespace, e.g. 'reindex/images')."""
 
-    def __init__(self, shard: int, cfg_dict: dict[str, Any], tokenizer_dir: str, device: str):
+    def __init__(self, shard: int, cfg_dict: dict[str, Any], tokenizer: Storage, device: str):
         from ccr.config import build_config
         from ccr.data import load_dataset
         from ccr.models import build_model, tokenize_all
         from ccr.models.tokenizer import load_tokenizer
+        from ccr.study import local_copy
 
         self.shard = shard
         self.cfg: Config = build_config(cfg_dict)
         self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
         self.ds = load_dataset(self.cfg)
-        tok = load_tokenizer(tokenizer_dir)
+        tok = load_tokenizer(local_copy(tokenizer))  # from storage: this actor may run on any node
         self.tokens = tokenize_all(tok, self.ds.captions, self.cfg.model.text.max_length)
         self.model = build_model(self.cfg.model, len(tok), self.cfg.train).to(self.device).eval()
         self.version: int | None = None
@@ -118,10 +120,10 @@ class GalleryShard:
         for ns, parts in state.items():
             self._gallery(ns).load_state_dict(parts)
 
-    def save_snapshot(self, folder: str) -> str:
+    def save_snapshot(self, folder: Storage) -> str:
         return write_shard(folder, self.shard, self.state())
 
-    def load_snapshot(self, folder: str, manifest: dict[str, Any]) -> None:
+    def load_snapshot(self, folder: Storage, manifest: dict[str, Any]) -> None:
         self.galleries = {}
         self.load(read_shard(folder, self.shard, manifest))
 
@@ -131,17 +133,17 @@ class ShardPool:
 
     RETRIES = 5
 
-    def __init__(self, cfg: Config, tokenizer_dir: str | Path, device: str = "cpu"):
+    def __init__(self, cfg: Config, tokenizer: str | Path | Storage, device: str = "cpu"):
         if not ray.is_initialized():
             ray.init()
         self.cfg, self.n = cfg, cfg.index.shards
         opts = {"num_cpus": cfg.index.shard_cpus, "num_gpus": cfg.index.shard_gpus}
-        self.actors = [GalleryShard.options(**opts).remote(i, to_dict(cfg), str(tokenizer_dir),
+        self.actors = [GalleryShard.options(**opts).remote(i, to_dict(cfg), Storage(tokenizer),
                                                            "cuda" if cfg.index.shard_gpus > 0 else "cpu")
                        for i in range(self.n)]
         self.journal: list[list[tuple]] = [[] for _ in range(self.n)]
         self.model_refs: dict[int, Any] = {}
-        self.snapshot: tuple[str, dict[str, Any]] | None = None
+        self.snapshot: tuple[Storage, dict[str, Any]] | None = None
         self.recoveries = 0
 
     # ---- calls -------------------------------------------------------------------------------
@@ -199,18 +201,19 @@ class ShardPool:
         self.model_refs[version] = ray.put({k: v.detach().cpu() for k, v in state.items()})
         self.call_all("set_model", version)
 
-    def save_snapshot(self, folder: str | Path, step: int) -> None:
-        folder = str(folder)
+    def save_snapshot(self, folder: str | Path | Storage, step: int) -> None:
+        folder = Storage(folder)
         digests = self.call_all("save_snapshot", folder, journal=False)
         write_manifest(folder, self.n, self.cfg.model.embed_dim, step, digests)
         self.snapshot = (folder, read_manifest(folder, self.n))
         # the snapshot now holds everything before it; keep the current model op for replays
         self.journal = [[op for op in j if op[0] == "set_model"][-1:] for j in self.journal]
 
-    def load_snapshot(self, folder: str | Path) -> None:
+    def load_snapshot(self, folder: str | Path | Storage) -> None:
+        folder = Storage(folder)
         man = read_manifest(folder, self.n, self.cfg.model.embed_dim)
-        self.call_all("load_snapshot", str(folder), man, journal=False)
-        self.snapshot = (str(folder), man)
+        self.call_all("load_snapshot", folder, man, journal=False)
+        self.snapshot = (folder, man)
         self.journal = [[] for _ in range(self.n)]
 
 
@@ -314,8 +317,8 @@ class ShardedGallery:
 class ShardedEvaluator(Evaluator):
     """The Evaluator with every policy's galleries on one pool of shard actors."""
 
-    def __init__(self, cfg: Config, ds, order: list[str], device: str, out: Path):
-        self.pool = ShardPool(cfg, Path(out) / "tokenizer", device)
+    def __init__(self, cfg: Config, ds, order: list[str], device: str, tokenizer: Storage):
+        self.pool = ShardPool(cfg, tokenizer, device)
         super().__init__(cfg, ds, order, device)
 
     def make_state(self, policy: str, cfg: Config, device: str) -> IndexState:
@@ -324,8 +327,8 @@ class ShardedEvaluator(Evaluator):
     def before_index(self, step: int, embedder) -> None:
         self.pool.set_model(step, embedder.model.state_dict())
 
-    def save_snapshots(self, folder: Path, step: int) -> None:
-        self.pool.save_snapshot(folder / f"step_{step:02d}", step)
+    def save_snapshots(self, folder: Storage, step: int) -> None:
+        self.pool.save_snapshot(folder.child(f"step_{step:02d}"), step)
 
     def close(self) -> None:
         self.pool.shutdown()

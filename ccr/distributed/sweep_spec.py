@@ -13,13 +13,14 @@
       mode: max
       num_samples: 8
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
-    max_concurrent_trials: null   # default: what the cluster's CPUs/GPUs allow
+    max_concurrent_trials: null   # default: no cap; trials queue for their resources (the autoscaler sees them)
     max_failures: 1               # retries of a failed trial; then it is recorded as failed
 """
 
 from __future__ import annotations
 
 import copy
+import hashlib
 import itertools
 import typing
 from dataclasses import dataclass, field
@@ -66,7 +67,9 @@ def trial_name(params: dict[str, Any]) -> str:
         v = "+".join(map(str, v)) if isinstance(v, list) else (f"{v:.6g}" if isinstance(v, float) else str(v))
         parts.append(f"{k.replace('strategy.params.', '')}={v}")
     name = ",".join(parts).replace("/", "_").replace(" ", "")
-    return name if len(name) < 180 else name[:150] + "-" + str(abs(hash(name)) % 10**8)
+    # hashlib, not hash(): str hashes change with every interpreter (PYTHONHASHSEED), and a resumed
+    # sweep, or a trial retried on another node, must find the same folder
+    return name if len(name) < 180 else name[:150] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
 
 
 def _field_type(key: str) -> Any:

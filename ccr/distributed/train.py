@@ -3,17 +3,16 @@
 One trainer runs the whole sequence: every worker walks the tasks in order, training on its slice
 of each global batch with negatives gathered from all workers. After each task rank 0 indexes and
 queries with the Ray-free core, writes ccr's checkpoint (model + strategy state + galleries) and
-reports it to Ray Train as a checkpoint. A worker that dies makes Ray Train restart the group, which
-resumes from the last finished task's checkpoint; a restarted `ccr run` with the same --out resumes
-from ccr's own checkpoints.
+reports its metrics to Ray Train. A worker that dies makes Ray Train restart the group, which
+resumes from the last finished task's checkpoint in the study's storage (a shared folder or an object
+store, so the restart may land on other nodes); a restarted `ccr run` with the same --out does the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +20,10 @@ import torch
 import torch.distributed as tdist
 
 from ccr.config import Config, ConfigError, build_config, to_dict
+from ccr.storage import Storage, open_storage
 from ccr.train import DistInfo
 
 log = logging.getLogger(__name__)
-CKPT_NAME = "ccr.pt"
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -75,62 +74,54 @@ def _fault(config: dict[str, Any], step: int, rank: int):
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
-    """The per-worker loop: the whole task sequence, resuming from the last finished task."""
+    """The per-worker loop: the whole task sequence, resuming from the last finished task in storage.
+
+    ccr's own checkpoints (in the study's storage, reachable from every node) are the only ones: a
+    restarted worker group, on whatever nodes, resumes from the last task checkpointed there.
+    """
     import ray.train
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ccr.study import Study, checkpoint_path
+    from ccr.study import Study
 
     cfg = build_config(config["cfg"])
     ctx_train = ray.train.get_context()
     rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
-    study = Study(cfg, config["out"], progress=config.get("progress", False) and rank == 0)
+    study = Study(cfg, config["out"], progress=config.get("progress", False) and rank == 0,
+                  threads=config.get("threads"))
     study.device = torch.device("cuda", ctx_train.get_local_rank()) if config["use_gpu"] else torch.device("cpu")
     study.build()
-    ck = ray.train.get_checkpoint()
-    if ck is not None:  # a restarted worker group: Ray's last reported checkpoint
-        with ck.as_directory() as d:
-            state = torch.load(Path(d) / CKPT_NAME, map_location=study.device, weights_only=False)
-        study.restore(state)
-        done = state["step"]
-    else:  # a fresh trainer, possibly over an --out that a stopped run left
-        done = study.resume()
+    done = study.resume()
     dist = DistInfo(rank, world, gather_with_grad if world > 1 else None)
     device_ids = [study.device.index] if study.device.type == "cuda" else None
     wrap = (lambda m: DDP(m, device_ids=device_ids)) if world > 1 else None
-    for step in range(done + 1, len(study.order)):
-        stats = study.run_task(step, dist, wrap, on_batch=_fault(config, step, rank))
-        metrics = {"step": step, "task": study.order[step], "mean_loss": stats["mean_loss"],
-                   "pairs_per_s": stats["pairs_per_s"]}
+    with study.logging_to_store() if rank == 0 else contextlib.nullcontext():
+        for step in range(done + 1, len(study.order)):
+            stats = study.run_task(step, dist, wrap, on_batch=_fault(config, step, rank))
+            ray.train.report({"step": step, "task": study.order[step], "mean_loss": stats["mean_loss"],
+                              "pairs_per_s": stats["pairs_per_s"]})
         if rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                shutil.copy(checkpoint_path(study.out, step), Path(tmp) / CKPT_NAME)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
-        else:
-            ray.train.report(metrics)
-    if rank == 0:
-        study.write_results(len(study.order), complete=True)
-        study.evaluator.close()
+            study.write_results(len(study.order), complete=True)
+            study.evaluator.close()
 
 
-def run_distributed(cfg: Config, out: str | Path, progress: bool = True, study=None) -> dict[str, Any]:
+def run_distributed(cfg: Config, out: str | Path | Storage, progress: bool = True, study=None,
+                    threads: int | None = None) -> dict[str, Any]:
     """Run (or resume) one study with `train.workers` Ray Train workers; returns its results.
 
-    `study`: an already checked `Study` for this config and folder (saves loading the data twice).
+    `out`: a folder or storage URI (see `ccr.storage`); Ray Train's own run state goes to `ray/` in it.
+    `study`: an already checked `Study` for this config and storage (saves loading the data twice).
     """
-    import json
-
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from ccr.study import Study
 
     check_distributed(cfg)
-    out = Path(out).resolve()
+    store = open_storage(out)
     if study is None:
-        study = Study(cfg, out, progress=False)  # every input check, before Ray starts
-    out.mkdir(parents=True, exist_ok=True)
+        study = Study(cfg, store, progress=False)  # every input check, before Ray starts
     study.prepare_out()  # config.yaml and the tokenizer, shared by all workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()
     if not ray.is_initialized():
@@ -138,15 +129,16 @@ def run_distributed(cfg: Config, out: str | Path, progress: bool = True, study=N
     per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "out": str(out), "use_gpu": use_gpu, "progress": progress,
+        train_loop_config={"cfg": to_dict(cfg), "out": store.uri, "use_gpu": use_gpu, "progress": progress,
+                           "threads": threads or max(1, int(cfg.train.cpus_per_worker)),
                            **({"fault": cfg_fault} if (cfg_fault := _fault_from_env()) else {})},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
-        run_config=RunConfig(name="train", storage_path=str(out / "ray"),
-                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+        run_config=RunConfig(name="train", storage_path=store.fs_path("ray"),
+                             storage_filesystem=store.filesystem if store.remote else None,
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
     )
     trainer.fit()
-    return json.loads((out / "results.json").read_text())
+    return store.read_json("results.json")
 
 
 def _fault_from_env() -> dict[str, Any] | None:

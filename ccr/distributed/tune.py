@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import traceback
 from pathlib import Path
 from typing import Any
 
 from ccr.config import ConfigError, build_config, set_path
 from ccr.distributed.sweep_spec import SweepSpec, load_spec, trial_name
-from ccr.provenance import atomic_write_json
+from ccr.storage import Storage, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +32,15 @@ def flat_metrics(res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs_dir: str) -> None:
-    """Tune function trainable: one study with the trial's parameters."""
+def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, threads: int = 1) -> None:
+    """Tune function trainable: one study with the trial's parameters.
+
+    Everything the trial writes goes to `runs/<name>` in the sweep's storage, from whichever node runs
+    it; a retried trial (on any node) resumes from its last task checkpointed there. `threads`: the
+    CPUs the trial was granted, used as torch's intra-op threads unless the config fixes them.
+    """
     import copy
+    import time
 
     import ray
     from ray import tune
@@ -43,41 +48,57 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs_dir: str) 
     from ccr.distributed.train import run_distributed
     from ccr.study import Study
 
+    entered = time.time()
     params = dict(config)
-    out = Path(runs_dir) / trial_name(params)
-    out.mkdir(parents=True, exist_ok=True)
+    store = Storage(runs).child(trial_name(params))
     ctx = tune.get_context()
     tree = copy.deepcopy(base_tree)
     for k, v in params.items():
         set_path(tree, k, v)
     cfg = build_config(tree)
-    done = _complete_results(out, cfg)
+    done = _complete_results(store, cfg)
     if done is not None:  # finished before the driver died (Tune had not recorded it yet): not run again
         tune.report(flat_metrics(done))
         return
-    with open(out / "starts.log", "a") as f:  # one line per study actually started
-        f.write(f"{ctx.get_trial_id()}\n")
-    atomic_write_json(out / "trial.json", {"params": params, "trial_id": ctx.get_trial_id(),
-                                           "node_id": ray.get_runtime_context().get_node_id()})
+    node = ray.get_runtime_context().get_node_id()
+    store.append_line("starts.log", f"{ctx.get_trial_id()} {node}")  # one line per study actually started
+    trial = {"params": params, "trial_id": ctx.get_trial_id(), "node_id": node}
+    store.write_json("trial.json", trial)
     try:
         if cfg.train.workers > 1 or cfg.train.use_ray:
-            res = run_distributed(cfg, out, progress=False)
+            res = run_distributed(cfg, store, progress=False)
         else:
-            res = Study(cfg, out, progress=False).run()
-        (out / "error.txt").unlink(missing_ok=True)
+            study = Study(cfg, store, progress=False, threads=threads)
+            with study.logging_to_store():
+                res = study.run()
+        store.delete("error.txt")
     except Exception:
-        (out / "error.txt").write_text(traceback.format_exc())
+        store.write_text("error.txt", traceback.format_exc())
         raise
+    prov = res["provenance"]  # what the trial spent outside the study itself: start-up, loading, upload
+    store.write_json("trial.json", {**trial, "timing": {
+        "process_started": _process_started(), "entered": entered, "study_seconds": prov["finished"] - prov["started"],
+        "done": time.time()}})
     tune.report(flat_metrics(res))
 
 
-def _complete_results(out: Path, cfg) -> dict[str, Any] | None:
+def _process_started() -> float | None:
+    """When this trial's worker process started (Ray's actor start and imports precede `entered`)."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # noqa: BLE001  (psutil ships with Ray; the figure is informative only)
+        return None
+
+
+def _complete_results(store: Storage, cfg) -> dict[str, Any] | None:
     from ccr.config import to_dict
     from ccr.study import _comparable
 
     try:
-        res = json.loads((out / "results.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        res = store.read_json("results.json")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
     if res.get("status") == "complete" and _comparable(res["config"]) == _comparable(to_dict(cfg)):
         return res
@@ -98,32 +119,25 @@ def _tune_space(spec: SweepSpec, cell: dict[str, Any] | None) -> dict[str, Any]:
     return space
 
 
-def concurrency(spec: SweepSpec) -> int:
-    """Trials at once: what the cluster's CPUs (and GPUs) allow, counting each trial's Train workers."""
-    import ray
-
-    if spec.max_concurrent_trials:
-        return int(spec.max_concurrent_trials)
-    cfg = spec.config_for(spec.cells()[0] if spec.grid else {})
-    per_trial = spec.cpus_per_trial + (cfg.train.workers * cfg.train.cpus_per_worker
-                                       if cfg.train.workers > 1 or cfg.train.use_ray else 0)
-    res = ray.cluster_resources()
-    n = math.floor(res.get("CPU", 1) / max(per_trial, 1e-9))
-    if spec.gpus_per_trial:
-        n = min(n, math.floor(res.get("GPU", 0) / spec.gpus_per_trial))
-    return max(1, n)
+def trial_resources(spec: SweepSpec) -> dict[str, float]:
+    """What one trial asks Ray for. Tune queues the trials that do not fit; on an autoscaling cluster the
+    queued requests are the demand that adds nodes. A trial training through Ray Train holds only its
+    driver here: its workers request their own resources (a placement group) from Ray Train."""
+    return {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
 
 
-def _tuner(spec: SweepSpec, storage: Path, name: str, cell: dict[str, Any] | None, resume: bool):
+def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | None, resume: bool):
     from ray import tune
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, base_tree=spec.base_tree, runs_dir=str(storage / "runs")),
-        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-    path = storage / name
-    if resume and tune.Tuner.can_restore(str(path)):
-        log.info("restoring %s", path)
-        return tune.Tuner.restore(str(path), trainable=trainable, resume_errored=True)
+        tune.with_parameters(run_trial, base_tree=spec.base_tree, runs=storage.child("runs").uri,
+                             threads=max(1, int(spec.cpus_per_trial))),
+        trial_resources(spec))
+    fs = storage.filesystem if storage.remote else None
+    path = storage.fs_path(name) if storage.remote else str(Path(storage.fs_path(name)))
+    if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
+        log.info("restoring %s", storage.display(name))
+        return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     search_alg, metric, mode, samples = None, None, None, 1
     if spec.optuna:
         from ray.tune.search.optuna import OptunaSearch
@@ -134,10 +148,10 @@ def _tuner(spec: SweepSpec, storage: Path, name: str, cell: dict[str, Any] | Non
     return tune.Tuner(
         trainable, param_space=_tune_space(spec, cell),
         tune_config=tune.TuneConfig(search_alg=search_alg, metric=metric, mode=mode, num_samples=samples,
-                                    max_concurrent_trials=concurrency(spec),
+                                    max_concurrent_trials=spec.max_concurrent_trials,
                                     trial_name_creator=lambda t: trial_name(t.config)[:100],
                                     trial_dirname_creator=lambda t: f"{t.trial_id}"),
-        run_config=tune.RunConfig(name=name, storage_path=str(storage),
+        run_config=tune.RunConfig(name=name, storage_path=storage.fs_path(), storage_filesystem=fs,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=0),
     )
 
@@ -148,21 +162,20 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
     import ray
 
     spec = load_spec(path, overrides)  # every config error before Ray starts
-    storage = Path(out or Path("runs") / "sweeps" / spec.name).resolve()
+    storage = open_storage(out or Path("runs") / "sweeps" / spec.name)
     same = {"sweep": Path(path).read_text(), "overrides": list(overrides or [])}
-    if (storage / "sweep.yaml").exists() and not resume:
+    if storage.is_file("sweep.yaml") and not resume:
         try:
-            before = json.loads((storage / "sweep_input.json").read_text())
+            before = storage.read_json("sweep_input.json")
         except (OSError, json.JSONDecodeError):
             before = None
         if before != same:
-            raise ConfigError(f"{storage} already holds a different sweep: pass --resume to continue it anyway, "
-                              "or choose another --out")
-        log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage)
+            raise ConfigError(f"{storage.display()} already holds a different sweep: pass --resume to continue it "
+                              "anyway, or choose another --out")
+        log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage.display())
         resume = True
-    storage.mkdir(parents=True, exist_ok=True)
-    (storage / "sweep.yaml").write_text(same["sweep"])
-    atomic_write_json(storage / "sweep_input.json", same)
+    storage.write_text("sweep.yaml", same["sweep"])
+    storage.write_json("sweep_input.json", same)
     if not ray.is_initialized():
         ray.init(log_to_driver=False)
     cells = spec.cells() if (spec.optuna and spec.grid) else [None]
@@ -183,8 +196,9 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
                 summary["best"][name] = {"config": best.config, metric: best.metrics[metric]}
             except RuntimeError as e:
                 summary["best"][name] = {"error": str(e)}
-    atomic_write_json(storage / "sweep_status.json", summary)
+    storage.write_json("sweep_status.json", summary)
     if spec.optuna:
-        atomic_write_json(storage / "best.json", summary["best"])
-    print(json.dumps({"storage": str(storage), "trials": len(summary["trials"]), "failed": len(summary["failed"])}))
+        storage.write_json("best.json", summary["best"])
+    print(json.dumps({"storage": storage.display(), "trials": len(summary["trials"]),
+                      "failed": len(summary["failed"])}))
     return 0

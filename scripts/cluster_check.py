@@ -1,0 +1,223 @@
+"""The cluster path as a user runs it, on one machine: `ray up` -> `ray job submit` a sweep into S3 -> lose
+a node mid-sweep -> `ccr analyze` the bucket -> `ray down`.
+
+    python scripts/cluster_check.py                                  # sweeps/default.yaml
+    python scripts/cluster_check.py --set train.epochs=2             # a shorter sweep
+
+It installs openssh-server if it is missing (Debian/Ubuntu, as root), authorises a key of its own
+(~/.ssh/ccr_cluster_key) for root, and starts sshd on 127.0.0.1 and 127.0.0.2 (port 22) unless one
+already answers there with that key. It starts an S3-compatible server (moto) on 127.0.0.1:9000 with a
+bucket `ccr`, makes a Ray token (`ray get-auth-token --generate`), brings up scripts/cluster-local.yaml
+(Ray's `local` provider: head 127.0.0.1, worker 127.0.0.2, over SSH), submits the sweep through the
+token-protected job API with `ray job submit`, kills the worker's raylet (kill -9) once a trial on it
+has written its first checkpoint to the bucket, waits for the job, runs `ccr analyze` on the bucket,
+checks that every trial finished and that the interrupted one resumed from the bucket, and takes
+everything down again. Exit code 0 when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CLUSTER = REPO / "scripts" / "cluster-local.yaml"
+KEY = Path.home() / ".ssh" / "ccr_cluster_key"
+WORK = Path("/tmp/ccr-cluster")
+S3_PORT = 9000
+HOSTS = ("127.0.0.1", "127.0.0.2")
+sys.path.insert(0, str(REPO))
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def sh(cmd: str, check: bool = True, env: dict | None = None, timeout: float | None = None,
+       quiet: bool = False) -> subprocess.CompletedProcess:
+    log(f"$ {cmd}")
+    r = subprocess.run(cmd, shell=True, text=True, capture_output=True, env=env, timeout=timeout, cwd=REPO)
+    if not quiet or r.returncode:
+        out = (r.stdout + r.stderr).strip()
+        if out:
+            print("\n".join("    " + ln for ln in out.splitlines()[-25:]), flush=True)
+    if check and r.returncode:
+        raise SystemExit(f"cluster check: command failed ({r.returncode}): {cmd}")
+    return r
+
+
+def ssh_ok(host: str) -> bool:
+    return subprocess.run(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no", "-o",
+                           "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=5", "-i", str(KEY),
+                           f"root@{host}", "true"], capture_output=True).returncode == 0
+
+
+def ensure_ssh() -> subprocess.Popen | None:
+    """sshd on both loopback addresses, accepting our key for root; returns the sshd we started."""
+    if not KEY.exists():
+        KEY.parent.mkdir(mode=0o700, exist_ok=True)
+        sh(f"ssh-keygen -q -t ed25519 -N '' -f {KEY}")
+    auth = KEY.parent / "authorized_keys"
+    pub = (KEY.parent / "ccr_cluster_key.pub").read_text().strip()
+    if pub not in (auth.read_text() if auth.exists() else ""):
+        with open(auth, "a") as f:
+            f.write(pub + "\n")
+        auth.chmod(0o600)
+    if all(ssh_ok(h) for h in HOSTS):
+        log("sshd already answers on 127.0.0.1 and 127.0.0.2")
+        return None
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    if not Path(sshd).exists():
+        sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server",
+           quiet=True)
+    WORK.mkdir(parents=True, exist_ok=True)
+    host_key = WORK / "ssh_host_ed25519_key"
+    if not host_key.exists():
+        sh(f"ssh-keygen -q -t ed25519 -N '' -f {host_key}")
+    Path("/run/sshd").mkdir(exist_ok=True)
+    conf = WORK / "sshd_config"
+    conf.write_text("\n".join([*(f"ListenAddress {h}:22" for h in HOSTS), f"HostKey {host_key}",
+                               "PermitRootLogin prohibit-password", "PasswordAuthentication no", "UsePAM no",
+                               "AuthorizedKeysFile .ssh/authorized_keys", f"PidFile {WORK / 'sshd.pid'}",
+                               "MaxStartups 100", "MaxSessions 100", ""]))
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=open(WORK / "sshd.log", "w"), start_new_session=True)
+    for _ in range(50):
+        if all(ssh_ok(h) for h in HOSTS):
+            log(f"sshd started on {', '.join(HOSTS)} (pid {proc.pid})")
+            return proc
+        time.sleep(0.2)
+    raise SystemExit(f"cluster check: sshd did not come up; see {WORK / 'sshd.log'}")
+
+
+def start_s3() -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "tests.s3server", "--port", str(S3_PORT), "--bucket", "ccr"],
+                            cwd=REPO, stdout=open(WORK / "s3.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    for _ in range(100):
+        if "s3 server on" in (WORK / "s3.log").read_text():
+            log(f"S3 server (moto) on 127.0.0.1:{S3_PORT}, bucket ccr")
+            return proc
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    raise SystemExit(f"cluster check: the S3 server did not start; see {WORK / 's3.log'}")
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex((host, port)) == 0
+
+
+def alive_nodes(env: dict) -> list[dict]:
+    code = ("import json, ray; ray.init(address='127.0.0.1:6379', logging_level='ERROR'); "
+            "print(json.dumps([{'id': n['NodeID'], 'ip': n['NodeManagerAddress']} for n in ray.nodes() "
+            "if n['Alive']]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    try:
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        return []
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sweep", default="sweeps/default.yaml")
+    p.add_argument("--set", action="append", default=[], help="config override for every trial")
+    p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the sweep")
+    a = p.parse_args()
+    t0 = time.time()
+    from tests.s3server import CREDENTIALS
+
+    creds = {k: os.environ.get(k, v) for k, v in CREDENTIALS.items()}
+    env = {**os.environ, **creds, "RAY_AUTH_MODE": "token"}
+    os.environ.update(creds)
+    uri = f"s3://ccr/{Path(a.sweep).stem}?endpoint_override=127.0.0.1:{S3_PORT}&scheme=http"
+    sshd = s3 = None
+    ok = False
+    try:
+        sshd = ensure_ssh()
+        s3 = start_s3()
+        sh("ray get-auth-token --generate > /dev/null", env=env)
+        sh(f"ray up -y --no-config-cache {CLUSTER}", env=env, timeout=900)
+        deadline = time.time() + 300
+        while len(nodes := alive_nodes(env)) < 2 and time.time() < deadline:
+            time.sleep(3)
+        log(f"nodes alive: {nodes}")
+        assert len(nodes) == 2, "the worker node did not join"
+        worker_id = next(n["id"] for n in nodes if n["ip"] == "127.0.0.2")
+        assert port_open(8265, "127.0.0.1"), "the job API should listen on 127.0.0.1:8265"
+        sub_id = f"ccr-check-{int(time.time())}"
+        runtime = {"env_vars": creds, "excludes": [".git", "runs", "*.egg-info"]}
+        sets = " ".join(f"--set {shlex.quote(s)}" for s in a.set)
+        sh(f"ray job submit --address http://127.0.0.1:8265 --no-wait --submission-id {sub_id} --working-dir . "
+           f"--runtime-env-json {shlex.quote(json.dumps(runtime))} -- "
+           f"ccr sweep {a.sweep} --out {shlex.quote(uri)} {sets}", env=env)
+        t_sub = time.time()
+
+        from ccr.storage import Storage
+
+        runs = Storage(uri).child("runs")
+        victim = None
+        while victim is None and time.time() - t_sub < a.timeout:
+            for f in runs.files() if runs.exists() else []:
+                if f.endswith("/trial.json") and runs.read_json(f)["node_id"] == worker_id:
+                    name = f.split("/")[0]
+                    done = runs.is_file(f"{name}/results.json") and \
+                        runs.read_json(f"{name}/results.json")["status"] == "complete"
+                    if runs.is_file(f"{name}/checkpoints/task_00.pt") and not done:
+                        victim = name
+            time.sleep(1)
+        assert victim, "no trial on the worker reached its first checkpoint"
+        pids = subprocess.run(["pgrep", "-f", "raylet.*node_ip_address=127.0.0.2"], capture_output=True,
+                              text=True).stdout.split()
+        assert pids, "the worker's raylet was not found"
+        for pid in pids:
+            os.kill(int(pid), signal.SIGKILL)
+        log(f"killed the worker's raylet (pid {', '.join(pids)}) while trial {victim} was running on it")
+
+        status = ""
+        while time.time() - t_sub < a.timeout:
+            status = sh(f"ray job status --address http://127.0.0.1:8265 {sub_id}", env=env, check=False,
+                        quiet=True).stdout
+            if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+                break
+            time.sleep(10)
+        sweep_s = time.time() - t_sub
+        sh(f"ray job logs --address http://127.0.0.1:8265 {sub_id} | tail -n 5", env=env, check=False)
+        assert "SUCCEEDED" in status, f"the sweep job did not succeed: {status.strip()}"
+        log(f"sweep job succeeded in {sweep_s:.0f} s")
+
+        res = {f.split("/")[0]: runs.read_json(f) for f in runs.files() if f.endswith("/results.json")}
+        starts = runs.read_text(f"{victim}/starts.log").splitlines()
+        log(f"{len(res)} results in {Storage(uri).display()}; complete: "
+            f"{sum(r['status'] == 'complete' for r in res.values())}")
+        log(f"interrupted trial {victim}: started {len(starts)} times (trial id, node): {starts}; "
+            f"resumed after task(s) {res[victim]['resumes']}")
+        assert res and all(r["status"] == "complete" for r in res.values())
+        assert len(starts) >= 2 and res[victim]["resumes"], "the interrupted trial did not resume from the bucket"
+        sh(f"ccr analyze {shlex.quote(uri)}", env=env)
+        summary = Storage(uri).child("analysis").read_text("summary.md")
+        print("\n".join(summary.splitlines()[:25]))
+        ok = True
+    finally:
+        sh(f"ray down -y {CLUSTER}", env=env, check=False, timeout=300, quiet=True)
+        for proc in (s3, sshd):
+            if proc is not None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        log(f"cluster check {'passed' if ok else 'FAILED'} in {time.time() - t0:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Sweeps on a multi-node cluster with results in an S3-compatible store (moto on 127.0.0.1).
+
+Each Ray node gets its own scratch folder (CCR_SCRATCH), as separate machines would: what a trial
+writes must reach the bucket, a trial retried on another node must resume from the bucket, and
+`ccr analyze` must work from the bucket alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+import time
+
+import pytest
+
+from ccr.storage import Storage
+from tests.conftest import TINY
+from tests.s3server import S3Server
+
+ray = pytest.importorskip("ray")
+
+
+@pytest.fixture(scope="module")
+def s3():
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = S3Server().start()
+    server.make_bucket("ccr")
+    yield server
+    server.stop()
+
+
+def test_storage_round_trip_on_s3(s3):
+    st = Storage(s3.uri("ccr", "unit"))
+    st.write_json("a/b.json", {"x": 1})
+    st.append_line("log", "one")
+    st.append_line("log", "two")
+    assert st.read_json("a/b.json") == {"x": 1} and st.read_text("log") == "one\ntwo\n"
+    assert st.files() == ["a/b.json", "log"] and st.child("a").files() == ["b.json"]
+    assert st.is_file("a/b.json") and not st.is_file("a") and not st.exists("nope")
+    with pytest.raises(FileNotFoundError):
+        st.read_bytes("nope")
+    assert "endpoint_override" not in st.display() and st.display() == "s3://ccr/unit"
+
+
+def _summary_tables(path) -> str:
+    return "\n".join((path / "summary.md").read_text().splitlines()[1:])  # the first line names the source
+
+
+@pytest.mark.slow
+def test_sweep_to_s3_survives_a_lost_node_and_uses_an_added_one(s3, tmp_path):
+    from ray.cluster_utils import Cluster
+
+    from analysis.report import analyze
+    from ccr.distributed.tune import run_sweep
+    from tests.test_sweep import write
+
+    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf", "ewc"]}, "max_failures": 2})
+    # long enough tasks (epochs=40) that a node can be removed between a trial's first checkpoint and its end
+    sets = [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "train.threads=1", "train.epochs=40"]
+    uri = s3.uri("ccr", "sweep")
+    scratch = {n: tmp_path / f"scratch-{n}" for n in ("head", "b", "c")}
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "env_vars": {"CCR_SCRATCH": str(scratch["head"])}})
+    node_b = cluster.add_node(num_cpus=1, env_vars={"CCR_SCRATCH": str(scratch["b"])})
+    errors: list[BaseException] = []
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+
+        def sweep():
+            try:
+                run_sweep(spec, sets, uri)
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        driver = threading.Thread(target=sweep)
+        driver.start()
+        runs = Storage(uri).child("runs")
+        victim, deadline = None, time.time() + 240
+        while victim is None and time.time() < deadline and driver.is_alive():
+            for f in runs.files():
+                if f.endswith("trial.json") and runs.read_json(f)["node_id"] == node_b.node_id:
+                    name = f.split("/")[0]
+                    finished = runs.is_file(f"{name}/results.json") and \
+                        runs.read_json(f"{name}/results.json")["status"] == "complete"
+                    if runs.is_file(f"{name}/checkpoints/task_00.pt") and not finished:
+                        victim = name
+            time.sleep(0.05)
+        assert victim, "no trial on node b reached its first checkpoint"
+        cluster.remove_node(node_b, allow_graceful=False)  # the node is lost mid-trial
+        node_c = cluster.add_node(num_cpus=1, env_vars={"CCR_SCRATCH": str(scratch["c"])})  # and one is added
+        driver.join(timeout=400)
+        assert not driver.is_alive() and not errors, errors
+
+        res = {f.split("/")[0]: runs.read_json(f) for f in runs.files() if f.endswith("/results.json")}
+        assert len(res) == 3 and all(r["status"] == "complete" for r in res.values())
+        starts = {n: runs.read_text(f"{n}/starts.log").splitlines() for n in res}
+        assert len(starts[victim]) == 2, starts  # started on node b, retried elsewhere
+        assert starts[victim][0].split()[1] == node_b.node_id and starts[victim][1].split()[1] != node_b.node_id
+        assert res[victim]["resumes"] and res[victim]["resumes"][0] >= 0  # from its checkpoint in the bucket
+        assert any(line.split()[1] == node_c.node_id for s in starts.values() for line in s), starts
+        assert not (tmp_path / "sweep").exists() and not list(tmp_path.glob("**/results.json"))
+
+        # the same sweep with local storage: the same numbers, the killed trial included
+        run_sweep(spec, sets, tmp_path / "local")
+        for name, r in res.items():
+            local = json.loads((tmp_path / "local" / "runs" / name / "results.json").read_text())
+            assert r["recall"] == local["recall"] and r["summary"] == local["summary"], name
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    for d in scratch.values():  # nothing on the nodes' disks is needed for analysis
+        shutil.rmtree(d, ignore_errors=True)
+    analyze(uri, tmp_path / "an-s3")
+    analyze(tmp_path / "local", tmp_path / "an-local")
+    assert _summary_tables(tmp_path / "an-s3") == _summary_tables(tmp_path / "an-local")
+    an = Storage(uri).child("analysis")
+    analyze(uri)  # default output: next to the results, in the bucket
+    assert an.is_file("report.html") and an.is_file("summary.md")
