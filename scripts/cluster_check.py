@@ -4,11 +4,12 @@ a node mid-sweep -> `ccr analyze` the bucket -> `ray down`.
     python scripts/cluster_check.py                                  # sweeps/default.yaml
     python scripts/cluster_check.py --set train.epochs=2             # a shorter sweep
 
-It installs openssh-server if it is missing (Debian/Ubuntu, as root), authorises a key of its own
-(~/.ssh/ccr_cluster_key) for root, and starts sshd on 127.0.0.1 and 127.0.0.2 (port 22) unless one
+It installs ccr's `cluster` extra (ray[default]: the dashboard and job API) and openssh-server and
+rsync if they are missing (Debian/Ubuntu, as root), authorises a key of its own
+(~/.ssh/ccr_cluster_key) for root, and starts sshd on 127.0.0.3 and 127.0.0.2 (port 22) unless one
 already answers there with that key. It starts an S3-compatible server (moto) on 127.0.0.1:9000 with a
 bucket `ccr`, makes a Ray token (`ray get-auth-token --generate`), brings up scripts/cluster-local.yaml
-(Ray's `local` provider: head 127.0.0.1, worker 127.0.0.2, over SSH), submits the sweep through the
+(Ray's `local` provider: head 127.0.0.3, worker 127.0.0.2, over SSH), submits the sweep through the
 token-protected job API with `ray job submit`, kills the worker's raylet (kill -9) once a trial on it
 has written its first checkpoint to the bucket, waits for the job, runs `ccr analyze` on the bucket,
 checks that every trial finished and that the interrupted one resumed from the bucket, and takes
@@ -34,7 +35,7 @@ CLUSTER = REPO / "scripts" / "cluster-local.yaml"
 KEY = Path.home() / ".ssh" / "ccr_cluster_key"
 WORK = Path("/tmp/ccr-cluster")
 S3_PORT = 9000
-HOSTS = ("127.0.0.1", "127.0.0.2")
+HOSTS = ("127.0.0.3", "127.0.0.2")  # head, worker (see cluster-local.yaml)
 sys.path.insert(0, str(REPO))
 
 
@@ -72,12 +73,12 @@ def ensure_ssh() -> subprocess.Popen | None:
         with open(auth, "a") as f:
             f.write(pub + "\n")
         auth.chmod(0o600)
-    if all(ssh_ok(h) for h in HOSTS):
-        log("sshd already answers on 127.0.0.1 and 127.0.0.2")
+    if all(ssh_ok(h) for h in HOSTS) and shutil.which("rsync"):
+        log(f"sshd already answers on {', '.join(HOSTS)}")
         return None
     sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    if not Path(sshd).exists():
-        sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server",
+    if not Path(sshd).exists() or not shutil.which("rsync"):  # `ray up` copies files with rsync over ssh
+        sh("apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server rsync",
            quiet=True)
     WORK.mkdir(parents=True, exist_ok=True)
     host_key = WORK / "ssh_host_ed25519_key"
@@ -120,7 +121,7 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def alive_nodes(env: dict) -> list[dict]:
-    code = ("import json, ray; ray.init(address='127.0.0.1:6379', logging_level='ERROR'); "
+    code = ("import json, ray; ray.init(address='127.0.0.3:6379', logging_level='ERROR'); "
             "print(json.dumps([{'id': n['NodeID'], 'ip': n['NodeManagerAddress']} for n in ray.nodes() "
             "if n['Alive']]))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
@@ -146,13 +147,17 @@ def main() -> int:
     sshd = s3 = None
     ok = False
     try:
+        try:
+            import aiohttp  # noqa: F401  (the dashboard and job API need ray[default])
+        except ImportError:
+            sh(f"{sys.executable} -m pip install -q -e '{REPO}[cluster]'", quiet=True)
         sshd = ensure_ssh()
         s3 = start_s3()
         sh("ray get-auth-token --generate > /dev/null", env=env)
         sh(f"ray up -y --no-config-cache {CLUSTER}", env=env, timeout=900)
         deadline = time.time() + 300
         while len(nodes := alive_nodes(env)) < 2 and time.time() < deadline:
-            time.sleep(3)
+            time.sleep(5)
         log(f"nodes alive: {nodes}")
         assert len(nodes) == 2, "the worker node did not join"
         worker_id = next(n["id"] for n in nodes if n["ip"] == "127.0.0.2")
@@ -184,18 +189,20 @@ def main() -> int:
         assert pids, "the worker's raylet was not found"
         for pid in pids:
             os.kill(int(pid), signal.SIGKILL)
-        log(f"killed the worker's raylet (pid {', '.join(pids)}) while trial {victim} was running on it")
+        shutil.rmtree(WORK / "worker" / "scratch", ignore_errors=True)  # and its disk is gone with it
+        log(f"killed the worker's raylet (pid {', '.join(pids)}) while trial {victim} was running on it, "
+            "and deleted its scratch folder")
 
         status = ""
         while time.time() - t_sub < a.timeout:
-            status = sh(f"ray job status --address http://127.0.0.1:8265 {sub_id}", env=env, check=False,
-                        quiet=True).stdout
-            if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+            r = sh(f"ray job status --address http://127.0.0.1:8265 {sub_id}", env=env, check=False, quiet=True)
+            status = (r.stdout + r.stderr).lower()
+            if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
                 break
             time.sleep(10)
         sweep_s = time.time() - t_sub
         sh(f"ray job logs --address http://127.0.0.1:8265 {sub_id} | tail -n 5", env=env, check=False)
-        assert "SUCCEEDED" in status, f"the sweep job did not succeed: {status.strip()}"
+        assert "' succeeded" in status, f"the sweep job did not succeed: {status.strip()[-500:]}"
         log(f"sweep job succeeded in {sweep_s:.0f} s")
 
         res = {f.split("/")[0]: runs.read_json(f) for f in runs.files() if f.endswith("/results.json")}
@@ -206,6 +213,7 @@ def main() -> int:
             f"resumed after task(s) {res[victim]['resumes']}")
         assert res and all(r["status"] == "complete" for r in res.values())
         assert len(starts) >= 2 and res[victim]["resumes"], "the interrupted trial did not resume from the bucket"
+        assert starts[0].split()[1] == worker_id and starts[-1].split()[1] != worker_id
         sh(f"ccr analyze {shlex.quote(uri)}", env=env)
         summary = Storage(uri).child("analysis").read_text("summary.md")
         print("\n".join(summary.splitlines()[:25]))

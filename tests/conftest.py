@@ -9,6 +9,9 @@ import pytest
 from ccr.config import load_config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray nodes started by tests (ray.init, cluster_utils, and the processes they spawn) take 127.0.0.1 as
+# their address instead of the machine's network address: test traffic stays on the loopback range.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 TINY = [
     "data.n_tasks=3", "data.train_per_task=48", "data.test_per_task=12", "data.captions_per_image=2",

@@ -102,6 +102,10 @@ def test_sweep_to_s3_survives_a_lost_node_and_uses_an_added_one(s3, tmp_path):
         assert any(line.split()[1] == node_c.node_id for s in starts.values() for line in s), starts
         assert not (tmp_path / "sweep").exists() and not list(tmp_path.glob("**/results.json"))
 
+        # the same sweep into the same bucket again: Tune's experiment is restored from the bucket, nothing reruns
+        run_sweep(spec, sets, uri)
+        assert {n: runs.read_text(f"{n}/starts.log").splitlines() for n in res} == starts
+
         # the same sweep with local storage: the same numbers, the killed trial included
         run_sweep(spec, sets, tmp_path / "local")
         for name, r in res.items():
