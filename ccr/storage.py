@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,23 @@ class StorageError(RuntimeError):
 def is_uri(location: str | os.PathLike) -> bool:
     """True for `scheme://...` locations (s3, gs, hdfs, file, ...), False for plain paths."""
     return isinstance(location, str) and bool(_SCHEME.match(location))
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def scratch_root() -> Path:
@@ -150,8 +168,6 @@ class Storage:
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic write: readers see the old file or the new one, never half of one."""
         if not self.remote:
-            from ccr.provenance import atomic_write_bytes
-
             atomic_write_bytes(self._p(rel), data)
             return
         with self.fs.open_output_stream(self._p(rel)) as f:  # an object appears when its upload completes
@@ -203,8 +219,6 @@ class Storage:
 
     def download_dir(self, rel: str, local: str | Path) -> Path:
         """Copy `rel/`'s files into a local folder (a cache: existing files with the same bytes are kept)."""
-        from ccr.provenance import atomic_write_bytes
-
         local = Path(local)
         prefix = rel.strip("/") + "/" if rel.strip("/") else ""
         for name in self.files(rel):

@@ -75,7 +75,7 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     except Exception:
         store.write_text("error.txt", traceback.format_exc())
         raise
-    prov = res["provenance"]  # what the trial spent outside the study itself: start-up, loading, upload
+    prov = res["provenance"]  # the study's own time: the rest is the trial's overhead (bench/sweep_efficiency.py)
     store.write_json("trial.json", {**trial, "timing": {
         "entered": entered, "study_seconds": prov["finished"] - prov["started"],
         "done": time.time()}})
@@ -124,7 +124,7 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
                              threads=max(1, int(spec.cpus_per_trial))),
         trial_resources(spec))
     fs = storage.filesystem if storage.remote else None
-    path = storage.fs_path(name) if storage.remote else str(Path(storage.fs_path(name)))
+    path = storage.fs_path(name)
     if resume and tune.Tuner.can_restore(path, storage_filesystem=fs):
         log.info("restoring %s", storage.display(name))
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
