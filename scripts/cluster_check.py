@@ -171,18 +171,10 @@ def main() -> int:
         t_sub = time.time()
 
         from ccr.storage import Storage
+        from tests.trials import wait_for_checkpointed_trial
 
         runs = Storage(uri).child("runs")
-        victim = None
-        while victim is None and time.time() - t_sub < a.timeout:
-            for f in runs.files() if runs.exists() else []:
-                if f.endswith("/trial.json") and runs.read_json(f)["node_id"] == worker_id:
-                    name = f.split("/")[0]
-                    done = runs.is_file(f"{name}/results.json") and \
-                        runs.read_json(f"{name}/results.json")["status"] == "complete"
-                    if runs.is_file(f"{name}/checkpoints/task_00.pt") and not done:
-                        victim = name
-            time.sleep(1)
+        victim = wait_for_checkpointed_trial(runs, worker_id, timeout=a.timeout, poll=1)
         assert victim, "no trial on the worker reached its first checkpoint"
         pids = subprocess.run(["pgrep", "-f", "raylet.*node_ip_address=127.0.0.2"], capture_output=True,
                               text=True).stdout.split()

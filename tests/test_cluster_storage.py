@@ -11,13 +11,13 @@ import json
 import logging
 import shutil
 import threading
-import time
 
 import pytest
 
 from ccr.storage import Storage
 from tests.conftest import TINY
 from tests.s3server import S3Server
+from tests.trials import wait_for_checkpointed_trial
 
 ray = pytest.importorskip("ray")
 
@@ -77,16 +77,8 @@ def test_sweep_to_s3_survives_a_lost_node_and_uses_an_added_one(s3, tmp_path):
         driver = threading.Thread(target=sweep)
         driver.start()
         runs = Storage(uri).child("runs")
-        victim, deadline = None, time.time() + 240
-        while victim is None and time.time() < deadline and driver.is_alive():
-            for f in runs.files():
-                if f.endswith("trial.json") and runs.read_json(f)["node_id"] == node_b.node_id:
-                    name = f.split("/")[0]
-                    finished = runs.is_file(f"{name}/results.json") and \
-                        runs.read_json(f"{name}/results.json")["status"] == "complete"
-                    if runs.is_file(f"{name}/checkpoints/task_00.pt") and not finished:
-                        victim = name
-            time.sleep(0.05)
+        victim = wait_for_checkpointed_trial(runs, node_b.node_id, timeout=240, poll=0.05,
+                                             still_running=driver.is_alive)
         assert victim, "no trial on node b reached its first checkpoint"
         cluster.remove_node(node_b, allow_graceful=False)  # the node is lost mid-trial
         node_c = cluster.add_node(num_cpus=1, env_vars={"CCR_SCRATCH": str(scratch["c"])})  # and one is added
