@@ -88,7 +88,8 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
         long.to_csv(out / "tidy.csv", index=False)
     summary.to_csv(out / "per_run.csv", index=False)
     agg.to_csv(out / "aggregate.csv", index=False)
-    tables = {k: markdown_table(agg, k) for k in (1, 5, 10)} if not agg.empty else {}
+    ks = sorted(int(k) for k in agg["k"].unique()) if not agg.empty else []  # whatever eval.ks measured
+    tables = {k: markdown_table(agg, k) for k in ks}
     md = [f"# ccr analysis of `{root.display()}`", "", f"{len(c.runs)} runs ({len(c.incomplete)} incomplete), "
           f"{len(c.corrupt)} corrupt result files, {len(c.missing)} runs without results, {len(c.failed)} failed.", ""]
     for k, t in tables.items():
@@ -97,11 +98,12 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
 
     figs: list[Path] = []
     if not long.empty:
-        for f in (plots.heatmaps(long, out), plots.task_curves(long, out), plots.forgetting_bars(summary, out),
-                  plots.quality_vs_cost(summary, out)):
+        k = ks[0] if ks else 1  # plots show the smallest K measured (R@1 unless eval.ks says otherwise)
+        for f in (plots.heatmaps(long, out, k=k), plots.task_curves(long, out, k=k),
+                  plots.forgetting_bars(summary, out, k=k), plots.quality_vs_cost(summary, out, k=k)):
             if f:
                 figs.append(f)
-        figs += plots.anatomy_plots(long, out)
+        figs += plots.anatomy_plots(long, out, k=k)
 
     problems = []
     problems += [f"corrupt: {html.escape(p)} ({html.escape(why)})" for p, why in c.corrupt]

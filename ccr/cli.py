@@ -9,7 +9,8 @@ import sys
 from ccr.checkpoint import CheckpointError
 from ccr.config import ConfigError, load_config
 from ccr.data import DataError
-from ccr.storage import StorageError
+from ccr.errors import DivergedError, LockedError
+from ccr.storage import Storage, StorageError, exclusive, open_storage
 
 log = logging.getLogger("ccr")
 
@@ -43,15 +44,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ccr.study import Study
 
     cfg = load_config(args.config, args.set)
-    study = Study(cfg, args.out, progress=not args.quiet)  # all input checks happen here
-    setup_logging(args.verbose)
-    with study.logging_to_store():
-        if cfg.train.workers > 1 or cfg.train.use_ray:
-            from ccr.distributed.train import run_distributed
+    store = open_storage(args.out)
+    with exclusive(store, "run"):  # a second `ccr run` on this --out is refused, not interleaved
+        study = Study(cfg, store, progress=not args.quiet)  # all input checks happen here
+        setup_logging(args.verbose)
+        with study.logging_to_store():
+            if cfg.train.workers > 1 or cfg.train.use_ray:
+                from ccr.distributed.train import run_distributed
 
-            res = run_distributed(cfg, study.store, progress=not args.quiet, study=study)
-        else:
-            res = study.run()
+                res = run_distributed(cfg, study.store, progress=not args.quiet, study=study)
+            else:
+                res = study.run()
     print(render(res))
     print(f"\nresults: {study.store.display('results.json')}")
     return 0
@@ -68,6 +71,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from analysis.report import analyze
 
     setup_logging(args.verbose)
+    if not Storage(args.path).exists():
+        raise StorageError(f"nothing to analyse: {Storage(args.path).display()} does not exist")
     out = analyze(args.path, args.out)
     print(f"analysis written to {out}")
     return 0
@@ -106,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, DataError, StorageError, CheckpointError) as e:
+    except (ConfigError, DataError, StorageError) as e:
         print(f"ccr: error: {e}", file=sys.stderr)
         return 2
+    except (CheckpointError, DivergedError, LockedError) as e:  # runtime, not usage
+        print(f"ccr: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

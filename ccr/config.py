@@ -7,6 +7,7 @@ work starts (a typo in a sweep must not cost a night of GPU time).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -208,6 +209,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
             value = float(value)  # YAML 1.1 reads `3e-3` (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key '{path}': expected float, got {type(value).__name__} {value!r}")
+        if not math.isfinite(value):  # .nan / .inf are floats to YAML; no ccr setting means them
+            raise ConfigError(f"config key '{path}': must be a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -266,14 +269,38 @@ def set_path(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error (YAML would keep the last)."""
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def parse_yaml(text: str) -> Any:
+    """YAML as ccr reads it: safe, and a duplicate key is an error, not last-one-wins."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506  (a SafeLoader subclass)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        data = parse_yaml(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {p} is not valid YAML: {e}") from e
+    except ConfigError as e:
+        raise ConfigError(f"config file {p}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {p} must hold a mapping at the top level")
     return data
@@ -317,8 +344,12 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'train.lr': must be > 0, got {cfg.train.lr}")
     if cfg.train.temperature <= 0:
         raise ConfigError(f"config key 'train.temperature': must be > 0, got {cfg.train.temperature}")
-    if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks):
-        raise ConfigError(f"config key 'eval.ks': must be a non-empty list of positive ints, got {cfg.eval.ks}")
+    if not cfg.eval.ks or any(k < 1 for k in cfg.eval.ks) or len(set(cfg.eval.ks)) != len(cfg.eval.ks):
+        raise ConfigError(f"config key 'eval.ks': must be a non-empty list of distinct positive ints, "
+                          f"got {cfg.eval.ks}")
+    for key in ("train.weight_decay", "train.grad_clip", "train.margin"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"config key '{key}': must be >= 0, got {_get(cfg, key)}")
     if isinstance(cfg.tasks.order, str) and cfg.tasks.order != "random":
         raise ConfigError(f"config key 'tasks.order': a string must be 'random', got {cfg.tasks.order!r} "
                           "(give task names as a list, e.g. [a,b])")

@@ -26,14 +26,20 @@ def recall_at_k(result_owner: np.ndarray, query_owner: np.ndarray, ks: list[int]
     return {k: float(100.0 * np.mean(first < k)) for k in ks}
 
 
+def rsum_ks(ks) -> list[int]:
+    """The K that rsum adds: those of 1, 5, 10 that were measured (the usual rsum), else every measured K."""
+    ks = sorted(set(ks))
+    return [k for k in ks if k in (1, 5, 10)] or ks
+
+
 def rsum(recalls: dict[str, dict[int, float]]) -> float:
-    """Sum of R@1, R@5, R@10 in both directions (the usual rsum)."""
-    return float(sum(recalls[d][k] for d in DIRECTIONS for k in (1, 5, 10) if k in recalls[d]))
+    """Sum of R@1, R@5, R@10 in both directions (the usual rsum; see `rsum_ks` for other K sets)."""
+    return float(sum(recalls[d][k] for d in DIRECTIONS for k in rsum_ks(recalls[d])))
 
 
 def rsum_matrix(matrices: dict[str, dict[int, np.ndarray]]) -> np.ndarray:
-    """Cell-wise rsum of recall matrices {direction: {K: (n, n)}} (the K in 1, 5, 10 that were measured)."""
-    return sum(m for d in DIRECTIONS for k, m in matrices[d].items() if k in (1, 5, 10))
+    """Cell-wise rsum of recall matrices {direction: {K: (n, n)}} (the K of `rsum_ks`)."""
+    return sum(matrices[d][k] for d in DIRECTIONS for k in rsum_ks(matrices[d]))
 
 
 def final_average(a: np.ndarray) -> float:

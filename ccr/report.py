@@ -17,14 +17,20 @@ def matrix_table(title: str, m: list[list[float | None]], tasks: list[str]) -> s
     return "\n".join(lines)
 
 
+def first_k(res: dict[str, Any]) -> str:
+    """The smallest K measured (1 unless eval.ks says otherwise), as results.json spells it."""
+    return str(min(int(k) for k in res["recall"]["t2i"]))
+
+
 def summary_table(res: dict[str, Any]) -> str:
+    k = first_k(res)
     lines = [f"{'policy':<18} {'cost(img+cap)':>14} " + " ".join(
-        f"{d + ' ' + q:>12}" for d in ("i2t", "t2i") for q in ("R@1", "forget@1"))]
+        f"{d + ' ' + q:>12}" for d in ("i2t", "t2i") for q in (f"R@{k}", f"forget@{k}"))]
     for name, r in res["by_policy"].items():
         s, c = r["summary"], r["index_cost"]
         cells = []
         for d in ("i2t", "t2i"):
-            cells += [f"{s['avg_final_recall'][d]['1']:12.1f}", f"{s['forgetting'][d]['1']:12.1f}"]
+            cells += [f"{s['avg_final_recall'][d][k]:12.1f}", f"{s['forgetting'][d][k]:12.1f}"]
         lines.append(f"{name:<18} {c['images_embedded'] + c['captions_embedded']:>14} " + " ".join(cells))
     return "\n".join(lines)
 
@@ -35,12 +41,13 @@ def anatomy_table(res: dict[str, Any]) -> str:
         return ""
     n = len(res["task_order"])
     last = n - 1
-    lines = ["anatomy after the last task (t2i R@1 by query/gallery model; drift = cosine θ_i vs θ_n):",
+    k = first_k(res)
+    lines = [f"anatomy after the last task (t2i R@{k} by query/gallery model; drift = cosine θ_i vs θ_n):",
              f"{'task':<10} {'new/old':>8} {'new/new':>8} {'old/old':>8} {'old/new':>8} "
              f"{'drift img':>9} {'drift cap':>9} {'align':>6}"]
     g = a["grid"]
     for i, t in enumerate(res["task_order"]):
-        vals = [g[c]["t2i"]["1"][last][i] for c in ("new_q/old_g", "new_q/new_g", "old_q/old_g", "old_q/new_g")]
+        vals = [g[c]["t2i"][k][last][i] for c in ("new_q/old_g", "new_q/new_g", "old_q/old_g", "old_q/new_g")]
         lines.append(f"{t[:10]:<10} " + " ".join(f"{v:8.1f}" for v in vals)
                      + f" {a['drift']['images'][last][i]:9.3f} {a['drift']['captions'][last][i]:9.3f}"
                      + f" {a['alignment'][last][i]:6.3f}")
@@ -48,11 +55,11 @@ def anatomy_table(res: dict[str, Any]) -> str:
 
 
 def render(res: dict[str, Any]) -> str:
-    tasks = res["task_order"]
+    tasks, k = res["task_order"], first_k(res)
     parts = [
         f"strategy {res['strategy']}, policy {res['policy']}, scope {res['scope']}, seed {res['seed']}",
-        matrix_table("t2i R@1 (row: trained up to, column: evaluated task)", res["recall"]["t2i"]["1"], tasks),
-        matrix_table("i2t R@1", res["recall"]["i2t"]["1"], tasks),
+        matrix_table(f"t2i R@{k} (row: trained up to, column: evaluated task)", res["recall"]["t2i"][k], tasks),
+        matrix_table(f"i2t R@{k}", res["recall"]["i2t"][k], tasks),
         summary_table(res),
         anatomy_table(res),
     ]

@@ -17,13 +17,18 @@ fsynced and renamed; on an object store an object appears whole when its upload 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import tempfile
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from ccr.errors import LockedError
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -229,6 +234,62 @@ class Storage:
         return local
 
 
+LOCK = ".ccr.lock"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def exclusive(store: Storage, what: str) -> Iterator[None]:
+    """Hold `store` for this process while the block runs: a second `ccr run` / `ccr sweep` on the same
+    output is refused instead of silently overwriting it. A lock left by a dead process on this host is
+    taken over (with a warning); one from another host is refused with the file to delete if its owner
+    is gone. On an object store the lock is advisory (no create-if-absent): written, then read back.
+    """
+    import getpass
+    import logging
+    import platform
+    import sys
+
+    me = {"pid": os.getpid(), "host": platform.node(), "user": getpass.getuser(), "what": what,
+          "command": " ".join(sys.argv)[:300], "started": time.time()}
+    try:
+        other = store.read_json(LOCK)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        other = None
+    if other:
+        if other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))):
+            logging.getLogger(__name__).warning("%s: taking over a lock left by a stopped process (pid %s)",
+                                                store.display(), other.get("pid"))
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other.get("started", 0)))
+            raise LockedError(
+                f"{store.display()} is in use by another ccr {other.get('what', 'process')} (pid {other.get('pid')} "
+                f"on {other.get('host')}, since {when}: {other.get('command', '?')}). Two runs in one folder "
+                f"would overwrite each other's results: wait for it, or use another --out. If that process "
+                f"is gone, delete {store.display(LOCK)}")
+    store.write_json(LOCK, me)
+    if store.read_json(LOCK).get("pid") != me["pid"] or store.read_json(LOCK).get("host") != me["host"]:
+        raise LockedError(f"{store.display()}: another ccr process took the lock at the same moment")
+    try:
+        yield
+    finally:
+        try:
+            held = store.read_json(LOCK)
+            if held.get("pid") == me["pid"] and held.get("host") == me["host"]:
+                store.delete(LOCK)
+        except (OSError, json.JSONDecodeError):
+            pass
+
+
 def open_storage(location: str | os.PathLike | Storage) -> Storage:
     """A Storage for a path or URI, with one clear error for a location that cannot be used."""
     store = Storage(location)
@@ -242,4 +303,4 @@ def open_storage(location: str | os.PathLike | Storage) -> Storage:
     return store
 
 
-__all__ = ["Storage", "StorageError", "is_uri", "open_storage", "scratch_root"]
+__all__ = ["Storage", "StorageError", "exclusive", "is_uri", "open_storage", "scratch_root"]

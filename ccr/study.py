@@ -89,6 +89,12 @@ class Study:
             old = yaml.safe_load(self.store.read_text("config.yaml"))
         except FileNotFoundError:
             return
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{self.store.display('config.yaml')} is corrupt ({type(e).__name__}); it records "
+                              f"the config of the study in that folder: restore it, or use another --out") from e
+        if not isinstance(old, dict):
+            raise ConfigError(f"{self.store.display('config.yaml')} is not a ccr config (no mapping); "
+                              "restore it, or use another --out")
         if _comparable(old) != _comparable(self.config_dict):
             where = self.store.display()
             raise ConfigError(f"{where} holds a study with a different config; resuming it would mix "

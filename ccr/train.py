@@ -19,6 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ccr import losses
+from ccr.errors import DivergedError
 from ccr.models import DualEncoder
 from ccr.strategies import Batch, Strategy, TaskContext
 
@@ -37,8 +38,11 @@ class DistInfo:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device=cuda but torch sees no GPU")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from ccr.config import ConfigError
+
+        raise ConfigError(f"config key 'train.device': {name!r}, but torch sees no GPU here "
+                          f"(torch {torch.__version__}); use train.device=auto or cpu")
     return torch.device(name)
 
 
@@ -101,6 +105,7 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     model.train()
     t0, n_pairs, step, n_loss = time.perf_counter(), 0, 0, 0
     loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
+    first_bad = torch.full((), -1, device=dev)  # first batch whose loss was not finite (checked per epoch)
     last: dict[str, float] = {}
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {ctx.task}", leave=False,
                disable=None if (progress and dist.rank == 0) else True)
@@ -133,11 +138,19 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
                 step += 1
             n_pairs += n_cur * dist.world_size
             loss_sum += loss.detach().float()
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), n_loss, first_bad)
             n_loss += 1
             bar.update(1)
             if not bar.disable and n_loss % 25 == 0:
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         last = {k: float(v.detach()) for k, v in terms.items()}
+        if int(first_bad) >= 0:
+            bar.close()
+            terms_now = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
+            raise DivergedError(
+                f"training diverged on task {ctx.task!r} (task {ctx.index + 1} of {len(ctx.order)}): the loss "
+                f"became non-finite at batch {int(first_bad) + 1} of the task ({terms_now}); the study stops "
+                "here and keeps the checkpoint of the last finished task. Lower train.lr or set train.grad_clip")
     bar.close()
     mean_loss = float(loss_sum) / max(1, n_loss)  # synchronises: the timing below includes all queued work
     secs = time.perf_counter() - t0

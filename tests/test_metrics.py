@@ -60,3 +60,6 @@ def test_rsum_by_hand():
     assert rsum({"i2t": {1: 10.0, 5: 20.0, 10: 30.0}, "t2i": {1: 1.0, 5: 2.0, 10: 3.0}}) == 66.0
     m = rsum_matrix({"i2t": {1: A, 5: A}, "t2i": {1: A, 10: A}})
     assert m[2, 0] == 4 * 50.0 and np.isnan(m[0, 1])
+    # no K of 1, 5, 10 measured: rsum adds the K there are (eval.ks=[3, 20])
+    assert rsum({"i2t": {3: 10.0, 20: 20.0}, "t2i": {3: 1.0, 20: 2.0}}) == 33.0
+    assert rsum_matrix({"i2t": {3: A}, "t2i": {3: A}})[2, 0] == 2 * 50.0

@@ -135,12 +135,12 @@ def test_tampered_checkpoint_is_refused_and_runs_nothing(tiny_overrides, tmp_pat
     marker = tmp_path / "pwned"
     torch.save({**good, "step": _RunsCode(marker)}, ck)  # a colleague's (or a bucket's) file, tampered with
     (tmp_path / "o" / "results.json").unlink()
-    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 2
+    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 1
     err = capsys.readouterr().err
     assert f"checkpoint {ck}" in err and "refused" in err and "Traceback" not in err
     assert not marker.exists()
     ck.write_bytes(ck.read_bytes()[:1000])  # truncated: named too
-    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 2
+    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 1
     assert f"checkpoint {ck} cannot be read" in capsys.readouterr().err
 
 

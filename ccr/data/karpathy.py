@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -82,8 +83,11 @@ def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
         assign = tasks_from_instances(cfg.instances)
 
     names, paths, splits, tasks, captions, cap_img = [], [], [], [], [], []
-    no_caption, bad_split, unassigned = [], [], 0
+    no_caption, bad_split, outside, unassigned = [], [], [], 0
+    base = os.path.normpath(root)
     for entry in data["images"]:
+        if not isinstance(entry, dict):
+            raise DataError(f"dataset file {cfg.path}: an image entry is not an object: {str(entry)[:120]}")
         fn = entry.get("filename")
         if not fn:
             raise DataError(f"dataset file {cfg.path}: an image entry has no 'filename': {str(entry)[:120]}")
@@ -95,18 +99,30 @@ def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
         if split is None:
             bad_split.append(f"{fn} ({entry.get('split')!r})")
             continue
-        sents = [s.get("raw", "").strip() for s in entry.get("sentences", []) if isinstance(s, dict)]
+        raw = [s.get("raw", "") for s in entry.get("sentences") or [] if isinstance(s, dict)]
+        if any(not isinstance(r, str) for r in raw):
+            raise DataError(f"dataset file {cfg.path}: image {fn}: a caption ('raw') is not a string: "
+                            f"{next(r for r in raw if not isinstance(r, str))!r}"[:300])
+        sents = [r.strip() for r in raw]
         sents = [s for s in sents if s]
         if not sents:
             no_caption.append(fn)
             continue
+        rel = os.path.join(str(entry.get("filepath") or ""), str(fn))
+        # lexically, before anything is opened: `../` or an absolute path must not reach outside the image
+        # root (symlinks inside the root may point anywhere: datasets use them)
+        if os.path.isabs(rel) or not os.path.normpath(os.path.join(base, rel)).startswith(base + os.sep):
+            outside.append(rel)
+            continue
         idx = len(names)
         names.append(fn)
-        paths.append(root / entry.get("filepath", "") / fn)
+        paths.append(root / rel)
         splits.append(split)
         tasks.append(task)
         captions.extend(sents)
         cap_img.extend([idx] * len(sents))
+    if outside:
+        raise _list_problem(f"image paths that leave data.images ({root}); refused", outside)
     if bad_split:
         raise _list_problem("images with an unknown split (expected train/restval/val/test)", bad_split)
     if no_caption:

@@ -124,11 +124,16 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     if not grid and not opt:
         raise ConfigError(f"sweep {path}: the grid is empty and there is no optuna search: nothing to run")
     res = raw.get("resources") or {}
+    if not isinstance(res, dict) or set(res) - {"cpus_per_trial", "gpus_per_trial"}:
+        raise ConfigError(f"sweep {path}: resources takes cpus_per_trial and gpus_per_trial, got {res!r}")
     spec = SweepSpec(name=raw.get("name") or path.stem, base_tree=tree, grid=grid, optuna=opt,
-                     cpus_per_trial=float(res.get("cpus_per_trial", 1)),
-                     gpus_per_trial=float(res.get("gpus_per_trial", 0)),
-                     max_concurrent_trials=raw.get("max_concurrent_trials"),
-                     max_failures=int(raw.get("max_failures", 1)), raw=raw)
+                     cpus_per_trial=_number(path, "resources.cpus_per_trial", res.get("cpus_per_trial", 1), 0),
+                     gpus_per_trial=_number(path, "resources.gpus_per_trial", res.get("gpus_per_trial", 0), 0),
+                     max_concurrent_trials=_optional_int(path, "max_concurrent_trials",
+                                                         raw.get("max_concurrent_trials")),
+                     max_failures=int(_number(path, "max_failures", raw.get("max_failures", 1), -1)), raw=raw)
+    if spec.cpus_per_trial + spec.gpus_per_trial <= 0:
+        raise ConfigError(f"sweep {path}: a trial must request some CPU or GPU (resources)")
     for cell in spec.cells() or [{}]:  # unknown keys, wrong types and bad values in any axis fail here
         try:
             spec.config_for(cell)
@@ -137,6 +142,18 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     if opt:
         _check_optuna(path, spec, base_cfg)
     return spec
+
+
+def _number(path: Path, key: str, value: Any, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < minimum:
+        raise ConfigError(f"sweep {path}: {key} must be a number >= {minimum}, got {value!r}")
+    return float(value)
+
+
+def _optional_int(path: Path, key: str, value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ConfigError(f"sweep {path}: {key} must be a positive int or null, got {value!r}")
+    return value
 
 
 def _permutations(cfg: Config, n: int) -> list[list[str]]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from ccr.config import ConfigError, build_config, set_path
 from ccr.distributed.sweep_spec import SweepSpec, load_spec, trial_name
-from ccr.storage import Storage, open_storage
+from ccr.storage import Storage, exclusive, open_storage
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,10 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
             with study.logging_to_store():
                 res = study.run()
         store.delete("error.txt")
-    except Exception:
-        store.write_text("error.txt", traceback.format_exc())
+    except Exception as e:
+        from ccr.errors import DivergedError
+
+        store.write_text("error.txt", ("diverged: " if isinstance(e, DivergedError) else "") + traceback.format_exc())
         raise
     prov = res["provenance"]  # the study's own time: the rest is the trial's overhead (bench/sweep_efficiency.py)
     store.write_json("trial.json", {**trial, "timing": {
@@ -152,7 +154,6 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
 def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
               resume: bool = False) -> int:
     """Run (or resume) a sweep; returns a process exit code (0 even when some trials failed)."""
-    import ray
 
     spec = load_spec(path, overrides)  # every config error before Ray starts
     storage = open_storage(out or Path("runs") / "sweeps" / spec.name)
@@ -167,6 +168,14 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
                               "anyway, or choose another --out")
         log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage.display())
         resume = True
+    with exclusive(storage, "sweep"):  # a second `ccr sweep` on this storage is refused, not interleaved
+        _run_sweep_locked(spec, storage, same, resume)
+    return 0
+
+
+def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool) -> None:
+    import ray
+
     storage.write_text("sweep.yaml", same["sweep"])
     storage.write_json("sweep_input.json", same)
     if not ray.is_initialized():
@@ -194,4 +203,3 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
         storage.write_json("best.json", summary["best"])
     print(json.dumps({"storage": storage.display(), "trials": len(summary["trials"]),
                       "failed": len(summary["failed"])}))
-    return 0

@@ -1,0 +1,222 @@
+"""Bad input and faults, fed the way a user would: the case, the command, the message, and what is kept.
+
+One table of `ccr run` cases (each: extra --set values, the exit code, a needle in stderr), then the
+cases that need a set-up of their own (a held output folder, a diverging run, a dataset that points
+outside its image root).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ccr.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _sets(items):
+    return [x for o in items for x in ("--set", o)]
+
+
+CASES = [
+    # (case, extra overrides, exit code, message in stderr)
+    ("NaN learning rate", ["train.lr=.nan"], 2, "config key 'train.lr': must be a finite number, got nan"),
+    ("infinite learning rate", ["train.lr=.inf"], 2, "config key 'train.lr': must be a finite number, got inf"),
+    ("NaN temperature", ["train.temperature=.nan"], 2, "config key 'train.temperature': must be a finite number"),
+    ("negative weight decay", ["train.weight_decay=-0.1"], 2, "config key 'train.weight_decay': must be >= 0"),
+    ("a K twice", ["eval.ks=[1,1]"], 2, "config key 'eval.ks': must be a non-empty list of distinct positive ints"),
+    ("diverging training", ["train.lr=1e9", "train.grad_clip=0"], 1, "training diverged on task 'round' (task 1 of 2)"),
+]
+
+
+@pytest.mark.parametrize("case, extra, code, needle", CASES, ids=[c[0] for c in CASES])
+def test_bad_run_input_is_one_clear_line(case, extra, code, needle, tiny_overrides, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2", *extra])])
+    err = capsys.readouterr().err
+    assert rc == code and needle in err and "Traceback" not in err, err[-2000:]
+    assert err.count("ccr: error:") == 1
+    assert not (out / "results.json").exists()  # nothing half-written passes for a result
+    assert not list(out.glob("checkpoints/*.pt"))  # no checkpoint with non-finite weights
+    assert not (out / ".ccr.lock").exists()  # the lock went with the run
+
+
+@pytest.mark.parametrize("ks", ["[3]", "[20]", "[2,3]"])
+def test_any_set_of_k_works_end_to_end(ks, tiny_overrides, tmp_path, capsys):
+    from analysis.report import analyze
+
+    out = tmp_path / "out"
+    sets = _sets([*tiny_overrides, "data.n_tasks=2", f"eval.ks={ks}"])
+    assert main(["run", "--quiet", "--out", str(out), *sets]) == 0
+    k = min(json.loads(ks))
+    assert f"t2i R@{k}" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(map(int, res["recall"]["t2i"])) == sorted(json.loads(ks))
+    assert res["rsum"]["avg_final"] == pytest.approx(  # no 1/5/10 measured: rsum adds the K it has
+        sum(res["summary"]["avg_final_recall"][d][str(kk)] for d in ("i2t", "t2i") for kk in json.loads(ks)))
+    an = analyze(out)
+    assert f"at K={k}" in (an / "summary.md").read_text() and (an / f"heatmaps_t2i_R{k}.png").is_file()
+
+
+def test_a_diverged_study_keeps_its_last_good_checkpoint(tiny_overrides, tmp_path, capsys):
+    """Task 1 trains normally; task 2 diverges (its learning rate is raised through a resume)."""
+    out, sets = tmp_path / "out", [*tiny_overrides, "data.n_tasks=2"]
+    assert main(["run", "--quiet", "--out", str(out), *_sets(sets)]) == 0
+    (out / "checkpoints" / "task_01.pt").unlink()
+    (out / "results.json").unlink()
+    cfg = (out / "config.yaml").read_text()
+    (out / "config.yaml").write_text(cfg.replace("grad_clip: 1.0", "grad_clip: 0.0").replace("lr: 0.003", "lr: 1.0e+9"))
+    rc = main(["run", "--quiet", "--out", str(out), *_sets([*sets, "train.lr=1e9", "train.grad_clip=0"])])
+    err = capsys.readouterr().err
+    assert rc == 1 and "training diverged on task 'boxes' (task 2 of 2)" in err, err[-1500:]
+    assert (out / "checkpoints" / "task_00.pt").is_file() and not (out / "checkpoints" / "task_01.pt").exists()
+
+
+def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tiny_overrides, tmp_path, capsys):
+    out = tmp_path / "out"
+    sets = _sets([*tiny_overrides, "data.n_tasks=2", "train.epochs=30", "train.threads=1"])
+    first = subprocess.Popen([sys.executable, "-m", "ccr.cli", "run", "--quiet", "--out", str(out), *sets],
+                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (out / ".ccr.lock").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    rc = main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2", "seed=1"])])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{out} is in use by another ccr run (pid {first.pid}" in err, err[-1500:]
+    _, first_err = first.communicate(timeout=300)
+    assert first.returncode == 0, first_err[-2000:]
+    assert json.loads((out / "results.json").read_text())["seed"] == 0  # the first run's results, whole
+    assert not (out / ".ccr.lock").exists()
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over(tiny_overrides, tmp_path, capsys):
+    import platform
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".ccr.lock").write_text(json.dumps({"pid": int(dead), "host": platform.node(), "what": "run"}))
+    assert main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2"])]) == 0
+    assert "taking over a lock left by a stopped process" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("filepath", ["../../outside", "/etc", "sub/../../.."])
+def test_image_paths_outside_the_image_root_are_refused(filepath, tmp_path):
+    from ccr.config import load_config
+    from ccr.data import DataError, load_dataset
+    from tests.karpathy_fixture import make_karpathy
+
+    paths = make_karpathy(tmp_path)
+    data = json.loads(paths["path"].read_text())
+    data["images"][3]["filepath"] = filepath
+    data["images"][3]["filename"] = "passwd"
+    paths["path"].write_text(json.dumps(data))
+    tasks = json.loads(paths["tasks_file"].read_text())
+    paths["tasks_file"].write_text(json.dumps({**tasks, "passwd": "animal"}))
+    cfg = load_config(None, ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
+                             f"data.tasks_file={paths['tasks_file']}"])
+    with pytest.raises(DataError, match="leave data.images") as e:
+        load_dataset(cfg)
+    assert "passwd" in str(e.value) and "exist" not in str(e.value)
+
+
+def _file(tmp_path):
+    (tmp_path / "out").write_text("not a folder")
+
+
+def _corrupt_config(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "config.yaml").write_text("data: {kind: [generated\n")
+
+
+SETUP_CASES = [
+    # (case, set-up, extra overrides, exit code, message in stderr)
+    ("--out is a file", _file, [], 2, "is a file, not a folder"),
+    ("a corrupt config.yaml in --out", _corrupt_config, [], 2, "config.yaml is corrupt"),
+    ("cuda without a GPU", None, ["train.device=cuda"], 2, "config key 'train.device': 'cuda', but torch sees no GPU"),
+]
+
+
+@pytest.mark.parametrize("case, setup, extra, code, needle", SETUP_CASES, ids=[c[0] for c in SETUP_CASES])
+def test_bad_output_folders_and_devices(case, setup, extra, code, needle, tiny_overrides, tmp_path, capsys):
+    if setup:
+        setup(tmp_path)
+    rc = main(["run", "--quiet", "--out", str(tmp_path / "out"), *_sets([*tiny_overrides, *extra])])
+    err = capsys.readouterr().err
+    assert rc == code and needle in err and "Traceback" not in err and err.count("ccr: error:") == 1, err[-1500:]
+
+
+def test_a_key_given_twice_in_a_yaml_file_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  lr: 0.1\nseed: 1\ntrain:\n  epochs: 2\n")
+    assert main(["run", str(cfg), "--out", str(tmp_path / "out")]) == 2
+    assert f"config file {cfg}: line 4: key 'train' is given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("resources, needle", [
+    ({"cpus_per_trial": "two"}, "resources.cpus_per_trial must be a number >= 0, got 'two'"),
+    ({"cpus_per_trial": 0}, "a trial must request some CPU or GPU"),
+    ({"cpu": 1}, "resources takes cpus_per_trial and gpus_per_trial"),
+])
+def test_bad_sweep_resources(resources, needle, tmp_path):
+    import yaml
+
+    from ccr.config import ConfigError
+    from ccr.distributed.sweep_spec import load_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"grid": {"seed": [0]}, "resources": resources}))
+    with pytest.raises(ConfigError, match=needle):
+        load_spec(spec)
+
+
+def test_a_second_sweep_on_the_same_storage_is_refused_before_ray_starts(tmp_path, capsys):
+    import platform
+
+    import yaml
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        spec = tmp_path / "s.yaml"
+        spec.write_text(yaml.safe_dump({"grid": {"seed": [0]}}))
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / ".ccr.lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": platform.node(), "what": "sweep", "command": "ccr sweep s.yaml"}))
+        assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 1
+        assert "is in use by another ccr sweep" in capsys.readouterr().err
+        assert not (tmp_path / "out" / "sweep.yaml").exists()
+    finally:
+        holder.kill()
+
+
+def test_analyze_of_a_missing_path_is_an_error_and_creates_nothing(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d["images"].__setitem__(2, "img_002.png"), "an image entry is not an object: img_002.png"),
+    (lambda d: d["images"][2]["sentences"].append({"raw": 42}), "a caption ('raw') is not a string: 42"),
+])
+def test_malformed_karpathy_entries_are_named(mutate, needle, tmp_path):
+    from ccr.config import load_config
+    from ccr.data import DataError, load_dataset
+    from tests.karpathy_fixture import make_karpathy
+
+    paths = make_karpathy(tmp_path)
+    data = json.loads(paths["path"].read_text())
+    mutate(data)
+    paths["path"].write_text(json.dumps(data))
+    cfg = load_config(None, ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
+                             f"data.tasks_file={paths['tasks_file']}"])
+    with pytest.raises(DataError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(cfg)
