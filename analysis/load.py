@@ -40,12 +40,55 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _matrix_problem(m: Any, n: int) -> bool:
+    """True unless `m` is a list of rows (at most n) of numbers or nulls (at most n each)."""
+    return (not isinstance(m, list) or len(m) > n
+            or any(not isinstance(r, list) or len(r) > n or any(v is not None and not _is_number(v) for v in r)
+                   for r in m))
+
+
 def _valid(res: Any) -> str | None:
+    """Why `res` is not a ccr result that analysis can use (None when it is): a file that is valid JSON
+    but not a ccr result is reported by name and skipped, never allowed to abort the analysis."""
     if not isinstance(res, dict):
         return "not a JSON object"
     for key in ("config", "task_order", "recall", "by_policy", "seed"):
         if key not in res:
             return f"no '{key}'"
+    if not isinstance(res["config"], dict):
+        return "'config' is not an object"
+    order = res["task_order"]
+    if not isinstance(order, list) or not order or not all(isinstance(t, str) for t in order):
+        return "'task_order' is not a list of task names"
+    if not isinstance(res["by_policy"], dict) or not res["by_policy"]:
+        return "'by_policy' is empty or not an object"
+    for p, pr in res["by_policy"].items():
+        if not isinstance(pr, dict):
+            return f"policy {p!r} is {type(pr).__name__}, not an object"
+        for part in ("recall", "summary", "index_cost"):
+            if not isinstance(pr.get(part), dict):
+                return f"policy {p!r} has no '{part}'"
+        for d, by_k in pr["recall"].items():
+            if not isinstance(by_k, dict):
+                return f"policy {p!r}: recall {d!r} is not an object"
+            for k, m in by_k.items():
+                if not str(k).isdigit() or _matrix_problem(m, len(order)):
+                    return f"policy {p!r}: recall {d}@{k} is not a matrix of numbers over the {len(order)} tasks"
+        summ = pr["summary"]
+        for d, by_k in (summ.get("avg_final_recall") or {}).items():
+            for k in by_k:
+                if not all(_is_number((summ.get(q) or {}).get(d, {}).get(k))
+                           for q in ("avg_final_recall", "forgetting", "bwt")):
+                    return f"policy {p!r}: summary {d}@{k} is incomplete or not numeric"
+        if not all(_is_number(pr["index_cost"].get(c)) for c in ("images_embedded", "captions_embedded")):
+            return f"policy {p!r}: index_cost is incomplete"
+    a = res.get("anatomy")
+    if a is not None and (not isinstance(a, dict) or not {"grid", "drift", "alignment"} <= set(a)):
+        return "'anatomy' is not a ccr anatomy"
     return None
 
 

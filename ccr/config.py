@@ -137,6 +137,7 @@ class IndexConfig:
 class EvalConfig:
     scope: str = "task"  # task | seen
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
+    min_test_items: int = 2  # a task with fewer test images is refused (its recall would mean nothing)
     batch_size: int = 256
     anatomy: bool = True  # compatibility grid, drift and alignment
 
@@ -335,7 +336,7 @@ def validate(cfg: Config) -> None:
         if v not in allowed:
             raise ConfigError(f"config key '{key}': {v!r} is not one of {', '.join(allowed)}")
     positive = ["train.epochs", "train.batch_size", "train.workers", "train.grad_accum", "index.shards",
-                "eval.batch_size", "model.embed_dim", "data.n_tasks", "data.train_per_task",
+                "eval.batch_size", "eval.min_test_items", "model.embed_dim", "data.n_tasks", "data.train_per_task",
                 "data.test_per_task", "data.captions_per_image", "data.image_size"]
     for key in positive:
         if _get(cfg, key) < 1:

@@ -215,10 +215,10 @@ class Storage:
         return sorted(i.path[n:] for i in infos if i.type == pafs.FileType.File)
 
     # ---- folders between storage and a node's disk ----------------------------------------------
-    def upload_dir(self, local: str | Path, rel: str) -> None:
-        """Copy a local folder's files to `rel/` (each file atomically)."""
+    def upload_dir(self, local: str | Path, rel: str, last: str | None = None) -> None:
+        """Copy a local folder's files to `rel/` (each file atomically; `last`, a marker, after the rest)."""
         local = Path(local)
-        for p in sorted(local.rglob("*")):
+        for p in sorted(local.rglob("*"), key=lambda p: (p.name == last, str(p))):
             if p.is_file():
                 self.write_bytes(f"{rel}/{p.relative_to(local)}", p.read_bytes())
 

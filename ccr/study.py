@@ -11,6 +11,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -76,13 +79,21 @@ class Study:
         self.started = time.time()
         self.config_dict = to_dict(cfg)
         self._check_out_dir()
+        self._clean_leftovers()
         self.ds = load_dataset(cfg)
         self.order = resolve_task_order(cfg, self.ds)
-        check_tasks(self.ds, self.order)
+        check_tasks(self.ds, self.order, cfg.eval.min_test_items, cfg.train.workers)
         self.strategy = build_strategy(cfg.strategy)
         self.device = resolve_device(cfg.train.device)
         if cfg.train.threads or threads:
             torch.set_num_threads(cfg.train.threads or threads)
+
+    def _clean_leftovers(self) -> None:
+        """Temporary files of writes a killed run never finished: never valid, so removed."""
+        for folder in (self.out, self.out / "checkpoints"):
+            for p in folder.glob(".*.tmp") if folder.is_dir() else []:
+                log.info("removing %s, left by an interrupted write", p)
+                shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
     def _check_out_dir(self) -> None:
         try:
@@ -180,10 +191,14 @@ class Study:
         self.store.write_text("config.yaml", yaml.safe_dump(self.config_dict, sort_keys=False))
         if not self.store.is_file("tokenizer/tokenizer_config.json"):
             train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(self.order, "train")]
-            local = self.out / "tokenizer"
-            build_tokenizer(self.cfg.model.text, train_caps).save_pretrained(str(local))
-            if self.store.remote:
-                self.store.upload_dir(local, "tokenizer")
+            tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".tokenizer.", suffix=".tmp"))
+            build_tokenizer(self.cfg.model.text, train_caps).save_pretrained(str(tmp))
+            if self.store.remote:  # tokenizer_config.json, the marker read above, is uploaded last
+                self.store.upload_dir(tmp, "tokenizer", last="tokenizer_config.json")
+                shutil.rmtree(tmp)
+            else:  # a whole folder or none: a kill mid-save leaves only a .tmp folder
+                shutil.rmtree(self.out / "tokenizer", ignore_errors=True)
+                os.replace(tmp, self.out / "tokenizer")
 
     def write_results(self, upto: int, complete: bool) -> dict[str, Any]:
         res = self.results(upto, complete)

@@ -33,6 +33,10 @@ CASES = [
     ("negative weight decay", ["train.weight_decay=-0.1"], 2, "config key 'train.weight_decay': must be >= 0"),
     ("a K twice", ["eval.ks=[1,1]"], 2, "config key 'eval.ks': must be a non-empty list of distinct positive ints"),
     ("diverging training", ["train.lr=1e9", "train.grad_clip=0"], 1, "training diverged on task 'round' (task 1 of 2)"),
+    ("one test image per task", ["data.test_per_task=1"], 2,
+     "tasks with fewer than 2 test images (eval.min_test_items): round (1), boxes (1)"),
+    ("one training image per task", ["data.train_per_task=1"], 2,
+     "tasks with fewer than 2 training images (1 worker(s) x 2, for in-batch negatives): round (1), boxes (1)"),
 ]
 
 
@@ -204,6 +208,7 @@ def test_analyze_of_a_missing_path_is_an_error_and_creates_nothing(tmp_path, cap
 
 
 @pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d["images"].append(dict(d["images"][5])), "images listed twice"),
     (lambda d: d["images"].__setitem__(2, "img_002.png"), "an image entry is not an object: img_002.png"),
     (lambda d: d["images"][2]["sentences"].append({"raw": 42}), "a caption ('raw') is not a string: 42"),
 ])
@@ -220,3 +225,15 @@ def test_malformed_karpathy_entries_are_named(mutate, needle, tmp_path):
                              f"data.tasks_file={paths['tasks_file']}"])
     with pytest.raises(DataError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         load_dataset(cfg)
+
+
+def test_leftovers_of_killed_writes_are_removed(tiny_overrides, tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / ".results.json.k2j3.tmp").write_text("{half")
+    (out / "checkpoints" / ".task_00.pt.x81.tmp").write_bytes(b"PK\x03")
+    (out / ".tokenizer.a1.tmp").mkdir()
+    (out / ".tokenizer.a1.tmp" / "tokenizer.json").write_text("{")
+    assert main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2"])]) == 0
+    assert not list(out.glob(".*.tmp")) and not list((out / "checkpoints").glob(".*.tmp"))
+    assert (out / "tokenizer" / "tokenizer_config.json").is_file()

@@ -68,7 +68,7 @@ def test_task_without_test_items_is_a_clear_error(kp):
     kp["path"].write_text(json.dumps(data))
     cfg = kcfg(kp)
     ds = load_dataset(cfg)
-    with pytest.raises(DataError, match="task 'vehicle' has no test items"):
+    with pytest.raises(DataError, match=r"fewer than 2 test images \(eval.min_test_items\): vehicle \(0\)"):
         check_tasks(ds, resolve_task_order(cfg, ds))
 
 

@@ -33,10 +33,23 @@ def resolve_task_order(cfg: Config, ds: RetrievalDataset) -> list[str]:
     return list(order)
 
 
-def check_tasks(ds: RetrievalDataset, order: list[str]) -> None:
-    """Every task in the order needs training and test items."""
+def check_tasks(ds: RetrievalDataset, order: list[str], min_test: int = 2, workers: int = 1) -> None:
+    """Every task in the order needs enough training and test items, checked before anything trains.
+
+    A contrastive batch needs two pairs per worker (in-batch negatives); a task with fewer than
+    `min_test` (eval.min_test_items) test images would report recall that means nothing (one test
+    image is R@1 = 100 by construction) and inflate every average.
+    """
+    few_test, few_train = [], []
     for t in order:
-        if len(ds.image_ids(t, "test")) == 0:
-            raise DataError(f"task {t!r} has no test items: its galleries and queries would be empty")
-        if len(ds.image_ids(t, "train")) == 0:
-            raise DataError(f"task {t!r} has no training items")
+        n_test, n_train = len(ds.image_ids(t, "test")), len(ds.image_ids(t, "train"))
+        if n_test < min_test:
+            few_test.append(f"{t} ({n_test})")
+        if n_train < 2 * workers:
+            few_train.append(f"{t} ({n_train})")
+    if few_test:
+        raise DataError(f"tasks with fewer than {min_test} test images (eval.min_test_items): "
+                        f"{', '.join(few_test)}; their recall would be meaningless (1 image is R@1 = 100)")
+    if few_train:
+        raise DataError(f"tasks with fewer than {2 * workers} training images ({workers} worker(s) x 2, for "
+                        f"in-batch negatives): {', '.join(few_train)}")

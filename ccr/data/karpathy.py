@@ -123,6 +123,10 @@ def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
         cap_img.extend([idx] * len(sents))
     if outside:
         raise _list_problem(f"image paths that leave data.images ({root}); refused", outside)
+    seen_paths: set[Path] = set()
+    twice = [str(p) for p in paths if p in seen_paths or seen_paths.add(p)]
+    if twice:  # the same image twice would sit twice in a gallery
+        raise _list_problem("images listed twice (the same filepath/filename)", twice)
     if bad_split:
         raise _list_problem("images with an unknown split (expected train/restval/val/test)", bad_split)
     if no_caption:
