@@ -10,7 +10,7 @@ from ccr.checkpoint import CheckpointError
 from ccr.config import ConfigError, load_config
 from ccr.data import DataError
 from ccr.errors import DivergedError, LockedError
-from ccr.storage import Storage, StorageError, exclusive, open_storage
+from ccr.storage import Storage, StorageError, StorageWriteError, exclusive, open_storage
 
 log = logging.getLogger("ccr")
 
@@ -111,12 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
+    except (CheckpointError, DivergedError, LockedError, StorageWriteError) as e:  # runtime, not usage
+        print(f"ccr: error: {e}", file=sys.stderr)
+        return 1
     except (ConfigError, DataError, StorageError) as e:
         print(f"ccr: error: {e}", file=sys.stderr)
         return 2
-    except (CheckpointError, DivergedError, LockedError) as e:  # runtime, not usage
-        print(f"ccr: error: {e}", file=sys.stderr)
-        return 1
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ class StorageError(RuntimeError):
     """A storage URI that cannot be opened, or a read that failed for a reason other than absence."""
 
 
+class StorageWriteError(StorageError):
+    """A write that failed (disk full, read-only, permissions): what was written before stays valid."""
+
+
 def is_uri(location: str | os.PathLike) -> bool:
     """True for `scheme://...` locations (s3, gs, hdfs, file, ...), False for plain paths."""
     return isinstance(location, str) and bool(_SCHEME.match(location))
@@ -172,11 +176,14 @@ class Storage:
 
     def write_bytes(self, rel: str, data: bytes) -> None:
         """Atomic write: readers see the old file or the new one, never half of one."""
-        if not self.remote:
-            atomic_write_bytes(self._p(rel), data)
-            return
-        with self.fs.open_output_stream(self._p(rel)) as f:  # an object appears when its upload completes
-            f.write(data)
+        try:
+            if not self.remote:
+                atomic_write_bytes(self._p(rel), data)
+                return
+            with self.fs.open_output_stream(self._p(rel)) as f:  # an object appears when its upload completes
+                f.write(data)
+        except OSError as e:
+            raise StorageWriteError(f"cannot write {self.display(rel)}: {e.strerror or e}") from e
 
     def write_text(self, rel: str, text: str) -> None:
         self.write_bytes(rel, text.encode())
@@ -300,7 +307,20 @@ def open_storage(location: str | os.PathLike | Storage) -> Storage:
             raise StorageError(f"cannot reach storage {store.display()}: {e}") from e
     elif store.local_path.exists() and not store.local_path.is_dir():
         raise StorageError(f"{store.local_path} is a file, not a folder")
+    else:  # a folder we cannot write to fails here, not after the first task has trained
+        path = store.local_path
+        created = [p for p in (path, *path.parents) if not p.exists()]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=path, prefix=".probe.", suffix=".tmp"):
+                pass
+        except OSError as e:
+            raise StorageError(f"cannot write to {path}: {e.strerror or e}") from e
+        finally:  # checking leaves nothing behind: folders appear when something is written
+            for p in created:
+                with contextlib.suppress(OSError):
+                    p.rmdir()
     return store
 
 
-__all__ = ["Storage", "StorageError", "exclusive", "is_uri", "open_storage", "scratch_root"]
+__all__ = ["Storage", "StorageError", "StorageWriteError", "exclusive", "is_uri", "open_storage", "scratch_root"]

@@ -237,3 +237,58 @@ def test_leftovers_of_killed_writes_are_removed(tiny_overrides, tmp_path):
     assert main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2"])]) == 0
     assert not list(out.glob(".*.tmp")) and not list((out / "checkpoints").glob(".*.tmp"))
     assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+
+
+def test_a_truncated_jpeg_is_named_before_training_and_good_verdicts_are_cached(tmp_path):
+    from ccr.config import load_config
+    from ccr.data import DataError, load_dataset
+    from tests.karpathy_fixture import make_karpathy
+
+    paths = make_karpathy(tmp_path)
+    over = ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
+            f"data.tasks_file={paths['tasks_file']}", f"data.cache_dir={tmp_path / 'cache'}"]
+    load_dataset(load_config(None, over))  # every image decodes: verdicts cached
+    (cache,) = (tmp_path / "cache" / "image_checks").glob("*.json")
+    assert len(json.loads(cache.read_text())) == 24
+    jpeg = paths["images"] / "sub" / "img_000.jpg"
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data[: len(data) // 2])  # Image.verify() accepts this; decoding does not
+    with pytest.raises(DataError, match="unreadable image files.*img_000.jpg"):
+        load_dataset(load_config(None, over))
+
+
+def test_an_output_folder_that_cannot_be_written_fails_before_training(tiny_overrides, capsys):
+    target = Path("/sys/ccr-test-out")  # sysfs: not writable, even for root (chmod does not stop root)
+    if os.access("/sys", os.W_OK) and not target.exists():
+        try:
+            target.mkdir()
+            target.rmdir()
+            pytest.skip("/sys is writable here")
+        except OSError:
+            pass
+    assert main(["run", "--quiet", "--out", str(target), *_sets(tiny_overrides)]) == 2
+    err = capsys.readouterr().err
+    assert f"ccr: error: cannot write to {target}" in err and "Traceback" not in err
+
+
+def test_disk_full_names_the_file_and_keeps_what_was_written(tiny_overrides, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import ccr.storage
+
+    real = ccr.storage.atomic_write_bytes
+
+    def full_disk(path, data):
+        if Path(path).name == "results.json":  # the partial results after task 1: the disk is full by then
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(ccr.storage, "atomic_write_bytes", full_disk)
+    out, sets = tmp_path / "out", _sets([*tiny_overrides, "data.n_tasks=2"])
+    assert main(["run", "--quiet", "--out", str(out), *sets]) == 1
+    err = capsys.readouterr().err
+    assert f"ccr: error: cannot write {out / 'results.json'}: No space left on device" in err
+    assert (out / "checkpoints" / "task_00.pt").is_file() and not (out / ".ccr.lock").exists()
+    monkeypatch.setattr(ccr.storage, "atomic_write_bytes", real)  # space again: the run resumes after task 1
+    assert main(["run", "--quiet", "--out", str(out), *sets]) == 0
+    assert json.loads((out / "results.json").read_text())["resumes"] == [0]

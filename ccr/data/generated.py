@@ -111,8 +111,13 @@ def _params(cfg: DataConfig) -> dict:
             "captions": cfg.captions_per_image, "size": cfg.image_size, "seed": cfg.generator_seed}
 
 
+def cache_root(cache_dir: str | None) -> Path:
+    """ccr's data cache: data.cache_dir, else CCR_CACHE, else ~/.cache/ccr."""
+    return Path(cache_dir or os.environ.get("CCR_CACHE", Path.home() / ".cache" / "ccr"))
+
+
 def cache_path(cfg: DataConfig) -> Path:
-    root = Path(cfg.cache_dir or os.environ.get("CCR_CACHE", Path.home() / ".cache" / "ccr"))
+    root = cache_root(cfg.cache_dir)
     key = hashlib.sha1(json.dumps(_params(cfg), sort_keys=True).encode()).hexdigest()[:12]
     return root / f"generated-{key}.npz"
 

@@ -6,6 +6,7 @@ is a DataError raised here, before any model is built or trained.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -59,12 +60,42 @@ def tasks_from_instances(path: str | Path) -> dict[str, str]:
 
 
 def _check_readable(path: Path) -> str | None:
+    """Decode the whole image: `Image.verify()` does not decode JPEG data, so a truncated file passes
+    it and fails hours later, mid-study."""
     try:
         with Image.open(path) as im:
-            im.verify()
+            im.load()
         return None
     except Exception as e:  # noqa: BLE001 - any failure means unreadable
-        return f"{path.name} ({type(e).__name__})"
+        return f"{path} ({type(e).__name__}: {str(e)[:80]})"
+
+
+def _stamp(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def check_images(paths: list[Path], cache_dir: str | None) -> list[str]:
+    """Decode-check every image once, in parallel; the verdict of a readable file is cached by its path,
+    size and modification time (under the data cache), so the next study, or the next trial of a sweep
+    on this node, checks only what changed. Returns the unreadable files."""
+    from ccr.data.generated import cache_root
+    from ccr.storage import atomic_write_bytes
+
+    key = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
+    cache = cache_root(cache_dir) / "image_checks" / f"{key}.json"
+    try:
+        good = json.loads(cache.read_text())
+    except (OSError, json.JSONDecodeError):
+        good = {}
+    todo = [p for p in paths if good.get(str(p)) != _stamp(p)]
+    with ThreadPoolExecutor(max(4, os.cpu_count() or 1)) as pool:
+        verdicts = list(pool.map(_check_readable, todo))
+    bad = [v for v in verdicts if v]
+    if todo:
+        good.update({str(p): _stamp(p) for p, v in zip(todo, verdicts, strict=True) if v is None})
+        atomic_write_bytes(cache, json.dumps(good).encode())
+    return bad
 
 
 def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
@@ -138,8 +169,7 @@ def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
         raise _list_problem(f"missing image files under {root}", missing)
-    with ThreadPoolExecutor(8) as pool:
-        unreadable = [r for r in pool.map(_check_readable, paths) if r]
+    unreadable = check_images(paths, cfg.cache_dir)
     if unreadable:
         raise _list_problem("unreadable image files", unreadable)
 
