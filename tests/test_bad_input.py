@@ -1,8 +1,9 @@
 """Bad input and faults, fed the way a user would: the case, the command, the message, and what is kept.
 
-One table of `ccr run` cases (each: extra --set values, the exit code, a needle in stderr), then the
-cases that need a set-up of their own (a held output folder, a diverging run, a dataset that points
-outside its image root).
+Tables of `ccr run` cases (each: the case, extra --set values or a set-up, the exit code, the message),
+then the cases that need more of a set-up of their own: a held output folder, a diverging study, a
+dataset that points outside its image root or does not decode, a full disk, tampered checkpoints, a
+diverging sweep trial, and result files that are not ccr results. README: "What ccr refuses, and why".
 """
 
 from __future__ import annotations
@@ -14,9 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
+from ccr.checkpoint import from_bytes
 from ccr.cli import main
+from ccr.study import checkpoint_path
+from tests.test_analysis import fake_result
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -292,3 +298,90 @@ def test_disk_full_names_the_file_and_keeps_what_was_written(tiny_overrides, tmp
     monkeypatch.setattr(ccr.storage, "atomic_write_bytes", real)  # space again: the run resumes after task 1
     assert main(["run", "--quiet", "--out", str(out), *sets]) == 0
     assert json.loads((out / "results.json").read_text())["resumes"] == [0]
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+class _RunsCode:
+    """What an attacker pickles into a checkpoint: unpickling it runs a command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_tampered_checkpoint_is_refused_and_runs_nothing(tiny_overrides, tmp_path, capsys):
+    sets = [x for o in [*tiny_overrides, "data.n_tasks=2"] for x in ("--set", o)]
+    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 0
+    ck = checkpoint_path(tmp_path / "o", 1)
+    good = from_bytes(ck.read_bytes(), "task 1")
+    assert isinstance(good["evaluator"]["states"]["reindex"]["galleries"]["images"], dict)  # numpy round trip
+    marker = tmp_path / "pwned"
+    torch.save({**good, "step": _RunsCode(marker)}, ck)  # a colleague's (or a bucket's) file, tampered with
+    (tmp_path / "o" / "results.json").unlink()
+    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 1
+    err = capsys.readouterr().err
+    assert f"checkpoint {ck}" in err and "refused" in err and "Traceback" not in err
+    assert not marker.exists()
+    ck.write_bytes(ck.read_bytes()[:1000])  # truncated: named too
+    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 1
+    assert f"checkpoint {ck} cannot be read" in capsys.readouterr().err
+    ck.write_bytes(b"")  # zero bytes: the same
+    assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 1
+    assert f"checkpoint {ck} cannot be read" in capsys.readouterr().err
+
+
+def test_checkpoint_pack_round_trips_numpy_exactly():
+    from ccr.checkpoint import to_bytes
+
+    obj = {"a": np.arange(5, dtype=np.int64), "b": (np.ones((2, 3), np.float32), [np.float64(2.5)]),
+           "c": np.array(["x", "yz"]), "t": torch.ones(2), 3: "k"}
+    back = from_bytes(to_bytes(obj), "x")
+    assert back["a"].dtype == np.int64 and np.array_equal(back["a"], obj["a"]) and back[3] == "k"
+    assert isinstance(back["b"], tuple) and back["b"][0].dtype == np.float32 and back["b"][1] == [2.5]
+    assert back["c"].tolist() == ["x", "yz"] and torch.equal(back["t"], obj["t"])
+
+
+# ---- sweeps and analysis ---------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_recorded_as_diverged_and_counted_once(ray_local, tmp_path):
+    from analysis.load import collect
+    from ccr.distributed.tune import run_sweep
+    from tests.test_sweep import tiny_sets, write
+
+    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune"]}, "max_failures": 0})
+    sets = [*tiny_sets(tmp_path), "data.n_tasks=2", "train.lr=1e9", "train.grad_clip=0"]
+    assert run_sweep(spec, sets, tmp_path / "out") == 0  # a failed trial does not fail the sweep
+    status = json.loads((tmp_path / "out" / "sweep_status.json").read_text())
+    assert len(status["failed"]) == 1 and not status["trials"]
+    (err,) = (tmp_path / "out" / "runs").glob("*/error.txt")
+    assert err.read_text().startswith("diverged: ") and "training diverged on task 'round'" in err.read_text()
+    assert list((tmp_path / "out").glob("tune/**/error.txt"))  # Ray's own record of the same failure...
+    assert len(collect(tmp_path / "out").failed) == 1  # ...is not counted as a second failed run
+
+
+@pytest.mark.parametrize("mutate, why", [
+    (lambda r: r["by_policy"].__setitem__("reindex", None), "policy 'reindex' is NoneType, not an object"),
+    (lambda r: r["by_policy"]["reindex"]["recall"]["t2i"].__setitem__("1", [["x", None], [1.0, 2.0]]),
+     "recall t2i@1 is not a matrix of numbers"),
+    (lambda r: r["by_policy"]["reindex"].pop("summary"), "policy 'reindex' has no 'summary'"),
+    (lambda r: r.__setitem__("task_order", ["a"]), "recall i2t@1 is not a matrix of numbers over the 1 tasks"),
+    (lambda r: r.__setitem__("task_order", "a>b"), "'task_order' is not a list of task names"),
+    (lambda r: r["by_policy"]["reindex"]["summary"]["bwt"]["t2i"].pop("1"), "summary t2i@1 is incomplete"),
+])
+def test_json_that_is_not_a_ccr_result_is_named_and_skipped(tmp_path, mutate, why):
+    from analysis.report import analyze
+
+    for name, final in (("finetune", 10.0), ("ewc", 20.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(fake_result(name, 0, final, 5.0)))
+    bad = fake_result("lwf", 9, 1.0, 1.0)
+    mutate(bad)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "results.json").write_text(json.dumps(bad))
+    out = analyze(tmp_path)  # never aborts
+    status = json.loads((out / "status.json").read_text())
+    assert status["runs"] == 2 and [p.split("/")[-2] for p, _ in status["corrupt"]] == ["odd"]
+    assert why in status["corrupt"][0][1]

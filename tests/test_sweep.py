@@ -171,3 +171,4 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     for n in done_before:  # finished trials were not run again
         assert len((tmp_path / "out" / "runs" / n / "starts.log").read_text().splitlines()) == 1
         assert (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns == stamps[n]
+
