@@ -45,9 +45,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     store = open_storage(args.out)
+    setup_logging(args.verbose)
     with exclusive(store, "run"):  # a second `ccr run` on this --out is refused, not interleaved
         study = Study(cfg, store, progress=not args.quiet)  # all input checks happen here
-        setup_logging(args.verbose)
         with study.logging_to_store():
             if cfg.train.workers > 1 or cfg.train.use_ray:
                 from ccr.distributed.train import run_distributed

@@ -254,47 +254,74 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stale_or_refuse(store: Storage, other: dict[str, Any], me: dict[str, Any]) -> None:
+    """Return when `other`'s lock was left by a dead process on this host; else refuse with who holds it."""
+    import logging
+
+    if other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))):
+        logging.getLogger(__name__).warning("%s: taking over a lock left by a stopped process (pid %s)",
+                                            store.display(), other.get("pid"))
+        return
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other.get("started", 0)))
+    raise LockedError(
+        f"{store.display()} is in use by another ccr {other.get('what', 'process')} (pid {other.get('pid')} "
+        f"on {other.get('host')}, since {when}: {other.get('command', '?')}). Two runs in one folder "
+        f"would overwrite each other's results: wait for it, or use another --out. If that process "
+        f"is gone, delete {store.display(LOCK)}")
+
+
+def _read_lock(store: Storage) -> dict[str, Any]:
+    try:
+        held = store.read_json(LOCK)
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return held if isinstance(held, dict) else {}
+
+
 @contextlib.contextmanager
 def exclusive(store: Storage, what: str) -> Iterator[None]:
     """Hold `store` for this process while the block runs: a second `ccr run` / `ccr sweep` on the same
     output is refused instead of silently overwriting it. A lock left by a dead process on this host is
     taken over (with a warning); one from another host is refused with the file to delete if its owner
-    is gone. On an object store the lock is advisory (no create-if-absent): written, then read back.
+    is gone. On a local or mounted folder the lock file is created exclusively (O_EXCL); on an object
+    store, which has no create-if-absent here, it is advisory: written, then read back.
     """
     import getpass
-    import logging
     import platform
     import sys
 
     me = {"pid": os.getpid(), "host": platform.node(), "user": getpass.getuser(), "what": what,
           "command": " ".join(sys.argv)[:300], "started": time.time()}
-    try:
-        other = store.read_json(LOCK)
-    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
-        other = None
-    if other:
-        if other.get("host") == me["host"] and not _alive(int(other.get("pid", -1))):
-            logging.getLogger(__name__).warning("%s: taking over a lock left by a stopped process (pid %s)",
-                                                store.display(), other.get("pid"))
-        else:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(other.get("started", 0)))
-            raise LockedError(
-                f"{store.display()} is in use by another ccr {other.get('what', 'process')} (pid {other.get('pid')} "
-                f"on {other.get('host')}, since {when}: {other.get('command', '?')}). Two runs in one folder "
-                f"would overwrite each other's results: wait for it, or use another --out. If that process "
-                f"is gone, delete {store.display(LOCK)}")
-    store.write_json(LOCK, me)
-    if store.read_json(LOCK).get("pid") != me["pid"] or store.read_json(LOCK).get("host") != me["host"]:
-        raise LockedError(f"{store.display()}: another ccr process took the lock at the same moment")
+    mine = lambda held: held.get("pid") == me["pid"] and held.get("host") == me["host"]  # noqa: E731
+    if store.local_path is not None:
+        path = store.local_path / LOCK
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for attempt in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                _stale_or_refuse(store, _read_lock(store), me)
+                if attempt:
+                    raise LockedError(f"{store.display()}: another ccr process took the lock at the same "
+                                      "moment") from None
+                path.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+    else:
+        other = _read_lock(store)
+        if other:
+            _stale_or_refuse(store, other, me)
+        store.write_json(LOCK, me)
+        if not mine(_read_lock(store)):
+            raise LockedError(f"{store.display()}: another ccr process took the lock at the same moment")
     try:
         yield
     finally:
-        try:
-            held = store.read_json(LOCK)
-            if held.get("pid") == me["pid"] and held.get("host") == me["host"]:
+        if mine(_read_lock(store)):
+            with contextlib.suppress(OSError):
                 store.delete(LOCK)
-        except (OSError, json.JSONDecodeError):
-            pass
 
 
 def open_storage(location: str | os.PathLike | Storage) -> Storage:
