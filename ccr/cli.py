@@ -71,8 +71,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from analysis.report import analyze
 
     setup_logging(args.verbose)
-    if not Storage(args.path).exists():
-        raise StorageError(f"nothing to analyse: {Storage(args.path).display()} does not exist")
+    source = Storage(args.path)
+    if not source.exists():
+        raise StorageError(f"nothing to analyse: {source.display()} does not exist")
     out = analyze(args.path, args.out)
     print(f"analysis written to {out}")
     return 0

@@ -88,12 +88,13 @@ def check_images(paths: list[Path], cache_dir: str | None) -> list[str]:
         good = json.loads(cache.read_text())
     except (OSError, json.JSONDecodeError):
         good = {}
-    todo = [p for p in paths if good.get(str(p)) != _stamp(p)]
+    stamps = {p: _stamp(p) for p in paths}  # one stat per file
+    todo = [p for p in paths if good.get(str(p)) != stamps[p]]
     with ThreadPoolExecutor(max(4, os.cpu_count() or 1)) as pool:
         verdicts = list(pool.map(_check_readable, todo))
     bad = [v for v in verdicts if v]
     if todo:
-        good.update({str(p): _stamp(p) for p, v in zip(todo, verdicts, strict=True) if v is None})
+        good.update({str(p): stamps[p] for p, v in zip(todo, verdicts, strict=True) if v is None})
         atomic_write_bytes(cache, json.dumps(good).encode())
     return bad
 
@@ -154,8 +155,7 @@ def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
         cap_img.extend([idx] * len(sents))
     if outside:
         raise _list_problem(f"image paths that leave data.images ({root}); refused", outside)
-    seen_paths: set[Path] = set()
-    twice = [str(p) for p in paths if p in seen_paths or seen_paths.add(p)]
+    twice = [str(p) for p, n in Counter(paths).items() if n > 1]
     if twice:  # the same image twice would sit twice in a gallery
         raise _list_problem("images listed twice (the same filepath/filename)", twice)
     if bad_split:
