@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-METRICS = ["avg_final_recall", "forgetting", "bwt", "index_cost"]
-# what each question prefers: the best configuration per column is highlighted
-BETTER = {"avg_final_recall": "max", "forgetting": "min", "bwt": "max", "index_cost": "min"}
+from ccr.results import BETTER  # what each question prefers: the best configuration per column is highlighted
+
+METRICS = ["avg_final_recall", "forgetting", "bwt", "rsum", "index_cost"]
 
 
 def config_columns(summary: pd.DataFrame, by_order: bool = False) -> list[str]:
@@ -44,16 +44,18 @@ def markdown_table(agg: pd.DataFrame, k: int = 1) -> str:
         d = r["direction"]
         wide.setdefault(key, {})
         for m in METRICS:
-            col = m if m == "index_cost" else f"{d} {m}"
+            col = m if m in ("rsum", "index_cost") else f"{d} {m}"
             wide[key][col] = (r[f"{m}_mean"], r[f"{m}_std"])
         counts[key] = int(r["avg_final_recall_count"])
-    columns = [f"{d} {m}" for d in ("i2t", "t2i") for m in ("avg_final_recall", "forgetting", "bwt")] + ["index_cost"]
+    columns = [f"{d} {m}" for d in ("i2t", "t2i") for m in ("avg_final_recall", "forgetting", "bwt")]
+    columns += ["rsum", "index_cost"]
     best = {}
     for col in columns:
-        vals = [w[col][0] for w in wide.values() if col in w]
+        vals = [w[col][0] for w in wide.values() if col in w and not pd.isna(w[col][0])]
         if vals:
             best[col] = (max if BETTER[col.split()[-1]] == "max" else min)(vals)
-    nice = {"avg_final_recall": f"R@{k}", "forgetting": f"F@{k}", "bwt": f"BWT@{k}", "index_cost": "index cost"}
+    nice = {"avg_final_recall": f"R@{k}", "forgetting": f"F@{k}", "bwt": f"BWT@{k}", "rsum": "rsum",
+            "index_cost": "index cost"}
     head = [*cfg_cols, *[(c.split()[0] + " " if " " in c else "") + nice[c.split()[-1]] for c in columns], "n"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in sorted(wide, key=lambda x: tuple(str(v) for v in x)):
@@ -63,6 +65,9 @@ def markdown_table(agg: pd.DataFrame, k: int = 1) -> str:
                 cells.append("")
                 continue
             mean, std = wide[key][col]
+            if pd.isna(mean):  # e.g. rsum of results written before ccr recorded it
+                cells.append("")
+                continue
             txt = _cell(mean, std, 0 if col == "index_cost" else 1)
             cells.append(f"**{txt}**" if mean == best.get(col) else txt)
         cells.append(str(counts[key]))

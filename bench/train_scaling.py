@@ -13,7 +13,7 @@ import common  # noqa: F401  (path set-up)
 import ray
 
 from ccr.config import load_config
-from ccr.distributed.train import run_distributed
+from ccr.distributed.runner import make_study, run_study
 
 
 def main() -> None:
@@ -24,7 +24,7 @@ def main() -> None:
         # global batch 64 in both runs: 1 x 64 or 2 x 32
         cfg = load_config(None, ["data.n_tasks=1", "train.epochs=10", "train.threads=1", "train.use_ray=true",
                                  f"train.workers={w}", f"train.batch_size={64 // w}", "eval.anatomy=false"])
-        res = run_distributed(cfg, tmp / f"w{w}", progress=False)
+        res = run_study(make_study(cfg, tmp / f"w{w}", progress=False))
         rates[w] = res["train"][0]["pairs_per_s"]
     print(f"train scaling [default model, global batch 64, CPU, 1 thread per worker]: 1 worker {rates[1]:,.0f} "
           f"pairs/s | 2 workers {rates[2]:,.0f} pairs/s | efficiency {rates[2] / (2 * rates[1]):.2f}")

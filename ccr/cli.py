@@ -40,21 +40,16 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ccr.distributed.runner import make_study, run_study
     from ccr.report import render
-    from ccr.study import Study
 
     cfg = load_config(args.config, args.set)
     store = open_storage(args.out)
     setup_logging(args.verbose)
     with exclusive(store, "run"):  # a second `ccr run` on this --out is refused, not interleaved
-        study = Study(cfg, store, progress=not args.quiet)  # all input checks happen here
+        study = make_study(cfg, store, progress=not args.quiet)  # all input checks happen here
         with study.logging_to_store():
-            if cfg.train.workers > 1 or cfg.train.use_ray:
-                from ccr.distributed.train import run_distributed
-
-                res = run_distributed(cfg, study.store, progress=not args.quiet, study=study)
-            else:
-                res = study.run()
+            res = run_study(study)
     print(render(res))
     print(f"\nresults: {study.store.display('results.json')}")
     return 0

@@ -7,22 +7,16 @@ work starts (a typo in a sweep must not cost a night of GPU time).
 from __future__ import annotations
 
 import dataclasses
-import math
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 
-_SCI = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+from ccr.errors import ConfigError
+from ccr.typed import from_dict
 
-
-class ConfigError(ValueError):
-    """A configuration problem, with the key path in the message."""
-
+__all__ = ["ConfigError", "from_dict"]  # re-exported: where users look for them
 
 @dataclass
 class DataConfig:
@@ -143,6 +137,11 @@ class EvalConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    keep: int = 2  # task checkpoints kept in storage (the newest; resume needs only the last one)
+
+
+@dataclass
 class Config:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
@@ -152,6 +151,7 @@ class Config:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -165,76 +165,6 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "index.approx": ("none", "ivf", "hnsw"),
     "eval.scope": ("task", "seen"),
 }
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp: Any, path: str) -> Any:
-    """Check `value` against the annotation `tp`; return it (ints widen to floats)."""
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None:
-            if type(None) in args:
-                return None
-            raise ConfigError(f"config key '{path}': must not be null (expected {_type_name(tp)})")
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _convert(value, arg, path)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"config key '{path}': expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{path}': expected a mapping, got {type(value).__name__} {value!r}")
-        return from_dict(tp, value, path)
-    if origin is list:
-        if not isinstance(value, list):
-            raise ConfigError(f"config key '{path}': expected a list, got {type(value).__name__} {value!r}")
-        (inner,) = typing.get_args(tp)
-        return [_convert(v, inner, f"{path}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"config key '{path}': expected a mapping, got {type(value).__name__} {value!r}")
-        _, vt = typing.get_args(tp)
-        return {str(k): _convert(v, vt, f"{path}.{k}") for k, v in value.items()}
-    if tp is Any:
-        return value
-    if tp is float:
-        if isinstance(value, str) and _SCI.fullmatch(value.strip()):
-            value = float(value)  # YAML 1.1 reads `3e-3` (no dot) as a string
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"config key '{path}': expected float, got {type(value).__name__} {value!r}")
-        if not math.isfinite(value):  # .nan / .inf are floats to YAML; no ccr setting means them
-            raise ConfigError(f"config key '{path}': must be a finite number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"config key '{path}': expected int, got {type(value).__name__} {value!r}")
-        return value
-    if tp in (str, bool):
-        if not isinstance(value, tp):
-            raise ConfigError(f"config key '{path}': expected {tp.__name__}, got {type(value).__name__} {value!r}")
-        return value
-    raise ConfigError(f"config key '{path}': unsupported type {tp}")  # pragma: no cover
-
-
-def from_dict(cls: type, data: dict[str, Any], path: str = "") -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types by key path."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in data.items():
-        kp = f"{path}.{key}" if path else str(key)
-        if key not in names:
-            raise ConfigError(f"unknown config key '{kp}' (valid keys here: {', '.join(names)})")
-        kwargs[key] = _convert(value, hints[key], kp)
-    return cls(**kwargs)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
@@ -308,10 +238,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def build_config(tree: dict[str, Any]) -> Config:
-    """Build and validate a Config from a (possibly partial) nested dict."""
+    """Build and validate a Config from a (possibly partial) nested dict (strategy defaults filled in)."""
     cfg = from_dict(Config, tree)
     validate(cfg)
-    return cfg
+    return with_defaults(cfg)
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
@@ -366,9 +296,25 @@ def validate(cfg: Config) -> None:
         if not cfg.data.tasks_file and not cfg.data.instances:
             raise ConfigError("data.kind=karpathy needs 'data.tasks_file' (image -> task) or "
                               "'data.instances' (COCO annotations: tasks by supercategory)")
-    # names of strategies and policies are checked against their registries (lazy import: no cycle)
-    from ccr.index import check_policy_names
+    if cfg.index.backfill_budget <= 0:
+        raise ConfigError(f"config key 'index.backfill_budget': must be > 0, got {cfg.index.backfill_budget}")
+    if cfg.index.drift_map_ridge < 0:
+        raise ConfigError(f"config key 'index.drift_map_ridge': must be >= 0, got {cfg.index.drift_map_ridge}")
+    if cfg.checkpoint.keep < 1:
+        raise ConfigError(f"config key 'checkpoint.keep': must be >= 1 (resume needs the last one), "
+                          f"got {cfg.checkpoint.keep}")
+    # names of strategies and policies are checked against their registries, which live with what they
+    # register (imported here, not at module level: a typo'd key fails before torch is imported)
+    from ccr.policies import check_policy_names
     from ccr.strategies import check_strategy_config
 
     check_strategy_config(cfg.strategy)
-    check_policy_names([cfg.index.policy, *cfg.index.compare], cfg.index)
+    check_policy_names([cfg.index.policy, *cfg.index.compare])
+
+
+def with_defaults(cfg: Config) -> Config:
+    """A copy of a valid config that states every strategy hyperparameter used (defaults filled in), so
+    the saved config says what ran. Validation itself never changes the config."""
+    from ccr.strategies import strategy_params
+
+    return dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, params=strategy_params(cfg.strategy)))

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ccr.context import autocast_for
 from ccr.data.dataset import RetrievalDataset
 from ccr.models import DualEncoder, TokenizedCaptions
-from ccr.train import autocast_for
 
 
 class Embedder:

@@ -1,4 +1,10 @@
-"""Errors that end a run at run time (not usage errors); light, so the CLI can catch them cheaply."""
+"""ccr's error classes, in a module that imports nothing: every layer can raise them and the CLI can
+catch them without importing torch. ConfigError is a usage error (exit 2); the others end a run at run
+time (exit 1)."""
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key path in the message."""
 
 
 class DivergedError(RuntimeError):

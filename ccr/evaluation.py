@@ -11,15 +11,17 @@ from typing import Any
 
 import numpy as np
 
+from ccr import results
 from ccr.anatomy import COMBOS, anatomy_of_task
 from ccr.config import Config
+from ccr.context import task_seed
 from ccr.data.dataset import RetrievalDataset
 from ccr.embed import Embedder
-from ccr.index import MODALITIES, IndexState, StepInput, build_policy
-from ccr.metrics import DIRECTIONS, final_average, rsum_matrix, summarize, to_json_matrix
+from ccr.index import MODALITIES, IndexState
+from ccr.metrics import DIRECTIONS, to_json_matrix
+from ccr.policies import StepInput, build_policy
 from ccr.query import evaluate_step
 from ccr.storage import Storage
-from ccr.train import task_seed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,11 @@ def _nan(n: int) -> np.ndarray:
 class Evaluator:
     """Holds galleries, recall matrices and anatomy across steps; its state checkpoints with the model."""
 
-    def __init__(self, cfg: Config, ds: RetrievalDataset, order: list[str], device: str = "cpu"):
+    shards_galleries: bool = False  # True for evaluators whose galleries live on index.shards actors
+
+    def __init__(self, cfg: Config, ds: RetrievalDataset, order: list[str], device: str = "cpu",
+                 tokenizer: Storage | None = None):
+        """`tokenizer`: where evaluators that embed in other processes load it from (unused here)."""
         self.cfg, self.ds, self.order = cfg, ds, order
         n, ks = len(order), cfg.eval.ks
         self.policy_names = [cfg.index.policy, *cfg.index.compare]
@@ -117,20 +123,15 @@ class Evaluator:
 
     # ---- results -----------------------------------------------------------------------------
     def policy_results(self, name: str, upto: int) -> dict[str, Any]:
-        """recall / summary / index_cost of one policy over the first `upto` steps."""
+        """One policy's results over the first `upto` steps (schema: `ccr.results`)."""
         mats = {d: {k: m[:upto, :upto] for k, m in by_k.items()} for d, by_k in self.recall[name].items()}
         st = self.states[name]
-        rs = rsum_matrix(mats)
-        return {
-            "recall": {d: {str(k): to_json_matrix(m) for k, m in by_k.items()} for d, by_k in mats.items()},
-            "summary": summarize(mats) if upto else {},
-            "rsum": {"matrix": to_json_matrix(rs), "avg_final": final_average(rs) if upto else None},
-            "index_cost": {"images_embedded": st.cost["images"], "captions_embedded": st.cost["captions"],
-                           "seconds": round(sum(c.get("seconds", 0.0) for c in st.cost_per_step[:upto]), 4),
-                           "per_step": st.cost_per_step[:upto]},
-            "index_quality": None if self.cfg.index.approx == "none" else
-            {"kind": self.cfg.index.approx, "recall_at_10_vs_exact": st.quality()},
-        }
+        cost = {"images_embedded": st.cost["images"], "captions_embedded": st.cost["captions"],
+                "seconds": round(sum(c.get("seconds", 0.0) for c in st.cost_per_step[:upto]), 4),
+                "per_step": st.cost_per_step[:upto]}
+        quality = None if self.cfg.index.approx == "none" else {"kind": self.cfg.index.approx,
+                                                                "recall_at_10_vs_exact": st.quality()}
+        return results.policy_results(mats, cost, quality)
 
     def anatomy_results(self, upto: int) -> dict[str, Any]:
         def cut(m: np.ndarray) -> list:

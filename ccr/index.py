@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -43,10 +43,8 @@ class Gallery:
     `search`, so a sharded gallery (ccr.distributed.shards) can stand in for this local one.
     """
 
-    def __init__(self, modality: str, cfg: IndexConfig | None = None, device: str = "cpu"):
-        from ccr.config import IndexConfig
-
-        self.cfg = cfg or IndexConfig()
+    def __init__(self, modality: str, cfg: IndexConfig, device: str = "cpu"):
+        self.cfg = cfg
         self.modality, self.backend, self.device = modality, self.cfg.backend, device
         self.parts: dict[str, Part] = {}
         self.template = None  # the trained, empty approximate index every part clones
@@ -156,7 +154,7 @@ class IndexState:
     cost_per_step: list[dict[str, int]] = field(default_factory=list)
 
     @classmethod
-    def empty(cls, cfg: IndexConfig | None = None, device: str = "cpu") -> IndexState:
+    def empty(cls, cfg: IndexConfig, device: str = "cpu") -> IndexState:
         return cls({m: Gallery(m, cfg, device) for m in MODALITIES})
 
     def quality(self) -> dict[str, float] | None:
@@ -193,112 +191,3 @@ class IndexState:
             raise SnapshotError(f"snapshot {folder} holds galleries {sorted(data)}, expected {sorted(self.galleries)}")
         for m, g in self.galleries.items():
             g.load_state_dict(data.get(m, {}))
-
-
-@dataclass
-class StepInput:
-    """What a policy sees at step `step` (task order[step] just learned, model θ_step)."""
-
-    step: int
-    order: list[str]
-    embedder: Embedder  # embeds with θ_step, counting nothing itself
-    test_ids: dict[str, dict[str, np.ndarray]]  # task -> modality -> gallery item ids
-    prev_embedder: Embedder | None = None  # θ_{step-1}, for policies that declare needs_previous_model
-    fit_ids: dict[str, np.ndarray] | None = None  # modality -> training items of the new task
-
-
-POLICIES: dict[str, type[IndexPolicy]] = {}
-
-
-def register_policy(cls: type[IndexPolicy]) -> type[IndexPolicy]:
-    POLICIES[cls.name] = cls
-    return cls
-
-
-class IndexPolicy:
-    """Decides which gallery entries are (re-)embedded after each task. Subclasses set `name`."""
-
-    name: ClassVar[str] = ""
-    needs_previous_model: ClassVar[bool] = False
-
-    def __init__(self, cfg: IndexConfig):
-        self.cfg = cfg
-
-    def _embed(self, state: IndexState, inp: StepInput, modality: str, task: str, ids: np.ndarray,
-               counts: dict[str, int]) -> None:
-        """(Re-)embed gallery entries with θ_step, counting them."""
-        counts[modality] += len(ids)
-        state.galleries[modality].embed(task, ids, inp.step, inp.embedder)
-
-    def _fit_embed(self, inp: StepInput, modality: str, ids: np.ndarray, counts: dict[str, int],
-                   previous: bool) -> np.ndarray:
-        """Embeddings computed to fit a drift map (not gallery entries), counted all the same."""
-        counts[modality] += len(ids)
-        return (inp.prev_embedder if previous else inp.embedder).embed(modality, ids)
-
-    def _add_new_task(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:
-        task = inp.order[inp.step]
-        for m in MODALITIES:
-            self._embed(state, inp, m, task, inp.test_ids[task][m], counts)
-
-    def _reembed_old(self, state: IndexState, inp: StepInput, modality: str, counts: dict[str, int]) -> None:
-        g = state.galleries[modality]
-        for task in inp.order[: inp.step]:
-            self._embed(state, inp, modality, task, g.ids(task), counts)
-
-    def update(self, state: IndexState, inp: StepInput) -> dict[str, int]:
-        import time
-
-        t0 = time.perf_counter()
-        counts = {m: 0 for m in MODALITIES}
-        self._add_new_task(state, inp, counts)
-        self.update_old(state, inp, counts)
-        for m in MODALITIES:
-            state.cost[m] += counts[m]
-        # seconds of this step's indexing (embedding shared within a step is counted where first done)
-        state.cost_per_step.append({**counts, "seconds": round(time.perf_counter() - t0, 4)})
-        return counts
-
-    def update_old(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:
-        """What to do with entries of earlier tasks (default: nothing)."""
-
-
-@register_policy
-class Reindex(IndexPolicy):
-    """Re-embed every seen task's gallery with the newest model (the usual default)."""
-
-    name = "reindex"
-
-    def update_old(self, state, inp, counts):
-        for m in MODALITIES:
-            self._reembed_old(state, inp, m, counts)
-
-
-@register_policy
-class NoReindex(IndexPolicy):
-    """Keep each entry as embedded when its task was learned (Wang et al. 2021's remedy)."""
-
-    name = "no_reindex"
-
-
-def check_policy_names(names: list[str], icfg: IndexConfig) -> None:
-    from ccr.config import ConfigError
-
-    valid = ", ".join(sorted(POLICIES))
-    for i, n in enumerate(names):
-        key = "index.policy" if i == 0 else "index.compare"
-        if n not in POLICIES:
-            raise ConfigError(f"config key '{key}': unknown indexing policy {n!r} (valid: {valid})")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"index.policy and index.compare name a policy twice: {names}")
-    if icfg.backfill_budget <= 0:
-        raise ConfigError(f"config key 'index.backfill_budget': must be > 0, got {icfg.backfill_budget}")
-    if icfg.drift_map_ridge < 0:
-        raise ConfigError(f"config key 'index.drift_map_ridge': must be >= 0, got {icfg.drift_map_ridge}")
-
-
-def build_policy(name: str, cfg: IndexConfig) -> IndexPolicy:
-    return POLICIES[name](cfg)
-
-
-from ccr import policies as _more  # noqa: E402,F401  (registers the further policies)

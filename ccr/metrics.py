@@ -65,17 +65,6 @@ def bwt(a: np.ndarray) -> float:
     return float(np.mean([a[n - 1, i] - a[i, i] for i in range(n - 1)])) if n > 1 else 0.0
 
 
-def summarize(matrices: dict[str, dict[int, np.ndarray]]) -> dict[str, dict[str, dict[str, float]]]:
-    """{direction: {K: matrix}} -> {"avg_final_recall"|"forgetting"|"bwt": {direction: {K: value}}}."""
-    out: dict[str, dict[str, dict[str, float]]] = {"avg_final_recall": {}, "forgetting": {}, "bwt": {}}
-    for d, by_k in matrices.items():
-        for name, fn in (("avg_final_recall", final_average), ("forgetting", forgetting), ("bwt", bwt)):
-            out[name].setdefault(d, {})
-            for k, m in by_k.items():
-                out[name][d][str(k)] = fn(m)
-    return out
-
-
 def to_json_matrix(a: np.ndarray) -> list[list[float | None]]:
     """NaN (above the diagonal) becomes null."""
     return [[None if (isinstance(v, float) and math.isnan(v)) else float(v) for v in row.tolist()] for row in a]

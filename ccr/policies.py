@@ -1,14 +1,123 @@
-"""Indexing policies beyond `reindex` / `no_reindex`: one-sided re-indexing, budgeted backfill,
-and learned drift compensation. Each counts every embedding it computes (fitting included)."""
+"""Indexing policies, registered by name: what happens to gallery entries of earlier tasks once the
+model changes. `reindex` and `no_reindex` (the two the paper compares), one-sided re-indexing,
+budgeted backfill and learned drift compensation. Each counts every embedding it computes (fitting
+included), so policies compare on quality *and* compute. The registry lives here, with what it
+registers; `ccr.index` (galleries) knows nothing of policies.
+"""
 
 from __future__ import annotations
 
 import math
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
-from ccr.index import MODALITIES, IndexPolicy, IndexState, StepInput, register_policy
+from ccr.errors import ConfigError
+from ccr.index import MODALITIES, IndexState
 
+if TYPE_CHECKING:
+    from ccr.config import IndexConfig
+    from ccr.embed import Embedder
+
+@dataclass
+class StepInput:
+    """What a policy sees at step `step` (task order[step] just learned, model θ_step)."""
+
+    step: int
+    order: list[str]
+    embedder: Embedder  # embeds with θ_step, counting nothing itself
+    test_ids: dict[str, dict[str, np.ndarray]]  # task -> modality -> gallery item ids
+    prev_embedder: Embedder | None = None  # θ_{step-1}, for policies that declare needs_previous_model
+    fit_ids: dict[str, np.ndarray] | None = None  # modality -> training items of the new task
+
+
+POLICIES: dict[str, type[IndexPolicy]] = {}
+
+
+def register_policy(cls: type[IndexPolicy]) -> type[IndexPolicy]:
+    POLICIES[cls.name] = cls
+    return cls
+
+
+class IndexPolicy:
+    """Decides which gallery entries are (re-)embedded after each task. Subclasses set `name`."""
+
+    name: ClassVar[str] = ""
+    needs_previous_model: ClassVar[bool] = False
+
+    def __init__(self, cfg: IndexConfig):
+        self.cfg = cfg
+
+    def _embed(self, state: IndexState, inp: StepInput, modality: str, task: str, ids: np.ndarray,
+               counts: dict[str, int]) -> None:
+        """(Re-)embed gallery entries with θ_step, counting them."""
+        counts[modality] += len(ids)
+        state.galleries[modality].embed(task, ids, inp.step, inp.embedder)
+
+    def _fit_embed(self, inp: StepInput, modality: str, ids: np.ndarray, counts: dict[str, int],
+                   previous: bool) -> np.ndarray:
+        """Embeddings computed to fit a drift map (not gallery entries), counted all the same."""
+        counts[modality] += len(ids)
+        return (inp.prev_embedder if previous else inp.embedder).embed(modality, ids)
+
+    def _add_new_task(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:
+        task = inp.order[inp.step]
+        for m in MODALITIES:
+            self._embed(state, inp, m, task, inp.test_ids[task][m], counts)
+
+    def _reembed_old(self, state: IndexState, inp: StepInput, modality: str, counts: dict[str, int]) -> None:
+        g = state.galleries[modality]
+        for task in inp.order[: inp.step]:
+            self._embed(state, inp, modality, task, g.ids(task), counts)
+
+    def update(self, state: IndexState, inp: StepInput) -> dict[str, int]:
+        t0 = time.perf_counter()
+        counts = {m: 0 for m in MODALITIES}
+        self._add_new_task(state, inp, counts)
+        self.update_old(state, inp, counts)
+        for m in MODALITIES:
+            state.cost[m] += counts[m]
+        # seconds of this step's indexing (embedding shared within a step is counted where first done)
+        state.cost_per_step.append({**counts, "seconds": round(time.perf_counter() - t0, 4)})
+        return counts
+
+    def update_old(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:
+        """What to do with entries of earlier tasks (default: nothing)."""
+
+
+@register_policy
+class Reindex(IndexPolicy):
+    """Re-embed every seen task's gallery with the newest model (the usual default)."""
+
+    name = "reindex"
+
+    def update_old(self, state, inp, counts):
+        for m in MODALITIES:
+            self._reembed_old(state, inp, m, counts)
+
+
+@register_policy
+class NoReindex(IndexPolicy):
+    """Keep each entry as embedded when its task was learned (Wang et al. 2021's remedy)."""
+
+    name = "no_reindex"
+
+
+def check_policy_names(names: list[str]) -> None:
+    """Unknown or repeated policy names (index.policy, then index.compare) -> ConfigError."""
+    valid = ", ".join(sorted(POLICIES))
+    for i, n in enumerate(names):
+        key = "index.policy" if i == 0 else "index.compare"
+        if n not in POLICIES:
+            raise ConfigError(f"config key '{key}': unknown indexing policy {n!r} (valid: {valid})")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"index.policy and index.compare name a policy twice: {names}")
+
+
+def build_policy(name: str, cfg: IndexConfig) -> IndexPolicy:
+    return POLICIES[name](cfg)
 
 @register_policy
 class ReindexImages(IndexPolicy):

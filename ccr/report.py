@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ccr.results import metric, smallest_k
+
 
 def _fmt(v: float | None) -> str:
     return "    -" if v is None else f"{v:5.1f}"
@@ -19,19 +21,18 @@ def matrix_table(title: str, m: list[list[float | None]], tasks: list[str]) -> s
 
 def first_k(res: dict[str, Any]) -> str:
     """The smallest K measured (1 unless eval.ks says otherwise), as results.json spells it."""
-    return str(min(int(k) for k in res["recall"]["t2i"]))
+    return str(smallest_k(res))
 
 
 def summary_table(res: dict[str, Any]) -> str:
     k = first_k(res)
-    lines = [f"{'policy':<18} {'cost(img+cap)':>14} " + " ".join(
-        f"{d + ' ' + q:>12}" for d in ("i2t", "t2i") for q in (f"R@{k}", f"forget@{k}"))]
+    cols = [metric(q, d, k) for d in ("i2t", "t2i") for q in ("avg_final_recall", "forgetting")]
+    lines = [f"{'policy':<18} {'cost(img+cap)':>14} " + " ".join(f"{c:>19}" for c in cols) + f" {'rsum':>7}"]
     for name, r in res["by_policy"].items():
-        s, c = r["summary"], r["index_cost"]
-        cells = []
-        for d in ("i2t", "t2i"):
-            cells += [f"{s['avg_final_recall'][d][k]:12.1f}", f"{s['forgetting'][d][k]:12.1f}"]
-        lines.append(f"{name:<18} {c['images_embedded'] + c['captions_embedded']:>14} " + " ".join(cells))
+        m = r["metrics"]
+        rsum = f"{m['rsum']:7.1f}" if m.get("rsum") is not None else f"{'-':>7}"
+        lines.append(f"{name:<18} {m['index_cost/embedded']:>14} " + " ".join(f"{m[c]:19.1f}" for c in cols)
+                     + f" {rsum}")
     return "\n".join(lines)
 
 

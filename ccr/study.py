@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from ccr import results
 from ccr.checkpoint import from_bytes, to_bytes
 from ccr.config import Config, ConfigError, to_dict
 from ccr.data import check_tasks, load_dataset, resolve_task_order
@@ -36,7 +37,7 @@ from ccr.train import DistInfo, resolve_device, train_task
 
 log = logging.getLogger(__name__)
 # keys that do not change a study's numbers: a resumed run may differ in them
-NON_RESULT_KEYS = {("train", "threads"), ("train", "max_failures"), ("eval", "batch_size")}
+NON_RESULT_KEYS = {("train", "threads"), ("train", "max_failures"), ("eval", "batch_size"), ("checkpoint", "keep")}
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -70,10 +71,21 @@ class Study:
     `out` (a local Path) is the node-local working folder: the storage itself when that is local,
     else a cache; everything that resume or analysis needs is written to `store`. `threads`: torch
     intra-op threads when the config does not fix them (a sweep passes the CPUs a trial was granted).
+    The caller decides how the study executes and hands the core what that needs: `evaluator` (a class
+    with `Evaluator`'s interface, e.g. galleries sharded over actors), `device` (the GPU a Ray Train
+    worker was given), `on_batch(step, rank, batch)` (called before every training batch; tests use it
+    to inject faults).
     """
 
-    def __init__(self, cfg: Config, out: str | Path | Storage, progress: bool = True, threads: int | None = None):
-        self.cfg, self.progress = cfg, progress
+    def __init__(self, cfg: Config, out: str | Path | Storage, progress: bool = True, threads: int | None = None,
+                 *, evaluator: type[Evaluator] = Evaluator, device: torch.device | None = None,
+                 on_batch: Callable[[int, int, int], None] | None = None):
+        self.cfg, self.progress, self.threads = cfg, progress, threads
+        self.evaluator_cls, self.on_batch = evaluator, on_batch
+        if (cfg.index.shards > 1) != evaluator.shards_galleries:
+            raise ValueError(f"index.shards={cfg.index.shards} but evaluator {evaluator.__name__} "
+                             f"{'shards' if evaluator.shards_galleries else 'does not shard'} galleries: build the "
+                             "study with ccr.distributed.runner.make_study, which chooses the evaluator")
         self.store = open_storage(out)
         self.out = self.store.scratch()
         self.started = time.time()
@@ -84,7 +96,7 @@ class Study:
         self.order = resolve_task_order(cfg, self.ds)
         check_tasks(self.ds, self.order, cfg.eval.min_test_items, cfg.train.workers)
         self.strategy = build_strategy(cfg.strategy)
-        self.device = resolve_device(cfg.train.device)
+        self.device = device if device is not None else resolve_device(cfg.train.device)
         if cfg.train.threads or threads:
             torch.set_num_threads(cfg.train.threads or threads)
 
@@ -143,18 +155,15 @@ class Study:
         self.tokens = tokenize_all(self.tokenizer, self.ds.captions, self.cfg.model.text.max_length)
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train).to(self.device)
-        if self.cfg.index.shards > 1:
-            from ccr.distributed.shards import ShardedEvaluator
-
-            self.evaluator = ShardedEvaluator(self.cfg, self.ds, self.order, str(self.device),
-                                              self.store.child("tokenizer"))
-        else:
-            self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device))
+        self.evaluator = self.evaluator_cls(self.cfg, self.ds, self.order, str(self.device),
+                                            tokenizer=self.store.child("tokenizer"))
         self.train_stats: list[dict[str, float]] = []
         self.resumes: list[int] = []  # after which task each resume happened
 
-    def context(self, step: int, rank: int = 0, world_size: int = 1) -> TaskContext:
-        return TaskContext(step, self.order, self.ds, self.tokens, self.cfg, self.device, rank, world_size)
+    def context(self, step: int, dist: DistInfo | None = None) -> TaskContext:
+        dist = dist or DistInfo()
+        return TaskContext(step, self.order, self.ds, self.tokens, self.cfg, self.device, dist.rank, dist.world_size,
+                           dist.all_reduce_mean)
 
     def embedder(self, model) -> Embedder:
         return Embedder(model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size, self.cfg.train.amp,
@@ -162,11 +171,16 @@ class Study:
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
+        """Task `step`'s checkpoint; then only the newest `checkpoint.keep` are kept (resume reads the last)."""
         self.store.write_bytes(checkpoint_name(step), to_bytes({
             "step": step, "order": self.order, "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(), "evaluator": self.evaluator.state_dict(),
             "train_stats": self.train_stats, "config": self.config_dict, "resumes": self.resumes,
         }))
+        for old in range(step - self.cfg.checkpoint.keep, -1, -1):  # older ones, newest first
+            if not self.store.is_file(checkpoint_name(old)):
+                break  # removed at an earlier step
+            self.store.delete(checkpoint_name(old))
 
     def load_checkpoint(self, step: int) -> None:
         name = checkpoint_name(step)
@@ -226,8 +240,7 @@ class Study:
             self.load_checkpoint(done)
         return done
 
-    def run_task(self, step: int, dist: DistInfo | None = None, wrap: Callable | None = None,
-                 on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
+    def run_task(self, step: int, dist: DistInfo | None = None, wrap: Callable | None = None) -> dict[str, float]:
         """Learn task `step`, then (on rank 0 only) index, query, checkpoint and write partial results.
 
         Under data parallelism every rank calls this with its `dist`; `wrap` makes the module to train
@@ -235,14 +248,16 @@ class Study:
         """
         dist = dist or DistInfo()
         lead = dist.rank == 0
-        ctx = self.context(step, dist.rank, dist.world_size)
+        ctx = self.context(step, dist)
         needs_prev = lead and self.evaluator.needs_previous_model and step > 0
         prev = copy.deepcopy(self.model).eval() if needs_prev else None
         if lead:
             log.info("task %d/%d: %s (%s)", step + 1, len(self.order), ctx.task, self.strategy.name)
         self.strategy.before_task(ctx, self.model)
+        hook = self.on_batch
         stats = train_task(self.model, ctx, self.strategy, forward=wrap(self.model) if wrap else None, dist=dist,
-                           progress=self.progress, on_batch=on_batch)
+                           progress=self.progress,
+                           on_batch=(lambda b: hook(step, dist.rank, b)) if hook is not None else None)
         self.train_stats.append(stats)
         self.strategy.after_task(ctx, self.model)
         if lead:
@@ -259,28 +274,19 @@ class Study:
 
     def results(self, upto: int, complete: bool) -> dict[str, Any]:
         ev = self.evaluator
-        by_policy = {p: ev.policy_results(p, upto) for p in ev.policy_names}
-        main = by_policy[self.cfg.index.policy]
         strategy = self.cfg.strategy.name
-        return {
-            "status": "complete" if complete else "running",
-            "tasks_done": upto,
-            "config": self.config_dict,
-            "seed": self.cfg.seed,
-            "task_order": self.order,
-            "strategy": strategy if isinstance(strategy, str) else "+".join(strategy),
-            "policy": self.cfg.index.policy,
-            "scope": self.cfg.eval.scope,
-            "dataset": {"name": self.ds.name, "tasks": self.ds.summary()},
-            **main,
-            "by_policy": by_policy,
-            "anatomy": ev.anatomy_results(upto) if self.cfg.eval.anatomy else None,
-            "train": self.train_stats[:upto],
-            "resumes": self.resumes,
-            "provenance": {**provenance(), "started": self.started, "finished": time.time(),
-                           "device": str(self.device), "torch_threads": torch.get_num_threads(),
-                           "storage": self.store.display()},
-        }
+        return results.study_results(
+            self.cfg.index.policy, {p: ev.policy_results(p, upto) for p in ev.policy_names},
+            status="complete" if complete else "running", tasks_done=upto, config=self.config_dict,
+            seed=self.cfg.seed, task_order=self.order,
+            strategy=strategy if isinstance(strategy, str) else "+".join(strategy),
+            policy=self.cfg.index.policy, scope=self.cfg.eval.scope,
+            dataset={"name": self.ds.name, "tasks": self.ds.summary()},
+            anatomy=ev.anatomy_results(upto) if self.cfg.eval.anatomy else None,
+            train=self.train_stats[:upto], resumes=self.resumes,
+            provenance={**provenance(), "started": self.started, "finished": time.time(),
+                        "device": str(self.device), "torch_threads": torch.get_num_threads(),
+                        "storage": self.store.display()})
 
 
 def local_copy(store: Storage) -> Path:

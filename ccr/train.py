@@ -11,7 +11,6 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,59 +18,32 @@ import torch
 from tqdm.auto import tqdm
 
 from ccr import losses
-from ccr.errors import DivergedError
+from ccr.context import TaskContext, autocast_for, make_batch, sample_captions, task_seed
+from ccr.errors import ConfigError, DivergedError
 from ccr.models import DualEncoder
-from ccr.strategies import Batch, Strategy, TaskContext
+from ccr.strategies import Strategy
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DistInfo:
-    """Data-parallel placement of this process; `gather` all-gathers a tensor keeping gradients."""
+    """Data-parallel placement of this process, with the collectives the Ray layer provides: `gather`
+    all-gathers a tensor keeping gradients, `all_reduce_mean` averages one over ranks."""
 
     rank: int = 0
     world_size: int = 1
     gather: Callable[[torch.Tensor], torch.Tensor] | None = None
+    all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None  # mean over ranks, same on all
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        from ccr.config import ConfigError
-
         raise ConfigError(f"config key 'train.device': {name!r}, but torch sees no GPU here "
                           f"(torch {torch.__version__}); use train.device=auto or cpu")
     return torch.device(name)
-
-
-def task_seed(seed: int, index: int, salt: int = 0) -> int:
-    """A seed for task `index` that does not depend on what ran before (so resumed runs match)."""
-    return int(np.random.SeedSequence([seed, index, salt]).generate_state(1)[0])
-
-
-def sample_captions(ctx: TaskContext, image_ids: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One caption per image, drawn uniformly among that image's captions."""
-    ds = ctx.dataset
-    counts = ds.caption_counts()[image_ids]
-    pick = (rng.random(len(image_ids)) * counts).astype(np.int64)
-    return ds._caption_order[ds._caption_start[image_ids] + pick]
-
-
-def make_batch(ctx: TaskContext, image_ids: np.ndarray, caption_ids: np.ndarray, n_current: int,
-               device: torch.device) -> Batch:
-    ids, mask = ctx.tokens.batch(caption_ids)
-    images = ctx.dataset.images.load(image_ids)
-    nb = device.type == "cuda"
-    return Batch(image_ids, caption_ids, images.to(device, non_blocking=nb), ids.to(device, non_blocking=nb),
-                 mask.to(device, non_blocking=nb), n_current)
-
-
-def autocast_for(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
 
 
 def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forward: torch.nn.Module | None = None,
@@ -93,14 +65,16 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
         raise ValueError(f"task {ctx.task!r} has {len(items)} training images: too few for a batch")
     total_steps = cfg.epochs * steps_per_epoch // cfg.grad_accum
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = strategy.configure_optimizer(ctx, model, params)
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", g["lr"])  # each group's peak: the schedule scales it
     warm = min(cfg.warmup_steps, max(1, total_steps // 5))
 
-    def lr_at(step: int) -> float:  # warmup, then cosine to 10 % of the peak, per task
+    def lr_scale(step: int) -> float:  # warmup, then cosine to 10 % of the peak, per task
         if step < warm:
-            return cfg.lr * (step + 1) / warm
+            return (step + 1) / warm
         p = (step - warm) / max(1, total_steps - warm)
-        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
 
     model.train()
     t0, n_pairs, step, n_loss = time.perf_counter(), 0, 0, 0
@@ -129,8 +103,9 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
                 loss = losses.total(terms)
             (loss / cfg.grad_accum).backward()
             if (b + 1) % cfg.grad_accum == 0:
+                strategy.after_backward(ctx, model, batch)
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(step)
+                    g["lr"] = g["initial_lr"] * lr_scale(step)
                 if cfg.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
                 opt.step()

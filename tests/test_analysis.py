@@ -24,6 +24,44 @@ def fake_result(strategy, seed, final, forget, cost=100, order=("a", "b")):
             "recall": pol["recall"], "summary": summ, "index_cost": pol["index_cost"], "by_policy": {"reindex": pol}}
 
 
+def test_old_and_new_results_read_the_same(tmp_path):
+    """Results written before schema_version existed (schema 1, nested `summary`) and results of the current
+    schema for the same recall matrices give the same records, tables and Tune metrics."""
+    import numpy as np
+
+    from ccr import results
+
+    old = fake_result("finetune", 0, 20.0, 10.0)
+    mats = {d: {1: results_matrix(old["recall"][d]["1"])} for d in ("i2t", "t2i")}
+    pol = results.policy_results(mats, {"images_embedded": 100, "captions_embedded": 200, "seconds": 0.0,
+                                        "per_step": []}, None)
+    new = results.study_results("reindex", {"reindex": pol}, **{k: v for k, v in old.items() if k not in
+                                                                ("recall", "summary", "index_cost", "by_policy")})
+    assert new["schema_version"] == results.SCHEMA_VERSION and "schema_version" not in old
+    up = results.upgrade(old)
+    assert up["metrics"] == {k: v for k, v in new["metrics"].items() if k not in ("rsum", "index_cost/seconds")} | {
+        "index_cost/seconds": 0.0}
+    strip = [{k: v for k, v in r.items() if k != "rsum"} for r in results.summary_records(new)]
+    assert [{k: v for k, v in r.items() if k != "rsum"} for r in results.summary_records(old)] == strip
+    assert list(results.matrix_records(old)) == list(results.matrix_records(new))
+    for name, res in (("old", old), ("new", new)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(res))
+    c = collect(tmp_path)
+    assert not c.corrupt and set(c.runs) == {"old", "new"}
+    s = per_run_summary(c).set_index("run")
+    assert s.loc["old", "avg_final_recall"].tolist() == s.loc["new", "avg_final_recall"].tolist() == [20.0, 20.0]
+    assert np.isnan(s.loc["old", "rsum"]).all() and (s.loc["new", "rsum"] == 2 * 20.0).all()  # only R@1 measured
+    with pytest.raises(ValueError, match="newer than this ccr reads"):
+        results.upgrade({**new, "schema_version": 99})
+
+
+def results_matrix(rows):
+    import numpy as np
+
+    return np.array([[np.nan if v is None else v for v in r] for r in rows])
+
+
 @pytest.fixture
 def results_dir(tmp_path):
     vals = {"finetune": [(10.0, 30.0), (20.0, 40.0), (30.0, 20.0)], "ewc": [(25.0, 5.0), (35.0, 15.0)]}

@@ -56,3 +56,28 @@ def test_missing_config_file(tmp_path):
 def test_parse_override_keeps_strings():
     assert parse_override("tasks.order=random") == ("tasks.order", "random")
     assert parse_override("data.path=/a/b=c.json") == ("data.path", "/a/b=c.json")
+
+
+def test_validation_does_not_change_the_config_and_defaults_are_filled_in_a_copy():
+    from ccr.config import Config, build_config, from_dict, to_dict, validate
+
+    tree = {"strategy": {"name": ["replay", "ewc"], "params": {"ewc": {"lam": 5}}}}
+    cfg = from_dict(Config, tree)
+    before = to_dict(cfg)
+    validate(cfg)
+    assert to_dict(cfg) == before and cfg.strategy.params == {"ewc": {"lam": 5}}
+    full = build_config(tree)
+    assert full.strategy.params["ewc"]["lam"] == 5 and full.strategy.params["replay"]["budget"] == 200
+    assert tree == {"strategy": {"name": ["replay", "ewc"], "params": {"ewc": {"lam": 5}}}}  # input untouched
+
+
+def test_a_typo_fails_before_torch_is_imported():
+    """Key and type errors come from the config alone: no strategy (so no torch) is imported for them."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom ccr.config import ConfigError, load_config\n"
+            "try:\n    load_config(None, ['train.lrr=1'])\nexcept ConfigError as e:\n    print(e)\n"
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "unknown config key 'train.lrr'" in out and out.strip().endswith("False")

@@ -12,7 +12,6 @@ from ccr.metrics import (
     recall_at_k,
     rsum,
     rsum_matrix,
-    summarize,
     to_json_matrix,
 )
 
@@ -47,9 +46,12 @@ def test_recall_at_k_counts_first_hit():
                                                       3: pytest.approx(200 / 3)}
 
 
-def test_summary_keys_and_json_roundtrip():
-    s = summarize({"t2i": {1: A}})
-    assert s["forgetting"]["t2i"]["1"] == pytest.approx(17.5)
+def test_metric_names_and_json_roundtrip():
+    from ccr.results import policy_metrics
+
+    s = policy_metrics({"i2t": {1: A}, "t2i": {1: A}}, {"images_embedded": 3, "captions_embedded": 4, "seconds": 0.5})
+    assert s["forgetting/t2i/R@1"] == pytest.approx(17.5) and s["bwt/t2i/R@1"] == pytest.approx(-17.5)
+    assert s["t2i/R@1"] == pytest.approx(final_average(A)) and s["index_cost/embedded"] == 7
     j = to_json_matrix(A)
     assert j[0][1] is None and j[2][2] == 90.0
     back = from_json_matrix(j)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from ccr.config import IndexConfig
-from ccr.index import IndexState, StepInput, build_policy
-from ccr.policies import fit_linear_map
+from ccr.index import IndexState
+from ccr.policies import StepInput, build_policy, fit_linear_map
 from tests.test_query import TableEmbedder, make_dataset
 
 
@@ -28,7 +28,7 @@ def run_policy(name, n_steps=3, **cfg):
     order = ds.task_names
     icfg = IndexConfig(**cfg)
     pol = build_policy(name, icfg)
-    state = IndexState.empty()
+    state = IndexState.empty(IndexConfig())
     test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")} for t in order}
     models = []
     for step in range(n_steps):

@@ -5,7 +5,8 @@ import pytest
 
 from ccr.config import IndexConfig
 from ccr.data.dataset import ArrayImages, RetrievalDataset
-from ccr.index import IndexState, StepInput, build_policy
+from ccr.index import IndexState
+from ccr.policies import StepInput, build_policy
 from ccr.query import evaluate_step
 from ccr.search import FlatIndex, merge_topk
 
@@ -82,7 +83,7 @@ def test_seen_scope_is_harder_than_task_scope():
     ds = make_dataset(per_task=40)
     emb = TableEmbedder(ds.n_images, len(ds.captions), 4, seed=3)
     order = ds.task_names
-    state = IndexState.empty()
+    state = IndexState.empty(IndexConfig())
     test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")} for t in order}
     pol = build_policy("no_reindex", IndexConfig())
     for step in range(3):

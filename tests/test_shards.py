@@ -6,9 +6,12 @@ import time
 import numpy as np
 import pytest
 
+from ccr.config import IndexConfig
+
 ray = pytest.importorskip("ray")
 
 from ccr.config import load_config  # noqa: E402
+from ccr.distributed.runner import make_study  # noqa: E402
 from ccr.index import IndexState  # noqa: E402
 from ccr.search import FlatIndex  # noqa: E402
 from ccr.snapshots import SnapshotError  # noqa: E402
@@ -85,7 +88,7 @@ def test_full_run_two_shards_equals_one(base, tmp_path):
     root, over = base
     extra = ["index.compare=[no_reindex,backfill]", "data.n_tasks=2"]
     one = Study(load_config(None, [*over, *extra]), tmp_path / "one", progress=False).run()
-    two = Study(load_config(None, [*over, *extra, "index.shards=2"]), tmp_path / "two", progress=False).run()
+    two = make_study(load_config(None, [*over, *extra, "index.shards=2"]), tmp_path / "two", progress=False).run()
     for p in ("reindex", "no_reindex", "backfill"):
         assert two["by_policy"][p]["recall"] == one["by_policy"][p]["recall"], p
         assert counts(two["by_policy"][p]["index_cost"]) == counts(one["by_policy"][p]["index_cost"]), p
@@ -112,6 +115,35 @@ def test_killed_actor_is_rebuilt_with_the_same_answers(base, pools):
     assert pool.recoveries >= 1 and pool.call_all("pid", journal=False)[1] != old_pid
     np.testing.assert_array_equal(after[1], before[1])
     np.testing.assert_array_equal(after[0], before[0])
+
+
+def test_pool_keeps_one_model_and_a_short_journal(base, tmp_path):
+    """After every step the pool holds only the current model (not one per step for ever) and each shard's
+    journal is its state plus that model; a shard lost afterwards is rebuilt with the same answers."""
+    root, over = base
+    s = make_study(load_config(None, [*over, "index.shards=2", "index.compare=[no_reindex]"]), tmp_path,
+                   progress=False)
+    s.prepare_out()
+    s.build()
+    try:
+        pool = s.evaluator.pool
+        for step in range(2):
+            s.run_task(step)
+            assert list(pool.model_refs) == [step]
+            assert all([op[0] for op in j] == ["load_state", "set_model"] for j in pool.journal)
+        g = s.evaluator.states["no_reindex"].galleries["images"]
+        q = np.random.default_rng(3).normal(size=(10, s.cfg.model.embed_dim)).astype(np.float32)
+        before = g.search(q, 5, s.order)
+        ray.kill(pool.actors[0], no_restart=False)
+        for _ in range(50):
+            after = g.search(q, 5, s.order)
+            if pool.recoveries:
+                break
+            time.sleep(0.1)
+        assert pool.recoveries >= 1
+        np.testing.assert_array_equal(after[1], before[1])
+    finally:
+        s.evaluator.close()
 
 
 def test_snapshots_round_trip_and_reject_bad_ones(base, pools, tmp_path):
@@ -145,11 +177,11 @@ def test_snapshots_round_trip_and_reject_bad_ones(base, pools, tmp_path):
 
 def test_local_snapshot_round_trip_and_corruption(tmp_path):
     state, emb, ids = random_state()
-    st = IndexState.empty()
+    st = IndexState.empty(IndexConfig())
     st.galleries["images"].load_state_dict(state)
     st.galleries["captions"].load_state_dict(state)
     st.save_snapshot(tmp_path / "s", step=0)
-    st2 = IndexState.empty()
+    st2 = IndexState.empty(IndexConfig())
     st2.load_snapshot(tmp_path / "s", dim=16)
     q = emb[:5]
     for m in ("images", "captions"):
@@ -158,14 +190,14 @@ def test_local_snapshot_round_trip_and_corruption(tmp_path):
         np.testing.assert_array_equal(a[1], b[1])
         np.testing.assert_array_equal(a[0], b[0])
     with pytest.raises(SnapshotError, match="16-d"):
-        IndexState.empty().load_snapshot(tmp_path / "s", dim=32)
+        IndexState.empty(IndexConfig()).load_snapshot(tmp_path / "s", dim=32)
     man = json.loads((tmp_path / "s" / "manifest.json").read_text())
     man["sha256"][0] = "0" * 64
     (tmp_path / "s" / "manifest.json").write_text(json.dumps(man))
     with pytest.raises(SnapshotError, match="checksum"):
-        IndexState.empty().load_snapshot(tmp_path / "s")
+        IndexState.empty(IndexConfig()).load_snapshot(tmp_path / "s")
     with pytest.raises(SnapshotError, match="no manifest"):
-        IndexState.empty().load_snapshot(tmp_path / "nothing")
+        IndexState.empty(IndexConfig()).load_snapshot(tmp_path / "nothing")
 
 
 @pytest.mark.parametrize("kind", ["ivf", "hnsw"])
@@ -181,6 +213,6 @@ def test_approximate_index_reports_recall_against_exact(kind, tiny_cfg, tmp_path
 
 def test_approx_on_shards(base, tmp_path):
     root, over = base
-    res = Study(load_config(None, [*over, "index.approx=ivf", "index.nlist=4", "index.shards=2"]), tmp_path,
-                progress=False).run()
+    res = make_study(load_config(None, [*over, "index.approx=ivf", "index.nlist=4", "index.shards=2"]), tmp_path,
+                     progress=False).run()
     assert 0 < res["index_quality"]["recall_at_10_vs_exact"]["images"] <= 1

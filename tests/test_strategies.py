@@ -35,7 +35,7 @@ def test_ewc_penalty_zero_at_anchor_and_grows_quadratically(tiny_cfg, tmp_path):
     for eps in (1e-3, 2e-3, 4e-3):
         with torch.no_grad():
             for n, p in s.model.named_parameters():
-                p.copy_(ewc.terms[0][0][n] + eps * direction[n]) if n in ewc.terms[0][0] else None
+                p.copy_(ewc.centre[n] + eps * direction[n]) if n in ewc.centre else None
         values.append(ewc.penalty(s.model).item())
     assert 0 < values[0] < values[1] < values[2]
     assert values[1] / values[0] == pytest.approx(4, rel=1e-2) and values[2] / values[1] == pytest.approx(4, rel=1e-2)
@@ -44,11 +44,49 @@ def test_ewc_penalty_zero_at_anchor_and_grows_quadratically(tiny_cfg, tmp_path):
 def test_online_ewc_keeps_one_running_term(tiny_cfg, tmp_path):
     s = make_study(tiny_cfg, tmp_path, "strategy.name=ewc", "strategy.params.ewc.online=true")
     s.strategy.after_task(s.context(0), s.model)
-    f0 = {k: v.clone() for k, v in s.strategy.terms[0][1].items()}
+    f0 = {k: v.clone() for k, v in s.strategy.fisher.items()}
+    with torch.no_grad():
+        for p in s.model.parameters():
+            p.add_(0.01)
     s.strategy.after_task(s.context(1), s.model)
-    assert len(s.strategy.terms) == 1
     k = next(iter(f0))
-    assert not torch.equal(s.strategy.terms[0][1][k], f0[k])
+    assert not torch.equal(s.strategy.fisher[k], f0[k]) and (s.strategy.fisher[k] >= 0.9 * f0[k]).all()
+    assert torch.equal(s.strategy.centre[k], dict(s.model.named_parameters())[k].detach())  # the newest θ*
+
+
+def test_ewc_state_does_not_grow_and_equals_the_sum_of_per_task_penalties(tiny_cfg, tmp_path):
+    """Three tasks' penalties folded into one quadratic: the same value and gradient as the sum of the
+    three (Kirkpatrick et al.'s form), with a state the size of two models after any number of tasks."""
+    from ccr.checkpoint import to_bytes
+
+    s = make_study(tiny_cfg, tmp_path, "strategy.name=ewc", "data.n_tasks=3")
+    ewc, gen = s.strategy, torch.Generator().manual_seed(0)
+    named = dict(s.model.named_parameters())
+    tasks, sizes = [], []
+    for step in range(3):
+        with torch.no_grad():
+            for p in s.model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+        fisher = ewc.estimate_fisher(s.context(step), s.model)
+        anchor = {n: named[n].detach().clone() for n in fisher}
+        tasks.append((anchor, fisher))
+        ewc.add(fisher, anchor)
+        sizes.append(len(to_bytes(ewc.state_dict())))
+    assert sizes[2] == sizes[1] == sizes[0]
+    with torch.no_grad():
+        for p in s.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    by_hand = 0.5 * ewc.params.lam * sum((f[n] * (named[n] - a[n]) ** 2).sum() for a, f in tasks for n in f)
+    folded = ewc.penalty(s.model)
+    assert float(folded) == pytest.approx(float(by_hand), rel=1e-4)
+    g1 = torch.autograd.grad(by_hand, [named[n] for n in tasks[0][1]])
+    g2 = torch.autograd.grad(folded, [named[n] for n in tasks[0][1]])
+    for a, b in zip(g1, g2, strict=True):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    # a checkpoint written by ccr 0.1 (one (anchor, Fisher) per task) loads into the same state
+    old = type(ewc)(ewc.params)
+    old.load_state_dict({"terms": tasks})
+    assert float(old.penalty(s.model)) == pytest.approx(float(by_hand), rel=1e-4)
 
 
 def test_distillation_losses_zero_when_models_agree():
@@ -195,3 +233,149 @@ def test_resolved_config_states_strategy_defaults():
     cfg = load_config(None, ["strategy.name=[replay,ewc]", "strategy.params.ewc.lam=5"])
     assert cfg.strategy.params["ewc"]["lam"] == 5 and cfg.strategy.params["replay"]["budget"] == 200
     assert build_strategy(cfg.strategy).names == ["replay", "ewc"]
+
+
+def test_agem_projection_rule():
+    """The projected gradient never conflicts with the reference, changes only along it, and a gradient that
+    does not conflict is left alone."""
+    from ccr.strategies.gradient import project
+
+    gen = torch.Generator().manual_seed(0)
+    seen = {True: 0, False: 0}
+    for _ in range(200):
+        g, ref = (torch.randn(50, generator=gen, dtype=torch.float64) for _ in range(2))
+        new, changed = project(g, ref)
+        seen[changed] += 1
+        assert torch.dot(new, ref) >= -1e-9 * ref.norm() * g.norm()
+        if changed:
+            assert torch.dot(g, ref) < 0 and abs(float(torch.dot(new, ref))) < 1e-9 * float(ref.norm() * g.norm())
+            delta = new - g  # the smallest change: a multiple of the reference direction
+            assert torch.allclose(delta, (torch.dot(delta, ref) / torch.dot(ref, ref)) * ref)
+        else:
+            assert torch.equal(new, g)
+    assert seen[True] > 50 and seen[False] > 50
+
+
+def _grads(model):
+    return torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad and p.grad is not None])
+
+
+def test_agem_after_backward_on_the_model(tiny_cfg, tmp_path):
+    """On the real model: after `after_backward` the gradient has a non-negative inner product with the
+    memory's gradient (recomputed independently with the same memory batch), and a gradient made to
+    conflict with it is projected."""
+    import copy
+
+    from ccr import losses
+    from ccr.context import make_batch, sample_captions
+
+    s = make_study(tiny_cfg, tmp_path, "strategy.name=agem", "data.n_tasks=2", "strategy.params.agem.memory=40")
+    agem = s.strategy
+    ctx0, ctx1 = s.context(0), s.context(1)
+    agem.before_task(ctx0, s.model)
+    agem.after_task(ctx0, s.model)
+    assert len(agem.memory) == 40 and set(s.ds.image_task[agem.memory.pairs()[0]]) == {s.order[0]}
+    agem.before_task(ctx1, s.model)
+    ids = s.ds.image_ids(s.order[1], "train")[:16]
+    caps = sample_captions(ctx1, ids, np.random.default_rng(0))
+    b = make_batch(ctx1, ids, caps, len(ids), s.device)
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    for conflict in (False, True):
+        s.model.zero_grad()
+        img, txt = s.model(b.images, b.input_ids, b.attention_mask)
+        losses.infonce(img, txt, s.model.logit_scale)["contrastive_loss"].backward()
+        rng = copy.deepcopy(agem.rng)
+        ref = agem.reference_gradient(ctx1, s.model, [p for p in params if p.grad is not None])
+        if conflict:  # the gradient made to point against the memory's
+            for p, r in zip(params, torch.split(-2 * ref, [p.numel() for p in params]), strict=True):
+                p.grad.copy_(r.view_as(p))
+        before = agem.projected
+        agem.rng = copy.deepcopy(rng)
+        agem.after_backward(ctx1, s.model, b)
+        assert float(torch.dot(_grads(s.model), ref)) >= -1e-4 * float(ref.norm() * _grads(s.model).norm() + 1e-12)
+        if conflict:
+            assert agem.projected == before + 1
+            assert abs(float(torch.dot(_grads(s.model), ref))) < 1e-3 * float(ref.norm()) ** 2
+
+
+def test_agem_averages_the_reference_over_ranks(tiny_cfg, tmp_path):
+    """Under data parallelism the reference gradient goes through the all-reduce the Ray layer provides."""
+    s = make_study(tiny_cfg, tmp_path, "strategy.name=agem", "data.n_tasks=2")
+    agem, calls = s.strategy, []
+
+    def fake_mean(t):
+        calls.append(t.shape)
+        return t
+
+    ctx0 = s.context(0)
+    agem.before_task(ctx0, s.model)
+    agem.after_task(ctx0, s.model)
+    ctx = s.context(1)
+    ctx.world_size, ctx.all_reduce_mean = 2, fake_mean
+    agem.before_task(ctx, s.model)
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    agem.reference_gradient(ctx, s.model, params)
+    assert calls == [torch.Size([sum(p.numel() for p in params)])]
+
+
+def test_agem_end_to_end(tiny_cfg, tmp_path):
+    res = Study(tiny_cfg("strategy.name=agem", "data.n_tasks=2"), tmp_path, progress=False).run()
+    assert res["status"] == "complete" and res["strategy"] == "agem"
+    assert res["config"]["strategy"]["params"]["agem"] == {"memory": 200, "ref_batch": 32}
+
+
+def test_configure_optimizer_hook_reaches_the_optimizer(tiny_cfg, tmp_path):
+    """A strategy builds the optimizer (here: SGD, the projection heads at 10x the rate); the per-task
+    schedule scales each group's own learning rate."""
+    seen = {}
+
+    @register
+    class TwoRates(Strategy):
+        """Test strategy: parameter groups with their own learning rates."""
+
+        name = "two_rates_for_test"
+        source = "test"
+
+        def configure_optimizer(self, ctx, model, params):
+            heads = [p for n, p in model.named_parameters() if "proj" in n and p.requires_grad]
+            ids = {id(p) for p in heads}
+            rest = [p for p in params if id(p) not in ids]
+            opt = torch.optim.SGD([{"params": rest, "lr": 0.01}, {"params": heads, "lr": 0.1}], lr=0.01)
+            seen["opt"] = opt
+            return opt
+
+        def after_backward(self, ctx, model, batch):
+            seen.setdefault("lrs", []).append([g["lr"] for g in seen["opt"].param_groups])
+
+    try:
+        Study(tiny_cfg("strategy.name=two_rates_for_test", "data.n_tasks=1"), tmp_path, progress=False).run()
+    finally:
+        REGISTRY.pop("two_rates_for_test")
+    assert isinstance(seen["opt"], torch.optim.SGD)
+    lrs = np.array(seen["lrs"][1:])  # lr of the previous step, as set by the schedule
+    assert np.allclose(lrs[:, 1], 10 * lrs[:, 0]) and lrs[:, 0].max() <= 0.01 + 1e-12
+
+
+def test_two_strategies_that_build_the_optimizer_are_refused():
+    @register
+    class Opt1(Strategy):
+        """Test."""
+
+        name = "opt1_for_test"
+        source = "test"
+
+        def configure_optimizer(self, ctx, model, params):
+            return torch.optim.SGD(params, lr=0.1)
+
+    @register
+    class Opt2(Opt1):
+        """Test."""
+
+        name = "opt2_for_test"
+
+    try:
+        with pytest.raises(ConfigError, match="builds the optimizer"):
+            load_config(None, ["strategy.name=[opt1_for_test,opt2_for_test]"])
+    finally:
+        REGISTRY.pop("opt1_for_test")
+        REGISTRY.pop("opt2_for_test")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from ccr import results
 from ccr.checkpoint import from_bytes
 from ccr.cli import main
 from ccr.config import ConfigError
@@ -19,7 +20,8 @@ def two_policy_run(tmp_path_factory):
     from tests.conftest import TINY
 
     out = tmp_path_factory.mktemp("run")
-    over = [*TINY, f"data.cache_dir={out / 'cache'}", "index.compare=[no_reindex]"]
+    # every task's checkpoint kept, to compare galleries after each task with the final ones
+    over = [*TINY, f"data.cache_dir={out / 'cache'}", "index.compare=[no_reindex]", "checkpoint.keep=10"]
     from ccr.config import load_config
 
     study = Study(load_config(None, over), out / "study", progress=False)
@@ -31,8 +33,11 @@ def test_results_schema(two_policy_run):
     study, res, out = two_policy_run
     on_disk = json.loads((out / "results.json").read_text())
     assert on_disk["status"] == "complete"
-    for key in ("config", "task_order", "recall", "summary", "index_cost", "seed", "provenance", "by_policy"):
+    for key in ("config", "task_order", "recall", "metrics", "index_cost", "seed", "provenance", "by_policy"):
         assert key in on_disk
+    assert on_disk["schema_version"] == results.SCHEMA_VERSION
+    # one list of names: what the study wrote is exactly what ccr.results says a study reports
+    assert set(results.flat_metrics(on_disk)) == set(results.metric_names([1, 5, 10], ["no_reindex"]))
     n = len(on_disk["task_order"])
     for d in ("i2t", "t2i"):
         for k in ("1", "5", "10"):
@@ -40,14 +45,21 @@ def test_results_schema(two_policy_run):
             assert len(m) == n and all(len(r) == n for r in m)
             assert all(m[s][i] is None for s in range(n) for i in range(n) if i > s)
             assert all(0 <= m[s][i] <= 100 for s in range(n) for i in range(s + 1))
-        for q in ("avg_final_recall", "forgetting", "bwt"):
-            assert set(on_disk["summary"][q][d]) == {"1", "5", "10"}
-    rs = on_disk["rsum"]["matrix"]
+            final = sum(m[-1]) / n
+            assert on_disk["metrics"][f"{d}/R@{k}"] == pytest.approx(final)
+            best = [max(m[s][i] for s in range(i, n - 1)) for i in range(n - 1)]
+            assert on_disk["metrics"][f"forgetting/{d}/R@{k}"] == pytest.approx(
+                sum(b - m[-1][i] for i, b in enumerate(best)) / (n - 1))
+            assert on_disk["metrics"][f"bwt/{d}/R@{k}"] == pytest.approx(
+                sum(m[-1][i] - m[i][i] for i in range(n - 1)) / (n - 1))
+    rs = on_disk["rsum_matrix"]
     for s in range(n):  # rsum = R@1 + R@5 + R@10 of both directions, cell by cell
         for i in range(s + 1):
             want = sum(on_disk["recall"][d][k][s][i] for d in ("i2t", "t2i") for k in ("1", "5", "10"))
             assert rs[s][i] == pytest.approx(want)
-    assert on_disk["rsum"]["avg_final"] == pytest.approx(sum(rs[-1]) / n)
+    assert on_disk["metrics"]["rsum"] == pytest.approx(sum(rs[-1]) / n)
+    c = on_disk["index_cost"]
+    assert on_disk["metrics"]["index_cost/embedded"] == c["images_embedded"] + c["captions_embedded"]
     assert on_disk["config"]["seed"] == on_disk["seed"] == 0
     assert "torch" in on_disk["provenance"]["versions"] and "git" in on_disk["provenance"]
     assert (out / "config.yaml").is_file() and (out / "tokenizer" / "tokenizer_config.json").is_file()
@@ -106,6 +118,8 @@ def test_cli_run_same_seed_same_numbers_and_resume(tiny_overrides, tmp_path, cap
     ra = json.loads((tmp_path / "a" / "results.json").read_text())
     rb = json.loads((tmp_path / "b" / "results.json").read_text())
     assert ra["recall"] == rb["recall"] and ra["anatomy"] == rb["anatomy"]
+    # checkpoint.keep=2 (the default): the first task's checkpoint was removed once the third was written
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["task_01.pt", "task_02.pt"]
     # interrupt after task 2 of 3: drop the last checkpoint and the final results, then rerun
     checkpoint_path(tmp_path / "b", 2).unlink()
     (tmp_path / "b" / "results.json").unlink()

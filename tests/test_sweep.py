@@ -36,9 +36,12 @@ def tiny_sets(tmp_path):
     ({"grid": {"seed": []}}, "grid axis 'seed' is empty"),
     ({"grid": {}}, "the grid is empty"),
     ({"grid": {"seed": [0]}, "optuna": {"space": {"strategy.name": {"type": "loguniform", "low": 1, "high": 2}},
-                                         "metric": "summary.forgetting.t2i.1", "mode": "min"}}, "needs a numeric key"),
+                                         "metric": "forgetting/t2i/R@1", "mode": "min"}}, "needs a numeric key"),
     ({"grid": {"seed": [0]}, "optuna": {"space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
-                                         "metric": "summary.happiness.t2i.1", "mode": "max"}}, "is not in the results"),
+                                         "metric": "happiness/t2i/R@1", "mode": "max"}}, "is not in the results"),
+    ({"grid": {"seed": [0]}, "optuna": {"space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+                                         "metric": "summary.avg_final_recall.t2i.1", "mode": "max"}},
+     "is now called 't2i/R@1'"),
     ({"grid": {"seed": [0]}, "sweeep": 1}, "unknown key(s) ['sweeep']"),
 ])
 def test_spec_errors_before_anything_starts(tmp_path, spec, needle):
@@ -138,12 +141,12 @@ def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_p
 
     opt = write(tmp_path, {"grid": {"seed": [0]}, "optuna": {
         "space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
-        "metric": "summary.avg_final_recall.t2i.1", "mode": "max", "num_samples": 3}}, "o.yaml")
+        "metric": "t2i/R@1", "mode": "max", "num_samples": 3}}, "o.yaml")
     # no train.threads here: each trial's torch threads must follow the 1 CPU it was granted (not the 2 cores)
     assert run_sweep(opt, [s for s in tiny_sets(tmp_path) if not s.startswith("train.threads")], tmp_path / "opt") == 0
     best = json.loads((tmp_path / "opt" / "best.json").read_text())
     (cell,) = best.values()
-    assert 1e-3 <= cell["config"]["train.lr"] <= 1e-2 and "summary.avg_final_recall.t2i.1" in cell
+    assert 1e-3 <= cell["config"]["train.lr"] <= 1e-2 and "t2i/R@1" in cell
     assert len(results_in(tmp_path / "opt")) == 3
     assert {r["provenance"]["torch_threads"] for r in results_in(tmp_path / "opt").values()} == {1}
 

@@ -151,6 +151,8 @@ class ShardPool:
         method, *args = op
         if method == "set_model":
             args = [args[0], self.model_refs[args[0]]]
+        elif method == "load_state":
+            method = "load"
         return getattr(self.actors[i], method).remote(*args)
 
     def call(self, ops: dict[int, tuple], journal: bool = True) -> dict[int, Any]:
@@ -200,6 +202,18 @@ class ShardPool:
     def set_model(self, version: int, state: dict[str, torch.Tensor]) -> None:
         self.model_refs[version] = ray.put({k: v.detach().cpu() for k, v in state.items()})
         self.call_all("set_model", version)
+
+    def compact(self) -> None:
+        """Replace each shard's journal by its current state (held by this driver) and the current model,
+        and free every older model: without this, the object store keeps one model per step for ever."""
+        states = self.call_all("state", journal=False)
+        current = max(self.model_refs) if self.model_refs else None
+        # approximate-search templates are not part of a shard's state: keep the last one per namespace
+        templates = [list({op[1]: op for op in j if op[0] == "set_template"}.values()) for j in self.journal]
+        self.journal = [[("load_state", ray.put(st)), *tpl] + ([("set_model", current)] if current is not None else [])
+                        for st, tpl in zip(states, templates, strict=True)]
+        self.snapshot = None  # the journal alone rebuilds a shard now
+        self.model_refs = {v: r for v, r in self.model_refs.items() if v == current}
 
     def save_snapshot(self, folder: str | Path | Storage, step: int) -> None:
         folder = Storage(folder)
@@ -317,15 +331,23 @@ class ShardedGallery:
 class ShardedEvaluator(Evaluator):
     """The Evaluator with every policy's galleries on one pool of shard actors."""
 
-    def __init__(self, cfg: Config, ds, order: list[str], device: str, tokenizer: Storage):
+    shards_galleries = True
+
+    def __init__(self, cfg: Config, ds, order: list[str], device: str = "cpu", tokenizer: Storage | None = None):
+        if tokenizer is None:
+            raise ValueError("ShardedEvaluator needs the tokenizer's storage: its actors embed on other nodes")
         self.pool = ShardPool(cfg, tokenizer, device)
-        super().__init__(cfg, ds, order, device)
+        super().__init__(cfg, ds, order, device, tokenizer)
 
     def make_state(self, policy: str, cfg: Config, device: str) -> IndexState:
         return IndexState({m: ShardedGallery(f"{policy}/{m}", m, self.pool) for m in MODALITIES})
 
     def before_index(self, step: int, embedder) -> None:
         self.pool.set_model(step, embedder.model.state_dict())
+
+    def step(self, step: int, embedder, prev_embedder=None) -> None:
+        super().step(step, embedder, prev_embedder)
+        self.pool.compact()
 
     def save_snapshots(self, folder: Storage, step: int) -> None:
         self.pool.save_snapshot(folder.child(f"step_{step:02d}"), step)

@@ -9,7 +9,7 @@
       seed: [0, 1, 2]
     optuna:                    # optional: one Optuna search per grid cell
       space: {train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}
-      metric: summary.avg_final_recall.t2i.1
+      metric: t2i/R@1              # a name from ccr.results (t2i/R@1, forgetting/t2i/R@1, rsum, ...)
       mode: max
       num_samples: 8
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ccr.config import Config, ConfigError, build_config, read_yaml, set_path
+from ccr.results import QUANTITIES, metric, metric_names
 
 SPEC_KEYS = {"base", "set", "grid", "optuna", "resources", "max_concurrent_trials", "max_failures", "name"}
 DISTRIBUTIONS = {"uniform", "loguniform", "int", "choice"}
@@ -84,13 +85,18 @@ def _field_type(key: str) -> Any:
 
 
 def valid_metrics(cfg: Config) -> set[str]:
-    names = set()
-    for q in ("avg_final_recall", "forgetting", "bwt"):
-        for d in ("i2t", "t2i"):
-            for k in cfg.eval.ks:
-                names.add(f"summary.{q}.{d}.{k}")
-    return names | {"rsum.avg_final", "index_cost.images_embedded", "index_cost.captions_embedded",
-                    "index_cost.total"}
+    """The metric names a trial of this config reports (`ccr.results` defines them)."""
+    return set(metric_names(cfg.eval.ks, cfg.index.compare))
+
+
+def _old_metric_name(name: str) -> str | None:
+    """The current name of a metric spelled as ccr 0.1 did (summary.avg_final_recall.t2i.1), if it is one."""
+    parts = name.split(".")
+    if len(parts) == 4 and parts[0] == "summary" and parts[1] in QUANTITIES:
+        return metric(parts[1], parts[2], parts[3])
+    return {"rsum.avg_final": "rsum", "index_cost.total": "index_cost/embedded",
+            "index_cost.images_embedded": "index_cost/images",
+            "index_cost.captions_embedded": "index_cost/captions"}.get(name)
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
@@ -172,6 +178,9 @@ def _check_optuna(path: Path, spec: SweepSpec, cfg: Config) -> None:
     if opt["mode"] not in ("min", "max"):
         raise ConfigError(f"sweep {path}: optuna.mode must be min or max, got {opt['mode']!r}")
     if opt["metric"] not in valid_metrics(cfg):
+        new = _old_metric_name(opt["metric"])
+        if new in valid_metrics(cfg):
+            raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} is now called {new!r}")
         raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} is not in the results; valid: "
                           f"{', '.join(sorted(valid_metrics(cfg)))}")
     for key, dist in opt["space"].items():

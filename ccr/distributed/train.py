@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as tdist
 
 from ccr.config import Config, ConfigError, build_config, to_dict
-from ccr.storage import Storage, open_storage
+from ccr.study import Study
 from ccr.train import DistInfo
 
 log = logging.getLogger(__name__)
@@ -59,18 +57,11 @@ def check_distributed(cfg: Config) -> None:
                           f"(train.workers={cfg.train.workers}); use train.workers=1")
 
 
-def _fault(config: dict[str, Any], step: int, rank: int):
-    """Test hook: kill this worker once, mid-task, when config['fault'] names this step and rank."""
-    f = config.get("fault")
-    if not f or f["step"] != step or f["rank"] != rank or Path(f["marker"]).exists():
-        return None
-
-    def on_batch(b: int) -> None:
-        if b == f.get("batch", 0):
-            Path(f["marker"]).write_text("killed")
-            os._exit(1)
-
-    return on_batch
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Mean of `t` over all ranks (a new tensor, the same on every rank); no gradient flows through it."""
+    out = t.detach().clone()
+    tdist.all_reduce(out)
+    return out / tdist.get_world_size()
 
 
 def train_fn_per_worker(config: dict[str, Any]) -> None:
@@ -82,22 +73,21 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ccr.study import Study
-
     cfg = build_config(config["cfg"])
     ctx_train = ray.train.get_context()
     rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
+    device = torch.device("cuda", ctx_train.get_local_rank()) if config["use_gpu"] else torch.device("cpu")
     study = Study(cfg, config["out"], progress=config.get("progress", False) and rank == 0,
-                  threads=config.get("threads"))
-    study.device = torch.device("cuda", ctx_train.get_local_rank()) if config["use_gpu"] else torch.device("cpu")
+                  threads=config.get("threads"), evaluator=config["evaluator"], device=device,
+                  on_batch=config.get("on_batch"))
     study.build()
     done = study.resume()
-    dist = DistInfo(rank, world, gather_with_grad if world > 1 else None)
+    dist = DistInfo(rank, world, gather_with_grad if world > 1 else None, all_reduce_mean if world > 1 else None)
     device_ids = [study.device.index] if study.device.type == "cuda" else None
     wrap = (lambda m: DDP(m, device_ids=device_ids)) if world > 1 else None
     with study.logging_to_store() if rank == 0 else contextlib.nullcontext():
         for step in range(done + 1, len(study.order)):
-            stats = study.run_task(step, dist, wrap, on_batch=_fault(config, step, rank))
+            stats = study.run_task(step, dist, wrap)
             ray.train.report({"step": step, "task": study.order[step], "mean_loss": stats["mean_loss"],
                               "pairs_per_s": stats["pairs_per_s"]})
         if rank == 0:
@@ -105,23 +95,19 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             study.evaluator.close()
 
 
-def run_distributed(cfg: Config, out: str | Path | Storage, progress: bool = True, study=None,
-                    threads: int | None = None) -> dict[str, Any]:
-    """Run (or resume) one study with `train.workers` Ray Train workers; returns its results.
+def run_distributed(study: Study) -> dict[str, Any]:
+    """Run (or resume) `study` with `train.workers` Ray Train workers; returns its results.
 
-    `out`: a folder or storage URI (see `ccr.storage`); Ray Train's own run state goes to `ray/` in it.
-    `study`: an already checked `Study` for this config and storage (saves loading the data twice).
+    `study` (already checked: every input error before Ray starts) gives the config, the storage (a
+    folder or URI; Ray Train's own run state goes to `ray/` in it), the evaluator class, the torch
+    threads and the per-batch callback, which every worker receives.
     """
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ccr.study import Study
-
+    cfg, store = study.cfg, study.store
     check_distributed(cfg)
-    store = open_storage(out)
-    if study is None:
-        study = Study(cfg, store, progress=False)  # every input check, before Ray starts
     study.prepare_out()  # config.yaml and the tokenizer, shared by all workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()
     if not ray.is_initialized():
@@ -129,9 +115,9 @@ def run_distributed(cfg: Config, out: str | Path | Storage, progress: bool = Tru
     per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_fn_per_worker,
-        train_loop_config={"cfg": to_dict(cfg), "out": store.uri, "use_gpu": use_gpu, "progress": progress,
-                           "threads": threads or max(1, int(cfg.train.cpus_per_worker)),
-                           **({"fault": cfg_fault} if (cfg_fault := _fault_from_env()) else {})},
+        train_loop_config={"cfg": to_dict(cfg), "out": store.uri, "use_gpu": use_gpu, "progress": study.progress,
+                           "threads": study.threads or max(1, int(cfg.train.cpus_per_worker)),
+                           "evaluator": study.evaluator_cls, "on_batch": study.on_batch},
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(name="train", storage_path=store.fs_path("ray"),
                              storage_filesystem=store.filesystem if store.remote else None,
@@ -139,12 +125,3 @@ def run_distributed(cfg: Config, out: str | Path | Storage, progress: bool = Tru
     )
     trainer.fit()
     return store.read_json("results.json")
-
-
-def _fault_from_env() -> dict[str, Any] | None:
-    """CCR_FAULT=step:rank:marker_path kills one worker once (for fault-tolerance tests)."""
-    spec = os.environ.get("CCR_FAULT")
-    if not spec:
-        return None
-    step, rank, marker = spec.split(":", 2)
-    return {"step": int(step), "rank": int(rank), "marker": marker}

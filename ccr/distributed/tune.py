@@ -13,23 +13,10 @@ from typing import Any
 
 from ccr.config import ConfigError, build_config, set_path
 from ccr.distributed.sweep_spec import SweepSpec, load_spec, trial_name
+from ccr.results import flat_metrics
 from ccr.storage import Storage, exclusive, open_storage
 
 log = logging.getLogger(__name__)
-
-
-def flat_metrics(res: dict[str, Any]) -> dict[str, float]:
-    """results.json -> {'summary.avg_final_recall.t2i.1': ..., 'index_cost.total': ...} for Tune."""
-    out = {}
-    for q, by_d in res["summary"].items():
-        for d, by_k in by_d.items():
-            for k, v in by_k.items():
-                out[f"summary.{q}.{d}.{k}"] = v
-    out["rsum.avg_final"] = res["rsum"]["avg_final"]
-    c = res["index_cost"]
-    out.update({"index_cost.images_embedded": c["images_embedded"], "index_cost.captions_embedded":
-                c["captions_embedded"], "index_cost.total": c["images_embedded"] + c["captions_embedded"]})
-    return out
 
 
 def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, threads: int = 1) -> None:
@@ -45,8 +32,7 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     import ray
     from ray import tune
 
-    from ccr.distributed.train import run_distributed
-    from ccr.study import Study
+    from ccr.distributed.runner import make_study, run_study
 
     entered = time.time()
     params = dict(config)
@@ -65,12 +51,9 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     trial = {"params": params, "trial_id": ctx.get_trial_id(), "node_id": node}
     store.write_json("trial.json", trial)
     try:
-        if cfg.train.workers > 1 or cfg.train.use_ray:
-            res = run_distributed(cfg, store, progress=False)
-        else:
-            study = Study(cfg, store, progress=False, threads=threads)
-            with study.logging_to_store():
-                res = study.run()
+        study = make_study(cfg, store, progress=False, threads=threads)
+        with study.logging_to_store():
+            res = run_study(study)
         store.delete("error.txt")
     except Exception as e:
         from ccr.errors import DivergedError

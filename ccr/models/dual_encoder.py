@@ -8,13 +8,16 @@ fetched from a hub. Images enter as uint8 and are normalised here, so data pipel
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel, ViTConfig, ViTModel
 
-from ccr.config import ModelConfig, TrainConfig
+if TYPE_CHECKING:
+    from ccr.config import ModelConfig, TrainConfig
+
 
 
 def _vision_from_pretrained(path: str) -> nn.Module:

@@ -6,31 +6,41 @@ so short-caption datasets do not pay for the maximum length.
 
 from __future__ import annotations
 
-import re
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
-from ccr.config import TextEncoderConfig
+if TYPE_CHECKING:
+    from ccr.config import TextEncoderConfig
+
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
-_WORD = re.compile(r"\w+|[^\w\s]")
 
 
 def build_tokenizer(cfg: TextEncoderConfig, train_captions: list[str]) -> PreTrainedTokenizerBase:
-    """A local pretrained tokenizer, or a word-level vocabulary of the training captions."""
+    """A local pretrained tokenizer, or a word-level vocabulary trained on the training captions.
+
+    The word-level one is built entirely with the `tokenizers` library: lower-casing, words and single
+    punctuation marks as tokens (so "..." is three known "." tokens, not one [UNK]), a `WordLevel` model
+    trained by `WordLevelTrainer` (words seen fewer than `min_word_count` times map to [UNK]), and a
+    post-processor that frames every caption as `[CLS] words [SEP]`, as BERT's does, so that
+    `text.pool=cls` pools a token that exists for that purpose.
+    """
     if cfg.pretrained:
         return AutoTokenizer.from_pretrained(cfg.pretrained, local_files_only=True)
-    counts = Counter(w for c in train_captions for w in _WORD.findall(c.lower()))
-    words = sorted(w for w, n in counts.items() if n >= cfg.min_word_count)
-    vocab = {w: i for i, w in enumerate(SPECIALS + words)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
+    trainer = trainers.WordLevelTrainer(min_frequency=cfg.min_word_count, special_tokens=SPECIALS,
+                                        show_progress=False)
+    tok.train_from_iterator(train_captions, trainer)
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                    cls_token="[CLS]", sep_token="[SEP]", model_max_length=cfg.max_length)
 

@@ -1,16 +1,17 @@
-"""Strategies, registered by name: `finetune`, `joint` and the continual-learning methods."""
+"""Strategies, registered by name: `finetune`, `joint` and the continual-learning methods (the registry
+lives in `ccr.strategies.base`, with the class it registers)."""
 
-from ccr.strategies import basic, distill, regularize, replay  # noqa: F401  (registers)
+from ccr.context import Batch, TaskContext
+from ccr.strategies import basic, distill, gradient, regularize, replay  # noqa: F401  (registers)
 from ccr.strategies.base import (
     REGISTRY,
-    Batch,
     Composite,
     Strategy,
-    TaskContext,
     build_strategy,
     check_strategy_config,
     register,
+    strategy_params,
 )
 
 __all__ = ["REGISTRY", "Batch", "Composite", "Strategy", "TaskContext", "build_strategy",
-           "check_strategy_config", "register"]
+           "check_strategy_config", "register", "strategy_params"]

@@ -1,7 +1,8 @@
 """Strategy base class and registry.
 
 A strategy decides how θ_{t-1} becomes θ_t. It is a small class with no-op hooks (as Avalanche's
-plugins): `train_items`, `before_task`, `augment_batch`, `loss_terms`, `after_task`, and
+plugins): `train_items`, `before_task`, `configure_optimizer`, `augment_batch`, `loss_terms`,
+`after_backward` (the complete gradient, before the step: gradient projection), `after_task`, and
 `state_dict`/`load_state_dict` so its memory (Fisher, replay buffer, old model) checkpoints with
 the model. Hyperparameters are a dataclass `Params`, validated like the rest of the config.
 """
@@ -15,54 +16,21 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from ccr.context import Batch, TaskContext
+from ccr.errors import ConfigError
+from ccr.typed import from_dict
+
 if TYPE_CHECKING:
-    from ccr.config import Config
-    from ccr.data.dataset import RetrievalDataset
-    from ccr.models import DualEncoder, TokenizedCaptions
+    from ccr.models import DualEncoder
 
 REGISTRY: dict[str, type[Strategy]] = {}
-HOOKS = ("train_items", "before_task", "augment_batch", "loss_terms", "after_task")
+HOOKS = ("train_items", "before_task", "configure_optimizer", "augment_batch", "loss_terms", "after_backward",
+         "after_task")
 
 
 @dataclass
 class NoParams:
     pass
-
-
-@dataclass
-class TaskContext:
-    """What a strategy may look at while task `task` (index `index` of `order`) is learned."""
-
-    index: int
-    order: list[str]
-    dataset: RetrievalDataset
-    tokens: TokenizedCaptions
-    cfg: Config
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def task(self) -> str:
-        return self.order[self.index]
-
-    @property
-    def seen(self) -> list[str]:
-        return self.order[: self.index + 1]
-
-
-@dataclass
-class Batch:
-    """One training batch. Rows [:n_current] come from the current task; later rows from memory."""
-
-    image_ids: np.ndarray
-    caption_ids: np.ndarray
-    images: torch.Tensor  # (B, 3, H, W) uint8
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    n_current: int
-    img_emb: torch.Tensor | None = None  # (B, D) from the model being trained
-    txt_emb: torch.Tensor | None = None
 
 
 class Strategy:
@@ -92,6 +60,18 @@ class Strategy:
     def loss_terms(self, ctx: TaskContext, model: DualEncoder, batch: Batch) -> dict[str, torch.Tensor]:
         """Extra named terms; keys ending in `_loss` add to the objective."""
         return {}
+
+    def configure_optimizer(self, ctx: TaskContext, model: DualEncoder, params: list[torch.nn.Parameter]
+                            ) -> torch.optim.Optimizer:
+        """The optimizer for this task over `params` (the trainable ones). Default: AdamW with train.lr and
+        train.weight_decay. Parameter groups may carry their own `lr`: the per-task schedule (warmup,
+        then cosine) scales each group's own learning rate."""
+        return torch.optim.AdamW(params, lr=ctx.cfg.train.lr, weight_decay=ctx.cfg.train.weight_decay)
+
+    def after_backward(self, ctx: TaskContext, model: DualEncoder, batch: Batch) -> None:
+        """Called when the gradient of one optimizer step is complete (after the last accumulated
+        backward; under DDP already averaged over ranks), before clipping and the step: the place to
+        project or rescale gradients (A-GEM)."""
 
     def after_task(self, ctx: TaskContext, model: DualEncoder) -> None:
         """Called after training on ctx.task (e.g. estimate Fisher, update memory)."""
@@ -152,6 +132,14 @@ class Composite(Strategy):
                 out[f"{p.name}/{k}" if k in out else k] = v
         return out
 
+    def configure_optimizer(self, ctx, model, params):
+        builders = self._each("configure_optimizer")  # at most one (checked with the config)
+        return (builders[0] if builders else super()).configure_optimizer(ctx, model, params)
+
+    def after_backward(self, ctx, model, batch):
+        for p in self._each("after_backward"):
+            p.after_backward(ctx, model, batch)
+
     def after_task(self, ctx, model):
         for p in self._each("after_task"):
             p.after_task(ctx, model)
@@ -174,8 +162,6 @@ def _names(name: str | list[str]) -> list[str]:
 
 def check_strategy_config(scfg) -> None:
     """Unknown strategy names or hyperparameters -> ConfigError listing the valid choices."""
-    from ccr.config import ConfigError, from_dict
-
     names = _names(scfg.name)
     if not names:
         raise ConfigError("config key 'strategy.name': give at least one strategy")
@@ -192,17 +178,26 @@ def check_strategy_config(scfg) -> None:
         check = getattr(obj, "check", None)
         if check:
             check(f"strategy.params.{n}")
-    # fill defaults so the saved config states every hyperparameter that was used
-    for n in names:
+    parts = [build_strategy(scfg, n) for n in names]
+    if sum(p.defines("configure_optimizer") for p in parts) > 1:
+        raise ConfigError(f"config key 'strategy.name': {names} - more than one of these strategies builds "
+                          "the optimizer (configure_optimizer); compose at most one of them")
+
+
+def strategy_params(scfg) -> dict[str, dict[str, Any]]:
+    """Every named strategy's hyperparameters with defaults filled in (a new dict; scfg is not changed),
+    so the saved config states every hyperparameter that was used."""
+    out = {n: dict(p) for n, p in scfg.params.items()}
+    for n in _names(scfg.name):
         full = dataclasses.asdict(from_dict(REGISTRY[n].Params, scfg.params.get(n, {}), f"strategy.params.{n}"))
         if full:
-            scfg.params[n] = full
+            out[n] = full
+    return out
 
 
-def build_strategy(scfg) -> Strategy:
-    """The configured strategy (a Composite when several are named)."""
-    from ccr.config import from_dict
-
+def build_strategy(scfg, only: str | None = None) -> Strategy:
+    """The configured strategy (a Composite when several are named); `only`: just that one of them."""
+    names = [only] if only else _names(scfg.name)
     parts = [REGISTRY[n](from_dict(REGISTRY[n].Params, scfg.params.get(n, {}), f"strategy.params.{n}"))
-             for n in _names(scfg.name)]
+             for n in names]
     return parts[0] if len(parts) == 1 else Composite(parts)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from ccr import losses
+from ccr.errors import ConfigError
 from ccr.strategies.base import Batch, Strategy, register
 
 
@@ -60,8 +61,6 @@ class LwFParams:
     tau: float = 0.1  # temperature of the distilled similarity distributions
 
     def check(self, key: str) -> None:
-        from ccr.config import ConfigError
-
         if self.emb_weight < 0 or self.sim_weight < 0 or self.tau <= 0:
             raise ConfigError(f"{key}: weights must be >= 0 and tau > 0")
 
@@ -93,8 +92,6 @@ class CompatParams:
     cross_weight: float = 1.0  # cross-model contrastive: new queries vs old-model gallery embeddings
 
     def check(self, key: str) -> None:
-        from ccr.config import ConfigError
-
         if self.reg_weight < 0 or self.cross_weight < 0:
             raise ConfigError(f"{key}: weights must be >= 0")
 

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 
 from ccr import losses
+from ccr.context import make_batch, sample_captions, task_seed
+from ccr.errors import ConfigError
 from ccr.strategies.base import Strategy, TaskContext, register
 
 
@@ -27,8 +29,6 @@ class EWCParams:
     fisher_batch_size: int = 16
 
     def check(self, key: str) -> None:
-        from ccr.config import ConfigError
-
         if self.lam < 0 or not 0 < self.gamma <= 1 or self.fisher_batches < 1 or self.fisher_batch_size < 2:
             raise ConfigError(f"{key}: need lam >= 0, 0 < gamma <= 1, fisher_batches >= 1, fisher_batch_size >= 2")
 
@@ -40,6 +40,11 @@ class EWC(Strategy):
     The diagonal (empirical) Fisher of the retrieval loss over both encoders and projections is
     estimated on the task just learned; moving a weight costs lam/2 * F * (θ - θ*)^2. Under DDP the
     Fisher is all-reduced across ranks, so every rank holds the same penalty.
+
+    The per-task penalties Σ_t F_t (θ - θ*_t)^2 are one quadratic, kept as F = Σ_t F_t, a centre
+    μ = Σ_t F_t θ*_t / F and a constant (so the loss value is unchanged): the state, and so every
+    checkpoint, has the size of two models however many tasks have been learned. Online EWC keeps
+    γ F + F_new centred on the newest θ*.
     """
 
     name = "ewc"
@@ -48,22 +53,21 @@ class EWC(Strategy):
 
     def __init__(self, params=None):
         super().__init__(params)
-        self.terms: list[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]] = []  # (anchor, fisher)
+        self.fisher: dict[str, torch.Tensor] = {}  # F = Σ_t F_t (online: decayed)
+        self.centre: dict[str, torch.Tensor] = {}  # μ
+        self.constant = 0.0  # Σ_t F_t (θ*_t - μ)^2 over all weights: the penalty's value at θ = μ
 
     def penalty(self, model: torch.nn.Module) -> torch.Tensor:
         named = dict(model.named_parameters())
         total = torch.zeros((), device=next(model.parameters()).device)
-        for anchor, fisher in self.terms:
-            for n, f in fisher.items():
-                total = total + (f * (named[n] - anchor[n]) ** 2).sum()
-        return 0.5 * self.params.lam * total
+        for n, f in self.fisher.items():
+            total = total + (f * (named[n] - self.centre[n]) ** 2).sum()
+        return 0.5 * self.params.lam * (total + self.constant)
 
     def loss_terms(self, ctx, model, batch):
-        return {"ewc_loss": self.penalty(model)} if self.terms else {}
+        return {"ewc_loss": self.penalty(model)} if self.fisher else {}
 
     def estimate_fisher(self, ctx: TaskContext, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        from ccr.train import make_batch, sample_captions, task_seed
-
         p = self.params
         rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 10 + ctx.rank))
         items = ctx.dataset.image_ids(ctx.task, "train")
@@ -94,20 +98,32 @@ class EWC(Strategy):
         return {k: f / mean for k, f in fisher.items()}
 
     def after_task(self, ctx, model):
-        fisher = self.estimate_fisher(ctx, model)
-        anchor = {n: q.detach().clone() for n, q in model.named_parameters() if n in fisher}
-        if self.params.online and self.terms:
-            old = self.terms[0][1]
-            fisher = {n: self.params.gamma * old.get(n, 0) + f for n, f in fisher.items()}
-            self.terms = [(anchor, fisher)]
-        else:
-            self.terms.append((anchor, fisher))
+        self.add(self.estimate_fisher(ctx, model), {n: q.detach().clone() for n, q in model.named_parameters()})
+
+    def add(self, fisher: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> None:
+        """Fold one task's quadratic F_t (θ - θ*_t)^2 into the running one (online: decay, re-centre)."""
+        if self.params.online or not self.fisher:
+            g = self.params.gamma if self.fisher else 0.0
+            self.fisher = {n: g * self.fisher.get(n, 0) + f for n, f in fisher.items()}
+            self.centre = {n: anchor[n] for n in fisher}
+            self.constant = 0.0
+            return
+        for n, f in fisher.items():
+            old, mu, th = self.fisher[n], self.centre[n], anchor[n]
+            both = old + f
+            # a F (x - m)^2 + b (x - t)^2 = (a + b)(x - (a m + b t)/(a + b))^2 + ab/(a + b) (m - t)^2
+            self.constant += float((torch.where(both > 0, old * f / both, 0) * (mu - th) ** 2).sum())
+            self.centre[n] = torch.where(both > 0, (old * mu + f * th) / both, th)
+            self.fisher[n] = both
 
     def state_dict(self):
-        return {"terms": self.terms}
+        return {"fisher": self.fisher, "centre": self.centre, "constant": self.constant}
 
     def load_state_dict(self, state):
-        self.terms = state.get("terms", [])
+        self.fisher, self.centre = state.get("fisher", {}), state.get("centre", {})
+        self.constant = float(state.get("constant", 0.0))
+        for anchor, fisher in state.get("terms", []):  # a checkpoint of ccr 0.1: one (anchor, Fisher) per task
+            self.add(fisher, anchor)
 
 
 FREEZE_PARTS = {
@@ -124,8 +140,6 @@ class FreezeParams:
     part: str = "image_side"  # image | text | image_side | text_side | encoders
 
     def check(self, key: str) -> None:
-        from ccr.config import ConfigError
-
         if self.part not in FREEZE_PARTS:
             raise ConfigError(f"{key}.part: {self.part!r} is not one of {', '.join(FREEZE_PARTS)}")
 

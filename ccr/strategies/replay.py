@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from ccr.context import sample_captions, task_seed
+from ccr.errors import ConfigError
 from ccr.strategies.base import Strategy, TaskContext, register
 
 
@@ -17,8 +20,6 @@ class ReplayParams:
     batch: int = 16  # memory pairs appended to every batch
 
     def check(self, key: str) -> None:
-        from ccr.config import ConfigError
-
         if self.selection not in ("reservoir", "herding"):
             raise ConfigError(f"{key}.selection: {self.selection!r} is not one of reservoir, herding")
         if self.budget < 1 or self.batch < 1:
@@ -41,6 +42,50 @@ def herding(features: np.ndarray, m: int) -> np.ndarray:
     return np.array(chosen, dtype=np.int64)
 
 
+class EpisodicMemory:
+    """At most `budget` (image, caption) pairs of past tasks, split evenly over the tasks seen so far so
+    that every one stays represented; each task's share is kept in its ranked order and shrinks from its
+    tail as new tasks arrive. Used by replay (rows mixed into batches) and A-GEM (a reference gradient)."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.tasks: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (image ids, caption ids), ranked
+
+    def __len__(self) -> int:
+        return sum(len(m[0]) for m in self.tasks.values())
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self.tasks:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return (np.concatenate([m[0] for m in self.tasks.values()]),
+                np.concatenate([m[1] for m in self.tasks.values()]))
+
+    def share(self) -> int:
+        """How many pairs the next task may keep (and every task keeps once it is added)."""
+        return max(1, self.budget // (len(self.tasks) + 1))
+
+    def add(self, task: str, imgs: np.ndarray, caps: np.ndarray) -> None:
+        """Add a task's candidates, best first; every share is cut to fit the budget."""
+        share = self.share()
+        self.tasks[task] = (imgs[:share], caps[:share])
+        for t, (mi, mc) in self.tasks.items():
+            self.tasks[t] = (mi[:share], mc[:share])
+        assert len(self) <= self.budget, (len(self), self.budget)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {t: (a.copy(), b.copy()) for t, (a, b) in self.tasks.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tasks = {t: (np.asarray(a), np.asarray(b)) for t, (a, b) in state.items()}
+
+    def candidates(self, ctx: TaskContext, salt: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+        """The task's training images, one sampled caption each, and the generator that drew them (seeded
+        by the run seed and the task only: the same on every rank)."""
+        rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, salt))
+        imgs = ctx.dataset.image_ids(ctx.task, "train")
+        return imgs, sample_captions(ctx, imgs, rng), rng
+
+
 @register
 class Replay(Strategy):
     """Replay (e.g. Rolnick et al., NeurIPS 2019; herding as iCaRL, Rebuffi et al., CVPR 2017).
@@ -58,18 +103,13 @@ class Replay(Strategy):
 
     def __init__(self, params=None):
         super().__init__(params)
-        self.memory: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (image ids, caption ids), ranked
+        self.memory = EpisodicMemory(self.params.budget)
         self.rng: np.random.Generator | None = None
 
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        if not self.memory:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64)
-        return (np.concatenate([m[0] for m in self.memory.values()]),
-                np.concatenate([m[1] for m in self.memory.values()]))
+        return self.memory.pairs()
 
     def before_task(self, ctx, model):
-        from ccr.train import task_seed
-
         self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 20 + ctx.rank))
 
     def augment_batch(self, ctx, image_ids, caption_ids):
@@ -90,21 +130,12 @@ class Replay(Strategy):
         return herding(feats, len(imgs))
 
     def after_task(self, ctx, model):
-        from ccr.train import sample_captions, task_seed
-
-        rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 30))  # same on every rank
-        imgs = ctx.dataset.image_ids(ctx.task, "train")
-        caps = sample_captions(ctx, imgs, rng)
-        share = max(1, self.params.budget // (len(self.memory) + 1))
-        order = self._rank_candidates(ctx, model, imgs, caps, rng)[:share]
-        self.memory[ctx.task] = (imgs[order], caps[order])
-        for t, (mi, mc) in self.memory.items():  # shrink every share to fit the budget
-            self.memory[t] = (mi[:share], mc[:share])
-        total = sum(len(m[0]) for m in self.memory.values())
-        assert total <= self.params.budget, (total, self.params.budget)
+        imgs, caps, rng = self.memory.candidates(ctx, 30)
+        order = self._rank_candidates(ctx, model, imgs, caps, rng)[:self.memory.share()]
+        self.memory.add(ctx.task, imgs[order], caps[order])
 
     def state_dict(self):
-        return {"memory": {t: (a.copy(), b.copy()) for t, (a, b) in self.memory.items()}}
+        return {"memory": self.memory.state_dict()}
 
     def load_state_dict(self, state):
-        self.memory = {t: (np.asarray(a), np.asarray(b)) for t, (a, b) in state.get("memory", {}).items()}
+        self.memory.load_state_dict(state.get("memory", {}))
