@@ -32,7 +32,7 @@ def main() -> None:
     ap.add_argument("--nq", type=int, default=2000)
     ap.add_argument("--skip-cost", action="store_true")
     args = ap.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     tmp = Path(tempfile.mkdtemp())
     base = Study(load_config(None, TINY_MODEL), tmp / "base", progress=False)
     base.prepare_out()

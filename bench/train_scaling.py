@@ -17,7 +17,7 @@ from ccr.distributed.runner import make_study, run_study
 
 
 def main() -> None:
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     tmp = Path(tempfile.mkdtemp())
     rates = {}
     for w in (1, 2):

@@ -45,6 +45,6 @@ def counts(cost: dict) -> dict:
 def ray_local():
     """One local Ray (2 CPUs) per test module that asks for it."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

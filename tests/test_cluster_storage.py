@@ -61,12 +61,16 @@ def test_sweep_to_s3_survives_a_lost_node_and_uses_an_added_one(s3, tmp_path):
     sets = [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "train.threads=1", "train.epochs=40"]
     uri = s3.uri("ccr", "sweep")
     scratch = {n: tmp_path / f"scratch-{n}" for n in ("head", "b", "c")}
+    # the head offers no CPU (as on a real cluster whose head only coordinates): trials run on b, then on
+    # c, so which node runs what does not depend on how fast each trial happens to be
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "env_vars": {"CCR_SCRATCH": str(scratch["head"])}})
-    node_b = cluster.add_node(num_cpus=1, env_vars={"CCR_SCRATCH": str(scratch["b"])})
+        "num_cpus": 0, "env_vars": {"CCR_SCRATCH": str(scratch["head"])}})
     errors: list[BaseException] = []
     try:
+        # the driver joins before node b exists, so that it is attached to the head's raylet (older Ray
+        # picks any raylet on this host, and a driver on node b would die with it)
         ray.init(address=cluster.address, log_to_driver=False)
+        node_b = cluster.add_node(num_cpus=1, env_vars={"CCR_SCRATCH": str(scratch["b"])})
 
         def sweep():
             try:

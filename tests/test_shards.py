@@ -74,7 +74,7 @@ def test_sharded_search_equals_one_flat_index(base, pools, n_shards):
     ref_s, ref_i = FlatIndex(emb, ids).search(q, 12)
     s, i = g.search(q, 12, ["a", "b"])
     np.testing.assert_array_equal(i, ref_i)
-    np.testing.assert_array_equal(s, ref_s)
+    np.testing.assert_allclose(s, ref_s, rtol=1e-6)  # same ranking; a score may differ in its last bit
     assert i[0].tolist()[:12] == [1005] + list(range(1100, 1111))  # ties by smaller id
     # one task only
     ref_s, ref_i = FlatIndex(emb[:150], ids[:150]).search(q, 5)

@@ -78,15 +78,15 @@ def test_ewc_state_does_not_grow_and_equals_the_sum_of_per_task_penalties(tiny_c
             p.add_(0.05 * torch.randn(p.shape, generator=gen))
     by_hand = 0.5 * ewc.params.lam * sum((f[n] * (named[n] - a[n]) ** 2).sum() for a, f in tasks for n in f)
     folded = ewc.penalty(s.model)
-    assert float(folded) == pytest.approx(float(by_hand), rel=1e-4)
+    assert float(folded.detach()) == pytest.approx(float(by_hand.detach()), rel=1e-4)
     g1 = torch.autograd.grad(by_hand, [named[n] for n in tasks[0][1]])
     g2 = torch.autograd.grad(folded, [named[n] for n in tasks[0][1]])
-    for a, b in zip(g1, g2, strict=True):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+    for a, b in zip(g1, g2, strict=True):  # float32: compared as vectors (single entries may cancel)
+        assert float((a - b).norm()) <= 1e-4 * float(a.norm()) + 1e-6
     # a checkpoint written by ccr 0.1 (one (anchor, Fisher) per task) loads into the same state
     old = type(ewc)(ewc.params)
     old.load_state_dict({"terms": tasks})
-    assert float(old.penalty(s.model)) == pytest.approx(float(by_hand), rel=1e-4)
+    assert float(old.penalty(s.model).detach()) == pytest.approx(float(by_hand.detach()), rel=1e-4)
 
 
 def test_distillation_losses_zero_when_models_agree():

@@ -113,7 +113,7 @@ ray = pytest.importorskip("ray")
 
 @pytest.fixture
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
