@@ -9,7 +9,8 @@ one() {  # one study; a finished one is skipped, an interrupted one resumes
   local s=$1 seed=$2 out=$3
   [ -f "$out/$s-seed$seed/results.json" ] && grep -q '"status": "complete"' "$out/$s-seed$seed/results.json" && return
   ccr run --quiet --out "$out/$s-seed$seed" --set strategy.name="$s" --set seed="$seed" --set train.threads=1 \
-    --set 'index.compare=[no_reindex,reindex_images,reindex_captions,backfill,drift_map]' > /dev/null
+    --set 'index.compare=[no_reindex,reindex_images,reindex_captions,backfill,drift_map]' > /dev/null \
+    || { echo "FAILED $s seed $seed (see $out/$s-seed$seed/log.txt)" >&2; return 1; }
   echo "done $s seed $seed"
 }
 export -f one
