@@ -87,7 +87,7 @@ def swept_keys(runs: dict[str, dict[str, Any]]) -> list[str]:
     """
     flat = [_flatten(r["config"]) for r in runs.values()]
     keys = sorted(set().union(*flat)) if flat else []
-    skip = {"seed", "tasks.order", "train.threads", "eval.batch_size", "train.max_failures", "checkpoint.keep"}
+    skip = {"seed", "tasks.order", "eval.batch_size", "train.max_failures", "checkpoint.keep"}
     return [k for k in keys if k not in skip
             and len({json.dumps(f[k], default=str) for f in flat if k in f}) > 1]
 

@@ -14,11 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from ccr.errors import CheckpointError  # noqa: F401  (defined there, raised and re-exported here)
+
 _ND = "__ndarray__"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read safely: corrupt, truncated, or holding pickled code."""
 
 
 def pack(obj: Any) -> Any:

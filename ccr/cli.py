@@ -6,11 +6,17 @@ import argparse
 import logging
 import sys
 
-from ccr.checkpoint import CheckpointError
-from ccr.config import ConfigError, load_config
-from ccr.data import DataError
-from ccr.errors import DivergedError, LockedError
-from ccr.storage import Storage, StorageError, StorageWriteError, exclusive, open_storage
+# only the error classes at start-up (ccr.errors imports nothing): `ccr --help` and a config error
+# must not wait for torch; each command imports what it uses
+from ccr.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    DivergedError,
+    LockedError,
+    StorageError,
+    StorageWriteError,
+)
 
 log = logging.getLogger("ccr")
 
@@ -40,10 +46,14 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from ccr.config import load_config
+
+    cfg = load_config(args.config, args.set)  # a config error is reported before torch is imported
+
     from ccr.distributed.runner import make_study, run_study
     from ccr.report import render
+    from ccr.storage import exclusive, open_storage
 
-    cfg = load_config(args.config, args.set)
     store = open_storage(args.out)
     setup_logging(args.verbose)
     with exclusive(store, "run"):  # a second `ccr run` on this --out is refused, not interleaved
@@ -64,6 +74,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from analysis.report import analyze
+    from ccr.storage import Storage
 
     setup_logging(args.verbose)
     source = Storage(args.path)

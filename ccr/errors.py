@@ -13,3 +13,19 @@ class DivergedError(RuntimeError):
 
 class LockedError(RuntimeError):
     """Another ccr process holds the output folder: two writers would overwrite each other's results."""
+
+
+class DataError(ValueError):
+    """A problem with the dataset files, raised before training starts."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read safely: corrupt, truncated, or holding pickled code."""
+
+
+class StorageError(RuntimeError):
+    """A storage URI that cannot be opened, or a read that failed for a reason other than absence."""
+
+
+class StorageWriteError(StorageError):
+    """A write that failed (disk full, read-only, permissions): what was written before stays valid."""

@@ -7,15 +7,18 @@ from typing import Any
 from ccr.results import metric, smallest_k
 
 
-def _fmt(v: float | None) -> str:
-    return "    -" if v is None else f"{v:5.1f}"
+def _fmt(v: float | None, width: int = 5) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:{width}.1f}"
 
 
 def matrix_table(title: str, m: list[list[float | None]], tasks: list[str]) -> str:
-    w = max(8, *(len(t) for t in tasks))
-    lines = [title, " " * (w + 2) + " ".join(f"{t[:5]:>5}" for t in tasks)]
+    """Rows: after learning task s; columns: evaluated task. Task names in full, never cut."""
+    rows = [f"after {t}" for t in tasks]
+    w = max(len(r) for r in rows)
+    cw = max(5, *(len(t) for t in tasks))
+    lines = [title, " " * (w + 1) + " ".join(f"{t:>{cw}}" for t in tasks)]
     for s, row in enumerate(m):
-        lines.append(f"{('after ' + tasks[s])[: w + 1]:<{w + 2}}" + " ".join(_fmt(v) for v in row))
+        lines.append(f"{rows[s]:<{w}} " + " ".join(_fmt(v, cw) for v in row))
     return "\n".join(lines)
 
 
@@ -43,13 +46,14 @@ def anatomy_table(res: dict[str, Any]) -> str:
     n = len(res["task_order"])
     last = n - 1
     k = first_k(res)
+    tw = max(4, *(len(t) for t in res["task_order"]))
     lines = [f"anatomy after the last task (t2i R@{k} by query/gallery model; drift = cosine θ_i vs θ_n):",
-             f"{'task':<10} {'new/old':>8} {'new/new':>8} {'old/old':>8} {'old/new':>8} "
+             f"{'task':<{tw}} {'new/old':>8} {'new/new':>8} {'old/old':>8} {'old/new':>8} "
              f"{'drift img':>9} {'drift cap':>9} {'align':>6}"]
     g = a["grid"]
     for i, t in enumerate(res["task_order"]):
         vals = [g[c]["t2i"][k][last][i] for c in ("new_q/old_g", "new_q/new_g", "old_q/old_g", "old_q/new_g")]
-        lines.append(f"{t[:10]:<10} " + " ".join(f"{v:8.1f}" for v in vals)
+        lines.append(f"{t:<{tw}} " + " ".join(f"{v:8.1f}" for v in vals)
                      + f" {a['drift']['images'][last][i]:9.3f} {a['drift']['captions'][last][i]:9.3f}"
                      + f" {a['alignment'][last][i]:6.3f}")
     return "\n".join(lines)

@@ -28,17 +28,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ccr.errors import LockedError
+from ccr.errors import LockedError, StorageError, StorageWriteError
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-class StorageError(RuntimeError):
-    """A storage URI that cannot be opened, or a read that failed for a reason other than absence."""
-
-
-class StorageWriteError(StorageError):
-    """A write that failed (disk full, read-only, permissions): what was written before stays valid."""
 
 
 def is_uri(location: str | os.PathLike) -> bool:

@@ -126,13 +126,31 @@ def test_cli_run_same_seed_same_numbers_and_resume(tiny_overrides, tmp_path, cap
     assert main(["run", "--out", str(tmp_path / "b"), "--quiet", *sets]) == 0
     rc = json.loads((tmp_path / "b" / "results.json").read_text())
     assert rc["recall"] == ra["recall"] and counts(rc["index_cost"]) == counts(ra["index_cost"])
-    assert "resuming after task 1" in (tmp_path / "b" / "log.txt").read_text()
+    assert "resuming after task 2 of 3 (boxes)" in (tmp_path / "b" / "log.txt").read_text()  # as "task 2/3: boxes"
 
 
 def test_out_dir_with_other_config_is_refused(tiny_cfg, tmp_path):
     Study(tiny_cfg("data.n_tasks=2"), tmp_path / "o", progress=False).run()
     with pytest.raises(ConfigError, match="different config"):
         Study(tiny_cfg("data.n_tasks=2", "train.lr=0.01"), tmp_path / "o")
+
+
+def test_thread_count_is_part_of_the_result(tiny_cfg, tmp_path):
+    """The number of torch threads changes the numbers on a CPU: a study is never resumed with another
+    one, whether it comes from the config (train.threads) or from the CPUs a trial was granted."""
+    before = torch.get_num_threads()
+    try:
+        Study(tiny_cfg("data.n_tasks=2"), tmp_path / "o", progress=False, threads=1).run()
+        with pytest.raises(ConfigError, match="different config"):  # `ccr run --set train.threads=2` there
+            Study(tiny_cfg("data.n_tasks=2", "train.threads=2"), tmp_path / "o")
+        checkpoint_path(tmp_path / "o", 1).unlink()
+        (tmp_path / "o" / "results.json").unlink()
+        with pytest.raises(ConfigError, match=r"ran with 1 torch thread\(s\); resuming it with 2 would mix"):
+            Study(tiny_cfg("data.n_tasks=2"), tmp_path / "o", progress=False, threads=2).run()
+        res = Study(tiny_cfg("data.n_tasks=2"), tmp_path / "o", progress=False, threads=1).run()
+        assert res["resumes"] == [0] and res["provenance"]["torch_threads"] == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_cli_reports_bad_input_cleanly(tmp_path, capsys):
@@ -199,3 +217,13 @@ def test_pretrained_encoders_load_from_local_paths(tmp_path):
     assert study.tokenizer.convert_tokens_to_ids("circle") == words.index("circle")
     res = study.run()
     assert res["status"] == "complete" and study.model.text_encoder.config.hidden_size == 32
+
+
+def test_printed_tables_show_task_names_in_full():
+    from ccr.report import matrix_table
+
+    tasks = ["round", "a_task_with_a_long_name"]
+    out = matrix_table("t2i R@1", [[40.0, None], [10.0, 35.5]], tasks)
+    head, first, second = out.splitlines()[1:]
+    assert head.split() == tasks and second.startswith("after a_task_with_a_long_name ")
+    assert first.split()[-2:] == ["40.0", "-"] and second.split()[-2:] == ["10.0", "35.5"]

@@ -15,11 +15,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ccr.errors import DataError  # noqa: F401  (defined there, raised and re-exported here)
+
 SPLITS = ("train", "val", "test")
-
-
-class DataError(ValueError):
-    """A problem with the dataset files, raised before training starts."""
 
 
 class ImageStore(Protocol):
