@@ -69,7 +69,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ccr.distributed.tune import run_sweep
 
     setup_logging(args.verbose)
-    return run_sweep(args.sweep, overrides=args.set, out=args.out, resume=args.resume)
+    return run_sweep(args.sweep, overrides=args.set, out=args.out, resume=args.resume, quiet=args.quiet)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -104,6 +104,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", default=None, help="storage: a folder shared by all nodes, or a URI such as "
                    "s3://bucket/prefix?endpoint_override=HOST:PORT (default runs/sweeps/NAME)")
     s.add_argument("--resume", action="store_true", help="resume an interrupted sweep")
+    s.add_argument("--quiet", action="store_true", help="no progress lines (for scripts)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(fn=cmd_sweep)
     a = sub.add_parser("analyze", help="aggregate results into tables, plots and a report")

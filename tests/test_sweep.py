@@ -123,12 +123,18 @@ def results_in(storage):
 
 
 @pytest.mark.slow
-def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_path):
+def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_path, capsys):
     from ccr.distributed.tune import run_sweep
 
     spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"], "index.policy": ["reindex", "no_reindex"],
                                      "seed": [0]}})
     assert run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out") == 0
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[sweep ")]
+    done = [ln for ln in lines if "] done " in ln]
+    assert len(done) == 4 and all("t2i/R@1" in ln and "index_cost/embedded" in ln for ln in done), lines
+    assert sum("] started " in ln for ln in lines) == 4 and "\x1b" not in "".join(lines)  # no terminal codes
+    assert lines[-1].startswith("[sweep 4/4") and "0 pending, 0 running, 4 done, 0 failed" in lines[-1]
+    assert any("left" in ln for ln in done[:-1])  # an estimate once a trial has finished
     res = results_in(tmp_path / "out")
     assert len(res) == 4 and all(r["status"] == "complete" for r in res.values())
     assert {(r["strategy"], r["policy"]) for r in res.values()} == {
@@ -143,7 +149,10 @@ def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_p
         "space": {"train.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
         "metric": "t2i/R@1", "mode": "max", "num_samples": 3}}, "o.yaml")
     # no train.threads here: each trial's torch threads must follow the 1 CPU it was granted (not the 2 cores)
-    assert run_sweep(opt, [s for s in tiny_sets(tmp_path) if not s.startswith("train.threads")], tmp_path / "opt") == 0
+    capsys.readouterr()
+    assert run_sweep(opt, [s for s in tiny_sets(tmp_path) if not s.startswith("train.threads")], tmp_path / "opt",
+                     quiet=True) == 0
+    assert "[sweep " not in capsys.readouterr().err  # --quiet
     best = json.loads((tmp_path / "opt" / "best.json").read_text())
     (cell,) = best.values()
     assert 1e-3 <= cell["config"]["train.lr"] <= 1e-2 and "t2i/R@1" in cell
@@ -175,3 +184,15 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
         assert len((tmp_path / "out" / "runs" / n / "starts.log").read_text().splitlines()) == 1
         assert (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns == stamps[n]
 
+
+
+def test_time_left_estimate():
+    import time
+
+    from ccr.distributed.progress import duration, time_left
+
+    assert time_left([], 3, 1, []) is None and time_left([10.0], 0, 0, []) is None
+    now = time.time()
+    # 4 trials left (2 of them running for 5 s already), 10 s each, 2 at a time: (40 - 10) / 2 = 15 s
+    assert time_left([10.0, 10.0], 4, 2, [now - 5, now - 5]) == pytest.approx(15.0, abs=0.1)
+    assert duration(75) == "1 min 15 s" and duration(9.4) == "9 s"

@@ -101,8 +101,11 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
     return {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
 
 
-def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | None, resume: bool):
+def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | None, resume: bool,
+           quiet: bool = False):
     from ray import tune
+
+    from ccr.distributed.progress import SweepProgress
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_tree=spec.base_tree, runs=storage.child("runs").uri,
@@ -120,6 +123,8 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
         metric, mode = spec.optuna["metric"], spec.optuna["mode"]
         search_alg = OptunaSearch(metric=metric, mode=mode, seed=spec.config_for(cell or {}).seed)
         samples = int(spec.optuna.get("num_samples", 8))
+    total = samples if spec.optuna else len(spec.cells())
+    progress = [] if quiet else [SweepProgress(total, label=lambda t: trial_name(t.config))]
     return tune.Tuner(
         trainable, param_space=_tune_space(spec, cell),
         tune_config=tune.TuneConfig(search_alg=search_alg, metric=metric, mode=mode, num_samples=samples,
@@ -130,12 +135,13 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
                                     trial_name_creator=lambda t: trial_name(t.config)[:100],
                                     trial_dirname_creator=lambda t: f"{t.trial_id}"),
         run_config=tune.RunConfig(name=name, storage_path=storage.fs_path(), storage_filesystem=fs,
-                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=0),
+                                  failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=0,
+                                  callbacks=progress),
     )
 
 
 def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
-              resume: bool = False) -> int:
+              resume: bool = False, quiet: bool = False) -> int:
     """Run (or resume) a sweep; returns a process exit code (0 even when some trials failed)."""
 
     spec = load_spec(path, overrides)  # every config error before Ray starts
@@ -152,11 +158,11 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
         log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage.display())
         resume = True
     with exclusive(storage, "sweep"):  # a second `ccr sweep` on this storage is refused, not interleaved
-        _run_sweep_locked(spec, storage, same, resume)
+        _run_sweep_locked(spec, storage, same, resume, quiet)
     return 0
 
 
-def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool) -> None:
+def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool, quiet: bool) -> None:
     import ray
 
     storage.write_text("sweep.yaml", same["sweep"])
@@ -167,7 +173,7 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     summary: dict[str, Any] = {"trials": {}, "failed": {}, "best": {}}
     for cell in cells:
         name = "tune" if cell is None else "tune-" + trial_name(cell)[:80]
-        grid = _tuner(spec, storage, name, cell, resume).fit()
+        grid = _tuner(spec, storage, name, cell, resume, quiet).fit()
         for r in grid:
             key = trial_name({k: r.config[k] for k in r.config}) if r.config else "?"
             if r.error:

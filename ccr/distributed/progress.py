@@ -1,0 +1,71 @@
+"""Sweep progress a person can read: a line per trial event (started, finished with its headline
+numbers and time, failed) with how many trials are pending, running, done and failed, and an
+estimate of the time left. Plain lines on stderr (no terminal control codes), so a log file reads
+the same as a terminal; `ccr sweep --quiet` turns them off.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ray import tune
+
+HEADLINE = ("t2i/R@1", "i2t/R@1", "forgetting/t2i/R@1", "index_cost/embedded")
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+def time_left(durations: list[float], remaining: int, running: int, since: list[float]) -> float | None:
+    """Remaining trials x mean trial time, spread over the trials running at once (those already running
+    have done part of their share); None before any trial has finished."""
+    if not durations or remaining <= 0:
+        return None
+    mean = sum(durations) / len(durations)
+    now = time.time()
+    left = remaining * mean - sum(min(mean, now - s) for s in since)
+    return max(0.0, left) / max(1, running)
+
+
+def headline(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {metrics[k]:.1f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
+                     for k in HEADLINE if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics[k], bool))
+
+
+class SweepProgress(tune.Callback):
+    """Counts come from what this callback saw, not from Tune's internal states."""
+
+    def __init__(self, total: int, label=None, stream: TextIO | None = None):
+        self.total, self.label, self.stream = total, label or (lambda trial: str(trial)), stream
+        self.running: dict[str, float] = {}  # trial id -> start time
+        self.durations: list[float] = []
+        self.done = self.failed = 0
+        self.t0 = time.time()
+
+    def say(self, what: str) -> None:
+        running = len(self.running)
+        pending = max(0, self.total - self.done - self.failed - running)
+        eta = time_left(self.durations, pending + running, running, list(self.running.values()))
+        tail = f" | about {duration(eta)} left" if eta is not None else ""
+        print(f"[sweep {self.done + self.failed}/{self.total}, {duration(time.time() - self.t0)}] {what} | "
+              f"{pending} pending, {running} running, {self.done} done, {self.failed} failed{tail}",
+              file=self.stream or sys.stderr, flush=True)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.running[trial.trial_id] = time.time()
+        self.say(f"started {self.label(trial)}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        secs = time.time() - self.running.pop(trial.trial_id, time.time())
+        self.durations.append(secs)
+        self.done += 1
+        self.say(f"done {self.label(trial)} in {duration(secs)}: {headline(trial.last_result or {})}")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self.running.pop(trial.trial_id, None)
+        self.failed += 1
+        self.say(f"FAILED {self.label(trial)} (its error.txt says why)")
