@@ -83,8 +83,10 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
-    def defines(self, hook: str) -> bool:
-        return getattr(type(self), hook) is not getattr(Strategy, hook)
+    @classmethod
+    def defines(cls, hook: str) -> bool:
+        """Whether this strategy overrides `hook` (a question about the class: no instance needed)."""
+        return getattr(cls, hook) is not getattr(Strategy, hook)
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
@@ -178,8 +180,7 @@ def check_strategy_config(scfg) -> None:
         check = getattr(obj, "check", None)
         if check:
             check(f"strategy.params.{n}")
-    parts = [build_strategy(scfg, n) for n in names]
-    if sum(p.defines("configure_optimizer") for p in parts) > 1:
+    if sum(REGISTRY[n].defines("configure_optimizer") for n in names) > 1:
         raise ConfigError(f"config key 'strategy.name': {names} - more than one of these strategies builds "
                           "the optimizer (configure_optimizer); compose at most one of them")
 
@@ -195,9 +196,8 @@ def strategy_params(scfg) -> dict[str, dict[str, Any]]:
     return out
 
 
-def build_strategy(scfg, only: str | None = None) -> Strategy:
-    """The configured strategy (a Composite when several are named); `only`: just that one of them."""
-    names = [only] if only else _names(scfg.name)
+def build_strategy(scfg) -> Strategy:
+    """The configured strategy (a Composite when several are named)."""
     parts = [REGISTRY[n](from_dict(REGISTRY[n].Params, scfg.params.get(n, {}), f"strategy.params.{n}"))
-             for n in names]
+             for n in _names(scfg.name)]
     return parts[0] if len(parts) == 1 else Composite(parts)
