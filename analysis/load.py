@@ -115,3 +115,22 @@ def per_run_summary(c: Collected) -> pd.DataFrame:
     swept = swept_keys(c.runs)
     return pd.DataFrame([{**run_info(name, res, swept), **rec} for name, res in c.runs.items()
                          for rec in summary_records(res)])
+
+
+def provenance_frame(c: Collected) -> pd.DataFrame:
+    """One row per run: what produced it (versions, commit, host, device, torch threads) and how long it took."""
+    rows = []
+    for name, res in c.runs.items():
+        p = res.get("provenance") or {}
+        v, git = p.get("versions") or {}, p.get("git") or {}
+        started, finished = p.get("started"), p.get("finished")
+        commit = git.get("commit")
+        rows.append({
+            "run": name, "strategy": res.get("strategy"), "seed": res.get("seed"),
+            "task_order": ">".join(res["task_order"]), "status": res.get("status"),
+            "seconds": finished - started if started and finished else None,
+            "torch_threads": p.get("torch_threads"), "device": p.get("device"), "host": p.get("host"),
+            "commit": (commit[:10] + ("+dirty" if git.get("dirty") else "")) if commit else None,
+            **{f"version.{k}": v.get(k) for k in ("ccr", "python", "torch", "ray", "faiss-cpu", "numpy")},
+        })
+    return pd.DataFrame(rows)

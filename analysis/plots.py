@@ -1,4 +1,9 @@
-"""Plots of a tidy results table (PNG). Each strategy keeps one colour across every figure."""
+"""Plots of a tidy results table (PNG), made to be read in report.html at a normal window size.
+
+Each strategy keeps one colour and each indexing policy one marker (or line style) across every
+figure; tasks are shown by name when all runs share one task order, by position (1 = first) when
+they do not; error bars are drawn only where a mean rests on more than one run.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
 
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+LINESTYLES = ["-", "--", ":", "-."]
+DPI = 110
 
 
 def colours(strategies) -> dict[str, tuple]:
@@ -19,106 +27,183 @@ def colours(strategies) -> dict[str, tuple]:
     return {s: cmap(i % 10) for i, s in enumerate(sorted(set(strategies)))}
 
 
+def markers(policies) -> dict[str, str]:
+    return {p: MARKERS[i % len(MARKERS)] for i, p in enumerate(sorted(set(policies), key=_policy_key))}
+
+
+def _policy_key(p: str) -> tuple[int, str]:
+    return (0 if p == "reindex" else 1 if p == "no_reindex" else 2, p)
+
+
+def task_names(d: pd.DataFrame) -> tuple[list[str], str]:
+    """Labels of task positions and what they are: names under one task order, else positions."""
+    orders = d["task_order"].dropna().unique() if "task_order" in d else []
+    n = int(max(d["task_index"].max(), d["step"].max())) + 1 if not d.empty else 0
+    if len(orders) == 1:
+        names = str(orders[0]).split(">")
+        return names[:n] if n else names, "task"
+    return [str(i + 1) for i in range(n)], "task (position in its run's order)"
+
+
+def _runs_note(d: pd.DataFrame) -> str:
+    runs = d.groupby(["strategy", "policy"]).run.nunique() if "run" in d else pd.Series(dtype=int)
+    if runs.empty:
+        return ""
+    lo, hi = int(runs.min()), int(runs.max())
+    return f"mean over {lo} run{'s' if lo > 1 else ''}" if lo == hi else f"mean over {lo}–{hi} runs"
+
+
 def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
 
 
+def _errorbar_or_line(ax, x, mean, std, count, **kw) -> None:
+    """A line with error bars (± std) only where the mean has more than one run behind it."""
+    yerr = np.where(np.asarray(count) > 1, np.nan_to_num(np.asarray(std, dtype=float)), np.nan)
+    ax.plot(x, mean, **kw)
+    if np.isfinite(yerr).any():
+        ax.errorbar(x, mean, yerr=yerr, fmt="none", ecolor=kw.get("color"), capsize=2, lw=0.8)
+
+
 def heatmaps(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 1,
              policies: tuple[str, ...] = ("reindex", "no_reindex")) -> Path | None:
-    """Mean recall matrix per (strategy, policy)."""
+    """The recall matrix of every (strategy, policy): rows after learning a task, columns the task queried."""
     d = tidy[(tidy.metric == "recall") & (tidy.direction == direction) & (tidy.k == k) & tidy.policy.isin(policies)]
     if d.empty:
         return None
-    combos = sorted({(s, p) for s, p in zip(d.strategy, d.policy, strict=True)})
-    ncol = min(4, len(combos))
+    combos = sorted({(s, p) for s, p in zip(d.strategy, d.policy, strict=True)},
+                    key=lambda c: (c[0], _policy_key(c[1])))
+    names, what = task_names(d)
+    n = len(names)
+    ncol = min(3, len(combos))
     nrow = int(np.ceil(len(combos) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(3.2 * ncol, 3.0 * nrow), squeeze=False)
-    for ax, (s, p) in zip(axes.flat, combos, strict=False):
-        sub = d[(d.strategy == s) & (d.policy == p)]
-        m = sub.groupby(["step", "task_index"]).value.mean().unstack()
-        n = max(m.shape)
+    side = 2.2 + 0.35 * n
+    fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1.2, side * nrow + 0.9), squeeze=False,
+                             layout="constrained")
+    vmax = max(1.0, float(np.nanmax(d.value)))
+    im = None
+    for idx, (ax, (s, p)) in enumerate(zip(axes.flat, combos, strict=False)):
+        m = d[(d.strategy == s) & (d.policy == p)].groupby(["step", "task_index"]).value.mean().unstack()
         mat = np.full((n, n), np.nan)
         mat[: m.shape[0], : m.shape[1]] = m.values
-        im = ax.imshow(mat, vmin=0, vmax=max(1.0, float(np.nanmax(d.value))), cmap="viridis")
+        im = ax.imshow(mat, vmin=0, vmax=vmax, cmap="viridis")
         for (i, j), v in np.ndenumerate(mat):
             if not np.isnan(v):
-                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="w" if v < 40 else "k")
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8,
+                        color="w" if v < 0.6 * vmax else "k")
         ax.set_title(f"{s} / {p}", fontsize=9)
-        ax.set_xlabel("evaluated task")
-        ax.set_ylabel("trained up to")
+        ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=7)
+        first_col = idx % ncol == 0
+        ax.set_yticks(range(n), [f"after {t}" for t in names] if first_col else [], fontsize=7)
+        if idx >= len(combos) - ncol:
+            ax.set_xlabel(f"{what} queried", fontsize=8)
     for ax in list(axes.flat)[len(combos):]:
         ax.axis("off")
     fig.colorbar(im, ax=axes, shrink=0.6, label=f"{direction} R@{k} (%)")
-    fig.savefig(out / f"heatmaps_{direction}_R{k}.png", dpi=110)
-    plt.close(fig)
-    return out / f"heatmaps_{direction}_R{k}.png"
+    fig.suptitle(f"{direction} R@{k} (%) of every task after each task is learned "
+                 f"(row: trained up to; {_runs_note(d)})", fontsize=10)
+    return _save(fig, out / f"heatmaps_{direction}_R{k}.png")
 
 
 def task_curves(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 1,
-                policy: str = "reindex") -> Path | None:
-    """Recall of each task along the sequence, one panel per strategy."""
-    d = tidy[(tidy.metric == "recall") & (tidy.direction == direction) & (tidy.k == k) & (tidy.policy == policy)]
+                policies: tuple[str, ...] = ("reindex", "no_reindex")) -> Path | None:
+    """Recall of each task along the sequence, one panel per strategy; one line style per policy."""
+    d = tidy[(tidy.metric == "recall") & (tidy.direction == direction) & (tidy.k == k) & tidy.policy.isin(policies)]
     if d.empty:
         return None
+    names, what = task_names(d)
     strategies = sorted(d.strategy.unique())
-    fig, axes = plt.subplots(1, len(strategies), figsize=(3 * len(strategies), 2.8), squeeze=False, sharey=True)
-    for ax, s in zip(axes[0], strategies, strict=True):
-        sub = d[d.strategy == s].groupby(["task_index", "step"]).value.agg(["mean", "std"]).reset_index()
-        for i, g in sub.groupby("task_index"):
-            ax.errorbar(g.step + 1, g["mean"], yerr=g["std"].fillna(0), marker="o", ms=3, capsize=2,
-                        label=f"task {i + 1}")
+    pols = sorted(d.policy.unique(), key=_policy_key)
+    style = {p: LINESTYLES[i % len(LINESTYLES)] for i, p in enumerate(pols)}
+    tcol = {i: plt.get_cmap("tab10")(i % 10) for i in range(len(names))}
+    ncol = min(3, len(strategies))
+    nrow = int(np.ceil(len(strategies) / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.1 * nrow + 0.9), squeeze=False, sharey=True,
+                             layout="constrained")
+    x = np.arange(len(names))
+    for idx, (ax, s) in enumerate(zip(axes.flat, strategies, strict=False)):
+        sub = d[d.strategy == s].groupby(["policy", "task_index", "step"]).value.agg(["mean", "std", "count"])
+        for (p, i), g in sub.groupby(level=[0, 1]):
+            g = g.droplevel([0, 1])
+            _errorbar_or_line(ax, x[g.index], g["mean"], g["std"], g["count"], color=tcol[i], ls=style[p],
+                              marker="o", ms=3, lw=1.2)
         ax.set_title(s, fontsize=9)
-        ax.set_xlabel("trained up to task")
-    axes[0][0].set_ylabel(f"{direction} R@{k} (%) [{policy}]")
-    axes[0][-1].legend(fontsize=7)
-    return _save(fig, out / f"task_curves_{direction}_R{k}_{policy}.png")
+        ax.set_xticks(x, [f"after {t}" for t in names], rotation=30, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+        if idx % ncol == 0:
+            ax.set_ylabel(f"{direction} R@{k} (%)")
+    for ax in list(axes.flat)[len(strategies):]:
+        ax.axis("off")
+    handles = [Line2D([], [], color=tcol[i], marker="o", ms=3, label=t) for i, t in enumerate(names)]
+    handles += [Line2D([], [], color="grey", ls=style[p], label=p) for p in pols]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), fontsize=8,
+               title=f"{what} (colour) and indexing policy (line)", title_fontsize=8)
+    fig.suptitle(f"{direction} R@{k} (%) of each task along the sequence ({_runs_note(d)}; bars: ± std)",
+                 fontsize=10)
+    return _save(fig, out / f"task_curves_{direction}_R{k}.png")
 
 
 def forgetting_bars(summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None:
-    """Forgetting by strategy x indexing policy, mean ± std over seeds, both directions."""
+    """Forgetting by strategy × indexing policy, both directions; ± std where there is more than one run."""
     d = summary[summary.k == k]
     if d.empty:
         return None
-    strategies, policies = sorted(d.strategy.unique()), sorted(d.policy.unique())
+    strategies, policies = sorted(d.strategy.unique()), sorted(d.policy.unique(), key=_policy_key)
     col = colours(strategies)
-    fig, axes = plt.subplots(1, 2, figsize=(max(7, 1.1 * len(policies) * 2 + 1.5), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(policies) * 2 + 2.5), 3.8), squeeze=False,
+                             sharey=True, layout="constrained")
     width = 0.8 / len(strategies)
     for ax, direction in zip(axes[0], ("i2t", "t2i"), strict=True):
-        g = d[d.direction == direction].groupby(["strategy", "policy"]).forgetting.agg(["mean", "std"])
+        g = d[d.direction == direction].groupby(["strategy", "policy"]).forgetting.agg(["mean", "std", "count"])
         for j, s in enumerate(strategies):
-            means = [g["mean"].get((s, p), np.nan) for p in policies]
-            stds = [g["std"].get((s, p), 0) for p in policies]
-            ax.bar(np.arange(len(policies)) + j * width, means, width, yerr=np.nan_to_num(stds), capsize=2,
-                   color=col[s], label=s)
-        ax.set_xticks(np.arange(len(policies)) + 0.4 - width / 2)
-        ax.set_xticklabels(policies, rotation=30, ha="right", fontsize=8)
-        ax.set_title(f"{direction} forgetting @R{k}")
+            rows = [g.loc[(s, p)] if (s, p) in g.index else None for p in policies]
+            means = [np.nan if r is None else r["mean"] for r in rows]
+            errs = [np.nan if r is None or r["count"] < 2 else r["std"] for r in rows]
+            xs = np.arange(len(policies)) + j * width
+            ax.bar(xs, means, width, color=col[s], label=s)
+            if np.isfinite(errs).any():
+                ax.errorbar(xs, means, yerr=errs, fmt="none", ecolor="k", capsize=2, lw=0.8)
+        ax.set_xticks(np.arange(len(policies)) + 0.4 - width / 2, policies, rotation=20, ha="right", fontsize=8)
+        ax.set_title(f"{'image → caption (i2t)' if direction == 'i2t' else 'caption → image (t2i)'}", fontsize=9)
+        ax.set_xlabel("indexing policy", fontsize=8)
         ax.axhline(0, color="k", lw=0.5)
-    axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(f"forgetting of R@{k} (points)")
+    axes[0][1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="strategy", title_fontsize=8)
+    n = d.groupby(["strategy", "policy"]).run.nunique()
+    fig.suptitle(f"Forgetting after the last task: best earlier R@{k} − final R@{k}, mean over old tasks "
+                 f"(lower is better; {int(n.min())}–{int(n.max())} runs per bar)" if n.min() != n.max() else
+                 f"Forgetting after the last task: best earlier R@{k} − final R@{k}, mean over old tasks "
+                 f"(lower is better; {int(n.min())} run{'s' if n.min() > 1 else ''} per bar)", fontsize=10)
     return _save(fig, out / f"forgetting_R{k}.png")
 
 
-def quality_vs_cost(summary: pd.DataFrame, out: Path, k: int = 1, direction: str = "t2i") -> Path | None:
-    d = summary[(summary.k == k) & (summary.direction == direction)]
+def quality_vs_cost(summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None:
+    """Average final recall against the embeddings each policy computed to keep its galleries current."""
+    d = summary[summary.k == k]
     if d.empty:
         return None
-    g = d.groupby(["strategy", "policy"])[["avg_final_recall", "index_cost"]].mean().reset_index()
-    col = colours(g.strategy)
-    mk = {p: MARKERS[i % len(MARKERS)] for i, p in enumerate(sorted(g.policy.unique()))}
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for _, r in g.iterrows():
-        ax.scatter(r.index_cost, r.avg_final_recall, color=col[r.strategy], marker=mk[r.policy], s=40)
-    for s, c in col.items():
-        ax.scatter([], [], color=c, label=s)
-    for p, m in mk.items():
-        ax.scatter([], [], color="grey", marker=m, label=p)
-    ax.set_xlabel("embeddings computed for indexing")
-    ax.set_ylabel(f"avg final {direction} R@{k} (%)")
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, out / f"quality_vs_cost_{direction}_R{k}.png")
+    g = d.groupby(["strategy", "policy", "direction"])[["avg_final_recall", "index_cost"]].mean().reset_index()
+    col, mk = colours(g.strategy), markers(g.policy)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), sharex=True, squeeze=False, layout="constrained")
+    for ax, direction in zip(axes[0], ("i2t", "t2i"), strict=True):
+        for _, r in g[g.direction == direction].iterrows():
+            ax.scatter(r.index_cost, r.avg_final_recall, s=55, marker=mk[r.policy], facecolor="none",
+                       edgecolor=col[r.strategy], linewidth=1.6, alpha=0.9)
+        ax.set_title(f"{direction} R@{k}", fontsize=9)
+        ax.set_xlabel("index cost: embeddings computed (images + captions)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel(f"average final R@{k} (%)")
+    strat = [Line2D([], [], ls="", marker="o", color=c, label=s) for s, c in col.items()]
+    pol = [Line2D([], [], ls="", marker=m, mfc="none", color="k", label=p) for p, m in mk.items()]
+    leg = fig.legend(handles=strat, loc="outside right upper", fontsize=8, title="strategy (colour)",
+                     title_fontsize=8)
+    fig.add_artist(leg)
+    fig.legend(handles=pol, loc="outside right lower", fontsize=8, title="policy (shape)", title_fontsize=8)
+    fig.suptitle("Retrieval quality against indexing cost (up and left is better; means over runs)", fontsize=10)
+    return _save(fig, out / f"quality_vs_cost_R{k}.png")
 
 
 def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t2i") -> list[Path]:
@@ -133,27 +218,39 @@ def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t
         last = grid.groupby("run").step.transform("max")
         g = grid[(grid.step == last) & (grid.task_index < grid.step)]
         m = g.groupby(["strategy", "metric"]).value.mean().unstack()
-        fig, ax = plt.subplots(figsize=(7, 3.4))
+        fig, ax = plt.subplots(figsize=(9, 3.8), layout="constrained")
         combos = list(m.columns)
         width = 0.8 / max(1, len(m.index))
         for j, s in enumerate(m.index):
             ax.bar(np.arange(len(combos)) + j * width, m.loc[s].values, width, color=col[s], label=s)
-        ax.set_xticks(np.arange(len(combos)) + 0.4 - width / 2)
-        ax.set_xticklabels([c.replace("grid:", "") for c in combos], fontsize=8)
+        labels = {"new_q/new_g": "new query\nnew gallery\n(reindex)", "new_q/old_g": "new query\nold gallery\n"
+                  "(no_reindex)", "old_q/old_g": "old query\nold gallery\n(before)", "old_q/new_g":
+                  "old query\nnew gallery"}
+        ax.set_xticks(np.arange(len(combos)) + 0.4 - width / 2,
+                      [labels.get(c.replace("grid:", ""), c.replace("grid:", "")) for c in combos], fontsize=8)
         ax.set_ylabel(f"{direction} R@{k} on old tasks (%)")
-        ax.set_title("compatibility grid after the last task (query model / gallery model)", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        ax.grid(axis="y", alpha=0.3)
+        ax.set_title("Which side broke? Old tasks after the last task, by the model that embedded the queries "
+                     "and the gallery", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="strategy", title_fontsize=8)
         paths.append(_save(fig, out / "compatibility_grid.png"))
     drift = a[(a.metric == "drift") & (a.task_index == 0)]
     if not drift.empty:
-        fig, axes = plt.subplots(1, 2, figsize=(8, 3), sharey=True)
+        names, _ = task_names(drift)
+        first = names[0] if names and not names[0].isdigit() else "the first task"
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True, layout="constrained")
+        steps = sorted(drift.step.unique())
         for ax, mod in zip(axes, ("images", "captions"), strict=True):
             sub = drift[drift.direction == mod].groupby(["strategy", "step"]).value.mean().reset_index()
-            for s, g in sub.groupby("strategy"):
-                ax.plot(g.step + 1, g.value, marker="o", ms=3, color=col[s], label=s)
-            ax.set_title(f"drift of task 1 {mod}", fontsize=9)
-            ax.set_xlabel("trained up to task")
-        axes[0].set_ylabel("mean cosine θ_1 vs θ_s")
-        axes[1].legend(fontsize=7)
+            for s, gg in sub.groupby("strategy"):
+                ax.plot(gg.step, gg.value, marker="o", ms=3, color=col[s], label=s)
+            ax.set_title(f"{mod} of {first}", fontsize=9)
+            ax.set_xticks(steps, [f"after {names[i]}" if i < len(names) else str(i + 1) for i in steps],
+                          rotation=30, ha="right", fontsize=7)
+            ax.grid(alpha=0.3)
+        axes[0].set_ylabel("cosine: embedding now vs when learned")
+        axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="strategy", title_fontsize=8)
+        fig.suptitle(f"Drift: how far the embeddings of {first} move as later tasks are learned (1 = not at all)",
+                     fontsize=10)
         paths.append(_save(fig, out / "drift.png"))
     return paths

@@ -17,16 +17,10 @@ import yaml
 
 from analysis import plots
 from analysis.aggregate import aggregate, markdown_table
-from analysis.load import collect, per_run_summary, tidy
+from analysis.load import collect, per_run_summary, provenance_frame, tidy
 from ccr.storage import Storage
 
 log = logging.getLogger(__name__)
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{path.stem}">'
-            f"<figcaption>{path.stem}</figcaption></figure>")
 
 
 def _sweep_config(root: Storage, runs: dict) -> str:
@@ -78,53 +72,166 @@ def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = Fa
     return dest.local_path or dest.display()
 
 
+GLOSSARY = [
+    ("R@K", "recall at K: the share (%) of queries whose true match is among the K gallery items nearest to "
+            "the query. <b>i2t</b>: an image queries the caption gallery; <b>t2i</b>: a caption queries the "
+            "image gallery. Each task's test items are queried within that task's gallery (eval.scope=task) "
+            "or within the gallery of every task seen so far (eval.scope=seen)."),
+    ("R@K (summary tables)", "the average final recall: R@K of every task after the last task, averaged over "
+                             "tasks."),
+    ("F@K, forgetting", "for each task but the last, the best R@K it had before the last task minus its R@K "
+                        "after the last task, averaged over those tasks; in points of R@K. Lower is better; "
+                        "0 means nothing was forgotten."),
+    ("BWT@K, backward transfer", "for each task but the last, its R@K after the last task minus its R@K right "
+                                 "after it was learned, averaged. Negative: learning later tasks hurt it."),
+    ("rsum", "R@1 + R@5 + R@10 of both directions after the last task, averaged over tasks (0–600)."),
+    ("index cost", "how many embeddings (images + captions) the indexing policy computed over the whole "
+                   "sequence to keep its galleries current: reindex embeds every gallery item after every task, "
+                   "no_reindex each item once."),
+    ("mean ± std, n", "each number is a mean over n runs (seeds, and task orders unless they are separate "
+                      "rows); ± is the standard deviation over those runs, not a confidence interval, and is "
+                      "left out when n = 1."),
+    ("bold", "the best value of each column: highest recall, BWT and rsum, lowest forgetting and index cost."),
+]
+
+FIGURE_NOTES = {
+    "forgetting": "How much of what each task had reached was lost by the end, per strategy and indexing policy.",
+    "quality_vs_cost": "What each indexing policy buys: final recall against the embeddings it computed.",
+    "heatmaps": "The recall matrix: row <i>after X</i> is the moment task X has been learned and the galleries "
+                "updated; each cell is the recall of the column's task at that moment. The diagonal is how well a "
+                "task is learned; what lies below it is what later tasks did to it.",
+    "task_curves": "Each task's recall from the moment it is learned to the end of the sequence (the rows of the "
+                   "recall matrix as lines).",
+    "compatibility_grid": "The anatomy of forgetting: old tasks queried by the last model or the model that "
+                          "learned them, against galleries embedded by either. <i>old/old</i> is what the task had; "
+                          "<i>new/new</i> what reindex gives; <i>new/old</i> what no_reindex gives.",
+    "drift": "How far the first task's embeddings move as later tasks are learned (cosine between its items' "
+             "embeddings under the current model and the model that learned it).",
+}
+
+
+def _figure(path: Path) -> str:
+    note = next((v for k, v in FIGURE_NOTES.items() if path.stem.startswith(k)), "")
+    data = base64.b64encode(path.read_bytes()).decode()
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}">'
+            f"<figcaption>{note} <span class=file>({html.escape(path.name)})</span></figcaption></figure>")
+
+
+def _values(series: pd.Series) -> str:
+    vals = sorted({str(v) for v in series.dropna()})
+    return ", ".join(vals) if vals else "not recorded"
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _provenance_html(prov: pd.DataFrame, summary: pd.DataFrame) -> str:
+    """Who made these numbers with what: the facts a reader needs to trust or reproduce them."""
+    if prov.empty:
+        return "<p>No runs.</p>"
+    secs = prov.seconds.dropna()
+    items = [
+        ("strategies", _values(prov.strategy)),
+        ("indexing policies", _values(summary.policy) if not summary.empty else "-"),
+        ("seeds", ", ".join(str(s) for s in sorted(prov.seed.dropna().unique()))),
+        ("task orders", "<br>".join(html.escape(o.replace(">", " → ")) for o in sorted(prov.task_order.unique()))),
+        ("torch threads per run", _values(prov.torch_threads)),
+        ("device", _values(prov.device)),
+        ("ccr / torch / ray / python", " / ".join(_values(prov[f"version.{k}"]) for k in ("ccr", "torch", "ray",
+                                                                                      "python"))),
+        ("git commit", _values(prov.commit)),
+        ("run time", (f"{_minutes(secs.sum())} in all; per run {_minutes(secs.min())} to {_minutes(secs.max())}, "
+                      f"median {_minutes(secs.median())}") if len(secs) else "not recorded"),
+    ]
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in items)
+    return f"<table class=facts>{rows}</table>"
+
+
+def _runs_html(prov: pd.DataFrame) -> str:
+    cols = ["run", "strategy", "seed", "status", "seconds", "torch_threads", "host", "commit"]
+
+    def cell(v, c: str) -> str:
+        return "" if pd.isna(v) else f"{v:.0f}" if c == "seconds" else str(v)
+
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r[c], c))}</td>" for c in cols) + "</tr>"
+                   for _, r in prov.sort_values("run").iterrows())
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:1em 1.5em;color:#222;line-height:1.45}
+h1{font-size:1.5em;margin-bottom:.2em} h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ddd}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:3px 7px;font-size:13px}
+th{background:#f4f4f4;text-align:left} td{font-variant-numeric:tabular-nums}
+table.facts th{width:14em} dl{display:grid;grid-template-columns:13em 1fr;gap:.35em 1em;font-size:14px}
+dt{font-weight:600} dd{margin:0} figure{margin:1.2em 0} img{max-width:100%;height:auto;display:block}
+figcaption{font-size:13px;color:#444;margin-top:.3em} .file{color:#888} details{margin:.6em 0}
+summary{cursor:pointer;color:#246} .problems li{color:#a00} pre{background:#f6f6f6;padding:.6em;overflow:auto}
+"""
+
+
 def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     long = tidy(c)
     summary = per_run_summary(c)
+    prov = provenance_frame(c)
     agg = aggregate(summary, by_order)
     if not long.empty:
         long.to_parquet(out / "tidy.parquet", index=False)
         long.to_csv(out / "tidy.csv", index=False)
     summary.to_csv(out / "per_run.csv", index=False)
+    prov.to_csv(out / "runs.csv", index=False)
     agg.to_csv(out / "aggregate.csv", index=False)
     ks = sorted(int(k) for k in agg["k"].unique()) if not agg.empty else []  # whatever eval.ks measured
     tables = {k: markdown_table(agg, k) for k in ks}
     md = [f"# ccr analysis of `{root.display()}`", "", f"{len(c.runs)} runs ({len(c.incomplete)} incomplete), "
           f"{len(c.corrupt)} corrupt result files, {len(c.missing)} runs without results, {len(c.failed)} failed.", ""]
     for k, t in tables.items():
-        md += [f"## Average final recall, forgetting and BWT at K={k} (mean ± std over seeds; best in bold)", "", t, ""]
+        md += [f"## Average final recall, forgetting and BWT at K={k} (mean ± std over n runs; best in bold)", "",
+               t, ""]
     (out / "summary.md").write_text("\n".join(md))
 
     figs: list[Path] = []
     if not long.empty:
         k = ks[0] if ks else 1  # plots show the smallest K measured (R@1 unless eval.ks says otherwise)
-        for f in (plots.heatmaps(long, out, k=k), plots.task_curves(long, out, k=k),
-                  plots.forgetting_bars(summary, out, k=k), plots.quality_vs_cost(summary, out, k=k)):
-            if f:
-                figs.append(f)
+        figs += [plots.forgetting_bars(summary, out, k=k), plots.quality_vs_cost(summary, out, k=k)]
+        figs += [plots.heatmaps(long, out, direction=d, k=k) for d in ("t2i", "i2t")]
+        figs += [plots.task_curves(long, out, direction=d, k=k) for d in ("t2i", "i2t")]
         figs += plots.anatomy_plots(long, out, k=k)
+    figs = [f for f in figs if f]
 
     problems = []
     problems += [f"corrupt: {html.escape(p)} ({html.escape(why)})" for p, why in c.corrupt]
     problems += [f"incomplete (still running or stopped): {html.escape(r)}" for r in c.incomplete]
     problems += [f"no results yet: {html.escape(r)}" for r in c.missing]
     problems += [f"failed trial: {html.escape(r)}: <pre>{html.escape(e)}</pre>" for r, e in c.failed]
-    strategies = ", ".join(sorted(summary.strategy.unique())) if not summary.empty else "-"
     body = [
-        f"<h1>ccr analysis: {html.escape(root.display())}</h1>",
-        f"<p>{len(c.runs)} runs analysed. Strategies: {html.escape(strategies)}.</p>",
-        "<h2>Failed, missing and incomplete runs</h2>",
-        "<ul>" + "".join(f"<li>{p}</li>" for p in problems) + "</ul>" if problems else "<p>None.</p>",
+        f"<h1>ccr analysis</h1><p>{html.escape(root.display())}: {len(c.runs)} runs analysed"
+        f"{f', {len(problems)} problems (listed below)' if problems else ''}.</p>",
+        _provenance_html(prov, summary),
+        "<h2>How to read these numbers</h2><dl>" + "".join(f"<dt>{html.escape(t)}</dt><dd>{d}</dd>"
+                                                           for t, d in GLOSSARY) + "</dl>",
     ]
-    for k, t in tables.items():
-        body += [f"<h2>Summary at K={k}</h2>", _md_to_html(t)]
-    body += ["<h2>Plots</h2>", *[_img(f) for f in figs]]
-    body += ["<h2>Configuration</h2>", f"<pre>{html.escape(_sweep_config(root, c.runs))}</pre>"]
-    style = ("body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}img{max-width:100%}figure{margin:1em 0}")
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>ccr analysis</title><style>{style}</style>" \
-           f"</head><body>{''.join(body)}</body></html>"
+    for i, (k, t) in enumerate(tables.items()):
+        title = f"Summary at K={k}: average final recall, forgetting, BWT, rsum and index cost"
+        if i == 0:
+            body += [f"<h2>{title}</h2>", _md_to_html(t)]
+        else:
+            body += [f"<details><summary>{title}</summary>{_md_to_html(t)}</details>"]
+    body += ["<h2>Plots</h2>", *[_figure(f) for f in figs]]
+    body += ["<h2>Failed, missing and incomplete runs</h2>",
+             "<ul class=problems>" + "".join(f"<li>{p}</li>" for p in problems) + "</ul>" if problems
+             else "<p>None.</p>"]
+    body += ["<h2>Runs and configuration</h2>",
+             f"<details><summary>{len(prov)} runs: seed, time, threads, host, commit</summary>{_runs_html(prov)}"
+             "</details>",
+             f"<details><summary>configuration</summary><pre>{html.escape(_sweep_config(root, c.runs))}</pre>"
+             "</details>"]
+    page = (f"<!doctype html><html lang=en><head><meta charset='utf-8'><meta name=viewport "
+            f"content='width=device-width,initial-scale=1'><title>ccr analysis</title><style>{STYLE}</style>"
+            f"</head><body>{''.join(body)}</body></html>")
     (out / "report.html").write_text(page)
     (out / "status.json").write_text(json.dumps({"runs": len(c.runs), "incomplete": c.incomplete,
                                                  "corrupt": c.corrupt, "missing": c.missing,

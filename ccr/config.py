@@ -120,7 +120,7 @@ class IndexConfig:
     backfill_order: str = "oldest"  # oldest | drift
     drift_map_ridge: float = 1e-3  # drift_map: ridge regularisation of the linear map
     drift_map_fit: int = 1024  # drift_map / backfill(drift): training items of the new task used to fit the map
-    save_snapshots: bool = False  # after each step, each shard's galleries (out/snapshots/POLICY/step_NN)
+    save_snapshots: bool = False  # after each step, each shard's galleries (out/snapshots/POLICY/NN_TASK)
     approx: str = "none"  # none | ivf | hnsw: approximate search (its recall@10 vs exact is reported)
     nlist: int = 64  # IVF lists (capped at a quarter of the training vectors)
     nprobe: int = 8  # IVF lists probed per query

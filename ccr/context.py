@@ -5,7 +5,8 @@ import from here, never from each other.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -17,6 +18,12 @@ if TYPE_CHECKING:
     from ccr.config import Config
     from ccr.data.dataset import RetrievalDataset
     from ccr.models import TokenizedCaptions
+
+
+def task_label(step: int, order: Sequence[str]) -> str:
+    """How files and folders name the state after a task: its position counted from 1, as logs count,
+    and its name (`02_boxes`), so a listing reads in order and says which task it is."""
+    return f"{step + 1:02d}_{re.sub(r'[^A-Za-z0-9_.-]+', '-', order[step])}"
 
 
 @dataclass

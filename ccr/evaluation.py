@@ -14,7 +14,7 @@ import numpy as np
 from ccr import results
 from ccr.anatomy import COMBOS, anatomy_of_task
 from ccr.config import Config
-from ccr.context import task_seed
+from ccr.context import task_label, task_seed
 from ccr.data.dataset import RetrievalDataset
 from ccr.embed import Embedder
 from ccr.index import MODALITIES, IndexState
@@ -81,8 +81,10 @@ class Evaluator:
                 for i, t in enumerate(seen):
                     for k in self.cfg.eval.ks:
                         self.recall[name][d][k][step, i] = rows[d][t][k]
-            log.info("step %d [%s] embedded %s; t2i R@1 %s", step, name, cost,
-                     [round(rows["t2i"][t][1], 1) for t in seen] if 1 in self.cfg.eval.ks else "")
+            k = min(self.cfg.eval.ks)
+            log.info("after task %d/%d (%s) [%s]: embedded %d images, %d captions; t2i R@%d %s", step + 1,
+                     len(self.order), self.order[step], name, cost["images"], cost["captions"], k,
+                     ", ".join(f"{t} {rows['t2i'][t][k]:.1f}" for t in seen))
         if self.cfg.eval.anatomy:
             self._anatomy(step, embedder)
 
@@ -94,7 +96,7 @@ class Evaluator:
 
     def save_snapshots(self, folder: Storage, step: int) -> None:
         for name, st in self.states.items():
-            st.save_snapshot(folder.child(f"{name}/step_{step:02d}"), step)
+            st.save_snapshot(folder.child(f"{name}/{task_label(step, self.order)}"), step)
 
     def _anatomy(self, step: int, embedder: Embedder) -> None:
         task = self.order[step]

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ import yaml
 from ccr import results
 from ccr.checkpoint import from_bytes, to_bytes
 from ccr.config import Config, ConfigError, to_dict
+from ccr.context import task_label
 from ccr.data import check_tasks, load_dataset, resolve_task_order
 from ccr.embed import Embedder
 from ccr.evaluation import Evaluator
@@ -49,22 +50,28 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     return c
 
 
-def checkpoint_name(step: int) -> str:
-    """A task's checkpoint, relative to the study's storage."""
+def checkpoint_name(step: int, order: Sequence[str]) -> str:
+    """The checkpoint after task `step` of `order`, relative to the study's storage (checkpoints/02_boxes.pt)."""
+    return f"checkpoints/{task_label(step, order)}.pt"
+
+
+def _old_checkpoint_name(step: int) -> str:
+    """How ccr 0.1 named it (checkpoints/task_01.pt, counted from 0): still read on resume."""
     return f"checkpoints/task_{step:02d}.pt"
 
 
-def checkpoint_path(out: Path, step: int) -> Path:
-    """A task's checkpoint in a study folder on a local disk."""
-    return Path(out) / checkpoint_name(step)
+def checkpoint_path(out: Path, step: int, order: Sequence[str]) -> Path:
+    """The checkpoint after task `step` in a study folder on a local disk."""
+    return Path(out) / checkpoint_name(step, order)
 
 
-def last_checkpoint(store: Storage, n: int) -> int:
-    """Index of the last finished task with a checkpoint in storage, or -1."""
-    for step in range(n - 1, -1, -1):
-        if store.is_file(checkpoint_name(step)):
-            return step
-    return -1
+def last_checkpoint(store: Storage, order: Sequence[str]) -> tuple[int, str]:
+    """(index, name) of the last finished task's checkpoint in storage, or (-1, "")."""
+    for step in range(len(order) - 1, -1, -1):
+        for name in (checkpoint_name(step, order), _old_checkpoint_name(step)):
+            if store.is_file(name):
+                return step, name
+    return -1, ""
 
 
 class Study:
@@ -174,27 +181,28 @@ class Study:
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
         """Task `step`'s checkpoint; then only the newest `checkpoint.keep` are kept (resume reads the last)."""
-        self.store.write_bytes(checkpoint_name(step), to_bytes({
+        self.store.write_bytes(checkpoint_name(step, self.order), to_bytes({
             "step": step, "order": self.order, "model": self.model.state_dict(),
             "strategy": self.strategy.state_dict(), "evaluator": self.evaluator.state_dict(),
             "train_stats": self.train_stats, "config": self.config_dict, "resumes": self.resumes,
             "torch_threads": torch.get_num_threads(),
         }))
         for old in range(step - self.cfg.checkpoint.keep, -1, -1):  # older ones, newest first
-            if not self.store.is_file(checkpoint_name(old)):
+            names = [n for n in (checkpoint_name(old, self.order), _old_checkpoint_name(old)) if self.store.is_file(n)]
+            if not names:
                 break  # removed at an earlier step
-            self.store.delete(checkpoint_name(old))
+            for n in names:
+                self.store.delete(n)
 
-    def load_checkpoint(self, step: int) -> None:
-        name = checkpoint_name(step)
+    def load_checkpoint(self, name: str) -> None:
         self.restore(from_bytes(self.store.read_bytes(name), self.store.display(name), map_location=self.device))
 
     def restore(self, ck: dict[str, Any]) -> None:
         """Model, strategy state, galleries and statistics from a checkpoint dict."""
         step = ck["step"]
         if ck["order"] != self.order:
-            raise ConfigError(f"checkpoint {self.store.display(checkpoint_name(step))} has task order {ck['order']}, "
-                              f"this study has {self.order}")
+            raise ConfigError(f"the checkpoint after task {step + 1} in {self.store.display('checkpoints')} has "
+                              f"task order {ck['order']}, this study has {self.order}")
         threads = torch.get_num_threads()
         if ck.get("torch_threads", threads) != threads:
             raise ConfigError(f"the study in {self.store.display()} ran with {ck['torch_threads']} torch thread(s); "
@@ -241,11 +249,11 @@ class Study:
 
     def resume(self) -> int:
         """Load the last finished task's checkpoint from --out, if any; returns its index (or -1)."""
-        done = last_checkpoint(self.store, len(self.order))
+        done, name = last_checkpoint(self.store, self.order)
         if done >= 0:
-            log.info("resuming after task %d of %d (%s) from %s", done + 1, len(self.order), self.order[done],
-                     self.store.display(checkpoint_name(done)))
-            self.load_checkpoint(done)
+            log.info("resuming after task %d/%d (%s) from %s", done + 1, len(self.order), self.order[done],
+                     self.store.display(name))
+            self.load_checkpoint(name)
         return done
 
     def run_task(self, step: int, dist: DistInfo | None = None, wrap: Callable | None = None) -> dict[str, float]:

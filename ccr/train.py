@@ -132,6 +132,6 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     stats = {"steps": step, "mean_loss": mean_loss, "seconds": secs,
              "pairs_per_s": n_pairs / secs if secs > 0 else 0.0, "train_images": int(len(items)),
              **{f"last/{k}": v for k, v in last.items()}}
-    log.info("task %s: %d steps, mean loss %.4f, %.0f pairs/s", ctx.task, step, stats["mean_loss"],
-             stats["pairs_per_s"])
+    (log.info if ctx.rank == 0 else log.debug)(  # every rank trains; one reports
+        "task %s: %d steps, mean loss %.4f, %.0f pairs/s", ctx.task, step, stats["mean_loss"], stats["pairs_per_s"])
     return stats

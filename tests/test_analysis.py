@@ -1,11 +1,14 @@
 """analysis/: aggregation against hand-computed numbers, corrupt files, plots and report, round trip."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
+import ccr
 from analysis.aggregate import aggregate, markdown_table
 from analysis.load import collect, per_run_summary, tidy
 from analysis.report import analyze, load_tidy
@@ -134,20 +137,116 @@ def test_swept_keys_become_columns(tmp_path):
     assert "cfg.train.lr" in agg.columns and sorted(agg["cfg.train.lr"].unique()) == [0.1, 0.2]
 
 
-@pytest.mark.slow
-def test_plots_and_report_from_a_real_tiny_study(tiny_cfg, tmp_path):
+@pytest.fixture(scope="module")
+def tiny_analysis(tmp_path_factory):
+    """Two strategies x two seeds of a real 2-task study with both policies, analysed."""
+    from ccr.config import load_config
     from ccr.study import Study
+    from tests.conftest import TINY
 
+    root = tmp_path_factory.mktemp("an")
     for s in ("finetune", "lwf"):
         for seed in (0, 1):
-            Study(tiny_cfg(f"strategy.name={s}", f"seed={seed}", "data.n_tasks=2", "index.compare=[no_reindex]"),
-                  tmp_path / "runs" / f"{s}-{seed}", progress=False).run()
-    out = analyze(tmp_path / "runs")
-    for name in ("heatmaps_t2i_R1.png", "task_curves_t2i_R1_reindex.png", "forgetting_R1.png",
-                 "quality_vs_cost_t2i_R1.png", "compatibility_grid.png", "drift.png", "report.html", "summary.md"):
+            cfg = load_config(None, [*TINY, f"data.cache_dir={root / 'cache'}", f"strategy.name={s}", f"seed={seed}",
+                                     "data.n_tasks=2", "index.compare=[no_reindex]"])
+            Study(cfg, root / "runs" / f"{s}-{seed}", progress=False).run()
+    return root, analyze(root / "runs")
+
+
+FIGURES = ("forgetting_R1.png", "quality_vs_cost_R1.png", "heatmaps_t2i_R1.png", "heatmaps_i2t_R1.png",
+           "task_curves_t2i_R1.png", "task_curves_i2t_R1.png", "compatibility_grid.png", "drift.png")
+
+
+@pytest.mark.slow
+def test_plots_and_report_from_a_real_tiny_study(tiny_analysis):
+    root, out = tiny_analysis
+    for name in (*FIGURES, "report.html", "summary.md"):
         assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64") == 6 and "lwf" in page
+    assert page.count("data:image/png;base64") == len(FIGURES) and "lwf" in page
     md = (out / "summary.md").read_text()
     assert "| finetune | no_reindex |" in md and "| lwf | reindex |" in md
+    # the report explains what it shows and what produced it
+    for term in ("R@K", "F@K, forgetting", "BWT@K", "rsum", "index cost", "mean ± std, n", "bold"):
+        assert f"<dt>{term}" in page, term
+    for fact in ("<th>seeds</th><td>0, 1</td>", "<th>torch threads per run</th>", "round → boxes",
+                 f"<th>ccr / torch / ray / python</th><td>{ccr.__version__} / {torch.__version__}",
+                 "<th>run time</th>"):
+        assert fact in page, fact
+    runs = pd.read_csv(out / "runs.csv")
+    assert len(runs) == 4 and (runs.seconds > 0).all() and set(runs.seed) == {0, 1}
 
+
+@pytest.mark.slow
+def test_plots_name_tasks_and_label_axes(tiny_analysis):
+    """Task names (not indices) on the axes, titles and axis labels, one legend per meaning; error bars
+    only where a mean rests on more than one run."""
+    from analysis import plots
+
+    root, out = tiny_analysis
+    long, summary = tidy(collect(root / "runs")), per_run_summary(collect(root / "runs"))
+    assert plots.task_names(long) == (["round", "boxes"], "task")
+    mixed = long.assign(task_order=np.where(long.seed == 0, "round>boxes", "boxes>round"))
+    assert plots.task_names(mixed) == (["1", "2"], "task (position in its run's order)")
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    real_save = plots._save
+
+    def keep(fig, path):
+        seen[path.name] = {"title": fig._suptitle.get_text() if fig._suptitle else "",
+                           "axes": [(a.get_title(), a.get_xlabel(), a.get_ylabel(),
+                                     [t.get_text() for t in a.get_xticklabels()],
+                                     [t.get_text() for t in a.get_yticklabels()], len(a.containers),
+                                     sum(len(c.lines[1]) if hasattr(c, "lines") and c.lines[1] else 0
+                                         for c in a.containers if type(c).__name__ == "ErrorbarContainer"))
+                                    for a in fig.axes if a.get_visible() and a.axison],
+                           "legends": [t.get_text() for lg in fig.legends for t in lg.texts]}
+        return real_save(fig, path)
+
+    plots._save = keep
+    try:
+        plots.heatmaps(long, out, "t2i")
+        plots.task_curves(long, out, "i2t")
+        plots.forgetting_bars(summary, out)
+        plots.forgetting_bars(summary[summary.seed == 0], out)
+        plots.quality_vs_cost(summary, out)
+    finally:
+        plots._save = real_save
+        plt.close("all")
+    h = seen["heatmaps_t2i_R1.png"]
+    assert "t2i R@1 (%)" in h["title"]
+    panel = h["axes"][0]
+    assert panel[0] == "finetune / reindex" and panel[3] == ["round", "boxes"]
+    assert panel[4] == ["after round", "after boxes"]
+    c = seen["task_curves_i2t_R1.png"]
+    assert c["axes"][0][3] == ["after round", "after boxes"] and c["axes"][0][2] == "i2t R@1 (%)"
+    assert {"round", "boxes", "reindex", "no_reindex"} <= set(c["legends"])
+    f = seen["forgetting_R1.png"]  # the second call, one run per bar: no error caps at all
+    assert f["axes"][0][2] == "forgetting of R@1 (points)" and "1 run per bar" in f["title"]
+    assert all(ax[6] == 0 for ax in f["axes"])
+    q = seen["quality_vs_cost_R1.png"]
+    assert {"finetune", "lwf"} <= set(q["legends"]) and {"reindex", "no_reindex"} <= set(q["legends"])
+    assert "index cost" in q["axes"][0][1]
+
+
+@pytest.mark.slow
+def test_report_reads_in_a_headless_browser(tiny_analysis, tmp_path):
+    """scripts/report_screenshot.sh in real Chromium: the page renders at 1280 px with nothing spilling
+    past its column (figures scale to it). Skipped where no Chromium is installed."""
+    import shutil
+    import subprocess
+
+    from PIL import Image
+
+    if not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")):
+        pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    _, out = tiny_analysis
+    png = tmp_path / "report.png"
+    subprocess.run(["bash", "scripts/report_screenshot.sh", str(out / "report.html"), str(png), "3000"],
+                   check=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    im = np.asarray(Image.open(png).convert("L"))
+    assert im.shape[1] == 1280
+    inked = np.where((im < 200).any(axis=0))[0]  # columns with text or figure in them
+    assert inked.min() > 40 and inked.max() < 1280 - 40, (inked.min(), inked.max())  # a centred column
+    assert (im < 200).any(axis=1).sum() > 1500  # figures drawn down the page, not broken images

@@ -79,14 +79,14 @@ def test_a_diverged_study_keeps_its_last_good_checkpoint(tiny_overrides, tmp_pat
     """Task 1 trains normally; task 2 diverges (its learning rate is raised through a resume)."""
     out, sets = tmp_path / "out", [*tiny_overrides, "data.n_tasks=2"]
     assert main(["run", "--quiet", "--out", str(out), *_sets(sets)]) == 0
-    (out / "checkpoints" / "task_01.pt").unlink()
+    (out / "checkpoints" / "02_boxes.pt").unlink()
     (out / "results.json").unlink()
     cfg = (out / "config.yaml").read_text()
     (out / "config.yaml").write_text(cfg.replace("grad_clip: 1.0", "grad_clip: 0.0").replace("lr: 0.003", "lr: 1.0e+9"))
     rc = main(["run", "--quiet", "--out", str(out), *_sets([*sets, "train.lr=1e9", "train.grad_clip=0"])])
     err = capsys.readouterr().err
     assert rc == 1 and "training diverged on task 'boxes' (task 2 of 2)" in err, err[-1500:]
-    assert (out / "checkpoints" / "task_00.pt").is_file() and not (out / "checkpoints" / "task_01.pt").exists()
+    assert (out / "checkpoints" / "01_round.pt").is_file() and not (out / "checkpoints" / "02_boxes.pt").exists()
 
 
 def test_a_second_run_on_the_same_out_is_refused_while_the_first_runs(tiny_overrides, tmp_path, capsys):
@@ -237,7 +237,7 @@ def test_leftovers_of_killed_writes_are_removed(tiny_overrides, tmp_path):
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
     (out / ".results.json.k2j3.tmp").write_text("{half")
-    (out / "checkpoints" / ".task_00.pt.x81.tmp").write_bytes(b"PK\x03")
+    (out / "checkpoints" / ".01_round.pt.x81.tmp").write_bytes(b"PK\x03")
     (out / ".tokenizer.a1.tmp").mkdir()
     (out / ".tokenizer.a1.tmp" / "tokenizer.json").write_text("{")
     assert main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2"])]) == 0
@@ -294,7 +294,7 @@ def test_disk_full_names_the_file_and_keeps_what_was_written(tiny_overrides, tmp
     assert main(["run", "--quiet", "--out", str(out), *sets]) == 1
     err = capsys.readouterr().err
     assert f"ccr: error: cannot write {out / 'results.json'}: No space left on device" in err
-    assert (out / "checkpoints" / "task_00.pt").is_file() and not (out / ".ccr.lock").exists()
+    assert (out / "checkpoints" / "01_round.pt").is_file() and not (out / ".ccr.lock").exists()
     monkeypatch.setattr(ccr.storage, "atomic_write_bytes", real)  # space again: the run resumes after task 1
     assert main(["run", "--quiet", "--out", str(out), *sets]) == 0
     assert json.loads((out / "results.json").read_text())["resumes"] == [0]
@@ -314,7 +314,7 @@ class _RunsCode:
 def test_tampered_checkpoint_is_refused_and_runs_nothing(tiny_overrides, tmp_path, capsys):
     sets = [x for o in [*tiny_overrides, "data.n_tasks=2"] for x in ("--set", o)]
     assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 0
-    ck = checkpoint_path(tmp_path / "o", 1)
+    ck = checkpoint_path(tmp_path / "o", 1, ["round", "boxes"])
     good = from_bytes(ck.read_bytes(), "task 1")
     assert isinstance(good["evaluator"]["states"]["reindex"]["galleries"]["images"], dict)  # numpy round trip
     marker = tmp_path / "pwned"

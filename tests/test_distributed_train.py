@@ -61,7 +61,7 @@ def test_two_workers_batch_b_equal_one_worker_batch_2b(ray_local, tmp_path):
     grad = torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
     for rank in (0, 1):  # after DDP's all-reduce every rank holds the full-batch gradient
         got = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert got["loss"] == pytest.approx(float(loss), rel=1e-5)
+        assert got["loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
         np.testing.assert_allclose(np.array(got["grad"]), grad.numpy(), rtol=1e-3, atol=1e-6)
 
 
@@ -132,3 +132,28 @@ def test_cli_run_with_two_workers(ray_local, tmp_path, capsys):
     assert "t2i R@1" in capsys.readouterr().out
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["status"] == "complete" and res["config"]["train"]["workers"] == 2
+
+
+@pytest.mark.parametrize("sets", [["train.workers=2"], ["index.shards=2"]], ids=["workers", "shards"])
+def test_cli_run_on_its_own_ray_prints_only_ccr_lines(tmp_path, sets):
+    """What a user sees from `ccr run` with Ray (output to a file, as in CI or `| tee`): one line per
+    event from rank 0, no terminal colour codes, none of Ray's notices, reports or resource lines,
+    and no warning from a Ray worker."""
+    import os
+    import subprocess
+    import sys
+
+    args = [x for o in [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", *sets]
+            for x in ("--set", o)]
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_COLOR_PREFIX")}
+    run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--out", str(tmp_path / "o"), *args],
+                         capture_output=True, text=True, timeout=300, env=env,
+                         cwd=Path(__file__).resolve().parents[1])
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert "\x1b[" not in out
+    for noise in ("Token authentication", "Started a local Ray", "Reporting training result", "PreemptionWatcher",
+                  "Requesting resources", "Warning", "warn("):
+        assert noise not in out, (noise, out[-3000:])
+    assert sum("task boxes: " in ln and " steps, mean loss" in ln for ln in out.splitlines()) == 1, out[-3000:]
+    assert "after task 2/2 (boxes) [reindex]" in out

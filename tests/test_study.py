@@ -63,13 +63,14 @@ def test_results_schema(two_policy_run):
     assert on_disk["config"]["seed"] == on_disk["seed"] == 0
     assert "torch" in on_disk["provenance"]["versions"] and "git" in on_disk["provenance"]
     assert (out / "config.yaml").is_file() and (out / "tokenizer" / "tokenizer_config.json").is_file()
-    assert all(checkpoint_path(out, s).is_file() for s in range(n))
+    assert all(checkpoint_path(out, s, on_disk["task_order"]).is_file() for s in range(n))
+    assert checkpoint_path(out, 1, ["round", "boxes"]).name == "02_boxes.pt"  # one numbering: from 1, as logs
 
 
 def test_no_reindex_entries_are_bit_identical_to_those_after_their_task(two_policy_run):
     study, res, out = two_policy_run
     first = study.order[0]
-    ck0 = from_bytes(checkpoint_path(out, 0).read_bytes(), "task 0")
+    ck0 = from_bytes(checkpoint_path(out, 0, study.order).read_bytes(), "task 1")
     after_task1 = ck0["evaluator"]["states"]["no_reindex"]["galleries"]
     final = study.evaluator.states["no_reindex"].galleries
     for m in ("images", "captions"):
@@ -119,14 +120,18 @@ def test_cli_run_same_seed_same_numbers_and_resume(tiny_overrides, tmp_path, cap
     rb = json.loads((tmp_path / "b" / "results.json").read_text())
     assert ra["recall"] == rb["recall"] and ra["anatomy"] == rb["anatomy"]
     # checkpoint.keep=2 (the default): the first task's checkpoint was removed once the third was written
-    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["task_01.pt", "task_02.pt"]
-    # interrupt after task 2 of 3: drop the last checkpoint and the final results, then rerun
-    checkpoint_path(tmp_path / "b", 2).unlink()
+    order = ra["task_order"]
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == [f"02_{order[1]}.pt",
+                                                                                  f"03_{order[2]}.pt"]
+    # interrupt after task 2 of 3: drop the last checkpoint and the final results, then rerun; the
+    # checkpoint left carries the name ccr 0.1 gave it (task_01.pt, counted from 0), which is still read
+    checkpoint_path(tmp_path / "b", 2, order).unlink()
+    checkpoint_path(tmp_path / "b", 1, order).rename(tmp_path / "b" / "checkpoints" / "task_01.pt")
     (tmp_path / "b" / "results.json").unlink()
     assert main(["run", "--out", str(tmp_path / "b"), "--quiet", *sets]) == 0
     rc = json.loads((tmp_path / "b" / "results.json").read_text())
     assert rc["recall"] == ra["recall"] and counts(rc["index_cost"]) == counts(ra["index_cost"])
-    assert "resuming after task 2 of 3 (boxes)" in (tmp_path / "b" / "log.txt").read_text()  # as "task 2/3: boxes"
+    assert "resuming after task 2/3 (boxes) from " in (tmp_path / "b" / "log.txt").read_text()  # as "task 2/3: boxes"
 
 
 def test_out_dir_with_other_config_is_refused(tiny_cfg, tmp_path):
@@ -143,7 +148,7 @@ def test_thread_count_is_part_of_the_result(tiny_cfg, tmp_path):
         Study(tiny_cfg("data.n_tasks=2"), tmp_path / "o", progress=False, threads=1).run()
         with pytest.raises(ConfigError, match="different config"):  # `ccr run --set train.threads=2` there
             Study(tiny_cfg("data.n_tasks=2", "train.threads=2"), tmp_path / "o")
-        checkpoint_path(tmp_path / "o", 1).unlink()
+        checkpoint_path(tmp_path / "o", 1, ["round", "boxes"]).unlink()
         (tmp_path / "o" / "results.json").unlink()
         with pytest.raises(ConfigError, match=r"ran with 1 torch thread\(s\); resuming it with 2 would mix"):
             Study(tiny_cfg("data.n_tasks=2"), tmp_path / "o", progress=False, threads=2).run()

@@ -129,14 +129,18 @@ def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_p
     spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"], "index.policy": ["reindex", "no_reindex"],
                                      "seed": [0]}})
     assert run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out") == 0
-    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("[sweep ")]
+    printed = capsys.readouterr()
+    lines = [ln for ln in printed.err.splitlines() if ln.startswith("[sweep ")]
     done = [ln for ln in lines if "] done " in ln]
+    for noise in ("View detailed results", "tensorboard", "Configuration for experiment", "Trial status"):
+        assert noise.lower() not in (printed.out + printed.err).lower(), noise  # ccr's lines, not Tune's
     assert len(done) == 4 and all("t2i/R@1" in ln and "index_cost/embedded" in ln for ln in done), lines
     assert sum("] started " in ln for ln in lines) == 4 and "\x1b" not in "".join(lines)  # no terminal codes
     assert lines[-1].startswith("[sweep 4/4") and "0 pending, 0 running, 4 done, 0 failed" in lines[-1]
     assert any("left" in ln for ln in done[:-1])  # an estimate once a trial has finished
     res = results_in(tmp_path / "out")
     assert len(res) == 4 and all(r["status"] == "complete" for r in res.values())
+    assert all("task 2/2: boxes" in (tmp_path / "out" / "runs" / n / "log.txt").read_text() for n in res)
     assert {(r["strategy"], r["policy"]) for r in res.values()} == {
         ("finetune", "reindex"), ("finetune", "no_reindex"), ("lwf", "reindex"), ("lwf", "no_reindex")}
     stamps = {n: (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns for n in res}

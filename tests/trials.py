@@ -10,12 +10,13 @@ from ccr.storage import Storage
 
 def checkpointed_trial_on(runs: Storage, node_id: str) -> str | None:
     """A trial running on `node_id` that has checkpointed its first task and not finished, if any."""
-    for f in runs.files() if runs.exists() else []:
+    files = runs.files() if runs.exists() else []
+    for f in files:
         if f.endswith("/trial.json") and runs.read_json(f)["node_id"] == node_id:
             name = f.split("/")[0]
             finished = runs.is_file(f"{name}/results.json") and \
                 runs.read_json(f"{name}/results.json")["status"] == "complete"
-            if runs.is_file(f"{name}/checkpoints/task_00.pt") and not finished:
+            if any(c.startswith(f"{name}/checkpoints/") and c.endswith(".pt") for c in files) and not finished:
                 return name
     return None
 

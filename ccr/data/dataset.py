@@ -7,6 +7,7 @@ map results back without ambiguity.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -34,11 +35,13 @@ class ArrayImages:
     def __init__(self, array: np.ndarray):
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] != 3:
             raise ValueError(f"expected a uint8 (N, 3, H, W) array, got {array.dtype} {array.shape}")
-        self.array = torch.from_numpy(np.ascontiguousarray(array))
+        with warnings.catch_warnings():  # read-only (Ray's shared object store): only ever read, never copied
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            self.array = torch.from_numpy(np.ascontiguousarray(array))
         self.image_size = int(array.shape[-1])
 
     def load(self, ids: np.ndarray) -> torch.Tensor:
-        return self.array[torch.as_tensor(np.asarray(ids), dtype=torch.long)]
+        return self.array[torch.from_numpy(np.array(ids, dtype=np.int64))]  # a copy: ids may be read-only
 
 
 def load_image_file(path: str | Path, size: int) -> np.ndarray:

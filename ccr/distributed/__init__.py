@@ -1,2 +1,38 @@
 """The Ray layer: Ray Train for data-parallel training, Ray Tune for sweeps, Ray actors for sharded
 galleries. The only package of ccr that imports ray; everything here wraps the Ray-free core."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Any
+
+# Where Ray logs its token-auth notice, which speaks to cluster operators: a Ray that ccr starts on
+# this machine for itself listens on 127.0.0.1, and only holders of its session's token reach it.
+_TOKEN_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _not_token_notice(record: logging.LogRecord) -> bool:
+    return "Token authentication is enabled" not in record.getMessage()
+
+
+def init_ray(**kwargs: Any) -> None:
+    """Start (or join, with RAY_ADDRESS or address=) Ray the way every ccr command needs it, quietly.
+
+    Worker output reaching a file or a pipe gets no ANSI colour codes; Ray's own INFO lines (the
+    dashboard address) are left out. On a local Ray that ccr starts itself, Ray Train's preemption
+    watcher (which polls a cluster's node draining) is off and the token-auth notice is not shown.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    if not sys.stderr.isatty():
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
+    if "address" not in kwargs and not os.environ.get("RAY_ADDRESS"):
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
+        if _not_token_notice not in notice.filters:
+            notice.addFilter(_not_token_notice)
+    ray.init(logging_level=logging.WARNING, **kwargs)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import ray
 import torch
 
 from ccr.config import Config, to_dict
+from ccr.context import task_label
+from ccr.distributed import init_ray
 from ccr.evaluation import Evaluator
 from ccr.index import MODALITIES, IndexState
 from ccr.search import merge_topk, overlap_at_k, train_template
@@ -47,6 +50,9 @@ class GalleryShard:
         from ccr.models.tokenizer import load_tokenizer
         from ccr.study import local_copy
 
+        # Arrays that reach an actor through Ray's object store are read-only views (zero copy); the
+        # shard only reads them, so torch's warning about tensors made from them is noise here.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.shard = shard
         self.cfg: Config = build_config(cfg_dict)
         self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
@@ -134,8 +140,7 @@ class ShardPool:
     RETRIES = 5
 
     def __init__(self, cfg: Config, tokenizer: str | Path | Storage, device: str = "cpu"):
-        if not ray.is_initialized():
-            ray.init()
+        init_ray()
         self.cfg, self.n = cfg, cfg.index.shards
         opts = {"num_cpus": cfg.index.shard_cpus, "num_gpus": cfg.index.shard_gpus}
         self.actors = [GalleryShard.options(**opts).remote(i, to_dict(cfg), Storage(tokenizer),
@@ -350,7 +355,7 @@ class ShardedEvaluator(Evaluator):
         self.pool.compact()
 
     def save_snapshots(self, folder: Storage, step: int) -> None:
-        self.pool.save_snapshot(folder.child(f"step_{step:02d}"), step)
+        self.pool.save_snapshot(folder.child(task_label(step, self.order)), step)
 
     def close(self) -> None:
         self.pool.shutdown()

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as tdist
 
 from ccr.config import Config, ConfigError, build_config, to_dict
+from ccr.distributed import init_ray
 from ccr.study import Study
 from ccr.train import DistInfo
 
@@ -64,6 +65,16 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     return out / tdist.get_world_size()
 
 
+def _quiet_worker_logs() -> None:
+    """No INFO line per `ray.train.report` on every rank; Ray Train's warnings and errors still show."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:  # Ray 2.60 names the reporting logger by its file path, outside the "ray.train" hierarchy
+        from ray.train.v2._internal.execution import context
+    except ImportError:
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """The per-worker loop: the whole task sequence, resuming from the last finished task in storage.
 
@@ -73,6 +84,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from torch.nn.parallel import DistributedDataParallel as DDP
 
+    _quiet_worker_logs()
     cfg = build_config(config["cfg"])
     ctx_train = ray.train.get_context()
     rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
@@ -95,6 +107,15 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
             study.evaluator.close()
 
 
+def _quiet_train_logs() -> dict[str, Any]:
+    """Ray Train's INFO lines (resources requested, every report) say nothing a ccr user needs;
+    its warnings and errors still show. Rays without train.LoggingConfig print them."""
+    import ray.train
+
+    cls = getattr(ray.train, "LoggingConfig", None)
+    return {"logging_config": cls(log_level="WARNING")} if cls else {}
+
+
 def run_distributed(study: Study) -> dict[str, Any]:
     """Run (or resume) `study` with `train.workers` Ray Train workers; returns its results.
 
@@ -102,7 +123,6 @@ def run_distributed(study: Study) -> dict[str, Any]:
     folder or URI; Ray Train's own run state goes to `ray/` in it), the evaluator class, the torch
     threads and the per-batch callback, which every worker receives.
     """
-    import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -110,8 +130,7 @@ def run_distributed(study: Study) -> dict[str, Any]:
     check_distributed(cfg)
     study.prepare_out()  # config.yaml and the tokenizer, shared by all workers
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()
-    if not ray.is_initialized():
-        ray.init()
+    init_ray()
     per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
     trainer = TorchTrainer(
         train_fn_per_worker,
@@ -121,7 +140,8 @@ def run_distributed(study: Study) -> dict[str, Any]:
         scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
         run_config=RunConfig(name="train", storage_path=store.fs_path("ray"),
                              storage_filesystem=store.filesystem if store.remote else None,
-                             failure_config=FailureConfig(max_failures=cfg.train.max_failures)),
+                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                             **_quiet_train_logs()),
     )
     trainer.fit()
     return store.read_json("results.json")

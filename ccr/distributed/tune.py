@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import traceback
 from pathlib import Path
 from typing import Any
 
 from ccr.config import ConfigError, build_config, set_path
+from ccr.distributed import init_ray
 from ccr.distributed.sweep_spec import SweepSpec, load_spec, trial_name
 from ccr.results import flat_metrics
 from ccr.storage import Storage, exclusive, open_storage
@@ -163,12 +165,13 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
 
 
 def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool, quiet: bool) -> None:
-    import ray
 
     storage.write_text("sweep.yaml", same["sweep"])
     storage.write_json("sweep_input.json", same)
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False)
+    init_ray(log_to_driver=False)
+    # ccr's SweepProgress reports on the trials; Tune's newer console output would still print its
+    # configuration box, the results path and a TensorBoard hint at verbose=0. The classic one is silent.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cells = spec.cells() if (spec.optuna and spec.grid) else [None]
     summary: dict[str, Any] = {"trials": {}, "failed": {}, "best": {}}
     for cell in cells:
