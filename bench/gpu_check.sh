@@ -13,3 +13,4 @@ python3 search_throughput.py --backend torch --device cuda --n 10000000 --d 256 
 python3 train_throughput.py --preset base --device cuda --batch 256 --steps 30 --warmup 5
 python3 embed_throughput.py --preset base --device cuda --batch 256 --n 10240
 python3 train_throughput.py --preset tiny --device cuda --batch 256 --steps 40
+python3 gpu_data_check.py --n 8192 --batch 256 --workers 8

@@ -20,20 +20,28 @@ __all__ = ["ConfigError", "from_dict"]  # re-exported: where users look for them
 
 @dataclass
 class DataConfig:
-    kind: str = "generated"  # generated | karpathy
-    path: str | None = None  # Karpathy-format dataset JSON
-    images: str | None = None  # image root folder (Karpathy)
-    tasks_file: str | None = None  # JSON: image filename -> task name
-    instances: str | None = None  # COCO instances JSON: tasks by supercategory
+    kind: str = "generated"  # generated | karpathy | precomp | visual_genome
+    path: str | None = None  # karpathy: dataset JSON; precomp: folder of {split}_ims.npy/_caps.txt; VG: JSON folder
+    images: str | None = None  # image root folder (karpathy, visual_genome)
+    tasks_file: str | None = None  # JSON: image -> task (karpathy: by filename; VG: by id; precomp: per split)
+    instances: str | None = None  # COCO instances JSON: tasks by the largest object (karpathy)
+    task_map: str | None = None  # JSON {category or object name: task} (COCO instances, visual_genome)
+    split_file: str | None = None  # visual_genome: JSON {image_id: train|val|test} (else a seeded split)
     cache_dir: str | None = None  # where the generated benchmark is cached (default ~/.cache/ccr)
     # generated benchmark
     n_tasks: int = 5
     train_per_task: int = 400
-    test_per_task: int = 100
-    captions_per_image: int = 4
+    test_per_task: int = 100  # also visual_genome's seeded split
+    val_per_task: int = 0  # visual_genome's seeded split
+    captions_per_image: int | None = None  # generated: 4; visual_genome: region phrases kept per image, 5
+    min_caption_words: int = 1  # visual_genome: shorter region phrases are dropped
     image_size: int = 32
-    generator_seed: int = 0  # the benchmark's own seed: data stays fixed while run seeds vary
-    num_workers: int = 0  # DataLoader workers for image files
+    generator_seed: int = 0  # the data's own seed (generated benchmark, Visual Genome split): fixed as run seeds vary
+    # the input pipeline for image files (karpathy, visual_genome)
+    num_workers: int = 0  # DataLoader worker processes decoding images ahead of training (0: in the loop)
+    prefetch_factor: int = 2  # batches decoded ahead per worker
+    in_memory: bool | None = None  # decode every image once into memory (None: when it fits in 2 GiB)
+    image_cache: bool = False  # decode once into a uint8 memory-mapped file under cache_dir, shared by trials
 
 
 @dataclass
@@ -47,8 +55,8 @@ class ImageEncoderConfig:
     pretrained: str | None = None  # local path to a transformers vision model (ViT, CLIP vision)
     image_size: int = 32
     patch_size: int = 4
-    hidden_size: int = 64
-    layers: int = 2
+    hidden_size: int = 64  # also the MLP on precomputed features (data.kind=precomp)
+    layers: int = 2  # ... and its hidden layers (0: one linear projection, as VSE++)
     heads: int = 4
     intermediate_size: int = 128
     pool: str = "mean"  # mean | cls
@@ -155,7 +163,7 @@ class Config:
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.kind": ("generated", "karpathy"),
+    "data.kind": ("generated", "karpathy", "precomp", "visual_genome"),
     "train.loss": ("infonce", "vsepp"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.image.pool": ("mean", "cls"),
@@ -267,7 +275,7 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}': {v!r} is not one of {', '.join(allowed)}")
     positive = ["train.epochs", "train.batch_size", "train.workers", "train.grad_accum", "index.shards",
                 "eval.batch_size", "eval.min_test_items", "model.embed_dim", "data.n_tasks", "data.train_per_task",
-                "data.test_per_task", "data.captions_per_image", "data.image_size"]
+                "data.test_per_task", "data.image_size"]
     for key in positive:
         if _get(cfg, key) < 1:
             raise ConfigError(f"config key '{key}': must be >= 1, got {_get(cfg, key)}")
@@ -288,14 +296,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'tasks.order': names a task twice: {cfg.tasks.order}")
     if cfg.index.approx != "none" and cfg.index.backend != "faiss":
         raise ConfigError("config key 'index.approx': approximate search needs index.backend=faiss")
-    if cfg.data.kind == "karpathy":
-        if not cfg.data.path:
-            raise ConfigError("config key 'data.path': required when data.kind is karpathy")
-        if not cfg.data.images:
-            raise ConfigError("config key 'data.images': required when data.kind is karpathy")
-        if not cfg.data.tasks_file and not cfg.data.instances:
-            raise ConfigError("data.kind=karpathy needs 'data.tasks_file' (image -> task) or "
-                              "'data.instances' (COCO annotations: tasks by supercategory)")
+    _validate_data(cfg.data)
+    if cfg.data.kind == "precomp" and cfg.model.image.pretrained:
+        raise ConfigError("config key 'model.image.pretrained': with data.kind=precomp the images are precomputed "
+                          "features, encoded by an MLP (model.image.layers, model.image.hidden_size); no image "
+                          "model is loaded")
     if cfg.index.backfill_budget <= 0:
         raise ConfigError(f"config key 'index.backfill_budget': must be > 0, got {cfg.index.backfill_budget}")
     if cfg.index.drift_map_ridge < 0:
@@ -312,9 +317,40 @@ def validate(cfg: Config) -> None:
     check_policy_names([cfg.index.policy, *cfg.index.compare])
 
 
+def _validate_data(d: DataConfig) -> None:
+    """What each data.kind needs, by key name, before any file is opened."""
+    need = {"karpathy": ("path", "images"), "precomp": ("path", "tasks_file"),
+            "visual_genome": ("path", "images")}.get(d.kind, ())
+    for key in need:
+        if not getattr(d, key):
+            raise ConfigError(f"config key 'data.{key}': required when data.kind is {d.kind}")
+    if d.kind == "karpathy" and not d.tasks_file and not d.instances:
+        raise ConfigError("data.kind=karpathy needs 'data.tasks_file' (image -> task) or "
+                          "'data.instances' (COCO annotations: tasks by the largest object's supercategory, "
+                          "or by 'data.task_map')")
+    if d.kind == "visual_genome" and not d.tasks_file and not d.task_map:
+        raise ConfigError("data.kind=visual_genome needs 'data.tasks_file' ({image_id: task}) or "
+                          "'data.task_map' ({object name: task})")
+    for key in ("num_workers", "val_per_task", "min_caption_words"):
+        if getattr(d, key) < 0:
+            raise ConfigError(f"config key 'data.{key}': must be >= 0, got {getattr(d, key)}")
+    if d.prefetch_factor < 1:
+        raise ConfigError(f"config key 'data.prefetch_factor': must be >= 1, got {d.prefetch_factor}")
+    if d.captions_per_image is not None and d.captions_per_image < 1:
+        raise ConfigError(f"config key 'data.captions_per_image': must be >= 1, got {d.captions_per_image}")
+
+
+# data.captions_per_image when not given: the generated benchmark's 4 captions, Visual Genome's 5 phrases
+CAPTIONS_PER_IMAGE = {"generated": 4, "visual_genome": 5}
+
+
 def with_defaults(cfg: Config) -> Config:
     """A copy of a valid config that states every strategy hyperparameter used (defaults filled in), so
     the saved config says what ran. Validation itself never changes the config."""
     from ccr.strategies import strategy_params
 
-    return dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, params=strategy_params(cfg.strategy)))
+    data = cfg.data
+    if data.captions_per_image is None and data.kind in CAPTIONS_PER_IMAGE:
+        data = dataclasses.replace(data, captions_per_image=CAPTIONS_PER_IMAGE[data.kind])
+    return dataclasses.replace(cfg, data=data,
+                               strategy=dataclasses.replace(cfg.strategy, params=strategy_params(cfg.strategy)))

@@ -82,9 +82,10 @@ def sample_captions(ctx: TaskContext, image_ids: np.ndarray, rng: np.random.Gene
 
 
 def make_batch(ctx: TaskContext, image_ids: np.ndarray, caption_ids: np.ndarray, n_current: int,
-               device: torch.device) -> Batch:
+               device: torch.device, images: torch.Tensor | None = None) -> Batch:
+    """The batch of these items on `device`; `images` when the input pipeline has loaded them already."""
     ids, mask = ctx.tokens.batch(caption_ids)
-    images = ctx.dataset.images.load(image_ids)
+    images = ctx.dataset.images.load(image_ids) if images is None else images
     nb = device.type == "cuda"
     return Batch(image_ids, caption_ids, images.to(device, non_blocking=nb), ids.to(device, non_blocking=nb),
                  mask.to(device, non_blocking=nb), n_current)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from ccr.context import autocast_for
 from ccr.data.dataset import RetrievalDataset
+from ccr.data.pipeline import prefetched
 from ccr.models import DualEncoder, TokenizedCaptions
 
 
@@ -22,9 +23,11 @@ class Embedder:
     """Embeds images or captions (by global id) with `model`: (n, D) float32 unit vectors."""
 
     def __init__(self, model: DualEncoder, dataset: RetrievalDataset, tokens: TokenizedCaptions,
-                 device: torch.device, batch_size: int = 256, amp: bool = True, progress: bool = False):
+                 device: torch.device, batch_size: int = 256, amp: bool = True, progress: bool = False,
+                 workers: int = 0):
         self.model, self.dataset, self.tokens = model, dataset, tokens
         self.device, self.batch_size, self.amp, self.progress = device, batch_size, amp, progress
+        self.workers = workers  # DataLoader processes decoding image files ahead (data.num_workers)
         self._memo: dict[tuple[str, str], np.ndarray] = {}
         self.computed = {"images": 0, "captions": 0}  # forward passes actually run
 
@@ -41,11 +44,13 @@ class Embedder:
         self.model.eval()
         out = np.empty((len(ids), self.model.cfg.embed_dim), np.float32)
         chunks = range(0, len(ids), self.batch_size)
+        images = prefetched(self.dataset.images, [ids[lo:lo + self.batch_size] for lo in chunks], self.workers,
+                            pin_memory=self.device.type == "cuda") if modality == "images" else None
         for lo in tqdm(chunks, desc=f"embed {modality}", leave=False, disable=None if self.progress else True):
             part = ids[lo:lo + self.batch_size]
             with autocast_for(self.device, self.amp):
                 if modality == "images":
-                    e = self.model.encode_images(self.dataset.images.load(part).to(self.device))
+                    e = self.model.encode_images(next(images).to(self.device, non_blocking=True))
                 elif modality == "captions":
                     tid, mask = self.tokens.batch(part)
                     e = self.model.encode_text(tid.to(self.device), mask.to(self.device))

@@ -163,7 +163,8 @@ class Study:
         self.tokenizer = load_tokenizer(local_copy(self.store.child("tokenizer")))
         self.tokens = tokenize_all(self.tokenizer, self.ds.captions, self.cfg.model.text.max_length)
         torch.manual_seed(self.cfg.seed)
-        self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train).to(self.device)
+        self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train,
+                                 getattr(self.ds.images, "feature_dim", None)).to(self.device)
         self.evaluator = self.evaluator_cls(self.cfg, self.ds, self.order, str(self.device),
                                             tokenizer=self.store.child("tokenizer"))
         self.train_stats: list[dict[str, float]] = []
@@ -176,7 +177,7 @@ class Study:
 
     def embedder(self, model) -> Embedder:
         return Embedder(model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size, self.cfg.train.amp,
-                        self.progress)
+                        self.progress, self.cfg.data.num_workers)
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -297,7 +298,7 @@ class Study:
             seed=self.cfg.seed, task_order=self.order,
             strategy=strategy if isinstance(strategy, str) else "+".join(strategy),
             policy=self.cfg.index.policy, scope=self.cfg.eval.scope,
-            dataset={"name": self.ds.name, "tasks": self.ds.summary()},
+            dataset={"name": self.ds.name, "tasks": self.ds.summary(), **self.ds.info},
             anatomy=ev.anatomy_results(upto) if self.cfg.eval.anatomy else None,
             train=self.train_stats[:upto], resumes=self.resumes,
             provenance={**provenance(), "started": self.started, "finished": time.time(),

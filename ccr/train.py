@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ccr import losses
 from ccr.context import TaskContext, autocast_for, make_batch, sample_captions, task_seed
+from ccr.data.pipeline import prefetched
 from ccr.errors import ConfigError, DivergedError
 from ccr.models import DualEncoder
 from ccr.strategies import Strategy
@@ -44,6 +45,26 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"config key 'train.device': {name!r}, but torch sees no GPU here "
                           f"(torch {torch.__version__}); use train.device=auto or cpu")
     return torch.device(name)
+
+
+def plan_batches(ctx: TaskContext, strategy: Strategy, items: np.ndarray, rng: np.random.Generator,
+                 steps_per_epoch: int, dist: DistInfo) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """(image ids, caption ids, rows of the current task) of this rank's every batch of the task, decided
+    here from the seeds before training starts, so that images can be decoded ahead by loader workers.
+    Each epoch draws a permutation and one caption per image; a strategy may append memory items
+    (`augment_batch`, which therefore sees ids only, never the model)."""
+    cfg, plan = ctx.cfg.train, []
+    gb = cfg.batch_size * dist.world_size
+    for _epoch in range(cfg.epochs):
+        perm = items[rng.permutation(len(items))]
+        caps = sample_captions(ctx, perm, rng)
+        for b in range(steps_per_epoch):
+            lo = b * gb + dist.rank * cfg.batch_size  # this rank's slice of the global batch
+            img_ids, cap_ids = perm[lo:lo + cfg.batch_size], caps[lo:lo + cfg.batch_size]
+            n_cur = len(img_ids)
+            img_ids, cap_ids = strategy.augment_batch(ctx, img_ids, cap_ids)
+            plan.append((img_ids, cap_ids, n_cur))
+    return plan
 
 
 def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forward: torch.nn.Module | None = None,
@@ -83,17 +104,16 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     last: dict[str, float] = {}
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {ctx.task}", leave=False,
                disable=None if (progress and dist.rank == 0) else True)
-    for _epoch in range(cfg.epochs):
-        perm = items[rng.permutation(len(items))]
-        caps = sample_captions(ctx, perm, rng)
+    plan = plan_batches(ctx, strategy, items, rng, steps_per_epoch, dist)
+    dc = ctx.cfg.data
+    images = prefetched(ctx.dataset.images, [p[0] for p in plan], dc.num_workers, dc.prefetch_factor,
+                        pin_memory=dev.type == "cuda")
+    for epoch in range(cfg.epochs):
         for b in range(steps_per_epoch):
-            lo = b * gb + dist.rank * cfg.batch_size  # this rank's slice of the global batch
             if on_batch is not None:
                 on_batch(b)
-            img_ids, cap_ids = perm[lo:lo + cfg.batch_size], caps[lo:lo + cfg.batch_size]
-            n_cur = len(img_ids)
-            img_ids, cap_ids = strategy.augment_batch(ctx, img_ids, cap_ids)
-            batch = make_batch(ctx, img_ids, cap_ids, n_cur, dev)
+            img_ids, cap_ids, n_cur = plan[epoch * steps_per_epoch + b]
+            batch = make_batch(ctx, img_ids, cap_ids, n_cur, dev, next(images))
             with autocast_for(dev, cfg.amp):
                 img, txt = forward(batch.images, batch.input_ids, batch.attention_mask)
                 batch.img_emb, batch.txt_emb = img, txt

@@ -12,13 +12,15 @@ SHAPES = {"animal": ["dog", "cat"], "vehicle": ["car", "bus"]}
 MODES = ["RGB", "L", "RGBA", "P"]
 
 
-def make_karpathy(root: Path, per_task: int = 12, test_per_task: int = 4) -> dict[str, Path]:
+def make_karpathy(root: Path, per_task: int = 12, test_per_task: int = 4,
+                  shapes: dict[str, list[str]] | None = None) -> dict[str, Path]:
+    shapes = shapes or SHAPES
     rng = np.random.default_rng(0)
     img_dir = root / "images"
     (img_dir / "sub").mkdir(parents=True, exist_ok=True)
     entries, tasks = [], {}
     k = 0
-    for task, words in SHAPES.items():
+    for task, words in shapes.items():
         for j in range(per_task):
             word = words[j % 2]
             w, h = int(rng.integers(20, 60)), int(rng.integers(20, 60))
@@ -38,13 +40,14 @@ def make_karpathy(root: Path, per_task: int = 12, test_per_task: int = 4) -> dic
     tf = root / "tasks.json"
     tf.write_text(json.dumps(tasks))
     # COCO-style instances: supercategory by the largest object
-    cats = [{"id": 1, "name": "dog", "supercategory": "animal"}, {"id": 2, "name": "car", "supercategory": "vehicle"}]
+    cats = [{"id": c + 1, "name": words[0], "supercategory": task} for c, (task, words) in enumerate(shapes.items())]
+    cat_of = {c["supercategory"]: c["id"] for c in cats}
     images = [{"id": i, "file_name": e["filename"]} for i, e in enumerate(entries)]
     anns = []
-    for i, e in enumerate(entries):
-        main = 1 if tasks[e["filename"]] == "animal" else 2
-        anns.append({"image_id": i, "category_id": main, "area": 100.0})
-        anns.append({"image_id": i, "category_id": 3 - main, "area": 10.0})
+    for i, e in enumerate(entries):  # the largest object names the task; a smaller one of another category
+        main = cat_of[tasks[e["filename"]]]
+        anns.append({"id": 2 * i + 1, "image_id": i, "category_id": main, "area": 100.0})
+        anns.append({"id": 2 * i + 2, "image_id": i, "category_id": main % len(cats) + 1, "area": 10.0})
     inst = root / "instances.json"
     inst.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return {"path": ds, "images": img_dir, "tasks_file": tf, "instances": inst}

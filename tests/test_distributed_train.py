@@ -145,10 +145,22 @@ def test_cli_run_on_its_own_ray_prints_only_ccr_lines(tmp_path, sets):
 
     args = [x for o in [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", *sets]
             for x in ("--set", o)]
+    import shutil
+    import tempfile
+
+    # a cluster that `ray start` recorded on this machine and that is gone: Ray's ray.init() would try to
+    # join it (and hang); ccr starts a Ray of its own unless RAY_ADDRESS names one
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    Path(ray_tmp, "ray").mkdir()
+    Path(ray_tmp, "ray", "ray_current_cluster").write_text("127.0.0.1:9")
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_COLOR_PREFIX")}
-    run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--out", str(tmp_path / "o"), *args],
-                         capture_output=True, text=True, timeout=300, env=env,
-                         cwd=Path(__file__).resolve().parents[1])
+    env["RAY_TMPDIR"] = ray_tmp
+    try:
+        run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--out", str(tmp_path / "o"), *args],
+                             capture_output=True, text=True, timeout=300, env=env,
+                             cwd=Path(__file__).resolve().parents[1])
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     out = run.stdout + run.stderr
     assert run.returncode == 0, out[-3000:]
     assert "\x1b[" not in out

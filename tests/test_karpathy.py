@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+import torch
 
 from ccr.config import load_config
 from ccr.data import DataError, check_tasks, load_dataset, resolve_task_order
@@ -37,6 +39,42 @@ def test_tasks_by_coco_supercategory(kp):
     by_file = json.loads(kp["tasks_file"].read_text())
     for name, task in zip(ds.image_names, ds.image_task, strict=True):
         assert by_file[name] == task
+
+
+def test_tasks_by_coco_category_map_read_with_pycocotools(kp, tmp_path):
+    """data.task_map: the task of each image's largest object whose category is mapped; an image whose
+    mapped objects are all small still gets the task of the largest of them; unknown names are refused."""
+    tmap = tmp_path / "map.json"
+    tmap.write_text(json.dumps({"dog": "pets", "car": "roads"}))
+    ds = load_dataset(kcfg(kp, f"data.instances={kp['instances']}", f"data.task_map={tmap}"))
+    by_file = json.loads(kp["tasks_file"].read_text())
+    assert ds.task_names == ["pets", "roads"]
+    for name, task in zip(ds.image_names, ds.image_task, strict=True):
+        assert task == {"animal": "pets", "vehicle": "roads"}[by_file[name]]
+    tmap.write_text(json.dumps({"car": "roads"}))  # dogs unmapped: every image's largest mapped object is a car
+    assert set(load_dataset(kcfg(kp, f"data.instances={kp['instances']}", f"data.task_map={tmap}")).image_task) \
+        == {"roads"}
+    tmap.write_text(json.dumps({"dog": "pets", "unicorn": "myth"}))
+    with pytest.raises(DataError, match="data.task_map names categories that .* does not have: unicorn"):
+        load_dataset(kcfg(kp, f"data.instances={kp['instances']}", f"data.task_map={tmap}"))
+    kp["instances"].write_text(json.dumps({"images": [], "annotations": [{"image_id": 1}], "categories": []}))
+    with pytest.raises(DataError, match="lacks the expected fields"):
+        load_dataset(kcfg(kp, f"data.instances={kp['instances']}"))
+
+
+@pytest.mark.slow
+def test_coco_tasks_three_task_study_end_to_end(tmp_path):
+    """Karpathy captions with tasks from COCO instances (pycocotools): a 3-task study runs end to end."""
+    from tests.conftest import TINY
+
+    kp3 = make_karpathy(tmp_path / "kp3", per_task=10, shapes={"animal": ["dog", "cat"], "vehicle": ["car", "bus"],
+                                                                "food": ["cake", "pizza"]})
+    cfg = load_config(None, [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.kind=karpathy",
+                             f"data.path={kp3['path']}", f"data.images={kp3['images']}",
+                             f"data.instances={kp3['instances']}", "data.n_tasks=3", "index.compare=[no_reindex]"])
+    res = Study(cfg, tmp_path / "out", progress=False, threads=1).run()
+    assert res["status"] == "complete" and res["task_order"] == ["animal", "food", "vehicle"]
+    assert set(res["dataset"]["tasks"]) == {"animal", "food", "vehicle"}
 
 
 def test_missing_image_is_a_clear_error(kp):
@@ -107,3 +145,38 @@ def test_every_strategy_and_policy_on_karpathy_data(kp, tmp_path, strategy):
     assert res["status"] == "complete" and len(res["by_policy"]) == 6
     for pol in res["by_policy"].values():
         assert pol["recall"]["t2i"]["1"][1][0] is not None
+
+
+def test_a_dataset_is_validated_once_per_content(kp, tmp_path, monkeypatch, caplog):
+    """The driver, each Train worker, each shard actor and each trial load the dataset: the first parses
+    and checks it, the others read the verdict, until an input file's content changes."""
+    import ccr.data
+
+    calls = []
+    real = ccr.data.load_karpathy
+    monkeypatch.setattr(ccr.data, "load_karpathy", lambda *a: (calls.append(1), real(*a))[1])
+    cfg = kcfg(kp, f"data.cache_dir={tmp_path / 'cache'}")
+    first = load_dataset(cfg)
+    again = load_dataset(kcfg(kp, f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=2"))  # not shaping
+    assert len(calls) == 1
+    assert again.image_names == first.image_names and again.captions == first.captions
+    assert (again.image_split == first.image_split).all() and (again.image_task == first.image_task).all()
+    ids = np.arange(first.n_images)
+    assert torch.equal(again.images.load(ids), first.images.load(ids))
+    tasks = json.loads(kp["tasks_file"].read_text())
+    name = next(iter(tasks))
+    tasks[name] = "vehicle" if tasks[name] == "animal" else "animal"  # same size, other content
+    kp["tasks_file"].write_text(json.dumps(tasks))
+    changed = load_dataset(cfg)
+    assert len(calls) == 2 and changed.image_task[changed.image_names.index(name)] == tasks[name]
+    load_dataset(kcfg(kp, f"data.cache_dir={tmp_path / 'cache'}", "model.image.image_size=8"))  # other size
+    assert len(calls) == 3
+    (kp["images"] / "sub" / name).unlink()  # images are checked on every load, cached verdict or not
+    with pytest.raises(DataError, match=f"missing image files.*{name}"):  # found by the cache, then the loader
+        load_dataset(cfg)
+    assert len(calls) == 4
+    for f in (tmp_path / "cache" / "datasets").iterdir():
+        f.write_text("{broken")
+    with caplog.at_level("WARNING"), pytest.raises(DataError, match="missing image files"):
+        load_dataset(cfg)
+    assert "ignoring the dataset cache" in caplog.text and len(calls) == 5

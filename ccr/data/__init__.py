@@ -2,21 +2,50 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from ccr.config import Config
 from ccr.data.dataset import DataError, RetrievalDataset
 from ccr.data.generated import load_generated
-from ccr.data.karpathy import load_karpathy
+from ccr.data.karpathy import image_store, load_karpathy, verify_images
+from ccr.data.validated import load_validated
 
 __all__ = ["DataError", "RetrievalDataset", "load_dataset", "resolve_task_order", "check_tasks"]
 
 
 def load_dataset(cfg: Config) -> RetrievalDataset:
-    """The dataset named by `cfg.data`, fully checked."""
-    if cfg.data.kind == "generated":
-        return load_generated(cfg.data)
-    return load_karpathy(cfg.data, cfg.model.image.image_size)
+    """The dataset named by `cfg.data`, fully checked; real datasets are parsed and checked once per
+    content and node (ccr.data.validated), then read back by every worker, actor and trial."""
+    d, size = cfg.data, cfg.model.image.image_size
+    if d.kind == "generated":
+        return load_generated(d)
+    if d.kind == "precomp":
+        from ccr.data.precomp import load_precomp
+
+        def load():
+            return load_precomp(d)
+    elif d.kind == "visual_genome":
+        from ccr.data.visual_genome import load_visual_genome
+
+        def load():
+            return load_visual_genome(d, size)
+    else:
+        def load():
+            return load_karpathy(d, size)
+    return load_validated(d, size, load, lambda sources: _revive(sources, cfg))
+
+
+def _revive(sources: dict, cfg: Config):
+    """The image store of a dataset validated before: its files are checked again (exist, decode)."""
+    if sources["kind"] == "features":
+        from ccr.data.precomp import FeatureStore
+
+        return FeatureStore(sources["files"])
+    paths = [Path(p) for p in sources["paths"]]
+    verify_images(paths, Path(cfg.data.images or "."), cfg.data.cache_dir)
+    return image_store(paths, sources["image_size"], cfg.data)
 
 
 def resolve_task_order(cfg: Config, ds: RetrievalDataset) -> list[str]:

@@ -8,7 +8,7 @@ map results back without ambiguity.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -22,15 +22,21 @@ SPLITS = ("train", "val", "test")
 
 
 class ImageStore(Protocol):
-    """Something that returns images as uint8 tensors (B, 3, H, W) for global image ids."""
+    """Something that returns the image side of items for global image ids: uint8 pixels (B, 3, H, W),
+    or precomputed features (B, D) / (B, R, D) where `feature_dim` is set."""
 
     image_size: int
+    decodes: bool  # loading decodes files: worth doing in DataLoader workers (ccr.data.pipeline)
+
+    def __len__(self) -> int: ...
 
     def load(self, ids: np.ndarray) -> torch.Tensor: ...
 
 
 class ArrayImages:
     """All images decoded once and held in memory (the generated benchmark, small datasets)."""
+
+    decodes = False
 
     def __init__(self, array: np.ndarray):
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[1] != 3:
@@ -39,6 +45,9 @@ class ArrayImages:
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             self.array = torch.from_numpy(np.ascontiguousarray(array))
         self.image_size = int(array.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.array)
 
     def load(self, ids: np.ndarray) -> torch.Tensor:
         return self.array[torch.from_numpy(np.array(ids, dtype=np.int64))]  # a copy: ids may be read-only
@@ -60,9 +69,14 @@ def load_image_file(path: str | Path, size: int) -> np.ndarray:
 class FileImages:
     """Images decoded from files on demand (real datasets that do not fit in memory at full size)."""
 
+    decodes = True
+
     def __init__(self, paths: list[Path], image_size: int):
         self.paths = paths
         self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.paths)
 
     def load(self, ids: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.stack([load_image_file(self.paths[i], self.image_size) for i in ids]))
@@ -80,6 +94,8 @@ class RetrievalDataset:
     caption_image: np.ndarray  # (M,) int64: owner image of each caption
     images: ImageStore
     task_names: list[str]  # natural task order
+    info: dict = field(default_factory=dict)  # how the loader made it (e.g. a seeded split), for results
+    sources: dict = field(default_factory=dict)  # where the image side comes from (ccr.data.validated)
 
     def __post_init__(self) -> None:
         self.caption_image = np.asarray(self.caption_image, dtype=np.int64)

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ccr.config import DataConfig
-from ccr.data.dataset import ArrayImages, DataError, FileImages, RetrievalDataset, load_image_file
+from ccr.data.dataset import ArrayImages, DataError, FileImages, ImageStore, RetrievalDataset, load_image_file
 
 log = logging.getLogger(__name__)
 
@@ -42,21 +42,39 @@ def _list_problem(msg: str, items: list[str]) -> DataError:
     return DataError(f"{msg}: {shown}")
 
 
-def tasks_from_instances(path: str | Path) -> dict[str, str]:
-    """COCO instances annotations -> {file_name: supercategory of the image's largest object}."""
-    inst = _read_json(path, "COCO instances file")
+def tasks_from_instances(path: str | Path, task_map: dict[str, str] | None = None) -> dict[str, str]:
+    """COCO instances annotations, read with pycocotools -> {file_name: task}: the supercategory of the
+    image's largest object, or, with `task_map` ({category name: task}), the task of its largest object
+    whose category is mapped. Images without such an object get no task."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    if not Path(path).is_file():
+        raise DataError(f"COCO instances file not found: {path}")
     try:
-        supercat = {c["id"]: c["supercategory"] for c in inst["categories"]}
-        files = {im["id"]: im["file_name"] for im in inst["images"]}
-        best: dict[int, tuple[float, str]] = {}
-        for a in inst["annotations"]:
-            area = float(a.get("area", 0.0))
-            if a["image_id"] not in best or area > best[a["image_id"]][0]:
-                best[a["image_id"]] = (area, supercat[a["category_id"]])
-    except (KeyError, TypeError) as e:
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+            coco = COCO(str(path))
+        cats = coco.loadCats(coco.getCatIds())
+        label = {c["id"]: (task_map.get(c["name"]) if task_map is not None else c["supercategory"]) for c in cats}
+        out = {}
+        for img in coco.loadImgs(coco.getImgIds()):
+            anns = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=img["id"])) if label.get(a["category_id"])]
+            if anns:
+                biggest = max(anns, key=lambda a: float(a.get("area", 0.0)))
+                out[img["file_name"]] = label[biggest["category_id"]]
+    except json.JSONDecodeError as e:
+        raise DataError(f"COCO instances file {path} is not valid JSON: {e}") from e
+    except (AssertionError, KeyError, TypeError) as e:  # pycocotools asserts on the layout
         raise DataError(f"COCO instances file {path} lacks the expected fields "
-                        f"(categories/images/annotations): {e}") from e
-    return {files[i]: sc for i, (_, sc) in best.items() if i in files}
+                        f"(categories/images/annotations): {e!r}") from e
+    if task_map is not None:
+        names = {c["name"] for c in cats}
+        unknown = sorted(set(task_map) - names)
+        if unknown:
+            raise _list_problem(f"data.task_map names categories that {path} does not have", unknown)
+    return out
 
 
 def _check_readable(path: Path) -> str | None:
@@ -99,6 +117,37 @@ def check_images(paths: list[Path], cache_dir: str | None) -> list[str]:
     return bad
 
 
+def verify_images(paths: list[Path], root: Path, cache_dir: str | None) -> None:
+    """Every image file exists and decodes (the decode verdicts are cached by size and mtime)."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise _list_problem(f"missing image files under {root}", missing)
+    unreadable = check_images(paths, cache_dir)
+    if unreadable:
+        raise _list_problem("unreadable image files", unreadable)
+
+
+def image_sources(paths: list[Path], image_size: int) -> dict:
+    """How ccr.data.validated finds a dataset's pixels again."""
+    return {"kind": "image_files", "paths": [str(p) for p in paths], "image_size": image_size}
+
+
+def image_store(paths: list[Path], image_size: int, cfg: DataConfig) -> ImageStore:
+    """Where training and indexing read pixels from: a decoded-image cache file (data.image_cache), all
+    images decoded into memory (data.in_memory; by default when they fit in 2 GiB), or the files."""
+    files = FileImages(paths, image_size)
+    if cfg.image_cache:
+        from ccr.data.generated import cache_root
+        from ccr.data.pipeline import cached_images
+
+        return cached_images(files, cache_root(cfg.cache_dir), cfg.num_workers)
+    fits = len(paths) * 3 * image_size * image_size <= PRELOAD_BYTES
+    if cfg.in_memory if cfg.in_memory is not None else fits:
+        with ThreadPoolExecutor(8) as pool:
+            return ArrayImages(np.stack(list(pool.map(lambda p: load_image_file(p, image_size), paths))))
+    return files
+
+
 def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
     """Load a Karpathy-format dataset; tasks from `tasks_file` or COCO supercategories."""
     data = _read_json(cfg.path, "dataset file (data.path)")
@@ -112,7 +161,12 @@ def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
         if not isinstance(assign, dict) or not all(isinstance(v, str) for v in assign.values()):
             raise DataError(f"tasks file {cfg.tasks_file} must be a JSON object: image filename -> task name")
     else:
-        assign = tasks_from_instances(cfg.instances)
+        tmap = None
+        if cfg.task_map:
+            tmap = _read_json(cfg.task_map, "task map (data.task_map)")
+            if not isinstance(tmap, dict) or not all(isinstance(v, str) and v for v in tmap.values()):
+                raise DataError(f"task map {cfg.task_map} must be a JSON object: category name -> task name")
+        assign = tasks_from_instances(cfg.instances, tmap)
 
     names, paths, splits, tasks, captions, cap_img = [], [], [], [], [], []
     no_caption, bad_split, outside, unassigned = [], [], [], 0
@@ -166,24 +220,14 @@ def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
         raise DataError(f"no image of {cfg.path} has a task in the task assignment")
     if unassigned:
         log.warning("%d images have no task in the task assignment and are left out", unassigned)
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise _list_problem(f"missing image files under {root}", missing)
-    unreadable = check_images(paths, cfg.cache_dir)
-    if unreadable:
-        raise _list_problem("unreadable image files", unreadable)
+    verify_images(paths, root, cfg.cache_dir)
 
     task_names = sorted(set(tasks))
-    nbytes = len(paths) * 3 * image_size * image_size
-    if nbytes <= PRELOAD_BYTES:
-        with ThreadPoolExecutor(8) as pool:
-            arr = np.stack(list(pool.map(lambda p: load_image_file(p, image_size), paths)))
-        store: ArrayImages | FileImages = ArrayImages(arr)
-    else:
-        store = FileImages(paths, image_size)
+    store = image_store(paths, image_size, cfg)
     ds = RetrievalDataset(
         name=Path(cfg.path).stem, image_names=names, image_split=np.array(splits), image_task=np.array(tasks),
         captions=captions, caption_image=np.array(cap_img), images=store, task_names=task_names,
+        sources=image_sources(paths, image_size),
     )
     log.info("loaded %s: %d images, %d captions, tasks %s", cfg.path, len(names), len(captions),
              dict(Counter(tasks)))

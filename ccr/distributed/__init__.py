@@ -18,7 +18,8 @@ def _not_token_notice(record: logging.LogRecord) -> bool:
 
 
 def init_ray(**kwargs: Any) -> None:
-    """Start (or join, with RAY_ADDRESS or address=) Ray the way every ccr command needs it, quietly.
+    """Start a local Ray, or join the cluster that RAY_ADDRESS (set by `ray job submit`) or `address`
+    names, the way every ccr command needs it, quietly.
 
     Worker output reaching a file or a pipe gets no ANSI colour codes; Ray's own INFO lines (the
     dashboard address) are left out. On a local Ray that ccr starts itself, Ray Train's preemption
@@ -31,6 +32,9 @@ def init_ray(**kwargs: Any) -> None:
     if not sys.stderr.isatty():
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     if "address" not in kwargs and not os.environ.get("RAY_ADDRESS"):
+        # a Ray of our own: never the cluster that `ray start` last recorded on this machine (Ray's
+        # default), which may be gone or someone else's; a cluster job names its cluster (RAY_ADDRESS)
+        kwargs["address"] = "local"
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
         if _not_token_notice not in notice.filters:

@@ -59,7 +59,8 @@ class GalleryShard:
         self.ds = load_dataset(self.cfg)
         tok = load_tokenizer(local_copy(tokenizer))  # from storage: this actor may run on any node
         self.tokens = tokenize_all(tok, self.ds.captions, self.cfg.model.text.max_length)
-        self.model = build_model(self.cfg.model, len(tok), self.cfg.train).to(self.device).eval()
+        self.model = build_model(self.cfg.model, len(tok), self.cfg.train,
+                                 getattr(self.ds.images, "feature_dim", None)).to(self.device).eval()
         self.version: int | None = None
         self.embedder = None
         self.galleries: dict[str, Any] = {}
@@ -82,7 +83,7 @@ class GalleryShard:
         self.model.load_state_dict(state)
         self.version = version
         self.embedder = Embedder(self.model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size,
-                                 self.cfg.train.amp)
+                                 self.cfg.train.amp, workers=self.cfg.data.num_workers)
 
     def embed(self, ns: str, task: str, ids: np.ndarray, version: int) -> int:
         if self.version != version:

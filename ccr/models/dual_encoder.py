@@ -3,6 +3,7 @@
 Encoders come from transformers: built from small configs (the embedded default trains from
 scratch) or loaded from a local pretrained path (ViT / CLIP vision, BERT-family); nothing is
 fetched from a hub. Images enter as uint8 and are normalised here, so data pipelines stay cheap.
+With precomputed image features (data.kind=precomp) the image encoder is an MLP on them instead.
 """
 
 from __future__ import annotations
@@ -29,6 +30,22 @@ def _vision_from_pretrained(path: str) -> nn.Module:
     return AutoModel.from_pretrained(path, local_files_only=True)
 
 
+class FeatureEncoder(nn.Module):
+    """The image side on fixed precomputed features (VSE++ style): regions mean-pooled, then `layers`
+    hidden layers of `hidden_size` with GELU (0 layers: the projection alone, as VSE++ does)."""
+
+    def __init__(self, feature_dim: int, hidden_size: int, layers: int):
+        super().__init__()
+        dims = [feature_dim] + [hidden_size] * layers
+        self.mlp = nn.Sequential(*[m for a, b in zip(dims, dims[1:], strict=False)
+                                   for m in (nn.Linear(a, b), nn.GELU())])
+        self.config = type("FeatureEncoderConfig", (), {"hidden_size": dims[-1]})()
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = features.float()
+        return self.mlp(x.mean(1) if x.dim() == 3 else x)
+
+
 def _pool(hidden: torch.Tensor, how: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     if how == "cls":
         return hidden[:, 0]
@@ -41,11 +58,15 @@ def _pool(hidden: torch.Tensor, how: str, mask: torch.Tensor | None = None) -> t
 class DualEncoder(nn.Module):
     """(B,3,H,W) uint8 images and (B,L) token ids -> (B, D) unit vectors in one space."""
 
-    def __init__(self, cfg: ModelConfig, vocab_size: int, train_cfg: TrainConfig | None = None):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, train_cfg: TrainConfig | None = None,
+                 image_features: int | None = None):
         super().__init__()
         self.cfg = cfg
         ic, tc = cfg.image, cfg.text
-        if ic.pretrained:
+        self.on_features = image_features is not None
+        if self.on_features:
+            self.image_encoder = FeatureEncoder(image_features, ic.hidden_size, ic.layers)
+        elif ic.pretrained:
             self.image_encoder = _vision_from_pretrained(ic.pretrained)
         else:
             self.image_encoder = ViTModel(ViTConfig(
@@ -72,6 +93,8 @@ class DualEncoder(nn.Module):
         self.register_buffer("pixel_std", torch.tensor(ic.std).view(1, 3, 1, 1) * 255.0, persistent=False)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        if self.on_features:
+            return F.normalize(self.image_proj(self.image_encoder(images)), dim=-1)
         x = (images.float() - self.pixel_mean) / self.pixel_std
         h = self.image_encoder(pixel_values=x).last_hidden_state
         return F.normalize(self.image_proj(_pool(h, self.cfg.image.pool)), dim=-1)
@@ -94,5 +117,7 @@ class DualEncoder(nn.Module):
         }
 
 
-def build_model(cfg: ModelConfig, vocab_size: int, train_cfg: TrainConfig | None = None) -> DualEncoder:
-    return DualEncoder(cfg, vocab_size, train_cfg)
+def build_model(cfg: ModelConfig, vocab_size: int, train_cfg: TrainConfig | None = None,
+                image_features: int | None = None) -> DualEncoder:
+    """The dual encoder; `image_features` (the dataset's feature size) when images are precomputed features."""
+    return DualEncoder(cfg, vocab_size, train_cfg, image_features)

@@ -54,7 +54,9 @@ class Strategy:
 
     def augment_batch(self, ctx: TaskContext, image_ids: np.ndarray, caption_ids: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
-        """Add rows to a batch (replay); returns the ids with extra rows appended."""
+        """Add rows to a batch (replay); returns the ids with extra rows appended. Called for every batch
+        of a task before the task trains (the input pipeline loads images ahead), in batch order: it
+        may draw from its own seeded generator, never look at the model."""
         return image_ids, caption_ids
 
     def loss_terms(self, ctx: TaskContext, model: DualEncoder, batch: Batch) -> dict[str, torch.Tensor]:

@@ -1,0 +1,141 @@
+"""The input pipeline: images for a task's batches, decoded ahead of the training loop.
+
+Which items make up each batch (the task's permutation, caption sampling, replay memory, each
+rank's slice) is decided in the training process, from the run's seeds, before the task trains;
+only decoding and resizing image files runs in `torch.utils.data.DataLoader` worker processes,
+in order. So results do not depend on the number of loader workers (tests/test_pipeline.py).
+
+The decoded-image cache (`data.image_cache`) decodes every image of a dataset once, at the
+configured size, into one uint8 `.npy` file memory-mapped by every study that uses it: the trials
+of a sweep on a node share the decoding and the page cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+
+class _ImagesById(Dataset):
+    """A map-style view of an image store that loads a whole batch per call (`__getitems__`)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.store.load(np.array([i], dtype=np.int64))[0]
+
+    def __getitems__(self, ids: list[int]) -> torch.Tensor:
+        return self.store.load(np.asarray(ids, dtype=np.int64))
+
+
+def _as_is(batch: torch.Tensor) -> torch.Tensor:
+    return batch  # the store already returns one (B, ...) tensor per batch
+
+
+def prefetched(store, plan: Sequence[np.ndarray], workers: int = 0, prefetch_factor: int = 2,
+               pin_memory: bool = False) -> Iterator[torch.Tensor]:
+    """`store.load(ids)` for every `ids` of `plan`, in order. With `workers` > 0 and a store that decodes
+    files, `workers` processes decode up to `workers * prefetch_factor` batches ahead."""
+    if workers <= 0 or not getattr(store, "decodes", False) or not plan:
+        for ids in plan:
+            yield store.load(ids)
+        return
+    loader = DataLoader(_ImagesById(store), batch_sampler=[[int(i) for i in ids] for ids in plan],
+                        num_workers=workers, collate_fn=_as_is, prefetch_factor=prefetch_factor,
+                        pin_memory=pin_memory)
+    yield from loader
+
+
+# ---- the decoded-image cache -----------------------------------------------------------------------
+class MemmapImages:
+    """Decoded images in a uint8 (N, 3, S, S) `.npy` file, memory-mapped read-only."""
+
+    decodes = False
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.array = np.load(self.path, mmap_mode="r")
+        self.image_size = int(self.array.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.array)
+
+    def load(self, ids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.array[np.asarray(ids, dtype=np.int64)])  # fancy indexing copies
+
+    def __getstate__(self) -> dict:  # to a worker or an actor: the path, not the pages
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
+
+def cache_key(paths: Sequence[Path], image_size: int) -> str:
+    """The images' identity: every path with its size and modification time, and the decoded size."""
+    h = hashlib.sha256(f"ccr-images-v1 {image_size}\n".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One builder per cache file on a node; the others wait for it, then read what it wrote."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256) -> MemmapImages:
+    """`files` (a FileImages) decoded once into `cache_dir/images/<key>.npy`, then memory-mapped.
+
+    The file is written under a temporary name and renamed when complete, so a killed build leaves
+    nothing that a later study would read; concurrent studies on one node build it once (a file lock).
+    """
+    key = cache_key(files.paths, files.image_size)
+    target = Path(cache_dir) / "images" / f"{key}.npy"
+    if not target.is_file():
+        with _locked(target.with_suffix(".lock")):
+            if not target.is_file():
+                _build(files, target, workers, chunk)
+    return MemmapImages(target)
+
+
+def _build(files, target: Path, workers: int, chunk: int) -> None:
+    n, s = len(files.paths), files.image_size
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    log.info("decoding %d images once at %d px into %s (%.1f GB)", n, s, target, n * 3 * s * s / 1e9)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, s, s))
+    try:
+        plan = [np.arange(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
+        for ids, imgs in zip(plan, prefetched(files, plan, workers), strict=True):
+            out[ids[0]:ids[-1] + 1] = imgs.numpy()
+        out.flush()
+        del out
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,102 @@
+"""The input pipeline: decoding in DataLoader workers changes nothing but speed; the decoded-image cache."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from ccr.config import load_config
+from ccr.data import load_dataset
+from ccr.data.dataset import FileImages
+from ccr.data.pipeline import MemmapImages, cached_images, prefetched
+from tests.conftest import TINY
+from tests.karpathy_fixture import make_karpathy
+
+
+@pytest.fixture
+def kp(tmp_path):
+    return make_karpathy(tmp_path / "kp", per_task=14, test_per_task=4)
+
+
+def _cfg(kp, tmp_path, *extra):
+    return load_config(None, [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.kind=karpathy",
+                              f"data.path={kp['path']}", f"data.images={kp['images']}",
+                              f"data.tasks_file={kp['tasks_file']}", "model.image.image_size=16",
+                              "train.threads=1", *extra])
+
+
+def test_prefetched_batches_equal_direct_loads_in_order(kp, tmp_path):
+    ds = load_dataset(_cfg(kp, tmp_path, "data.in_memory=false"))
+    assert isinstance(ds.images, FileImages) and ds.images.decodes
+    rng = np.random.default_rng(0)
+    plan = [rng.choice(ds.n_images, size=int(rng.integers(1, 9)), replace=False) for _ in range(9)]
+    want = [ds.images.load(ids) for ids in plan]
+    for workers in (0, 2):
+        got = list(prefetched(ds.images, plan, workers, prefetch_factor=1))
+        assert len(got) == len(plan) and all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")  # 4 on 2 cores, on purpose
+def test_same_seed_same_numbers_with_0_2_4_loader_workers_and_the_cache(kp, tmp_path):
+    """Batch composition stays in the training process: the number of workers that decode images, or
+    reading them from the decoded-image cache instead, does not change a single number."""
+    from ccr.study import Study
+
+    runs = {}
+    for name, extra in {"w0": ["data.num_workers=0"], "w2": ["data.num_workers=2"], "w4": ["data.num_workers=4"],
+                        "cache": ["data.image_cache=true", "data.num_workers=2"]}.items():
+        cfg = _cfg(kp, tmp_path, "data.in_memory=false", "strategy.name=replay", *extra)
+        study = Study(cfg, tmp_path / name, progress=False, threads=1)
+        runs[name] = study.run()
+        kind = MemmapImages if name == "cache" else FileImages
+        assert isinstance(study.ds.images, kind)
+    base = runs["w0"]
+    for name, res in runs.items():
+        assert res["recall"] == base["recall"] and res["anatomy"] == base["anatomy"], name
+        assert [t["mean_loss"] for t in res["train"]] == [t["mean_loss"] for t in base["train"]], name
+
+
+def test_cache_is_built_once_and_keyed_by_the_files(kp, tmp_path, monkeypatch):
+    import ccr.data.pipeline as pipeline
+
+    files = load_dataset(_cfg(kp, tmp_path, "data.in_memory=false")).images
+    builds = []
+    real = pipeline._build
+    monkeypatch.setattr(pipeline, "_build", lambda *a: (builds.append(a[1]), real(*a))[1])
+    cache = tmp_path / "c"
+    out = []
+    threads = [threading.Thread(target=lambda: out.append(cached_images(files, cache, workers=0)))
+               for _ in range(3)]  # three trials on one node at once
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(builds) == 1 and len(out) == 3
+    ids = np.arange(len(files))
+    assert torch.equal(out[0].load(ids), files.load(ids))  # the same pixels as decoding the files
+    assert not [p for p in (cache / "images").iterdir() if p.name.endswith(".tmp")]
+    cached_images(files, cache)  # a later study: opens the file, decodes nothing
+    assert len(builds) == 1
+    # another decoded size, or a changed image file, is another cache file
+    assert cached_images(FileImages(files.paths, 8), cache).image_size == 8 and len(builds) == 2
+    files.paths[0].write_bytes(files.paths[1].read_bytes())
+    c = cached_images(files, cache)
+    assert len(builds) == 3 and torch.equal(c.load(np.array([0])), c.load(np.array([1])))
+
+
+def test_a_killed_cache_build_leaves_nothing_to_read(kp, tmp_path, monkeypatch):
+    import ccr.data.pipeline as pipeline
+
+    files = load_dataset(_cfg(kp, tmp_path, "data.in_memory=false")).images
+
+    def dies(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "prefetched", lambda store, plan, *a: (dies() for _ in plan))
+    with pytest.raises(KeyboardInterrupt):
+        cached_images(files, tmp_path / "c")
+    assert [p.name for p in (tmp_path / "c" / "images").iterdir() if not p.name.endswith(".lock")] == []
