@@ -254,3 +254,61 @@ def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t
                      fontsize=10)
         paths.append(_save(fig, out / "drift.png"))
     return paths
+
+
+def effect_intervals(effects: pd.DataFrame, out: Path, k: int = 1, metric: str = "t2i R",
+                     level: str = "no_reindex") -> Path | None:
+    """The paired effect of one policy against reindex, with its 95 % interval, per strategy and regime
+    (every swept config column): a dot and a bar per configuration, 0 marked."""
+    col = f"{metric}@{k}"
+    if effects.empty or f"{col} diff" not in effects or "policy" not in effects:
+        return None
+    e = effects[(effects.factor == "policy") & (effects.policy == level)]
+    if e.empty:
+        return None
+    cfg_cols = [c for c in e.columns if c.startswith("cfg.") and e[c].nunique(dropna=False) > 1]
+    e = e.sort_values([*cfg_cols, "strategy"])
+    labels = [" · ".join([str(r.strategy), *[f"{c[4:]}={r[c]}" for c in cfg_cols]]) for _, r in e.iterrows()]
+    fig, ax = plt.subplots(figsize=(8, 0.32 * len(e) + 1.6), layout="constrained")
+    y = np.arange(len(e))[::-1]
+    lo, hi, mid = e[f"{col} low"].to_numpy(), e[f"{col} high"].to_numpy(), e[f"{col} diff"].to_numpy()
+    excl = (lo > 0) | (hi < 0)
+    ax.hlines(y, lo, hi, color=np.where(excl, "C3", "grey"), lw=2)
+    ax.plot(mid, y, "o", color="k", ms=4)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlabel(f"{level} − reindex: Δ {col} (points; 95 % interval over paired runs)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"Does not re-indexing change {col}? (red: the interval excludes 0)", fontsize=10)
+    return _save(fig, out / f"effect_{level}_{col.replace(' ', '_').replace('@', '')}.png")
+
+
+def drift_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None:
+    """Per run: mean drift of old tasks' image embeddings after the last task against t2i forgetting under
+    reindex, coloured by strategy; one marker per swept configuration (regime)."""
+    a = tidy[(tidy.policy == "anatomy") & (tidy.metric == "drift") & (tidy.direction == "images")]
+    s = summary[(summary.k == k) & (summary.direction == "t2i") & (summary.policy == "reindex")]
+    if a.empty or s.empty:
+        return None
+    last = a.groupby("run").step.transform("max")
+    d = a[(a.step == last) & (a.task_index < a.step)].groupby("run").value.mean().rename("drift")
+    m = s.set_index("run").join(d, how="inner")
+    if m.empty:
+        return None
+    cfg_cols = [c for c in m.columns if c.startswith("cfg.") and m[c].nunique(dropna=False) > 1]
+    regime = m[cfg_cols].astype(str).agg(" · ".join, axis=1) if cfg_cols else pd.Series("all", index=m.index)
+    col, mk = colours(m.strategy), {r: MARKERS[i % len(MARKERS)] for i, r in enumerate(sorted(set(regime)))}
+    fig, ax = plt.subplots(figsize=(8, 4.6), layout="constrained")
+    for (strat, reg), g in m.assign(regime=regime).groupby(["strategy", "regime"]):
+        ax.scatter(g.drift, g.forgetting, color=col[strat], marker=mk[reg], s=22, alpha=0.8)
+    ax.set_xlabel("image embeddings of old tasks after the last task: cosine to when learned (1 = no drift)")
+    ax.set_ylabel(f"t2i forgetting of R@{k} under reindex (points)")
+    ax.grid(alpha=0.3)
+    strat = [Line2D([], [], ls="", marker="o", color=c, label=s_) for s_, c in col.items()]
+    regs = [Line2D([], [], ls="", marker=m_, color="k", label=r) for r, m_ in mk.items()]
+    leg = fig.legend(handles=strat, loc="outside right upper", fontsize=7, title="strategy", title_fontsize=8)
+    fig.add_artist(leg)
+    fig.legend(handles=regs, loc="outside right lower", fontsize=7, title=" · ".join(c[4:] for c in cfg_cols)
+               or "runs", title_fontsize=8)
+    ax.set_title("Drift against forgetting, one point per run", fontsize=10)
+    return _save(fig, out / "drift_vs_forgetting.png")

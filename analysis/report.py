@@ -17,6 +17,7 @@ import yaml
 
 from analysis import plots
 from analysis.aggregate import aggregate, markdown_table
+from analysis.effects import effects_markdown, paired_effects
 from analysis.load import collect, per_run_summary, provenance_frame, tidy
 from ccr.storage import Storage
 
@@ -105,6 +106,10 @@ FIGURE_NOTES = {
     "compatibility_grid": "The anatomy of forgetting: old tasks queried by the last model or the model that "
                           "learned them, against galleries embedded by either. <i>old/old</i> is what the task had; "
                           "<i>new/new</i> what reindex gives; <i>new/old</i> what no_reindex gives.",
+    "effect_": "The paired effect of not re-indexing, per strategy and regime: the mean difference to reindex over "
+               "runs that share a seed and a task order, with its 95 % interval.",
+    "drift_vs_forgetting": "One point per run: how far old tasks' image embeddings drifted, against how much "
+                           "they were forgotten under reindex.",
     "drift": "How far the first task's embeddings move as later tasks are learned (cosine between its items' "
              "embeddings under the current model and the model that learned it).",
 }
@@ -172,6 +177,25 @@ summary{cursor:pointer;color:#246} .problems li{color:#a00} pre{background:#f6f6
 """
 
 
+EFFECTS_INTRO = ("Each effect is the mean difference between two runs that share a seed and a task order "
+                 "(the same data order and initialisation), over all such pairs, with its 95 % confidence "
+                 "interval (Student's t); * marks an interval that excludes 0. Δ R is in points of average "
+                 "final recall (higher: the first is better), Δ F in points of forgetting (lower: the first "
+                 "forgets less). One pair gives no interval.")
+
+
+def paired_tables(summary: pd.DataFrame, k: int) -> tuple[pd.DataFrame, list[str]]:
+    """Policy effects against reindex and strategy effects against finetune, where both are present."""
+    frames, md = [], []
+    for factor, baseline in (("policy", "reindex"), ("strategy", "finetune")):
+        e = paired_effects(summary, factor, baseline, k) if not summary.empty else pd.DataFrame()
+        if e.empty:
+            continue
+        frames.append(e.assign(factor=factor))
+        md += [f"## {factor} − {baseline}, K={k}", "", effects_markdown(e, factor, k), ""]
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), md
+
+
 def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     long = tidy(c)
@@ -191,7 +215,12 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     for k, t in tables.items():
         md += [f"## Average final recall, forgetting and BWT at K={k} (mean ± std over n runs; best in bold)", "",
                t, ""]
+    effects, effect_md = paired_tables(summary, ks[0] if ks else 1)
+    if not effects.empty:
+        effects.to_csv(out / "effects.csv", index=False)
+    md += [EFFECTS_INTRO, "", *effect_md]
     (out / "summary.md").write_text("\n".join(md))
+    (out / "effects.md").write_text("\n".join([EFFECTS_INTRO, "", *effect_md]))
 
     figs: list[Path] = []
     if not long.empty:
@@ -200,6 +229,9 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
         figs += [plots.heatmaps(long, out, direction=d, k=k) for d in ("t2i", "i2t")]
         figs += [plots.task_curves(long, out, direction=d, k=k) for d in ("t2i", "i2t")]
         figs += plots.anatomy_plots(long, out, k=k)
+        figs += [plots.drift_vs_forgetting(long, summary, out, k=k)]
+        if not effects.empty:
+            figs += [plots.effect_intervals(effects, out, k=k, metric=m) for m in ("t2i R", "i2t R")]
     figs = [f for f in figs if f]
 
     problems = []
@@ -220,6 +252,9 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
             body += [f"<h2>{title}</h2>", _md_to_html(t)]
         else:
             body += [f"<details><summary>{title}</summary>{_md_to_html(t)}</details>"]
+    body += ["<h2>Paired effects: which differences are real</h2>", f"<p>{html.escape(EFFECTS_INTRO)}</p>"]
+    body += [_md_to_html(t) if t.startswith("|") else f"<h3>{html.escape(t.lstrip('# '))}</h3>"
+             for t in effect_md if t.strip()]
     body += ["<h2>Plots</h2>", *[_figure(f) for f in figs]]
     body += ["<h2>Failed, missing and incomplete runs</h2>",
              "<ul class=problems>" + "".join(f"<li>{p}</li>" for p in problems) + "</ul>" if problems

@@ -81,6 +81,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if not source.exists():
         raise StorageError(f"nothing to analyse: {source.display()} does not exist")
     out = analyze(args.path, args.out)
+    dest = Storage(args.out) if args.out else source.child("analysis")
+    if dest.is_file("effects.md"):  # the paired effects with their intervals: the numbers to quote
+        print(dest.read_text("effects.md"))
     print(f"analysis written to {out}")
     return 0
 

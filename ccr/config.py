@@ -36,6 +36,7 @@ class DataConfig:
     captions_per_image: int | None = None  # generated: 4; visual_genome: region phrases kept per image, 5
     min_caption_words: int = 1  # visual_genome: shorter region phrases are dropped
     image_size: int = 32
+    pretrain_pool: int = 0  # generated: a 'pool' task of this many training images for tasks.pretrain
     generator_seed: int = 0  # the data's own seed (generated benchmark, Visual Genome split): fixed as run seeds vary
     # the input pipeline for image files (karpathy, visual_genome)
     num_workers: int = 0  # DataLoader worker processes decoding images ahead of training (0: in the loop)
@@ -48,6 +49,10 @@ class DataConfig:
 class TasksConfig:
     # list of task names, "random" (permutation from the run seed), or None (dataset's natural order)
     order: list[str] | str | None = None
+    # tasks learned jointly, once, before the sequence (not part of it, its recall matrix or its cost); the
+    # pretrained model is cached by (data, model, training config, these tasks, seed) and reused
+    pretrain: list[str] = field(default_factory=list)
+    pretrain_cache: str | None = None  # folder or URI of that cache (default: data.cache_dir/pretrained)
 
 
 @dataclass
@@ -79,6 +84,7 @@ class TextEncoderConfig:
 @dataclass
 class ModelConfig:
     embed_dim: int = 64
+    freeze: str = "none"  # none | backbone: the sequence trains only the projection heads (fixed features)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
@@ -142,6 +148,7 @@ class EvalConfig:
     min_test_items: int = 2  # a task with fewer test images is refused (its recall would mean nothing)
     batch_size: int = 256
     anatomy: bool = True  # compatibility grid, drift and alignment
+    val: bool = True  # also the recall matrix on val items (where every task has them): what selection reads
 
 
 @dataclass
@@ -167,6 +174,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.loss": ("infonce", "vsepp"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.image.pool": ("mean", "cls"),
+    "model.freeze": ("none", "backbone"),
     "model.text.pool": ("mean", "cls"),
     "index.backend": ("faiss", "torch"),
     "index.backfill_order": ("oldest", "drift"),

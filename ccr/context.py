@@ -40,6 +40,7 @@ class TaskContext:
     world_size: int = 1
     # mean of a tensor over all data-parallel ranks (given by the Ray layer; None: one process)
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
+    pretraining: bool = False  # the joint stage before the sequence (its own seeds; `task` is then a list)
 
     @property
     def task(self) -> str:

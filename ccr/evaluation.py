@@ -47,6 +47,12 @@ class Evaluator:
         self.recall = {p: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for p in self.policy_names}
         self.test_ids = {t: {"images": ds.image_ids(t, "test"), "captions": ds.caption_ids(t, "test")}
                          for t in order}
+        # the same galleries, policies and queries on val items, for selection (HPO) that never sees test
+        self.val_ids = {t: {"images": ds.image_ids(t, "val"), "captions": ds.caption_ids(t, "val")} for t in order}
+        self.has_val = cfg.eval.val and all(len(v["images"]) >= cfg.eval.min_test_items for v in self.val_ids.values())
+        self.val_states = {p: self.make_state(f"val/{p}", cfg, search_device) for p in self.policy_names} \
+            if self.has_val else {}
+        self.val_recall = {p: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for p in self.val_states}
         self.learned: dict[str, dict[str, np.ndarray]] = {}
         self.anatomy = {"grid": {c: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for c in COMBOS},
                         "drift": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n)}
@@ -85,6 +91,14 @@ class Evaluator:
             log.info("after task %d/%d (%s) [%s]: embedded %d images, %d captions; t2i R@%d %s", step + 1,
                      len(self.order), self.order[step], name, cost["images"], cost["captions"], k,
                      ", ".join(f"{t} {rows['t2i'][t][k]:.1f}" for t in seen))
+            if name in self.val_states:
+                val = self.val_states[name]
+                policy.update(val, StepInput(step, self.order, embedder, self.val_ids, prev_embedder, fit))
+                vrows = evaluate_step(val, embedder, self.ds, seen, self.cfg.eval.scope, self.cfg.eval.ks, "val")
+                for d in DIRECTIONS:
+                    for i, t in enumerate(seen):
+                        for kk in self.cfg.eval.ks:
+                            self.val_recall[name][d][kk][step, i] = vrows[d][t][kk]
         if self.cfg.eval.anatomy:
             self._anatomy(step, embedder)
 
@@ -116,12 +130,19 @@ class Evaluator:
     # ---- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"states": {p: s.state_dict() for p, s in self.states.items()}, "recall": self.recall,
-                "learned": self.learned, "anatomy": self.anatomy}
+                "learned": self.learned, "anatomy": self.anatomy,
+                "val_states": {p: s.state_dict() for p, s in self.val_states.items()}, "val_recall": self.val_recall}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for p, s in self.states.items():
             s.load_state_dict(state["states"][p])
         self.recall, self.learned, self.anatomy = state["recall"], state["learned"], state["anatomy"]
+        if self.val_states and "val_states" not in state:
+            raise ValueError("this checkpoint was written without val evaluation (eval.val)")
+        for p, s in self.val_states.items():
+            s.load_state_dict(state["val_states"][p])
+        if self.val_states:
+            self.val_recall = state["val_recall"]
 
     # ---- results -----------------------------------------------------------------------------
     def policy_results(self, name: str, upto: int) -> dict[str, Any]:
@@ -133,7 +154,9 @@ class Evaluator:
                 "per_step": st.cost_per_step[:upto]}
         quality = None if self.cfg.index.approx == "none" else {"kind": self.cfg.index.approx,
                                                                 "recall_at_10_vs_exact": st.quality()}
-        return results.policy_results(mats, cost, quality)
+        val = {d: {k: m[:upto, :upto] for k, m in by_k.items()} for d, by_k in self.val_recall[name].items()} \
+            if name in self.val_recall else None
+        return results.policy_results(mats, cost, quality, val)
 
     def anatomy_results(self, upto: int) -> dict[str, Any]:
         def cut(m: np.ndarray) -> list:

@@ -20,14 +20,15 @@ def gallery_tasks(task: str, seen: list[str], scope: str) -> list[str]:
 
 
 def evaluate_step(state: IndexState, embedder: Embedder, ds: RetrievalDataset, seen: list[str], scope: str,
-                  ks: list[int]) -> dict[str, dict[str, dict[int, float]]]:
-    """Recall of every seen task after the current step: {direction: {task: {K: percent}}}."""
+                  ks: list[int], split: str = "test") -> dict[str, dict[str, dict[int, float]]]:
+    """Recall of every seen task after the current step: {direction: {task: {K: percent}}}, querying the
+    `split` items of each task against galleries that hold that split."""
     kmax = max(ks)
     out: dict[str, dict[str, dict[int, float]]] = {"i2t": {}, "t2i": {}}
     for task in seen:
         where = gallery_tasks(task, seen, scope)
-        img_ids = ds.image_ids(task, "test")
-        cap_ids = ds.caption_ids(task, "test")
+        img_ids = ds.image_ids(task, split)
+        cap_ids = ds.caption_ids(task, split)
         # image -> text: a hit when a retrieved caption belongs to the query image
         _, res = state.galleries["captions"].search(embedder.embed("images", img_ids), kmax, where)
         owner = np.where(res >= 0, ds.caption_image[np.clip(res, 0, None)], -1)

@@ -11,6 +11,8 @@ Metric names are flat and readable, and the same everywhere (results.json's `met
     index_cost/images, index_cost/captions, index_cost/seconds
 
 A policy other than the study's own (`index.compare`) prefixes its name: `no_reindex/t2i/R@1`.
+The same recall matrix on val items (where the dataset has them, `eval.val`), the one that selection
+and HPO may read, prefixes `val/`: `val/t2i/R@1`, `val/forgetting/t2i/R@1`, `no_reindex/val/rsum`.
 
 results.json carries `schema_version`; `upgrade` reads every older version, so analysis reads results
 written by any ccr release.
@@ -47,14 +49,14 @@ def metric(quantity: str, direction: str, k: int | str) -> str:
     return base if quantity == "avg_final_recall" else f"{quantity}/{base}"
 
 
-def metric_names(ks: list[int], compare: list[str] = ()) -> list[str]:
-    """Every metric a study with these K (and these further policies) reports."""
-    own = [metric(q, d, k) for q in QUANTITIES for d in DIRECTIONS for k in ks] + ["rsum", *COST]
+def metric_names(ks: list[int], compare: list[str] = (), val: bool = False) -> list[str]:
+    """Every metric a study with these K (and these further policies; with val items) reports."""
+    quality = [metric(q, d, k) for q in QUANTITIES for d in DIRECTIONS for k in ks] + ["rsum"]
+    own = quality + list(COST) + ([f"val/{m}" for m in quality] if val else [])
     return own + [f"{p}/{m}" for p in compare for m in own]
 
 
-def policy_metrics(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any]) -> dict[str, float]:
-    """Flat metrics of one policy from its recall matrices {direction: {K: (n, n)}} and its cost."""
+def _quality(mats: dict[str, dict[int, np.ndarray]]) -> dict[str, float]:
     out: dict[str, float] = {}
     n = next(iter(next(iter(mats.values())).values())).shape[0] if mats else 0
     if n:
@@ -63,6 +65,16 @@ def policy_metrics(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any])
                 for k, m in by_k.items():
                     out[metric(q, d, k)] = fn(m)
         out["rsum"] = final_average(rsum_matrix(mats))
+    return out
+
+
+def policy_metrics(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any],
+                   val: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, float]:
+    """Flat metrics of one policy from its recall matrices {direction: {K: (n, n)}}, its cost, and its
+    matrices on val items (prefixed `val/`)."""
+    out = _quality(mats)
+    if val:
+        out.update({f"val/{m}": v for m, v in _quality(val).items()})
     out.update({"index_cost/embedded": cost["images_embedded"] + cost["captions_embedded"],
                 "index_cost/images": cost["images_embedded"], "index_cost/captions": cost["captions_embedded"],
                 "index_cost/seconds": cost["seconds"]})
@@ -70,15 +82,20 @@ def policy_metrics(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any])
 
 
 def policy_results(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any],
-                   quality: dict[str, Any] | None) -> dict[str, Any]:
-    """One policy's part of results.json: matrices, flat metrics, cost detail, approximate-search quality."""
-    return {
+                   quality: dict[str, Any] | None, val: dict[str, dict[int, np.ndarray]] | None = None
+                   ) -> dict[str, Any]:
+    """One policy's part of results.json: matrices (test, and val where measured), flat metrics, cost
+    detail, approximate-search quality."""
+    out = {
         "recall": {d: {str(k): to_json_matrix(m) for k, m in by_k.items()} for d, by_k in mats.items()},
         "rsum_matrix": to_json_matrix(rsum_matrix(mats)),
-        "metrics": policy_metrics(mats, cost),
+        "metrics": policy_metrics(mats, cost, val),
         "index_cost": cost,
         "index_quality": quality,
     }
+    if val:
+        out["val_recall"] = {d: {str(k): to_json_matrix(m) for k, m in by_k.items()} for d, by_k in val.items()}
+    return out
 
 
 def study_results(main_policy: str, by_policy: dict[str, dict[str, Any]], **fields: Any) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -28,19 +30,21 @@ from ccr.config import Config, ConfigError, to_dict
 from ccr.context import task_label
 from ccr.data import check_tasks, load_dataset, resolve_task_order
 from ccr.embed import Embedder
+from ccr.errors import DataError
 from ccr.evaluation import Evaluator
 from ccr.models import build_model, build_tokenizer, tokenize_all
 from ccr.models.tokenizer import load_tokenizer
 from ccr.provenance import provenance
 from ccr.storage import Storage, open_storage
-from ccr.strategies import TaskContext, build_strategy
+from ccr.strategies import Strategy, TaskContext, build_strategy
 from ccr.train import DistInfo, resolve_device, train_task
 
 log = logging.getLogger(__name__)
 # keys that do not change a study's numbers: a resumed run may differ in them. Not train.threads: on a
 # CPU the number of torch threads changes reductions, and so the numbers (t2i R@1 after task 1 moved
 # from 47.5 to 43.0 between 1 and 2 threads, same seed); the effective count is checked on resume too
-NON_RESULT_KEYS = {("train", "max_failures"), ("eval", "batch_size"), ("checkpoint", "keep")}
+NON_RESULT_KEYS = {("train", "max_failures"), ("eval", "batch_size"), ("checkpoint", "keep"),
+                   ("tasks", "pretrain_cache")}
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +108,9 @@ class Study:
         self.ds = load_dataset(cfg)
         self.order = resolve_task_order(cfg, self.ds)
         check_tasks(self.ds, self.order, cfg.eval.min_test_items, cfg.train.workers)
+        few = [f"{t} ({n})" for t in cfg.tasks.pretrain if (n := len(self.ds.image_ids(t, "train"))) < 2]
+        if few:
+            raise DataError(f"tasks.pretrain: tasks with fewer than 2 training images: {', '.join(few)}")
         self.strategy = build_strategy(cfg.strategy)
         self.device = device if device is not None else resolve_device(cfg.train.device)
         if cfg.train.threads or threads:
@@ -157,7 +164,18 @@ class Study:
 
     # ---- set-up ------------------------------------------------------------------------------
     def build(self) -> None:
-        """Tokenizer (fitted on training captions, saved with the run) and model."""
+        """Tokenizer (fitted on training captions, saved with the run), model (pretrained first where
+        tasks.pretrain says so) and evaluator."""
+        self._model()
+        if self.cfg.model.freeze == "backbone":  # the fixed-features regime: only the heads learn the sequence
+            for p in [*self.model.image_encoder.parameters(), *self.model.text_encoder.parameters()]:
+                p.requires_grad_(False)
+        self.evaluator = self.evaluator_cls(self.cfg, self.ds, self.order, str(self.device),
+                                            tokenizer=self.store.child("tokenizer"))
+        self.train_stats: list[dict[str, float]] = []
+        self.resumes: list[int] = []  # after which task each resume happened
+
+    def _model(self) -> None:
         if not self.store.is_file("tokenizer/tokenizer_config.json"):
             self.prepare_out()
         self.tokenizer = load_tokenizer(local_copy(self.store.child("tokenizer")))
@@ -165,10 +183,53 @@ class Study:
         torch.manual_seed(self.cfg.seed)
         self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train,
                                  getattr(self.ds.images, "feature_dim", None)).to(self.device)
-        self.evaluator = self.evaluator_cls(self.cfg, self.ds, self.order, str(self.device),
-                                            tokenizer=self.store.child("tokenizer"))
-        self.train_stats: list[dict[str, float]] = []
-        self.resumes: list[int] = []  # after which task each resume happened
+        self.pretrained: dict[str, Any] | None = None
+        if self.cfg.tasks.pretrain:
+            self.model.load_state_dict(self.pretrained_state())
+
+    def prepare_pretrained(self) -> None:
+        """Pretrain (or find) the model here, before data-parallel workers start: they all read it then."""
+        if self.cfg.tasks.pretrain:
+            self._model()
+
+    # ---- pretraining ---------------------------------------------------------------------------
+    def pretrain_key(self) -> str:
+        """What a pretrained model depends on: the data, the vocabulary's tasks, the model, the training
+        config, the pretraining tasks, the seed and the torch thread count (numbers depend on it)."""
+        data = {k: v for k, v in to_dict(self.cfg)["data"].items()
+                if k not in ("cache_dir", "num_workers", "prefetch_factor", "in_memory", "image_cache")}
+        model = {k: v for k, v in to_dict(self.cfg)["model"].items() if k != "freeze"}
+        train = {k: v for k, v in to_dict(self.cfg)["train"].items() if k not in ("max_failures",)}
+        ident = {"v": 1, "data": data, "vocabulary": sorted({*self.cfg.tasks.pretrain, *self.order}),
+                 "model": model, "train": train, "pretrain": sorted(self.cfg.tasks.pretrain), "seed": self.cfg.seed,
+                 "threads": torch.get_num_threads(), "vocab_size": len(self.tokenizer)}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+    def pretrain_store(self) -> Storage:
+        from ccr.data.generated import cache_root
+
+        where = self.cfg.tasks.pretrain_cache or cache_root(self.cfg.data.cache_dir) / "pretrained"
+        return Storage(where)
+
+    def pretrained_state(self) -> dict[str, torch.Tensor]:
+        """The model after the joint pretraining stage: from the cache when another study (or trial) with the
+        same key made it, else trained here on the pretraining tasks' training items and cached."""
+        key, store = self.pretrain_key(), self.pretrain_store()
+        name = f"{key}.pt"
+        if store.is_file(name):
+            ck = from_bytes(store.read_bytes(name), store.display(name), map_location=self.device)
+            self.pretrained = {"tasks": list(self.cfg.tasks.pretrain), "key": key, "from": "cache",
+                               "train": ck["train"]}
+            log.info("pretrained model for %s from %s", self.cfg.tasks.pretrain, store.display(name))
+            return ck["model"]
+        log.info("pretraining on %s (jointly, before the sequence)", self.cfg.tasks.pretrain)
+        ctx = TaskContext(0, [list(self.cfg.tasks.pretrain)], self.ds, self.tokens, self.cfg, self.device,
+                          pretraining=True)
+        stats = train_task(self.model, ctx, Strategy(), progress=self.progress)
+        state = {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+        store.write_bytes(name, to_bytes({"model": state, "train": stats, "tasks": list(self.cfg.tasks.pretrain)}))
+        self.pretrained = {"tasks": list(self.cfg.tasks.pretrain), "key": key, "from": "trained", "train": stats}
+        return state
 
     def context(self, step: int, dist: DistInfo | None = None) -> TaskContext:
         dist = dist or DistInfo()
@@ -221,7 +282,8 @@ class Study:
         self.out.mkdir(parents=True, exist_ok=True)
         self.store.write_text("config.yaml", yaml.safe_dump(self.config_dict, sort_keys=False))
         if not self.store.is_file("tokenizer/tokenizer_config.json"):
-            train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(self.order, "train")]
+            tasks = [*self.cfg.tasks.pretrain, *self.order]  # the vocabulary of everything the model learns
+            train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(tasks, "train")]
             tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".tokenizer.", suffix=".tmp"))
             build_tokenizer(self.cfg.model.text, train_caps).save_pretrained(str(tmp))
             if self.store.remote:  # tokenizer_config.json, the marker read above, is uploaded last
@@ -300,6 +362,7 @@ class Study:
             policy=self.cfg.index.policy, scope=self.cfg.eval.scope,
             dataset={"name": self.ds.name, "tasks": self.ds.summary(), **self.ds.info},
             anatomy=ev.anatomy_results(upto) if self.cfg.eval.anatomy else None,
+            pretrain=self.pretrained,
             train=self.train_stats[:upto], resumes=self.resumes,
             provenance={**provenance(), "started": self.started, "finished": time.time(),
                         "device": str(self.device), "torch_threads": torch.get_num_threads(),

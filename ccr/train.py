@@ -78,8 +78,9 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     dist = dist or DistInfo()
     forward = forward or model
     items = strategy.train_items(ctx, ctx.dataset.image_ids(ctx.task, "train"))
-    rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index))
-    torch.manual_seed(task_seed(ctx.cfg.seed, ctx.index, 1))
+    salt = 1000 if ctx.pretraining else 0  # the pretraining stage draws from seeds of its own
+    rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, salt))
+    torch.manual_seed(task_seed(ctx.cfg.seed, ctx.index, 1 + salt))
     gb = cfg.batch_size * dist.world_size  # global batch
     steps_per_epoch = max(1, len(items) // gb) if len(items) >= 2 * dist.world_size else 0
     if steps_per_epoch == 0:

@@ -154,7 +154,8 @@ def tiny_analysis(tmp_path_factory):
 
 
 FIGURES = ("forgetting_R1.png", "quality_vs_cost_R1.png", "heatmaps_t2i_R1.png", "heatmaps_i2t_R1.png",
-           "task_curves_t2i_R1.png", "task_curves_i2t_R1.png", "compatibility_grid.png", "drift.png")
+           "task_curves_t2i_R1.png", "task_curves_i2t_R1.png", "compatibility_grid.png", "drift.png",
+           "drift_vs_forgetting.png", "effect_no_reindex_t2i_R1.png", "effect_no_reindex_i2t_R1.png")
 
 
 @pytest.mark.slow
@@ -250,3 +251,51 @@ def test_report_reads_in_a_headless_browser(tiny_analysis, tmp_path):
     inked = np.where((im < 200).any(axis=0))[0]  # columns with text or figure in them
     assert inked.min() > 40 and inked.max() < 1280 - 40, (inked.min(), inked.max())  # a centred column
     assert (im < 200).any(axis=1).sum() > 1500  # figures drawn down the page, not broken images
+
+
+def _two_policy_result(strategy, seed, final_re, final_no, order=("a", "b")):
+    """reindex and no_reindex of one run; forgetting is 10 under reindex, 10 + (final_re − final_no) under
+    no_reindex (the same recall right after each task)."""
+    r = fake_result(strategy, seed, final_re, 10.0, order=order)
+    no = fake_result(strategy, seed, final_no, 10.0 + final_re - final_no, order=order)
+    for d in ("i2t", "t2i"):  # the diagonal is the same for both policies
+        no["by_policy"]["reindex"]["recall"][d]["1"][0][0] = final_re + 10.0
+    r["by_policy"]["no_reindex"] = no["by_policy"]["reindex"]
+    return r
+
+
+def test_paired_effects_match_a_hand_computation(tmp_path, capsys):
+    """Pairs share a seed; the interval is mean ± t(0.975, n−1)·sd/√n; * only where it excludes 0."""
+    from ccr.cli import main
+
+    # finetune: no_reindex − reindex = −1, −2, −3 over seeds 0..2: mean −2, sd 1, half-width 4.303/√3
+    # lwf: −6, −5, −7: mean −6, sd 1: excludes 0
+    for s, (re, no) in enumerate([(20.0, 19.0), (22.0, 20.0), (25.0, 22.0)]):
+        (tmp_path / f"ft{s}").mkdir()
+        (tmp_path / f"ft{s}" / "results.json").write_text(json.dumps(_two_policy_result("finetune", s, re, no)))
+    for s, (re, no) in enumerate([(30.0, 24.0), (30.0, 25.0), (31.0, 24.0)]):
+        (tmp_path / f"lwf{s}").mkdir()
+        (tmp_path / f"lwf{s}" / "results.json").write_text(json.dumps(_two_policy_result("lwf", s, re, no)))
+    assert main(["analyze", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    half = 4.303 / 3 ** 0.5
+    assert f"| finetune | no_reindex − reindex | {-2:+.1f} [{-2 - half:+.1f}, {-2 + half:+.1f}] |" in out, out
+    assert f"| lwf | no_reindex − reindex | {-6:+.1f} [{-6 - half:+.1f}, {-6 + half:+.1f}] * |" in out, out
+    e = pd.read_csv(tmp_path / "analysis" / "effects.csv")
+    ft = e[(e.factor == "policy") & (e.strategy == "finetune")].iloc[0]
+    assert ft["t2i R@1 diff"] == pytest.approx(-2.0) and ft["t2i R@1 low"] == pytest.approx(-2 - half)
+    assert ft["t2i F@1 diff"] == pytest.approx(2.0) and ft["pairs"] == 3
+    # strategy effects pair runs by seed within a policy: lwf − finetune under reindex = 10, 8, 6
+    st = e[(e.factor == "strategy") & (e.policy == "reindex")].iloc[0]
+    assert st["strategy"] == "lwf" and st["i2t R@1 diff"] == pytest.approx(8.0)
+    assert st["i2t R@1 low"] == pytest.approx(8 - 4.303 * 2 / 3 ** 0.5)
+    page = (tmp_path / "analysis" / "report.html").read_text()
+    assert "Paired effects" in page and "Student" in page
+
+
+def test_t_quantiles_and_one_pair():
+    from analysis.effects import interval, t975
+
+    assert t975(1) == 12.706 and t975(30) == 2.042 and t975(1000) == 1.96
+    mean, lo, hi, n = interval([3.0])
+    assert mean == 3.0 and n == 1 and np.isnan(lo) and np.isnan(hi)

@@ -232,3 +232,39 @@ def test_printed_tables_show_task_names_in_full():
     head, first, second = out.splitlines()[1:]
     assert head.split() == tasks and second.startswith("after a_task_with_a_long_name ")
     assert first.split()[-2:] == ["40.0", "-"] and second.split()[-2:] == ["10.0", "35.5"]
+
+
+def test_val_split_results_for_selection_leave_test_numbers_unchanged(tiny_cfg, tmp_path):
+    """data.val_per_task adds val items after all others: training and test numbers are bit-identical with
+    and without them; every policy also gets the recall matrix on val items (val/ metrics), the one that
+    HPO reads; a resumed study continues its val galleries."""
+    from ccr.index import IndexState
+    from ccr.query import evaluate_step
+
+    plain = Study(tiny_cfg("data.n_tasks=2", "index.compare=[no_reindex]"), tmp_path / "a", progress=False,
+                  threads=1).run()
+    cfg = tiny_cfg("data.n_tasks=2", "index.compare=[no_reindex]", "data.val_per_task=6")
+    study = Study(cfg, tmp_path / "b", progress=False, threads=1)
+    res = study.run()
+    assert res["recall"] == plain["recall"] and res["by_policy"]["no_reindex"]["recall"] == \
+        plain["by_policy"]["no_reindex"]["recall"]
+    assert "val_recall" not in plain and "val/t2i/R@1" not in plain["metrics"]
+    for p in ("reindex", "no_reindex"):
+        pr = res["by_policy"][p]
+        assert pr["metrics"]["val/t2i/R@1"] == pytest.approx(np.mean(pr["val_recall"]["t2i"]["1"][-1]))
+        assert "val/forgetting/i2t/R@5" in pr["metrics"] and "val/rsum" in pr["metrics"]
+    assert res["by_policy"]["reindex"]["val_recall"] != res["recall"]  # other items, other numbers
+    # reindex on val after the last task = the final model on fresh val galleries
+    emb = study.embedder(study.model)
+    fresh = IndexState.empty(cfg.index)
+    for t in study.order:
+        for m in ("images", "captions"):
+            ids = study.ds.image_ids(t, "val") if m == "images" else study.ds.caption_ids(t, "val")
+            fresh.galleries[m].put(t, ids, emb.embed(m, ids), 0)
+    rows = evaluate_step(fresh, emb, study.ds, study.order, "task", [1], "val")
+    assert [rows["t2i"][t][1] for t in study.order] == res["by_policy"]["reindex"]["val_recall"]["t2i"]["1"][-1]
+    # resume after task 1: the same val numbers
+    checkpoint_path(tmp_path / "b", 1, study.order).unlink()
+    (tmp_path / "b" / "results.json").unlink()
+    again = Study(cfg, tmp_path / "b", progress=False, threads=1).run()
+    assert again["by_policy"]["no_reindex"]["val_recall"] == res["by_policy"]["no_reindex"]["val_recall"]

@@ -50,15 +50,27 @@ def _revive(sources: dict, cfg: Config):
 
 def resolve_task_order(cfg: Config, ds: RetrievalDataset) -> list[str]:
     """The task order: explicit list, a seeded random permutation, or the dataset's natural order."""
+    pre = cfg.tasks.pretrain
+    unknown = [t for t in pre if t not in ds.task_names]
+    if unknown:
+        raise DataError(f"tasks.pretrain names unknown task(s) {unknown}; the dataset's tasks are {ds.task_names}"
+                        + (" (the generated benchmark has a 'pool' task with data.pretrain_pool > 0)"
+                           if ds.name == "generated" else ""))
+    # pretraining tasks, and material that exists for pretraining only (no test items), are not in the sequence
+    names = [t for t in ds.task_names if t not in pre and t not in ds.info.get("pretrain_only", [])]
     order = cfg.tasks.order
     if order is None:
-        return list(ds.task_names)
+        return names
     if order == "random":
         rng = np.random.default_rng(cfg.seed)
-        return [ds.task_names[i] for i in rng.permutation(len(ds.task_names))]
+        return [names[i] for i in rng.permutation(len(names))]
     unknown = [t for t in order if t not in ds.task_names]
     if unknown:
         raise DataError(f"tasks.order names unknown task(s) {unknown}; the dataset's tasks are {ds.task_names}")
+    both = [t for t in order if t in pre]
+    if both:
+        raise DataError(f"tasks.order and tasks.pretrain both name {both}: a task is learned before the sequence "
+                        "or in it, not both")
     return list(order)
 
 

@@ -45,6 +45,10 @@ PALETTES: dict[str, tuple[str, ...]] = {
     "bars": ("orange", "brown", "cyan", "lime", "olive", "blue"),
     "diamonds": ("green", "magenta", "white", "grey", "orange", "navy"),
 }
+# data.pretrain_pool: pretraining material of its own, for tasks.pretrain=[pool]: every shape family (those
+# the sequence will learn and the held-out ones) in a neutral palette that no task uses alone
+POOL = "pool"
+POOL_PALETTE = ("white", "grey", "navy", "olive")
 SIZES = {"small": (["small", "little", "tiny"], 0.17), "large": (["large", "big", "huge"], 0.3)}
 POSITIONS = {
     "top left": (["top left", "upper left"], (0.3, 0.3)),
@@ -107,8 +111,13 @@ def caption(shape: str, colour: str, size: str, pos: str, rng: np.random.Generat
 
 
 def _params(cfg: DataConfig) -> dict:
-    return {"v": 2, "n_tasks": cfg.n_tasks, "train": cfg.train_per_task, "test": cfg.test_per_task,
+    p = {"v": 2, "n_tasks": cfg.n_tasks, "train": cfg.train_per_task, "test": cfg.test_per_task,
             "captions": cfg.captions_per_image, "size": cfg.image_size, "seed": cfg.generator_seed}
+    if cfg.val_per_task:  # val is rendered after everything else: without it the benchmark is unchanged
+        p["val"] = cfg.val_per_task
+    if cfg.pretrain_pool:  # so is the pretraining pool
+        p["pool"] = cfg.pretrain_pool
+    return p
 
 
 def cache_root(cache_dir: str | None) -> Path:
@@ -130,28 +139,34 @@ def generate(cfg: DataConfig) -> tuple[np.ndarray, dict]:
     rng = np.random.default_rng(cfg.generator_seed)
     tasks = list(FAMILIES)[: cfg.n_tasks]
     images, names, splits, img_task, captions, cap_img = [], [], [], [], [], []
-    for task in tasks:
-        for split, n in (("train", cfg.train_per_task), ("test", cfg.test_per_task)):
-            for _ in range(n):
-                shape = FAMILIES[task][rng.integers(2)]
-                colour = PALETTES[task][rng.integers(len(PALETTES[task]))]
-                size = list(SIZES)[rng.integers(len(SIZES))]
-                pos = list(POSITIONS)[rng.integers(len(POSITIONS))]
-                idx = len(names)
-                images.append(render(shape, colour, size, pos, rng, cfg.image_size))
-                names.append(f"{task}_{split}_{idx:06d}.png")
-                splits.append(split)
-                img_task.append(task)
-                seen: set[str] = set()
-                for _ in range(cfg.captions_per_image * 5):
-                    c = caption(shape, colour, size, pos, rng)
-                    if c not in seen:
-                        seen.add(c)
-                        captions.append(c)
-                        cap_img.append(idx)
-                    if len(seen) == cfg.captions_per_image:
-                        break
-    meta = {"names": names, "splits": splits, "tasks": img_task, "task_names": tasks,
+    # val items come after every task's train and test items, so adding them leaves those unchanged
+    plan = [(t, sp, n) for t in tasks for sp, n in (("train", cfg.train_per_task), ("test", cfg.test_per_task))]
+    plan += [(t, "val", cfg.val_per_task) for t in tasks]
+    plan += [(POOL, "train", cfg.pretrain_pool)]
+    for task, split, n in plan:
+        for _ in range(n):
+            family = list(FAMILIES)[rng.integers(len(FAMILIES))] if task == POOL else task
+            shape = FAMILIES[family][rng.integers(2)]
+            palette = POOL_PALETTE if task == POOL else PALETTES[task]
+            colour = palette[rng.integers(len(palette))]
+            size = list(SIZES)[rng.integers(len(SIZES))]
+            pos = list(POSITIONS)[rng.integers(len(POSITIONS))]
+            idx = len(names)
+            images.append(render(shape, colour, size, pos, rng, cfg.image_size))
+            names.append(f"{task}_{split}_{idx:06d}.png")
+            splits.append(split)
+            img_task.append(task)
+            seen: set[str] = set()
+            for _ in range(cfg.captions_per_image * 5):
+                c = caption(shape, colour, size, pos, rng)
+                if c not in seen:
+                    seen.add(c)
+                    captions.append(c)
+                    cap_img.append(idx)
+                if len(seen) == cfg.captions_per_image:
+                    break
+    meta = {"names": names, "splits": splits, "tasks": img_task,
+            "task_names": tasks + ([POOL] if cfg.pretrain_pool else []),
             "captions": captions, "caption_image": cap_img, "params": _params(cfg)}
     return np.stack(images), meta
 
@@ -179,5 +194,5 @@ def load_generated(cfg: DataConfig) -> RetrievalDataset:
         name="generated", image_names=meta["names"], image_split=np.array(meta["splits"]),
         image_task=np.array(meta["tasks"]), captions=meta["captions"],
         caption_image=np.array(meta["caption_image"]), images=ArrayImages(images),
-        task_names=meta["task_names"],
+        task_names=meta["task_names"], info={"pretrain_only": [POOL]} if POOL in meta["task_names"] else {},
     )

@@ -86,7 +86,7 @@ def _field_type(key: str) -> Any:
 
 def valid_metrics(cfg: Config) -> set[str]:
     """The metric names a trial of this config reports (`ccr.results` defines them)."""
-    return set(metric_names(cfg.eval.ks, cfg.index.compare))
+    return set(metric_names(cfg.eval.ks, cfg.index.compare, val=cfg.eval.val))
 
 
 def _old_metric_name(name: str) -> str | None:
@@ -165,7 +165,9 @@ def _optional_int(path: Path, key: str, value: Any) -> int | None:
 def _permutations(cfg: Config, n: int) -> list[list[str]]:
     from ccr.data import load_dataset
 
-    tasks = load_dataset(cfg).task_names
+    ds = load_dataset(cfg)
+    skip = {*ds.info.get("pretrain_only", []), *cfg.tasks.pretrain}  # not part of any sequence
+    tasks = [t for t in ds.task_names if t not in skip]
     rng = np.random.default_rng(cfg.seed)
     return [[tasks[i] for i in rng.permutation(len(tasks))] for _ in range(n)]
 
@@ -183,6 +185,14 @@ def _check_optuna(path: Path, spec: SweepSpec, cfg: Config) -> None:
             raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} is now called {new!r}")
         raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} is not in the results; valid: "
                           f"{', '.join(sorted(valid_metrics(cfg)))}")
+    name = opt["metric"].split("/", 1)[1] if opt["metric"].split("/")[0] in cfg.index.compare else opt["metric"]
+    if not name.startswith("val/"):
+        raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} is measured on test items; choosing "
+                          f"hyperparameters on them reports an optimistic test number. Select on the val split: "
+                          f"{opt['metric'].replace(name, 'val/' + name)!r}")
+    if cfg.data.kind == "generated" and cfg.data.val_per_task < cfg.eval.min_test_items:
+        raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} needs val items: set data.val_per_task "
+                          f"(at least eval.min_test_items={cfg.eval.min_test_items}) for the generated benchmark")
     for key, dist in opt["space"].items():
         if not isinstance(dist, dict) or dist.get("type") not in DISTRIBUTIONS:
             raise ConfigError(f"sweep {path}: optuna.space.{key} needs a type in {sorted(DISTRIBUTIONS)}")

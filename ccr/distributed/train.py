@@ -129,6 +129,7 @@ def run_distributed(study: Study) -> dict[str, Any]:
     cfg, store = study.cfg, study.store
     check_distributed(cfg)
     study.prepare_out()  # config.yaml and the tokenizer, shared by all workers
+    study.prepare_pretrained()  # tasks.pretrain: trained once here and cached, not once per worker
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()
     init_ray()
     per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}

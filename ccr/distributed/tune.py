@@ -21,7 +21,8 @@ from ccr.storage import Storage, exclusive, open_storage
 log = logging.getLogger(__name__)
 
 
-def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, threads: int = 1) -> None:
+def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, threads: int = 1,
+              pretrained: str | None = None) -> None:
     """Tune function trainable: one study with the trial's parameters.
 
     Everything the trial writes goes to `runs/<name>` in the sweep's storage, from whichever node runs
@@ -43,6 +44,8 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     tree = copy.deepcopy(base_tree)
     for k, v in params.items():
         set_path(tree, k, v)
+    if pretrained and not (tree.get("tasks") or {}).get("pretrain_cache"):  # shared by the sweep's trials
+        set_path(tree, "tasks.pretrain_cache", pretrained)
     cfg = build_config(tree)
     done = _complete_results(store, cfg)
     if done is not None:  # finished before the driver died (Tune had not recorded it yet): not run again
@@ -111,7 +114,7 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_tree=spec.base_tree, runs=storage.child("runs").uri,
-                             threads=max(1, int(spec.cpus_per_trial))),
+                             threads=max(1, int(spec.cpus_per_trial)), pretrained=storage.child("pretrained").uri),
         trial_resources(spec))
     fs = storage.filesystem if storage.remote else None
     path = storage.fs_path(name)
