@@ -30,6 +30,15 @@ def _nan(n: int) -> np.ndarray:
     return np.full((n, n), np.nan)
 
 
+def _record(matrices: dict[str, dict[int, np.ndarray]], rows: dict[str, dict[str, dict[int, float]]], step: int,
+            seen: list[str]) -> None:
+    """Row `step` of recall matrices {direction: {K: (n, n)}} from one step's {direction: {task: {K: %}}}."""
+    for d, by_task in rows.items():
+        for i, t in enumerate(seen):
+            for k, v in by_task[t].items():
+                matrices[d][k][step, i] = v
+
+
 class Evaluator:
     """Holds galleries, recall matrices and anatomy across steps; its state checkpoints with the model."""
 
@@ -83,10 +92,7 @@ class Evaluator:
             inp = StepInput(step, self.order, embedder, self.test_ids, prev_embedder, fit)
             cost = policy.update(self.states[name], inp)
             rows = evaluate_step(self.states[name], embedder, self.ds, seen, self.cfg.eval.scope, self.cfg.eval.ks)
-            for d in DIRECTIONS:
-                for i, t in enumerate(seen):
-                    for k in self.cfg.eval.ks:
-                        self.recall[name][d][k][step, i] = rows[d][t][k]
+            _record(self.recall[name], rows, step, seen)
             k = min(self.cfg.eval.ks)
             log.info("after task %d/%d (%s) [%s]: embedded %d images, %d captions; t2i R@%d %s", step + 1,
                      len(self.order), self.order[step], name, cost["images"], cost["captions"], k,
@@ -95,10 +101,7 @@ class Evaluator:
                 val = self.val_states[name]
                 policy.update(val, StepInput(step, self.order, embedder, self.val_ids, prev_embedder, fit))
                 vrows = evaluate_step(val, embedder, self.ds, seen, self.cfg.eval.scope, self.cfg.eval.ks, "val")
-                for d in DIRECTIONS:
-                    for i, t in enumerate(seen):
-                        for kk in self.cfg.eval.ks:
-                            self.val_recall[name][d][kk][step, i] = vrows[d][t][kk]
+                _record(self.val_recall[name], vrows, step, seen)
         if self.cfg.eval.anatomy:
             self._anatomy(step, embedder)
 

@@ -196,8 +196,9 @@ class Study:
     def pretrain_key(self) -> str:
         """What a pretrained model depends on: the data, the vocabulary's tasks, the model, the training
         config, the pretraining tasks, the seed and the torch thread count (numbers depend on it)."""
-        data = {k: v for k, v in to_dict(self.cfg)["data"].items()
-                if k not in ("cache_dir", "num_workers", "prefetch_factor", "in_memory", "image_cache")}
+        from ccr.data.validated import READ_ONLY_KEYS
+
+        data = {k: v for k, v in to_dict(self.cfg)["data"].items() if k not in READ_ONLY_KEYS}
         model = {k: v for k, v in to_dict(self.cfg)["model"].items() if k != "freeze"}
         train = {k: v for k, v in to_dict(self.cfg)["train"].items() if k not in ("max_failures",)}
         ident = {"v": 1, "data": data, "vocabulary": sorted({*self.cfg.tasks.pretrain, *self.order}),

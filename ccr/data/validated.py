@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 INPUT_KEYS = ("path", "tasks_file", "instances", "task_map", "split_file")
-# DataConfig keys that do not change what a loader finds (how pixels are read, where caches live)
-NOT_SHAPING = {"num_workers", "prefetch_factor", "in_memory", "image_cache", "cache_dir", "images"}
+# DataConfig keys that change how data is read, never what it is (ccr.study's pretraining key uses them too)
+READ_ONLY_KEYS = {"num_workers", "prefetch_factor", "in_memory", "image_cache", "cache_dir"}
+NOT_SHAPING = READ_ONLY_KEYS | {"images"}  # the image root enters the key resolved, below
 HASH_CONTENT_BELOW = 256 << 20  # bytes: binary files larger than this are identified by size + mtime
 
 
