@@ -47,6 +47,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def rank_batch_size(batch_size: int, n_items: int, world_size: int) -> int:
+    """Rows per rank: train.batch_size, or fewer when a task has fewer items than one global batch, so that
+    every rank's slice holds the same number of rows (the all-gather of embeddings needs that)."""
+    return max(1, min(batch_size, n_items // world_size))
+
+
 def plan_batches(ctx: TaskContext, strategy: Strategy, items: np.ndarray, rng: np.random.Generator,
                  steps_per_epoch: int, dist: DistInfo) -> list[tuple[np.ndarray, np.ndarray, int]]:
     """(image ids, caption ids, rows of the current task) of this rank's every batch of the task, decided
@@ -54,13 +60,14 @@ def plan_batches(ctx: TaskContext, strategy: Strategy, items: np.ndarray, rng: n
     Each epoch draws a permutation and one caption per image; a strategy may append memory items
     (`augment_batch`, which therefore sees ids only, never the model)."""
     cfg, plan = ctx.cfg.train, []
-    gb = cfg.batch_size * dist.world_size
+    bs = rank_batch_size(cfg.batch_size, len(items), dist.world_size)
+    gb = bs * dist.world_size
     for _epoch in range(cfg.epochs):
         perm = items[rng.permutation(len(items))]
         caps = sample_captions(ctx, perm, rng)
         for b in range(steps_per_epoch):
-            lo = b * gb + dist.rank * cfg.batch_size  # this rank's slice of the global batch
-            img_ids, cap_ids = perm[lo:lo + cfg.batch_size], caps[lo:lo + cfg.batch_size]
+            lo = b * gb + dist.rank * bs  # this rank's slice of the global batch
+            img_ids, cap_ids = perm[lo:lo + bs], caps[lo:lo + bs]
             n_cur = len(img_ids)
             img_ids, cap_ids = strategy.augment_batch(ctx, img_ids, cap_ids)
             plan.append((img_ids, cap_ids, n_cur))
@@ -81,7 +88,7 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     salt = 1000 if ctx.pretraining else 0  # the pretraining stage draws from seeds of its own
     rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, salt))
     torch.manual_seed(task_seed(ctx.cfg.seed, ctx.index, 1 + salt))
-    gb = cfg.batch_size * dist.world_size  # global batch
+    gb = rank_batch_size(cfg.batch_size, len(items), dist.world_size) * dist.world_size  # global batch
     steps_per_epoch = max(1, len(items) // gb) if len(items) >= 2 * dist.world_size else 0
     if steps_per_epoch == 0:
         raise ValueError(f"task {ctx.task!r} has {len(items)} training images: too few for a batch")

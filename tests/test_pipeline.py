@@ -100,3 +100,23 @@ def test_a_killed_cache_build_leaves_nothing_to_read(kp, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         cached_images(files, tmp_path / "c")
     assert [p.name for p in (tmp_path / "c" / "images").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_ranks_get_equal_disjoint_slices_even_of_a_task_smaller_than_a_global_batch(tiny_cfg, tmp_path):
+    """Under data parallelism every rank's slice has the same number of rows (the embeddings' all-gather
+    needs it), also when a task has fewer training items than one global batch; one process is unchanged."""
+    from ccr.strategies import Strategy
+    from ccr.study import Study
+    from ccr.train import DistInfo, plan_batches
+
+    study = Study(tiny_cfg("data.n_tasks=2", "train.epochs=1"), tmp_path / "o", progress=False)
+    study.build()
+    for n in (10, 48):  # fewer than 2 x batch 16, and more
+        items = study.ds.image_ids(study.order[0], "train")[:n]
+        plans = [plan_batches(study.context(0, DistInfo(r, 2)), Strategy(), items, np.random.default_rng(0),
+                              max(1, n // (2 * min(16, n // 2))), DistInfo(r, 2)) for r in (0, 1)]
+        for (a, _, na), (b, _, nb) in zip(*plans, strict=True):
+            assert na == nb == len(a) == len(b) > 0 and not set(a) & set(b)
+        single = plan_batches(study.context(0), Strategy(), items, np.random.default_rng(0), max(1, n // 16),
+                              DistInfo())
+        assert [len(p[0]) for p in single] == [min(16, n)] * len(single)

@@ -79,6 +79,8 @@ class FileImages:
         return len(self.paths)
 
     def load(self, ids: np.ndarray) -> torch.Tensor:
+        if len(ids) == 0:
+            return torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
         return torch.from_numpy(np.stack([load_image_file(self.paths[i], self.image_size) for i in ids]))
 
 
