@@ -42,16 +42,21 @@ def effects_table(summary: pd.DataFrame) -> str:
     base["regime"] = base.apply(regime, axis=1)
     lines = ["| regime | strategy | reindex t2i R@1 | reindex t2i F@1 | Δ t2i R@1 (no_reindex − reindex) | "
              "Δ i2t R@1 | pairs |", "|---|---|---|---|---|---|---|"]
+    for reg, s, r in _cells(e):
+        b = base[(base.regime == reg) & (base.strategy == s) & (base.direction == "t2i")]
+        r = r.iloc[0]
+        lines.append(f"| {reg} | {s} | {b.avg_final_recall.mean():.1f} | {b.forgetting.mean():.1f} | "
+                     f"{_ci(r, 't2i R@1')} | {_ci(r, 'i2t R@1')} | {int(r['pairs'])} |")
+    return "\n".join(lines)
+
+
+def _cells(frame: pd.DataFrame):
+    """(regime, strategy, rows) in table order, for the pairs that have rows."""
     for reg in REGIMES.values():
         for s in STRATEGIES:
-            r = e[(e.regime == reg) & (e.strategy == s)]
-            b = base[(base.regime == reg) & (base.strategy == s) & (base.direction == "t2i")]
-            if r.empty:
-                continue
-            r = r.iloc[0]
-            lines.append(f"| {reg} | {s} | {b.avg_final_recall.mean():.1f} | {b.forgetting.mean():.1f} | "
-                         f"{_ci(r, 't2i R@1')} | {_ci(r, 'i2t R@1')} | {int(r['pairs'])} |")
-    return "\n".join(lines)
+            sub = frame[(frame.regime == reg) & (frame.strategy == s)]
+            if not sub.empty:
+                yield reg, s, sub
 
 
 def _grid(x: pd.DataFrame, combo: str) -> str:
@@ -65,16 +70,12 @@ def anatomy_table(t: pd.DataFrame) -> str:
     a["regime"] = a.apply(regime, axis=1)
     lines = ["| regime | strategy | drift images | drift captions | alignment | as learned | reindex (new/new) | "
              "no_reindex (new q / old g) | old q / new g |", "|---|---|---|---|---|---|---|---|---|"]
-    for reg in REGIMES.values():
-        for s in STRATEGIES:
-            x = a[(a.regime == reg) & (a.strategy == s)]
-            if x.empty:
-                continue
-            dimg = x[(x.metric == "drift") & (x.direction == "images")].value.mean()
-            dcap = x[(x.metric == "drift") & (x.direction == "captions")].value.mean()
-            lines.append(f"| {reg} | {s} | {dimg:.2f} | {dcap:.2f} | {x[x.metric == 'alignment'].value.mean():.2f} "
-                         f"| {_grid(x, 'old_q/old_g')} | {_grid(x, 'new_q/new_g')} | {_grid(x, 'new_q/old_g')} | "
-                         f"{_grid(x, 'old_q/new_g')} |")
+    for reg, s, x in _cells(a):
+        dimg = x[(x.metric == "drift") & (x.direction == "images")].value.mean()
+        dcap = x[(x.metric == "drift") & (x.direction == "captions")].value.mean()
+        lines.append(f"| {reg} | {s} | {dimg:.2f} | {dcap:.2f} | {x[x.metric == 'alignment'].value.mean():.2f} "
+                     f"| {_grid(x, 'old_q/old_g')} | {_grid(x, 'new_q/new_g')} | {_grid(x, 'new_q/old_g')} | "
+                     f"{_grid(x, 'old_q/new_g')} |")
     return "\n".join(lines)
 
 
