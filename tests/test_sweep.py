@@ -85,7 +85,8 @@ def test_long_trial_names_are_the_same_in_every_interpreter():
 
 
 def test_sweep_files_in_repo_are_valid():
-    for name in ("default.yaml", "hpo.yaml", "regimes.yaml"):
+    for name in ("default.yaml", "hpo.yaml", "regimes.yaml", *(f"tuned/{s}.yaml" for s in ("ewc", "lwf", "replay",
+                                                                                           "compat"))):
         spec = load_spec(REPO / "sweeps" / name)
         assert spec.cells()
     regimes = load_spec(REPO / "sweeps" / "regimes.yaml").cells()  # 4 regimes x 6 strategies x 2 orders x 5 seeds

@@ -139,10 +139,10 @@ def generate(cfg: DataConfig) -> tuple[np.ndarray, dict]:
     rng = np.random.default_rng(cfg.generator_seed)
     tasks = list(FAMILIES)[: cfg.n_tasks]
     images, names, splits, img_task, captions, cap_img = [], [], [], [], [], []
-    # val items come after every task's train and test items, so adding them leaves those unchanged
+    # the pool and val items come after every task's train and test items, so adding them leaves those unchanged
     plan = [(t, sp, n) for t in tasks for sp, n in (("train", cfg.train_per_task), ("test", cfg.test_per_task))]
+    plan += [(POOL, "train", cfg.pretrain_pool)]  # before val: adding val items leaves the pool as it is
     plan += [(t, "val", cfg.val_per_task) for t in tasks]
-    plan += [(POOL, "train", cfg.pretrain_pool)]
     for task, split, n in plan:
         for _ in range(n):
             family = list(FAMILIES)[rng.integers(len(FAMILIES))] if task == POOL else task

@@ -123,7 +123,10 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
         return tune.Tuner.restore(path, trainable=trainable, resume_errored=True, storage_filesystem=fs)
     search_alg, metric, mode, samples = None, None, None, 1
     if spec.optuna:
+        import optuna
         from ray.tune.search.optuna import OptunaSearch
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per study it creates
 
         metric, mode = spec.optuna["metric"], spec.optuna["mode"]
         search_alg = OptunaSearch(metric=metric, mode=mode, seed=spec.config_for(cell or {}).seed)

@@ -1,0 +1,36 @@
+"""sweeps/tuned/chosen.yaml from the runs of `ccr sweep sweeps/tuned/{ewc,lwf,replay,compat}.yaml`: the
+hyperparameters each strategy's Optuna search chose per regime on the val split, with the val score.
+
+    python experiments/chosen_values.py [runs/sweeps] > sweeps/tuned/chosen.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+REGIME = {((), "none"): "from scratch", (("pool",), "none"): "pretrained",
+          (("pool",), "backbone"): "pretrained, frozen backbone", ((), "backbone"): "random features (frozen)"}
+
+
+def main(root: str = "runs/sweeps") -> None:
+    chosen: dict[str, dict[str, dict]] = {}
+    for strategy in ("ewc", "lwf", "replay", "compat"):
+        best = json.loads((Path(root) / f"tuned-{strategy}" / "best.json").read_text())
+        for cell in best.values():
+            cfg = cell["config"]
+            regime = REGIME[(tuple(cfg["tasks.pretrain"]), cfg["model.freeze"])]
+            params = {k.rsplit(".", 1)[1]: round(v, 4) if isinstance(v, float) else v
+                      for k, v in cfg.items() if k.startswith("strategy.params.")}
+            chosen.setdefault(regime, {})[strategy] = {**params, "val/t2i/R@1": round(cell["val/t2i/R@1"], 2)}
+    print("# Chosen on the val split by `ccr sweep sweeps/tuned/<strategy>.yaml` (6 Optuna trials per regime,")
+    print("# seed 0, forward task order); printed by `python experiments/chosen_values.py runs/sweeps`.")
+    print("# Use: ccr run --set strategy.name=ewc --set strategy.params.ewc.lam=<value> ...")
+    print(yaml.safe_dump(chosen, sort_keys=False, allow_unicode=True), end="")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
