@@ -12,7 +12,7 @@ from ccr.data.generated import load_generated
 from ccr.data.karpathy import image_store, load_karpathy, verify_images
 from ccr.data.validated import load_validated
 
-__all__ = ["DataError", "RetrievalDataset", "load_dataset", "resolve_task_order", "check_tasks"]
+__all__ = ["DataError", "RetrievalDataset", "load_dataset", "resolve_task_order", "sequence_tasks", "check_tasks"]
 
 
 def load_dataset(cfg: Config) -> RetrievalDataset:
@@ -48,6 +48,13 @@ def _revive(sources: dict, cfg: Config):
     return image_store(paths, sources["image_size"], cfg.data)
 
 
+def sequence_tasks(cfg: Config, ds: RetrievalDataset) -> list[str]:
+    """The dataset's tasks that a sequence may hold, in natural order: not the pretraining tasks, nor
+    material that exists for pretraining only (no test items)."""
+    skip = {*cfg.tasks.pretrain, *ds.info.get("pretrain_only", [])}
+    return [t for t in ds.task_names if t not in skip]
+
+
 def resolve_task_order(cfg: Config, ds: RetrievalDataset) -> list[str]:
     """The task order: explicit list, a seeded random permutation, or the dataset's natural order."""
     pre = cfg.tasks.pretrain
@@ -56,8 +63,7 @@ def resolve_task_order(cfg: Config, ds: RetrievalDataset) -> list[str]:
         raise DataError(f"tasks.pretrain names unknown task(s) {unknown}; the dataset's tasks are {ds.task_names}"
                         + (" (the generated benchmark has a 'pool' task with data.pretrain_pool > 0)"
                            if ds.name == "generated" else ""))
-    # pretraining tasks, and material that exists for pretraining only (no test items), are not in the sequence
-    names = [t for t in ds.task_names if t not in pre and t not in ds.info.get("pretrain_only", [])]
+    names = sequence_tasks(cfg, ds)
     order = cfg.tasks.order
     if order is None:
         return names

@@ -163,11 +163,9 @@ def _optional_int(path: Path, key: str, value: Any) -> int | None:
 
 
 def _permutations(cfg: Config, n: int) -> list[list[str]]:
-    from ccr.data import load_dataset
+    from ccr.data import load_dataset, sequence_tasks
 
-    ds = load_dataset(cfg)
-    skip = {*ds.info.get("pretrain_only", []), *cfg.tasks.pretrain}  # not part of any sequence
-    tasks = [t for t in ds.task_names if t not in skip]
+    tasks = sequence_tasks(cfg, load_dataset(cfg))
     rng = np.random.default_rng(cfg.seed)
     return [[tasks[i] for i in rng.permutation(len(tasks))] for _ in range(n)]
 
