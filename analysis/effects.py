@@ -49,11 +49,15 @@ def paired_effects(summary: pd.DataFrame, factor: str, baseline: str, k: int) ->
     if s.empty or baseline not in set(s[factor]):
         return pd.DataFrame()
     keep = [c for c in config_columns(s) if c != factor]
+    # a strategy's own hyperparameters belong to the level, not to the configuration: they pair with
+    # the baseline's runs (which have none) and only split the level's rows
+    own = [c for c in keep if factor == "strategy" and c.startswith("cfg.strategy.params.")]
+    on = [c for c in keep if c not in own]
     pair = ["seed", "task_order"]
     rows = []
-    base = s[s[factor] == baseline].set_index([*keep, *pair, "direction"])
+    base = s[s[factor] == baseline].drop(columns=own).set_index([*on, *pair, "direction"])
     for level in sorted(set(s[factor]) - {baseline}):
-        other = s[s[factor] == level].set_index([*keep, *pair, "direction"])
+        other = s[s[factor] == level].set_index([*on, *pair, "direction"])
         both = other.join(base, how="inner", lsuffix="", rsuffix="_base")
         if both.empty:
             continue

@@ -83,13 +83,29 @@ def _join(folder: str, name: str) -> str:
 def swept_keys(runs: dict[str, dict[str, Any]]) -> list[str]:
     """Config keys whose values differ between runs (besides seed, task order and resource keys).
 
-    A key absent from some runs (written by an older ccr) counts only by the values present.
+    A key absent from some runs (written by an older ccr, or a strategy's parameter in runs of other
+    strategies) counts only by the values present. Keys that the tags determine are left out.
     """
     flat = [_flatten(r["config"]) for r in runs.values()]
     keys = sorted(set().union(*flat)) if flat else []
     skip = {"seed", "tasks.order", "eval.batch_size", "train.max_failures", "checkpoint.keep"}
-    return [k for k in keys if k not in skip
-            and len({json.dumps(f[k], default=str) for f in flat if k in f}) > 1]
+    swept = [k for k in keys if k not in skip
+             and len({json.dumps(f[k], default=str) for f in flat if k in f}) > 1]
+    tags = [k for k in swept if k.startswith("tags.")]
+    if not tags:
+        return swept
+
+    def explained(k: str) -> bool:  # one value (where present) per combination of tags
+        seen: dict[str, str] = {}
+        for f in flat:
+            if k in f:
+                label, value = json.dumps([f.get(t) for t in tags]), json.dumps(f[k], default=str)
+                if seen.setdefault(label, value) != value:
+                    return False
+        return True
+
+    # a sweep's named cases (tags.regime) stand for the keys they set: one column, not one per key
+    return [k for k in swept if k in tags or not explained(k)]
 
 
 def run_info(name: str, res: dict[str, Any], swept: list[str]) -> dict[str, Any]:

@@ -256,6 +256,11 @@ def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t
     return paths
 
 
+def _key(col: str) -> str:
+    """A config column as a reader names it: cfg.train.lr -> train.lr, cfg.tags.regime -> regime."""
+    return col.removeprefix("cfg.").removeprefix("tags.")
+
+
 def effect_intervals(effects: pd.DataFrame, out: Path, k: int = 1, metric: str = "t2i R",
                      level: str = "no_reindex") -> Path | None:
     """The paired effect of one policy against reindex, with its 95 % interval, per strategy and regime
@@ -268,7 +273,7 @@ def effect_intervals(effects: pd.DataFrame, out: Path, k: int = 1, metric: str =
         return None
     cfg_cols = [c for c in e.columns if c.startswith("cfg.") and e[c].nunique(dropna=False) > 1]
     e = e.sort_values([*cfg_cols, "strategy"])
-    labels = [" · ".join([str(r.strategy), *[f"{c[4:]}={r[c]}" for c in cfg_cols]]) for _, r in e.iterrows()]
+    labels = [" · ".join([str(r.strategy), *[f"{_key(c)}={r[c]}" for c in cfg_cols]]) for _, r in e.iterrows()]
     fig, ax = plt.subplots(figsize=(8, 0.32 * len(e) + 1.6), layout="constrained")
     y = np.arange(len(e))[::-1]
     lo, hi, mid = e[f"{col} low"].to_numpy(), e[f"{col} high"].to_numpy(), e[f"{col} diff"].to_numpy()
@@ -308,7 +313,7 @@ def drift_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k:
     regs = [Line2D([], [], ls="", marker=m_, color="k", label=r) for r, m_ in mk.items()]
     leg = fig.legend(handles=strat, loc="outside right upper", fontsize=7, title="strategy", title_fontsize=8)
     fig.add_artist(leg)
-    fig.legend(handles=regs, loc="outside right lower", fontsize=7, title=" · ".join(c[4:] for c in cfg_cols)
+    fig.legend(handles=regs, loc="outside right lower", fontsize=7, title=" · ".join(_key(c) for c in cfg_cols)
                or "runs", title_fontsize=8)
     ax.set_title("Drift against forgetting, one point per run", fontsize=10)
     return _save(fig, out / "drift_vs_forgetting.png")

@@ -167,6 +167,9 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # labels carried into results and analysis, not read by any stage (a sweep's named case sets
+    # tags.<axis>: e.g. tags.regime=pretrained); so they never make two equal studies differ
+    tags: dict[str, str] = field(default_factory=dict)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {

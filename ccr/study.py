@@ -51,6 +51,7 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     c = copy.deepcopy(cfg)
     for sec, key in NON_RESULT_KEYS:
         c.get(sec, {}).pop(key, None)
+    c.pop("tags", None)  # labels only
     return c
 
 

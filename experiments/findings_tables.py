@@ -1,4 +1,5 @@
-"""The tables of docs/findings.md, from the runs of `ccr sweep sweeps/regimes.yaml`.
+"""The tables of docs/findings.md, from the runs of `ccr sweep sweeps/regimes.yaml` (tuned strategies) or
+`ccr sweep sweeps/regimes_defaults.yaml` (default hyperparameters).
 
     python experiments/findings_tables.py [runs/sweeps/regimes]
 
@@ -22,7 +23,15 @@ REGIMES = {("[]", "none"): "from scratch", ('["pool"]', "none"): "pretrained",
 STRATEGIES = ["finetune", "ewc", "lwf", "replay", "compat", "joint"]
 
 
+# sweeps/regimes.yaml names its cases (tags.regime); sweeps/regimes_defaults.yaml sets the keys directly
+TAGS = {"scratch": "from scratch", "pretrained": "pretrained", "pretrained_frozen": "pretrained, frozen backbone",
+        "random_frozen": "random features (frozen)"}
+
+
 def regime(row: pd.Series) -> str:
+    tag = row.get("cfg.tags.regime")
+    if isinstance(tag, str):
+        return TAGS.get(tag, tag)
     pre = row.get("cfg.tasks.pretrain", "[]")
     pre = json.dumps(json.loads(pre)) if isinstance(pre, str) else json.dumps(list(pre or []))
     return REGIMES.get((pre, row.get("cfg.model.freeze", "none")), f"{pre}/{row.get('cfg.model.freeze')}")

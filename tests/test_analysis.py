@@ -293,6 +293,40 @@ def test_paired_effects_match_a_hand_computation(tmp_path, capsys):
     assert "Paired effects" in page and "Student" in page
 
 
+def test_tags_stand_for_the_keys_they_set_and_strategy_parameters_pair_with_finetune(tmp_path):
+    """A sweep's named cases (tags.regime) set several keys, one of them a parameter of one strategy only:
+    the analysis shows one regime column, and lwf − finetune still pairs within each regime; without tags,
+    a swept lwf parameter splits lwf's rows and still pairs with finetune's."""
+    from analysis.effects import paired_effects
+
+    for regime, weight, gain in (("a", 1.0, 4.0), ("b", 3.0, 8.0)):
+        for s in range(3):
+            ft = fake_result("finetune", s, 20.0 + s, 5.0)
+            lwf = fake_result("lwf", s, 20.0 + s + gain + (s == 1), 5.0)
+            for r in (ft, lwf):
+                r["config"]["tags"] = {"regime": regime}
+                r["config"]["model"] = {"freeze": "none" if regime == "a" else "backbone"}
+            lwf["config"]["strategy"]["params"] = {"lwf": {"emb_weight": weight}}
+            for name, r in ((f"ft-{regime}{s}", ft), (f"lwf-{regime}{s}", lwf)):
+                (tmp_path / name).mkdir()
+                (tmp_path / name / "results.json").write_text(json.dumps(r))
+    summary = per_run_summary(collect(tmp_path))
+    assert [c for c in summary.columns if c.startswith("cfg.")] == ["cfg.tags.regime"]
+    e = paired_effects(summary, "strategy", "finetune", 1)
+    assert list(e["cfg.tags.regime"]) == ["a", "b"] and list(e["pairs"]) == [3, 3]
+    assert e["t2i R@1 diff"].tolist() == pytest.approx([4 + 1 / 3, 8 + 1 / 3])
+
+    for p in tmp_path.glob("*/results.json"):  # no tags: model.freeze and the lwf weight are columns
+        r = json.loads(p.read_text())
+        del r["config"]["tags"]
+        p.write_text(json.dumps(r))
+    summary = per_run_summary(collect(tmp_path))
+    assert {"cfg.model.freeze", "cfg.strategy.params.lwf.emb_weight"} <= set(summary.columns)
+    e = paired_effects(summary, "strategy", "finetune", 1)
+    got = dict(zip(e["cfg.strategy.params.lwf.emb_weight"], e["t2i R@1 diff"], strict=True))
+    assert got == pytest.approx({1.0: 4 + 1 / 3, 3.0: 8 + 1 / 3}) and list(e["pairs"]) == [3, 3]
+
+
 def test_t_quantiles_and_one_pair():
     from analysis.effects import interval, t975
 

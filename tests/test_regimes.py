@@ -82,3 +82,30 @@ def test_frozen_backbone_trains_only_the_heads(tmp_path):
     # freezing is a property of the sequence, not of pretraining: the unfrozen study shares the cache
     unfrozen = Study(_cfg(tmp_path, "tasks.pretrain=[pool]"), tmp_path / "u", progress=False, threads=1)
     assert unfrozen.run()["pretrain"] == {**res["pretrain"], "from": "cache"}
+
+
+def test_the_regimes_sweep_runs_the_values_chosen_on_val():
+    """sweeps/regimes.yaml copies sweeps/tuned/chosen.yaml's values into its cases: they must agree, and a
+    strategy's parameters reach its own studies only."""
+    from pathlib import Path
+
+    import yaml
+
+    from ccr.distributed.sweep_spec import load_spec
+
+    repo = Path(__file__).resolve().parent.parent
+    chosen = yaml.safe_load((repo / "sweeps" / "tuned" / "chosen.yaml").read_text())
+    label = {((), "none"): "from scratch", (("pool",), "none"): "pretrained",
+             (("pool",), "backbone"): "pretrained, frozen backbone", ((), "backbone"): "random features (frozen)"}
+    spec = load_spec(repo / "sweeps" / "regimes.yaml")
+    seen = set()
+    for cell in spec.cells():
+        cfg = spec.config_for(cell)
+        regime = label[tuple(cfg.tasks.pretrain), cfg.model.freeze]
+        assert cfg.tags == {"regime": cell["regime"]}
+        name = cfg.strategy.name
+        want = {k: v for k, v in chosen[regime].get(name, {}).items() if not k.startswith("val/")}
+        assert {k: cfg.strategy.params.get(name, {}).get(k) for k in want} == want
+        assert set(cfg.strategy.params) <= {name}
+        seen.add((regime, name))
+    assert {(r, s) for r in chosen for s in chosen[r]} <= seen

@@ -54,6 +54,18 @@ def tiny_sets(tmp_path):
                                          "metric": "summary.avg_final_recall.t2i.1", "mode": "max"}},
      "is now called 't2i/R@1'"),
     ({"grid": {"seed": [0]}, "sweeep": 1}, "unknown key(s) ['sweeep']"),
+    ({"grid": {"seed": {"a": {"train.lr": 0.1}}}}, "grid axis 'seed' is a config key, so it takes a list"),
+    ({"grid": {"regime": {"a": {"train.lr": 0.1}, "b": 3}}}, "case 'b' of grid axis 'regime' must map config keys"),
+    ({"grid": {"regime": {"a": {"train.lrr": 0.1}}}}, "unknown config key 'train.lrr'"),
+    ({"grid": {"regime": {"a": {"train.lr": "fast"}}}}, "config key 'train.lr': expected float"),
+    ({"grid": {"regime": {"a": {"tags.regime": "x"}}}}, "a named axis sets tags.regime itself"),
+    ({"grid": {"train.lr": [0.1], "regime": {"a": {"train.lr": 0.2}}}},
+     "'train.lr' is set by both grid axis 'train.lr' and the cases of grid axis 'regime'"),
+    ({"grid": {"r1": {"a": {"train.lr": 0.2}}, "r2": {"b": {"train.lr": 0.1}}}},
+     "'train.lr' is set by both the cases of grid axis 'r1' and the cases of grid axis 'r2'"),
+    ({"grid": {"regime": {"a": {"train.lr": 0.2}}}, "set": {"data.val_per_task": 4},
+      "optuna": {"space": {"train.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}},
+                 "metric": "val/t2i/R@1", "mode": "max"}}, "set by the cases of grid axis 'regime' and an optuna"),
 ])
 def test_spec_errors_before_anything_starts(tmp_path, spec, needle):
     if spec.pop("set_compare", None):
@@ -73,6 +85,24 @@ def test_spec_cells_permutations_and_names(tmp_path):
     assert trial_name({"strategy.name": "lwf", "seed": 1}) == "seed=1,strategy.name=lwf"
 
 
+def test_named_cases_set_their_keys_and_a_tag(tmp_path):
+    """One case sets several keys together (a regime and the strategy parameters chosen for it); a
+    strategy's parameters reach only that strategy's studies, and the case's name is the trial's name."""
+    spec = load_spec(write(tmp_path, {"grid": {
+        "regime": {"scratch": {"tasks.pretrain": [], "strategy.params.lwf.emb_weight": 2.0},
+                   "pretrained": {"tasks.pretrain": ["round"], "strategy.params.lwf.emb_weight": 0.5}},
+        "strategy.name": ["finetune", "lwf"]}}), [f"data.cache_dir={tmp_path / 'c'}", "data.n_tasks=3"])
+    cells = spec.cells()
+    assert len(cells) == 4 and {c["regime"] for c in cells} == {"scratch", "pretrained"}
+    got = {(c["regime"], c["strategy.name"]): spec.config_for(c) for c in cells}
+    assert got["pretrained", "lwf"].tasks.pretrain == ["round"] and got["scratch", "lwf"].tasks.pretrain == []
+    assert got["pretrained", "lwf"].strategy.params["lwf"]["emb_weight"] == 0.5
+    assert got["scratch", "lwf"].strategy.params["lwf"]["emb_weight"] == 2.0
+    assert got["scratch", "finetune"].strategy.params == {}  # another strategy's parameters are not kept
+    assert {k: c.tags for k, c in got.items()}["pretrained", "finetune"] == {"regime": "pretrained"}
+    assert trial_name({"regime": "scratch", "strategy.name": "lwf"}) == "regime=scratch,strategy.name=lwf"
+
+
 def test_long_trial_names_are_the_same_in_every_interpreter():
     """Long names end in a digest; Python's hash() would differ per process (PYTHONHASHSEED)."""
     params = {f"strategy.params.lwf.weight_{i}": 0.123456789 * i for i in range(12)}
@@ -89,10 +119,13 @@ def test_sweep_files_in_repo_are_valid():
                                                                                            "compat"))):
         spec = load_spec(REPO / "sweeps" / name)
         assert spec.cells()
-    regimes = load_spec(REPO / "sweeps" / "regimes.yaml").cells()  # 4 regimes x 6 strategies x 2 orders x 5 seeds
-    assert len(regimes) == 240 and len({c["seed"] for c in regimes}) == 5
-    assert {(tuple(c["tasks.pretrain"]), c["model.freeze"]) for c in regimes} == {
-        ((), "none"), (("pool",), "none"), (("pool",), "backbone"), ((), "backbone")}
+    for name in ("regimes.yaml", "regimes_defaults.yaml"):  # 4 regimes x 6 strategies x 2 orders x 5 seeds
+        spec = load_spec(REPO / "sweeps" / name)
+        cells = spec.cells()
+        assert len(cells) == 240 and len({c["seed"] for c in cells}) == 5
+        cfgs = [spec.config_for(c) for c in cells]
+        assert {(tuple(c.tasks.pretrain), c.model.freeze) for c in cfgs} == {
+            ((), "none"), (("pool",), "none"), (("pool",), "backbone"), ((), "backbone")}
     default = load_spec(REPO / "sweeps" / "default.yaml")
     names = {c["strategy.name"] for c in default.cells()}
     assert {"finetune", "joint"} < names and len(names) >= 4
@@ -144,8 +177,10 @@ def results_in(storage):
 def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_path, capsys):
     from ccr.distributed.tune import run_sweep
 
-    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"], "index.policy": ["reindex", "no_reindex"],
-                                     "seed": [0]}})
+    # a named axis: each case sets the policy and an lwf parameter together
+    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"], "seed": [0], "policy": {
+        "re": {"index.policy": "reindex", "strategy.params.lwf.emb_weight": 2.0},
+        "no": {"index.policy": "no_reindex", "strategy.params.lwf.emb_weight": 0.5}}}})
     assert run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out") == 0
     printed = capsys.readouterr()
     lines = [ln for ln in printed.err.splitlines() if ln.startswith("[sweep ")]
@@ -161,6 +196,9 @@ def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_p
     assert all("task 2/2: boxes" in (tmp_path / "out" / "runs" / n / "log.txt").read_text() for n in res)
     assert {(r["strategy"], r["policy"]) for r in res.values()} == {
         ("finetune", "reindex"), ("finetune", "no_reindex"), ("lwf", "reindex"), ("lwf", "no_reindex")}
+    assert {r["config"]["tags"]["policy"]: r["policy"] for r in res.values()} == {"re": "reindex", "no": "no_reindex"}
+    assert {(r["policy"], r["config"]["strategy"]["params"].get("lwf", {}).get("emb_weight"))
+            for r in res.values()} == {("reindex", None), ("no_reindex", None), ("reindex", 2.0), ("no_reindex", 0.5)}
     stamps = {n: (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns for n in res}
     assert run_sweep(spec, tiny_sets(tmp_path), tmp_path / "out") == 0  # the same sweep again: resumes
     assert {n: (tmp_path / "out" / "runs" / n / "results.json").stat().st_mtime_ns for n in res} == stamps

@@ -7,6 +7,10 @@
       index.policy: [reindex, no_reindex]
       tasks.order: {random_permutations: 3}   # or explicit lists of task names
       seed: [0, 1, 2]
+      regime:                  # a named axis (not a config key): each case sets several keys together
+        scratch: {tasks.pretrain: [], strategy.params.ewc.lam: 150}
+        pretrained: {tasks.pretrain: [pool], strategy.params.ewc.lam: 50}
+                               # and tags.regime = the case's name, which results and analysis carry
     optuna:                    # optional: one Optuna search per grid cell
       space: {train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}
       metric: t2i/R@1              # a name from ccr.results (t2i/R@1, forgetting/t2i/R@1, rsum, ...)
@@ -20,6 +24,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import typing
@@ -32,6 +37,7 @@ import numpy as np
 from ccr.config import Config, ConfigError, build_config, read_yaml, set_path
 from ccr.results import QUANTITIES, metric, metric_names
 
+SECTIONS = {f.name for f in dataclasses.fields(Config)}
 SPEC_KEYS = {"base", "set", "grid", "optuna", "resources", "max_concurrent_trials", "max_failures", "name"}
 DISTRIBUTIONS = {"uniform", "loguniform", "int", "choice"}
 
@@ -42,6 +48,8 @@ class SweepSpec:
     base_tree: dict[str, Any]
     grid: dict[str, list[Any]]
     optuna: dict[str, Any] | None = None
+    # named axes: axis -> case name -> {dotted key: value}; the grid holds the case names
+    cases: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
     max_concurrent_trials: int | None = None
@@ -54,10 +62,23 @@ class SweepSpec:
         return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(self.grid[k] for k in keys))]
 
     def config_for(self, params: dict[str, Any]) -> Config:
-        tree = copy.deepcopy(self.base_tree)
-        for k, v in params.items():
+        return build_config(apply_params(self.base_tree, params, self.cases))
+
+
+def apply_params(base_tree: dict[str, Any], params: dict[str, Any],
+                 cases: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """A trial's config tree: the base with its parameters set; a named axis's case sets each of its keys
+    and tags.<axis> = the case's name. The one place that turns parameters into a config, so the checks
+    at load time and the trial itself build the same one."""
+    tree = copy.deepcopy(base_tree)
+    for k, v in params.items():
+        if k in cases:
+            for ck, cv in cases[k][v].items():
+                set_path(tree, ck, copy.deepcopy(cv))
+            set_path(tree, f"tags.{k}", str(v))
+        else:
             set_path(tree, k, v)
-        return build_config(tree)
+    return tree
 
 
 def trial_name(params: dict[str, Any]) -> str:
@@ -117,22 +138,28 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
         set_path(tree, k, v)
     base_cfg = build_config(copy.deepcopy(tree))
     grid: dict[str, list[Any]] = {}
+    cases: dict[str, dict[str, dict[str, Any]]] = {}
     for key, values in (raw.get("grid") or {}).items():
         if isinstance(values, dict) and set(values) == {"random_permutations"} and key == "tasks.order":
             grid[key] = _permutations(base_cfg, int(values["random_permutations"]))
+        elif isinstance(values, dict):
+            cases[key] = _cases(path, key, values)
+            grid[key] = list(values)
         elif not isinstance(values, list):
-            raise ConfigError(f"sweep {path}: grid axis '{key}' must be a list of values")
+            raise ConfigError(f"sweep {path}: grid axis '{key}' must be a list of values, or named cases "
+                              f"({{case: {{key: value, ...}}, ...}})")
         else:
             grid[key] = values
         if not grid[key]:
             raise ConfigError(f"sweep {path}: grid axis '{key}' is empty")
+    _check_cases(path, grid, cases)
     opt = raw.get("optuna")
     if not grid and not opt:
         raise ConfigError(f"sweep {path}: the grid is empty and there is no optuna search: nothing to run")
     res = raw.get("resources") or {}
     if not isinstance(res, dict) or set(res) - {"cpus_per_trial", "gpus_per_trial"}:
         raise ConfigError(f"sweep {path}: resources takes cpus_per_trial and gpus_per_trial, got {res!r}")
-    spec = SweepSpec(name=raw.get("name") or path.stem, base_tree=tree, grid=grid, optuna=opt,
+    spec = SweepSpec(name=raw.get("name") or path.stem, base_tree=tree, grid=grid, optuna=opt, cases=cases,
                      cpus_per_trial=_number(path, "resources.cpus_per_trial", res.get("cpus_per_trial", 1), 0),
                      gpus_per_trial=_number(path, "resources.gpus_per_trial", res.get("gpus_per_trial", 0), 0),
                      max_concurrent_trials=_optional_int(path, "max_concurrent_trials",
@@ -148,6 +175,36 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
     if opt:
         _check_optuna(path, spec, base_cfg)
     return spec
+
+
+def _cases(path: Path, axis: str, values: dict[Any, Any]) -> dict[str, dict[str, Any]]:
+    """A named axis's cases, checked for shape (their keys and values are checked with every cell)."""
+    if _field_type(axis) is not None or axis in SECTIONS:
+        raise ConfigError(f"sweep {path}: grid axis '{axis}' is a config key, so it takes a list of values; "
+                          f"named cases go under an axis name that is not a config key (e.g. 'regime')")
+    if "." in axis or not axis:
+        raise ConfigError(f"sweep {path}: named axis '{axis}' must be a plain name (it becomes tags.{axis})")
+    out = {}
+    for name, keys in values.items():
+        if not isinstance(keys, dict) or not keys:
+            raise ConfigError(f"sweep {path}: case '{name}' of grid axis '{axis}' must map config keys to "
+                              f"values, got {keys!r}")
+        out[str(name)] = {str(k): v for k, v in keys.items()}
+    return out
+
+
+def _check_cases(path: Path, grid: dict[str, list[Any]], cases: dict[str, dict[str, dict[str, Any]]]) -> None:
+    """A key is set by one axis only: two axes (or an axis and a case) setting it would depend on order."""
+    owner: dict[str, str] = {k: f"grid axis '{k}'" for k in grid if k not in cases}
+    for axis, by_name in cases.items():
+        for key in sorted({k for keys in by_name.values() for k in keys}):
+            if key == "tags" or key.startswith("tags."):
+                raise ConfigError(f"sweep {path}: grid axis '{axis}' sets '{key}'; a named axis sets tags.{axis} "
+                                  f"itself")
+            if key in owner:
+                raise ConfigError(f"sweep {path}: '{key}' is set by both {owner[key]} and the cases of grid "
+                                  f"axis '{axis}'")
+            owner[key] = f"the cases of grid axis '{axis}'"
 
 
 def _number(path: Path, key: str, value: Any, minimum: float) -> float:
@@ -204,6 +261,10 @@ def _check_optuna(path: Path, spec: SweepSpec, cfg: Config) -> None:
             del probe
         if key in spec.grid:
             raise ConfigError(f"sweep {path}: '{key}' is both a grid axis and an optuna parameter")
+        for axis, by_name in spec.cases.items():
+            if any(key in keys for keys in by_name.values()):
+                raise ConfigError(f"sweep {path}: '{key}' is both set by the cases of grid axis '{axis}' and an "
+                                  f"optuna parameter")
 
 
-__all__ = ["SweepSpec", "load_spec", "trial_name", "valid_metrics"]
+__all__ = ["SweepSpec", "apply_params", "load_spec", "trial_name", "valid_metrics"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from ccr.config import ConfigError, build_config, set_path
 from ccr.distributed import init_ray
-from ccr.distributed.sweep_spec import SweepSpec, load_spec, trial_name
+from ccr.distributed.sweep_spec import SweepSpec, apply_params, load_spec, trial_name
 from ccr.results import flat_metrics
 from ccr.storage import Storage, exclusive, open_storage
 
@@ -22,14 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, threads: int = 1,
-              pretrained: str | None = None) -> None:
+              pretrained: str | None = None, cases: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
     """Tune function trainable: one study with the trial's parameters.
 
     Everything the trial writes goes to `runs/<name>` in the sweep's storage, from whichever node runs
     it; a retried trial (on any node) resumes from its last task checkpointed there. `threads`: the
-    CPUs the trial was granted, used as torch's intra-op threads unless the config fixes them.
+    CPUs the trial was granted, used as torch's intra-op threads unless the config fixes them. `cases`:
+    the sweep's named axes (what each case name among the parameters sets).
     """
-    import copy
     import time
 
     import ray
@@ -41,9 +41,7 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     params = dict(config)
     store = Storage(runs).child(trial_name(params))
     ctx = tune.get_context()
-    tree = copy.deepcopy(base_tree)
-    for k, v in params.items():
-        set_path(tree, k, v)
+    tree = apply_params(base_tree, params, cases or {})
     if pretrained and not (tree.get("tasks") or {}).get("pretrain_cache"):  # shared by the sweep's trials
         set_path(tree, "tasks.pretrain_cache", pretrained)
     cfg = build_config(tree)
@@ -114,7 +112,8 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_tree=spec.base_tree, runs=storage.child("runs").uri,
-                             threads=max(1, int(spec.cpus_per_trial)), pretrained=storage.child("pretrained").uri),
+                             threads=max(1, int(spec.cpus_per_trial)), pretrained=storage.child("pretrained").uri,
+                             cases=spec.cases),
         trial_resources(spec))
     fs = storage.filesystem if storage.remote else None
     path = storage.fs_path(name)

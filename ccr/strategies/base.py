@@ -189,8 +189,10 @@ def check_strategy_config(scfg) -> None:
 
 def strategy_params(scfg) -> dict[str, dict[str, Any]]:
     """Every named strategy's hyperparameters with defaults filled in (a new dict; scfg is not changed),
-    so the saved config states every hyperparameter that was used."""
-    out = {n: dict(p) for n, p in scfg.params.items()}
+    so the saved config states every hyperparameter that was used, and only those: parameters given for
+    a strategy the study does not run (a sweep sets them for all its strategies) are checked, then left
+    out, so they neither show in results nor make two equal studies differ."""
+    out: dict[str, dict[str, Any]] = {}
     for n in _names(scfg.name):
         full = dataclasses.asdict(from_dict(REGISTRY[n].Params, scfg.params.get(n, {}), f"strategy.params.{n}"))
         if full:
