@@ -42,6 +42,7 @@ class SweepProgress(tune.Callback):
     def __init__(self, total: int, label=None, stream: TextIO | None = None):
         self.total, self.label, self.stream = total, label or (lambda trial: str(trial)), stream
         self.running: dict[str, float] = {}  # trial id -> start time
+        self.width = 0  # the most trials seen running at once: what the cluster sustains
         self.durations: list[float] = []
         self.done = self.failed = 0
         self.t0 = time.time()
@@ -49,7 +50,10 @@ class SweepProgress(tune.Callback):
     def say(self, what: str) -> None:
         running = len(self.running)
         pending = max(0, self.total - self.done - self.failed - running)
-        eta = time_left(self.durations, pending + running, running, list(self.running.values()))
+        # spread over the width seen, not over the trials running at this instant: right after a trial
+        # ends one fewer runs for a moment, and the estimate would jump (e.g. 28 min, then 56 min)
+        eta = time_left(self.durations, pending + running, min(self.width, pending + running),
+                        list(self.running.values()))
         tail = f" | about {duration(eta)} left" if eta is not None else ""
         print(f"[sweep {self.done + self.failed}/{self.total}, {duration(time.time() - self.t0)}] {what} | "
               f"{pending} pending, {running} running, {self.done} done, {self.failed} failed{tail}",
@@ -57,6 +61,7 @@ class SweepProgress(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         self.running[trial.trial_id] = time.time()
+        self.width = max(self.width, len(self.running))
         self.say(f"started {self.label(trial)}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
