@@ -1,7 +1,7 @@
 """The tables of docs/findings.md, from the runs of `ccr sweep sweeps/regimes.yaml` (tuned strategies) or
 `ccr sweep sweeps/regimes_defaults.yaml` (default hyperparameters).
 
-    python experiments/findings_tables.py [runs/sweeps/regimes]
+    python experiments/findings_tables.py [runs/sweeps/regimes [runs/sweeps/regimes-defaults]]
 
 Per regime (tasks.pretrain x model.freeze) and strategy: the paired effect of no_reindex against
 reindex with its 95 % interval; the final recall and forgetting under reindex; and the anatomy of the
@@ -15,7 +15,7 @@ import sys
 
 import pandas as pd
 
-from analysis.effects import paired_effects
+from analysis.effects import interval, paired_effects
 from analysis.load import collect, per_run_summary, tidy
 
 REGIMES = {("[]", "none"): "from scratch", ('["pool"]', "none"): "pretrained",
@@ -38,9 +38,7 @@ def regime(row: pd.Series) -> str:
 
 
 def _ci(r: pd.Series, col: str) -> str:
-    mean, lo, hi = r[f"{col} diff"], r[f"{col} low"], r[f"{col} high"]
-    mark = " *" if lo > 0 or hi < 0 else ""
-    return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark}"
+    return _fmt((r[f"{col} diff"], r[f"{col} low"], r[f"{col} high"], 0))
 
 
 def effects_table(summary: pd.DataFrame) -> str:
@@ -88,7 +86,42 @@ def anatomy_table(t: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def main(root: str = "runs/sweeps/regimes") -> None:
+def _reindex_t2i(summary: pd.DataFrame) -> pd.DataFrame:
+    s = summary[(summary.k == 1) & (summary.policy == "reindex") & (summary.direction == "t2i")].copy()
+    s["regime"] = s.apply(regime, axis=1)
+    return s.set_index(["regime", "strategy", "seed", "task_order"])[["avg_final_recall", "forgetting"]]
+
+
+def tuning_table(tuned: pd.DataFrame, default: pd.DataFrame) -> str:
+    """What tuning changed: reindex t2i R@1 and F@1 at default and at tuned hyperparameters, and the
+    difference paired over (seed, task order): the same data, initialisation and order in both."""
+    both = _reindex_t2i(tuned).join(_reindex_t2i(default), how="inner", rsuffix="_default").reset_index()
+    both["d_recall"] = both.avg_final_recall - both.avg_final_recall_default
+    both["d_forget"] = both.forgetting - both.forgetting_default
+    lines = ["| regime | strategy | t2i R@1 default → tuned | Δ t2i R@1 (tuned − default) | t2i F@1 default → tuned "
+             "| Δ t2i F@1 | pairs |", "|---|---|---|---|---|---|---|"]
+    for reg, s, g in _cells(both):
+        if s in ("finetune", "joint"):  # no hyperparameter tuned: the two sweeps ran the same studies
+            continue
+        r, f = interval(g.d_recall.tolist()), interval(g.d_forget.tolist())
+        lines.append(f"| {reg} | {s} | {g.avg_final_recall_default.mean():.1f} → {g.avg_final_recall.mean():.1f} | "
+                     f"{_fmt(r)} | {g.forgetting_default.mean():.1f} → {g.forgetting.mean():.1f} | {_fmt(f)} | "
+                     f"{r[3]} |")
+    same = both[both.strategy.isin(["finetune", "joint"])]
+    lines.append(f"\n<!-- finetune and joint, identical in both sweeps: {len(same)} pairs, largest |difference| "
+                 f"{(same.avg_final_recall - same.avg_final_recall_default).abs().max():.2f} points -->")
+    return "\n".join(lines)
+
+
+def _fmt(iv: tuple[float, float, float, int]) -> str:
+    mean, lo, hi, _ = iv
+    mark = " *" if lo > 0 or hi < 0 else ""
+    return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark}"
+
+
+def main(root: str = "runs/sweeps/regimes", default_root: str | None = None) -> None:
+    """The tables of one regimes sweep; with `default_root` (the default-hyperparameter sweep) also what
+    tuning changed."""
     c = collect(root)
     summary, t = per_run_summary(c), tidy(c)
     seeds = sorted(summary.seed.unique().tolist())
@@ -99,6 +132,9 @@ def main(root: str = "runs/sweeps/regimes") -> None:
     print(effects_table(summary) + "\n")
     print("### anatomy of the old tasks after the last task (t2i R@1, mean over runs)\n")
     print(anatomy_table(t))
+    if default_root:
+        print("\n### what tuning changed under reindex, paired over seeds and task orders\n")
+        print(tuning_table(summary, per_run_summary(collect(default_root))))
 
 
 if __name__ == "__main__":
