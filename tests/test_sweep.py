@@ -101,6 +101,9 @@ def test_named_cases_set_their_keys_and_a_tag(tmp_path):
     assert got["scratch", "finetune"].strategy.params == {}  # another strategy's parameters are not kept
     assert {k: c.tags for k, c in got.items()}["pretrained", "finetune"] == {"regime": "pretrained"}
     assert trial_name({"regime": "scratch", "strategy.name": "lwf"}) == "regime=scratch,strategy.name=lwf"
+    numbered = load_spec(write(tmp_path, {"grid": {"level": {1: {"train.lr": 0.1}, 2: {"train.lr": 0.2}}}}, "n.yaml"))
+    assert [(numbered.config_for(c).tags, numbered.config_for(c).train.lr) for c in numbered.cells()] == [
+        ({"level": "1"}, 0.1), ({"level": "2"}, 0.2)]  # YAML reads the names as numbers: still found
 
 
 def test_long_trial_names_are_the_same_in_every_interpreter():

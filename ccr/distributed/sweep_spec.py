@@ -144,7 +144,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
             grid[key] = _permutations(base_cfg, int(values["random_permutations"]))
         elif isinstance(values, dict):
             cases[key] = _cases(path, key, values)
-            grid[key] = list(values)
+            grid[key] = list(cases[key])
         elif not isinstance(values, list):
             raise ConfigError(f"sweep {path}: grid axis '{key}' must be a list of values, or named cases "
                               f"({{case: {{key: value, ...}}, ...}})")
