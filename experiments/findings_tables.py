@@ -95,7 +95,8 @@ def _reindex_t2i(summary: pd.DataFrame) -> pd.DataFrame:
 def tuning_table(tuned: pd.DataFrame, default: pd.DataFrame) -> str:
     """What tuning changed: reindex t2i R@1 and F@1 at default and at tuned hyperparameters, and the
     difference paired over (seed, task order): the same data, initialisation and order in both."""
-    both = _reindex_t2i(tuned).join(_reindex_t2i(default), how="inner", rsuffix="_default").reset_index()
+    both = _reindex_t2i(tuned).merge(_reindex_t2i(default), how="inner", left_index=True, right_index=True,
+                                     suffixes=("", "_default")).reset_index()
     both["d_recall"] = both.avg_final_recall - both.avg_final_recall_default
     both["d_forget"] = both.forgetting - both.forgetting_default
     lines = ["| regime | strategy | t2i R@1 default → tuned | Δ t2i R@1 (tuned − default) | t2i F@1 default → tuned "
