@@ -80,6 +80,13 @@ def paired_effects(summary: pd.DataFrame, factor: str, baseline: str, k: int) ->
         else pd.DataFrame()
 
 
+def format_effect(mean: float, low: float, high: float) -> str:
+    """`+1.2 [+0.5, +2.0] *`: the difference, its 95 % interval, and * when the interval excludes 0."""
+    if pd.isna(low):
+        return f"{mean:+.1f}"
+    return f"{mean:+.1f} [{low:+.1f}, {high:+.1f}]" + (" *" if low > 0 or high < 0 else "")
+
+
 def effects_markdown(effects: pd.DataFrame, factor: str, k: int) -> str:
     """One row per configuration and level: difference [95 % interval] per metric, * when 0 is outside."""
     if effects.empty:
@@ -93,13 +100,7 @@ def effects_markdown(effects: pd.DataFrame, factor: str, k: int) -> str:
         cells = [str(r[c]) for c in keep] + [f"{r[factor]} − {r['baseline']}"]
         for c in cols:
             mean, lo, hi = r.get(f"{c} diff"), r.get(f"{c} low"), r.get(f"{c} high")
-            if mean is None or pd.isna(mean):
-                cells.append("")
-            elif pd.isna(lo):
-                cells.append(f"{mean:+.1f}")
-            else:
-                mark = " *" if lo > 0 or hi < 0 else ""
-                cells.append(f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark}")
+            cells.append("" if mean is None or pd.isna(mean) else format_effect(mean, lo, hi))
         cells.append(str(int(r["pairs"])))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

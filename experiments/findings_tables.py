@@ -15,7 +15,7 @@ import sys
 
 import pandas as pd
 
-from analysis.effects import interval, paired_effects
+from analysis.effects import format_effect, interval, paired_effects
 from analysis.load import collect, per_run_summary, tidy
 
 REGIMES = {("[]", "none"): "from scratch", ('["pool"]', "none"): "pretrained",
@@ -38,7 +38,7 @@ def regime(row: pd.Series) -> str:
 
 
 def _ci(r: pd.Series, col: str) -> str:
-    return _fmt((r[f"{col} diff"], r[f"{col} low"], r[f"{col} high"], 0))
+    return format_effect(r[f"{col} diff"], r[f"{col} low"], r[f"{col} high"])
 
 
 def effects_table(summary: pd.DataFrame) -> str:
@@ -106,18 +106,12 @@ def tuning_table(tuned: pd.DataFrame, default: pd.DataFrame) -> str:
             continue
         r, f = interval(g.d_recall.tolist()), interval(g.d_forget.tolist())
         lines.append(f"| {reg} | {s} | {g.avg_final_recall_default.mean():.1f} → {g.avg_final_recall.mean():.1f} | "
-                     f"{_fmt(r)} | {g.forgetting_default.mean():.1f} → {g.forgetting.mean():.1f} | {_fmt(f)} | "
-                     f"{r[3]} |")
+                     f"{format_effect(*r[:3])} | {g.forgetting_default.mean():.1f} → {g.forgetting.mean():.1f} | "
+                     f"{format_effect(*f[:3])} | {r[3]} |")
     same = both[both.strategy.isin(["finetune", "joint"])]
     lines.append(f"\n<!-- finetune and joint, identical in both sweeps: {len(same)} pairs, largest |difference| "
                  f"{(same.avg_final_recall - same.avg_final_recall_default).abs().max():.2f} points -->")
     return "\n".join(lines)
-
-
-def _fmt(iv: tuple[float, float, float, int]) -> str:
-    mean, lo, hi, _ = iv
-    mark = " *" if lo > 0 or hi < 0 else ""
-    return f"{mean:+.1f} [{lo:+.1f}, {hi:+.1f}]{mark}"
 
 
 def main(root: str = "runs/sweeps/regimes", default_root: str | None = None) -> None:
