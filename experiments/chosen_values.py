@@ -11,9 +11,7 @@ import sys
 from pathlib import Path
 
 import yaml
-
-REGIME = {((), "none"): "from scratch", (("pool",), "none"): "pretrained",
-          (("pool",), "backbone"): "pretrained, frozen backbone", ((), "backbone"): "random features (frozen)"}
+from findings_tables import REGIMES  # this folder's sibling script: run as a script
 
 
 def main(root: str = "runs/sweeps") -> None:
@@ -22,7 +20,7 @@ def main(root: str = "runs/sweeps") -> None:
         best = json.loads((Path(root) / f"tuned-{strategy}" / "best.json").read_text())
         for cell in best.values():
             cfg = cell["config"]
-            regime = REGIME[(tuple(cfg["tasks.pretrain"]), cfg["model.freeze"])]
+            regime = REGIMES[(tuple(cfg["tasks.pretrain"]), cfg["model.freeze"])]
             params = {k.rsplit(".", 1)[1]: round(v, 4) if isinstance(v, float) else v
                       for k, v in cfg.items() if k.startswith("strategy.params.")}
             chosen.setdefault(regime, {})[strategy] = {**params, "val/t2i/R@1": round(cell["val/t2i/R@1"], 2)}

@@ -18,8 +18,9 @@ import pandas as pd
 from analysis.effects import format_effect, interval, paired_effects
 from analysis.load import collect, per_run_summary, tidy
 
-REGIMES = {("[]", "none"): "from scratch", ('["pool"]', "none"): "pretrained",
-           ('["pool"]', "backbone"): "pretrained, frozen backbone", ("[]", "backbone"): "random features (frozen)"}
+# (tasks.pretrain, model.freeze) -> the regime's name (also used by chosen_values.py and the tests)
+REGIMES = {((), "none"): "from scratch", (("pool",), "none"): "pretrained",
+           (("pool",), "backbone"): "pretrained, frozen backbone", ((), "backbone"): "random features (frozen)"}
 STRATEGIES = ["finetune", "ewc", "lwf", "replay", "compat", "joint"]
 
 
@@ -33,8 +34,9 @@ def regime(row: pd.Series) -> str:
     if isinstance(tag, str):
         return TAGS.get(tag, tag)
     pre = row.get("cfg.tasks.pretrain", "[]")
-    pre = json.dumps(json.loads(pre)) if isinstance(pre, str) else json.dumps(list(pre or []))
-    return REGIMES.get((pre, row.get("cfg.model.freeze", "none")), f"{pre}/{row.get('cfg.model.freeze')}")
+    pre = tuple(json.loads(pre)) if isinstance(pre, str) else tuple(pre or [])
+    freeze = row.get("cfg.model.freeze", "none")
+    return REGIMES.get((pre, freeze), f"{list(pre)}/{freeze}")
 
 
 def _ci(r: pd.Series, col: str) -> str:

@@ -92,16 +92,15 @@ def test_the_regimes_sweep_runs_the_values_chosen_on_val():
     import yaml
 
     from ccr.distributed.sweep_spec import load_spec
+    from experiments.findings_tables import REGIMES
 
     repo = Path(__file__).resolve().parent.parent
     chosen = yaml.safe_load((repo / "sweeps" / "tuned" / "chosen.yaml").read_text())
-    label = {((), "none"): "from scratch", (("pool",), "none"): "pretrained",
-             (("pool",), "backbone"): "pretrained, frozen backbone", ((), "backbone"): "random features (frozen)"}
     spec = load_spec(repo / "sweeps" / "regimes.yaml")
     seen = set()
     for cell in spec.cells():
         cfg = spec.config_for(cell)
-        regime = label[tuple(cfg.tasks.pretrain), cfg.model.freeze]
+        regime = REGIMES[tuple(cfg.tasks.pretrain), cfg.model.freeze]
         assert cfg.tags == {"regime": cell["regime"]}
         name = cfg.strategy.name
         want = {k: v for k, v in chosen[regime].get(name, {}).items() if not k.startswith("val/")}
