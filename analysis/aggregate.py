@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ccr.results import BETTER  # what each question prefers: the best configuration per column is highlighted
+from ccr.results import BETTER, INITIAL  # BETTER: what each question prefers (the best is highlighted)
 
 METRICS = ["avg_final_recall", "forgetting", "bwt", "rsum", "index_cost"]
 
@@ -19,7 +19,7 @@ def aggregate(summary: pd.DataFrame, by_order: bool = False) -> pd.DataFrame:
     if summary.empty:
         return summary
     keys = config_columns(summary, by_order) + ["direction", "k"]
-    g = summary.groupby(keys, dropna=False)[METRICS]
+    g = summary.groupby(keys, dropna=False)[METRICS + [q for q in INITIAL if q in summary]]
     out = g.agg(["mean", "std", "count"])
     out.columns = [f"{m}_{s}" for m, s in out.columns]
     return out.reset_index()
@@ -71,5 +71,32 @@ def markdown_table(agg: pd.DataFrame, k: int = 1) -> str:
             txt = _cell(mean, std, 0 if col == "index_cost" else 1)
             cells.append(f"**{txt}**" if mean == best.get(col) else txt)
         cells.append(str(counts[key]))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def initial_table(agg: pd.DataFrame, k: int = 1) -> str:
+    """What θ0 could do and what is left of it: zero-shot, transfer, control and retention per direction, one
+    row per configuration (the policy never changes them: one row for all policies). Empty when none."""
+    cols = [q for q in INITIAL if f"{q}_mean" in agg and agg[f"{q}_mean"].notna().any()]
+    if agg.empty or not cols:
+        return ""
+    a = agg[agg["k"] == k]
+    first = sorted(a["policy"].unique(), key=str)[0]
+    a = a[a["policy"] == first]
+    cfg_cols = [c for c in config_columns(a) if c != "policy" and (a[c].nunique(dropna=False) > 1 or c == "strategy")]
+    nice = {"zero_shot": f"zero-shot R@{k}", "transfer": f"transfer R@{k}", "control": f"control R@{k}",
+            "retention": "retention %"}
+    head = [*cfg_cols, *[f"{d} {nice[q]}" for d in ("i2t", "t2i") for q in cols], "n"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, g in a.groupby(cfg_cols, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        by_d = {r["direction"]: r for _, r in g.iterrows()}
+        cells = [str(v) for v in key]
+        for d in ("i2t", "t2i"):
+            for q in cols:
+                r = by_d.get(d)
+                cells.append("" if r is None or pd.isna(r[f"{q}_mean"]) else _cell(r[f"{q}_mean"], r[f"{q}_std"]))
+        cells.append(str(int(g["avg_final_recall_count"].max())))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

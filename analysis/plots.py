@@ -67,27 +67,40 @@ def _errorbar_or_line(ax, x, mean, std, count, **kw) -> None:
         ax.errorbar(x, mean, yerr=yerr, fmt="none", ecolor=kw.get("color"), capsize=2, lw=0.8)
 
 
+def _zero_shot(tidy: pd.DataFrame, direction: str, k: int) -> pd.DataFrame:
+    """θ0's zero-shot records (step -1) of one direction and K; empty for results without them."""
+    if "metric" not in tidy:
+        return tidy.iloc[0:0]
+    return tidy[(tidy.metric == "zero_shot") & (tidy.direction == direction) & (tidy.k == k)]
+
+
 def heatmaps(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 1,
              policies: tuple[str, ...] = ("reindex", "no_reindex")) -> Path | None:
-    """The recall matrix of every (strategy, policy): rows after learning a task, columns the task queried."""
+    """The recall matrix of every (strategy, policy): rows after learning a task, columns the task queried;
+    above them θ0's zero-shot row where the runs recorded one."""
     d = tidy[(tidy.metric == "recall") & (tidy.direction == direction) & (tidy.k == k) & tidy.policy.isin(policies)]
     if d.empty:
         return None
+    z = _zero_shot(tidy, direction, k)
     combos = sorted({(s, p) for s, p in zip(d.strategy, d.policy, strict=True)},
                     key=lambda c: (c[0], _policy_key(c[1])))
     names, what = task_names(d)
     n = len(names)
     ncol = min(3, len(combos))
     nrow = int(np.ceil(len(combos) / ncol))
-    side = 2.2 + 0.35 * n
+    rows0 = int(not z.empty)
+    side = 2.2 + 0.35 * (n + rows0)
     fig, axes = plt.subplots(nrow, ncol, figsize=(side * ncol + 1.2, side * nrow + 0.9), squeeze=False,
                              layout="constrained")
     vmax = max(1.0, float(np.nanmax(d.value)))
     im = None
     for idx, (ax, (s, p)) in enumerate(zip(axes.flat, combos, strict=False)):
         m = d[(d.strategy == s) & (d.policy == p)].groupby(["step", "task_index"]).value.mean().unstack()
-        mat = np.full((n, n), np.nan)
-        mat[: m.shape[0], : m.shape[1]] = m.values
+        mat = np.full((n + rows0, n), np.nan)
+        mat[rows0: rows0 + m.shape[0], : m.shape[1]] = m.values
+        if rows0:
+            zs = z[z.strategy == s].groupby("task_index").value.mean()
+            mat[0, zs.index.astype(int)] = zs.values
         im = ax.imshow(mat, vmin=0, vmax=vmax, cmap="viridis")
         for (i, j), v in np.ndenumerate(mat):
             if not np.isnan(v):
@@ -96,7 +109,10 @@ def heatmaps(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 1,
         ax.set_title(f"{s} / {p}", fontsize=9)
         ax.set_xticks(range(n), names, rotation=45, ha="right", fontsize=7)
         first_col = idx % ncol == 0
-        ax.set_yticks(range(n), [f"after {t}" for t in names] if first_col else [], fontsize=7)
+        ylabels = ["θ0 (zero-shot)"] * rows0 + [f"after {t}" for t in names]
+        ax.set_yticks(range(n + rows0), ylabels if first_col else [], fontsize=7)
+        if rows0:
+            ax.axhline(0.5, color="w", lw=1.5)
         if idx >= len(combos) - ncol:
             ax.set_xlabel(f"{what} queried", fontsize=8)
     for ax in list(axes.flat)[len(combos):]:
@@ -109,11 +125,16 @@ def heatmaps(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 1,
 
 def task_curves(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 1,
                 policies: tuple[str, ...] = ("reindex", "no_reindex")) -> Path | None:
-    """Recall of each task along the sequence, one panel per strategy; one line style per policy."""
+    """Recall of each task along the sequence, one panel per strategy; one line style per policy; the first
+    point is θ0's zero-shot recall where the runs recorded one."""
     d = tidy[(tidy.metric == "recall") & (tidy.direction == direction) & (tidy.k == k) & tidy.policy.isin(policies)]
     if d.empty:
         return None
     names, what = task_names(d)
+    z = _zero_shot(tidy, direction, k)
+    off = int(not z.empty)
+    if off:  # θ0 is the same for every policy: each policy's line starts there
+        d = pd.concat([d, *[z.assign(policy=p) for p in d.policy.unique()]], ignore_index=True)
     strategies = sorted(d.strategy.unique())
     pols = sorted(d.policy.unique(), key=_policy_key)
     style = {p: LINESTYLES[i % len(LINESTYLES)] for i, p in enumerate(pols)}
@@ -122,15 +143,15 @@ def task_curves(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 
     nrow = int(np.ceil(len(strategies) / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.1 * nrow + 0.9), squeeze=False, sharey=True,
                              layout="constrained")
-    x = np.arange(len(names))
+    x = np.arange(len(names) + off)
     for idx, (ax, s) in enumerate(zip(axes.flat, strategies, strict=False)):
         sub = d[d.strategy == s].groupby(["policy", "task_index", "step"]).value.agg(["mean", "std", "count"])
         for (p, i), g in sub.groupby(level=[0, 1]):
             g = g.droplevel([0, 1])
-            _errorbar_or_line(ax, x[g.index], g["mean"], g["std"], g["count"], color=tcol[i], ls=style[p],
-                              marker="o", ms=3, lw=1.2)
+            _errorbar_or_line(ax, x[g.index.astype(int) + off], g["mean"], g["std"], g["count"], color=tcol[i],
+                              ls=style[p], marker="o", ms=3, lw=1.2)
         ax.set_title(s, fontsize=9)
-        ax.set_xticks(x, [f"after {t}" for t in names], rotation=30, ha="right", fontsize=7)
+        ax.set_xticks(x, ["θ0"] * off + [f"after {t}" for t in names], rotation=30, ha="right", fontsize=7)
         ax.grid(alpha=0.3)
         if idx % ncol == 0:
             ax.set_ylabel(f"{direction} R@{k} (%)")

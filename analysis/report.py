@@ -16,7 +16,7 @@ import pandas as pd
 import yaml
 
 from analysis import plots
-from analysis.aggregate import aggregate, markdown_table
+from analysis.aggregate import aggregate, initial_table, markdown_table
 from analysis.effects import effects_markdown, paired_effects
 from analysis.load import collect, per_run_summary, provenance_frame, tidy
 from ccr.storage import Storage
@@ -93,7 +93,19 @@ GLOSSARY = [
                       "rows); ± is the standard deviation over those runs, not a confidence interval, and is "
                       "left out when n = 1."),
     ("bold", "the best value of each column: highest recall, BWT and rsum, lowest forgetting and index cost."),
+    ("θ0, zero-shot", "the model before the first task (pretrained, or its random initialisation: then chance) "
+                      "evaluated on every task; the row above each recall matrix, the first point of each task "
+                      "curve. Zero-shot R@K is its mean over tasks."),
+    ("transfer", "a task's mean R@K before it was learned (θ0 included), averaged over tasks 2..n: ZSCL's "
+                 "Transfer (eval.transfer)."),
+    ("control, retention", "R@K on control data, tasks never trained (eval.control), after the last task; "
+                           "retention is that in % of θ0's: how much zero-shot capability the sequence eroded."),
 ]
+
+INITIAL_TITLE = "What the model could do before the first task, and what is left of it"
+INITIAL_INTRO = ("θ0 is the model the sequence starts from. Zero-shot: θ0 on every task (mean over tasks). "
+                 "Transfer: tasks before they were learned. Control: tasks never trained, after the last task; "
+                 "retention: control in % of θ0's. No indexing policy changes these (one row per configuration).")
 
 FIGURE_NOTES = {
     "forgetting": "How much of what each task had reached was lost by the end, per strategy and indexing policy.",
@@ -215,6 +227,9 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     for k, t in tables.items():
         md += [f"## Average final recall, forgetting and BWT at K={k} (mean ± std over n runs; best in bold)", "",
                t, ""]
+    initial = initial_table(agg, ks[0]) if ks else ""
+    if initial:
+        md += [f"## {INITIAL_TITLE}", "", INITIAL_INTRO, "", initial, ""]
     effects, effect_md = paired_tables(summary, ks[0] if ks else 1)
     if not effects.empty:
         effects.to_csv(out / "effects.csv", index=False)
@@ -252,6 +267,8 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
             body += [f"<h2>{title}</h2>", _md_to_html(t)]
         else:
             body += [f"<details><summary>{title}</summary>{_md_to_html(t)}</details>"]
+    if initial:
+        body += [f"<h2>{INITIAL_TITLE}</h2>", f"<p>{html.escape(INITIAL_INTRO)}</p>", _md_to_html(initial)]
     body += ["<h2>Paired effects: which differences are real</h2>", f"<p>{html.escape(EFFECTS_INTRO)}</p>"]
     body += [_md_to_html(t) if t.startswith("|") else f"<h3>{html.escape(t.lstrip('# '))}</h3>"
              for t in effect_md if t.strip()]

@@ -43,6 +43,9 @@ class DataConfig:
     prefetch_factor: int = 2  # batches decoded ahead per worker
     in_memory: bool | None = None  # decode every image once into memory (None: when it fits in 2 GiB)
     image_cache: bool = False  # decode once into a uint8 memory-mapped file under cache_dir, shared by trials
+    # generated: test images of each shape family the sequence never learns (those after n_tasks), as control
+    # data (eval.control); rendered after everything else, so the other images stay as they are
+    control_per_task: int = 0
 
 
 @dataclass
@@ -57,7 +60,7 @@ class TasksConfig:
 
 @dataclass
 class ImageEncoderConfig:
-    pretrained: str | None = None  # local path to a transformers vision model (ViT, CLIP vision)
+    pretrained: str | None = None  # folder / URI / hub id of a vision model (ViT, CLIP or SigLIP vision)
     image_size: int = 32
     patch_size: int = 4
     hidden_size: int = 64  # also the MLP on precomputed features (data.kind=precomp)
@@ -71,7 +74,7 @@ class ImageEncoderConfig:
 
 @dataclass
 class TextEncoderConfig:
-    pretrained: str | None = None  # local path to a transformers text model with its tokenizer
+    pretrained: str | None = None  # folder / URI / hub id of a text model with its tokenizer (BERT, CLIP, SigLIP)
     hidden_size: int = 64
     layers: int = 2
     heads: int = 4
@@ -83,7 +86,10 @@ class TextEncoderConfig:
 
 @dataclass
 class ModelConfig:
-    embed_dim: int = 64
+    # a complete pretrained dual encoder (CLIP, SigLIP): folder, storage URI or hub id; model.image / model.text
+    # then describe nothing (its towers, projections, scale, tokenizer and preprocessing come from it)
+    pretrained: str | None = None
+    embed_dim: int | None = None  # towers: 64 by default; model.pretrained: the checkpoint's (another is an error)
     freeze: str = "none"  # none | backbone: the sequence trains only the projection heads (fixed features)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -95,7 +101,7 @@ class TrainConfig:
     batch_size: int = 32
     lr: float = 3e-3
     weight_decay: float = 0.01
-    loss: str = "infonce"  # infonce | vsepp
+    loss: str = "infonce"  # infonce | vsepp | siglip (sigmoid, with the model's bias)
     margin: float = 0.2  # VSE++ margin
     temperature: float = 0.07  # InfoNCE initial temperature (learnable)
     learn_temperature: bool = True
@@ -149,6 +155,8 @@ class EvalConfig:
     batch_size: int = 256
     anatomy: bool = True  # compatibility grid, drift and alignment
     val: bool = True  # also the recall matrix on val items (where every task has them): what selection reads
+    transfer: bool = False  # after each task, also the tasks not learned yet (ZSCL's Transfer)
+    control: list[str] = field(default_factory=list)  # tasks never trained, evaluated at θ0 and after every task
 
 
 @dataclass
@@ -174,7 +182,7 @@ class Config:
 
 CHOICES: dict[str, tuple[str, ...]] = {
     "data.kind": ("generated", "karpathy", "precomp", "visual_genome"),
-    "train.loss": ("infonce", "vsepp"),
+    "train.loss": ("infonce", "vsepp", "siglip"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.image.pool": ("mean", "cls"),
     "model.freeze": ("none", "backbone"),
@@ -288,7 +296,7 @@ def validate(cfg: Config) -> None:
                 "eval.batch_size", "eval.min_test_items", "model.embed_dim", "data.n_tasks", "data.train_per_task",
                 "data.test_per_task", "data.image_size"]
     for key in positive:
-        if _get(cfg, key) < 1:
+        if _get(cfg, key) is not None and _get(cfg, key) < 1:
             raise ConfigError(f"config key '{key}': must be >= 1, got {_get(cfg, key)}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr': must be > 0, got {cfg.train.lr}")
@@ -308,6 +316,22 @@ def validate(cfg: Config) -> None:
     if cfg.index.approx != "none" and cfg.index.backend != "faiss":
         raise ConfigError("config key 'index.approx': approximate search needs index.backend=faiss")
     _validate_data(cfg.data)
+    m = cfg.model
+    if m.pretrained and (m.image.pretrained or m.text.pretrained):
+        raise ConfigError("config key 'model.pretrained': a complete dual encoder brings both towers; leave "
+                          "model.image.pretrained and model.text.pretrained unset (or use those two alone)")
+    if cfg.data.kind == "precomp" and m.pretrained:
+        raise ConfigError("config key 'model.pretrained': with data.kind=precomp the images are precomputed "
+                          "features; a complete dual encoder needs pixels (use model.text.pretrained for the text)")
+    if len(set(cfg.eval.control)) != len(cfg.eval.control):
+        raise ConfigError(f"config key 'eval.control': names a task twice: {cfg.eval.control}")
+    both = [t for t in cfg.eval.control if t in (cfg.tasks.order if isinstance(cfg.tasks.order, list) else [])
+            or t in cfg.tasks.pretrain]
+    if both:
+        raise ConfigError(f"config key 'eval.control': {both} are trained (in tasks.order or tasks.pretrain); "
+                          "control data is data the model never learns")
+    if cfg.data.control_per_task < 0:
+        raise ConfigError(f"config key 'data.control_per_task': must be >= 0, got {cfg.data.control_per_task}")
     if cfg.data.kind == "precomp" and cfg.model.image.pretrained:
         raise ConfigError("config key 'model.image.pretrained': with data.kind=precomp the images are precomputed "
                           "features, encoded by an MLP (model.image.layers, model.image.hidden_size); no image "
@@ -360,8 +384,10 @@ def with_defaults(cfg: Config) -> Config:
     the saved config says what ran. Validation itself never changes the config."""
     from ccr.strategies import strategy_params
 
-    data = cfg.data
+    data, model = cfg.data, cfg.model
     if data.captions_per_image is None and data.kind in CAPTIONS_PER_IMAGE:
         data = dataclasses.replace(data, captions_per_image=CAPTIONS_PER_IMAGE[data.kind])
-    return dataclasses.replace(cfg, data=data,
+    if model.embed_dim is None and not model.pretrained:  # a complete model's comes from its checkpoint (ccr.study)
+        model = dataclasses.replace(model, embed_dim=64)
+    return dataclasses.replace(cfg, data=data, model=model,
                                strategy=dataclasses.replace(cfg.strategy, params=strategy_params(cfg.strategy)))

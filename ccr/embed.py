@@ -42,7 +42,7 @@ class Embedder:
     def _run(self, modality: str, ids: np.ndarray) -> np.ndarray:
         was_training = self.model.training
         self.model.eval()
-        out = np.empty((len(ids), self.model.cfg.embed_dim), np.float32)
+        out = np.empty((len(ids), self.model.embed_dim), np.float32)
         chunks = range(0, len(ids), self.batch_size)
         images = prefetched(self.dataset.images, [ids[lo:lo + self.batch_size] for lo in chunks], self.workers,
                             pin_memory=self.device.type == "cuda") if modality == "images" else None

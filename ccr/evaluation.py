@@ -2,6 +2,13 @@
 
 Indexing never feeds back into training, so the configured policy and any `index.compare`
 policies are all evaluated on one training run; each keeps its own galleries and cost counters.
+
+Before the first task, θ0 (the model the sequence starts from: pretrained, or a random
+initialisation) is evaluated on every task: the zero-shot row. Tasks not learned yet (the zero-shot
+row, `eval.transfer`) and never learned (`eval.control`) need no index policy: both sides are
+embedded with the current model, and the gallery is the one the task would be searched in once
+learned (its own items in `task` scope; in `seen` scope, the order's tasks up to it; control tasks:
+all control tasks).
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from ccr.embed import Embedder
 from ccr.index import MODALITIES, IndexState
 from ccr.metrics import DIRECTIONS, to_json_matrix
 from ccr.policies import StepInput, build_policy
-from ccr.query import evaluate_step
+from ccr.query import evaluate_step, gallery_tasks, recall_direct
 from ccr.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -64,7 +71,17 @@ class Evaluator:
         self.val_recall = {p: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for p in self.val_states}
         self.learned: dict[str, dict[str, np.ndarray]] = {}
         self.anatomy = {"grid": {c: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for c in COMBOS},
-                        "drift": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n)}
+                        "drift": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n),
+                        "drift_from_init": {m: _nan(n) for m in MODALITIES}}
+        self.search_device = search_device
+        # θ0: the zero-shot row {split: {direction: {K: (n,)}}} and test embeddings {task: {modality: (m, D)}}
+        self.zero_shot: dict[str, dict[str, dict[int, np.ndarray]]] | None = None
+        self.initial: dict[str, dict[str, np.ndarray]] = {}
+        # eval.transfer: recall of task i after step s < i (both sides with θ_s)
+        self.transfer = {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} if cfg.eval.transfer else None
+        # eval.control: row 0 at θ0, row s + 1 after step s; one column per control task
+        self.control = {d: {k: np.full((n + 1, len(cfg.eval.control)), np.nan) for k in ks} for d in DIRECTIONS} \
+            if cfg.eval.control else None
 
     def make_state(self, policy: str, cfg: Config, device: str) -> IndexState:
         """The galleries of one policy (a sharded evaluator puts them on its actors)."""
@@ -102,8 +119,58 @@ class Evaluator:
                 policy.update(val, StepInput(step, self.order, embedder, self.val_ids, prev_embedder, fit))
                 vrows = evaluate_step(val, embedder, self.ds, seen, self.cfg.eval.scope, self.cfg.eval.ks, "val")
                 _record(self.val_recall[name], vrows, step, seen)
+        self._after_step(step, embedder)
         if self.cfg.eval.anatomy:
             self._anatomy(step, embedder)
+
+    # ---- tasks not learned yet, and never ------------------------------------------------------
+    def _direct(self, embedder: Embedder, task: str, gallery: list[str], split: str = "test"
+                ) -> dict[str, dict[int, float]]:
+        return recall_direct(embedder, self.ds, task, gallery, self.cfg.eval.ks, split, self.cfg.index.backend,
+                             self.search_device)
+
+    def _unlearned(self, embedder: Embedder, i: int, split: str = "test") -> dict[str, dict[int, float]]:
+        """Task order[i] evaluated with `embedder`'s model on both sides, in the gallery it will have."""
+        task = self.order[i]
+        return self._direct(embedder, task, gallery_tasks(task, self.order[: i + 1], self.cfg.eval.scope), split)
+
+    def _control_row(self, row: int, embedder: Embedder) -> None:
+        tasks = self.cfg.eval.control
+        for j, t in enumerate(tasks):
+            r = self._direct(embedder, t, gallery_tasks(t, tasks, self.cfg.eval.scope))
+            for d in DIRECTIONS:
+                for k in self.cfg.eval.ks:
+                    self.control[d][k][row, j] = r[d][k]
+
+    def before_sequence(self, embedder: Embedder) -> None:
+        """θ0 on every task (test, and val where measured) and on control data, before task 1 trains."""
+        n, ks = len(self.order), self.cfg.eval.ks
+        self.zero_shot = {}
+        for split in ("test", "val") if self.has_val else ("test",):
+            row = {d: {k: np.full(n, np.nan) for k in ks} for d in DIRECTIONS}
+            for i in range(n):
+                r = self._unlearned(embedder, i, split)
+                for d in DIRECTIONS:
+                    for k in ks:
+                        row[d][k][i] = r[d][k]
+            self.zero_shot[split] = row
+        k = min(ks)
+        log.info("zero-shot (θ0, before task 1): t2i R@%d %s", k,
+                 ", ".join(f"{t} {v:.1f}" for t, v in zip(self.order, self.zero_shot["test"]["t2i"][k], strict=True)))
+        if self.control is not None:
+            self._control_row(0, embedder)
+        if self.cfg.eval.anatomy:
+            self.initial = {t: {m: embedder.embed(m, self.test_ids[t][m]) for m in MODALITIES} for t in self.order}
+
+    def _after_step(self, step: int, embedder: Embedder) -> None:
+        if self.transfer is not None:
+            for i in range(step + 1, len(self.order)):
+                r = self._unlearned(embedder, i)
+                for d in DIRECTIONS:
+                    for k in self.cfg.eval.ks:
+                        self.transfer[d][k][step, i] = r[d][k]
+        if self.control is not None:
+            self._control_row(step + 1, embedder)
 
     def before_index(self, step: int, embedder: Embedder) -> None:
         """Hook for galleries that embed elsewhere (shards receive the step's model here)."""
@@ -129,17 +196,28 @@ class Evaluator:
             for m in MODALITIES:
                 self.anatomy["drift"][m][step, i] = a["drift"][m]
             self.anatomy["alignment"][step, i] = a["alignment"]
+            if t in self.initial:  # drift from θ0 (same measure: mean cosine of an item's two embeddings)
+                for m in MODALITIES:
+                    self.anatomy["drift_from_init"][m][step, i] = float(
+                        np.mean(np.sum(self.initial[t][m] * current[m], axis=1)))
 
     # ---- checkpointing -----------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"states": {p: s.state_dict() for p, s in self.states.items()}, "recall": self.recall,
                 "learned": self.learned, "anatomy": self.anatomy,
-                "val_states": {p: s.state_dict() for p, s in self.val_states.items()}, "val_recall": self.val_recall}
+                "val_states": {p: s.state_dict() for p, s in self.val_states.items()}, "val_recall": self.val_recall,
+                "zero_shot": self.zero_shot, "initial": self.initial, "transfer": self.transfer,
+                "control": self.control}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for p, s in self.states.items():
             s.load_state_dict(state["states"][p])
-        self.recall, self.learned, self.anatomy = state["recall"], state["learned"], state["anatomy"]
+        self.recall, self.learned = state["recall"], state["learned"]
+        self.anatomy = {**self.anatomy, **state["anatomy"]}  # a checkpoint of an earlier ccr has no drift from θ0
+        self.zero_shot, self.initial = state.get("zero_shot"), state.get("initial", {})
+        for key in ("transfer", "control"):  # kept only when this study measures them too
+            if getattr(self, key) is not None and state.get(key) is not None:
+                setattr(self, key, state[key])
         if self.val_states and "val_states" not in state:
             raise ValueError("this checkpoint was written without val evaluation (eval.val)")
         for p, s in self.val_states.items():
@@ -166,10 +244,18 @@ class Evaluator:
             return to_json_matrix(m[:upto, :upto])
 
         a = self.anatomy
-        return {
+        out = {
             "scope": "task",
             "grid": {c: {d: {str(k): cut(m) for k, m in by_k.items()} for d, by_k in g.items()}
                      for c, g in a["grid"].items()},
             "drift": {m: cut(v) for m, v in a["drift"].items()},
             "alignment": cut(a["alignment"]),
         }
+        if self.initial:
+            out["drift_from_init"] = {m: cut(v) for m, v in a["drift_from_init"].items()}
+        return out
+
+    def initial_results(self, upto: int) -> dict[str, Any]:
+        """results.json's `zero_shot`, `transfer` and `control` (None where not measured) and their metrics."""
+        return results.initial_results(self.zero_shot, self.transfer, self.control, self.cfg.eval.control,
+                                       upto, self.cfg.eval.scope)

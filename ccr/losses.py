@@ -31,13 +31,34 @@ def vsepp(img: torch.Tensor, txt: torch.Tensor, margin: float) -> dict[str, torc
     return {"contrastive_loss": loss}
 
 
-def contrastive(kind: str, img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor,
-                margin: float) -> dict[str, torch.Tensor]:
+def siglip(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+           ) -> dict[str, torch.Tensor]:
+    """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every (image, caption) pair of the batch is a binary
+    decision, matching or not, on scale * similarity + bias; summed over captions, averaged over images, as
+    transformers' SiglipModel computes it."""
+    logits = img @ txt.T * logit_scale.exp() + logit_bias
+    labels = 2 * torch.eye(len(img), device=img.device, dtype=logits.dtype) - 1
+    return {"contrastive_loss": -F.logsigmoid(labels * logits).sum(1).mean()}
+
+
+LOSSES = ("infonce", "vsepp", "siglip")
+
+
+def contrastive(train_cfg, img: torch.Tensor, txt: torch.Tensor, model) -> dict[str, torch.Tensor]:
+    """The study's contrastive loss (train.loss) on matching rows of `img` and `txt` with `model`'s scale
+    (and bias): the one way every caller (the training loop, EWC's Fisher, A-GEM's reference gradient)
+    computes it. Embeddings are taken in float32 whatever the autocast."""
+    kind = train_cfg.loss
+    img, txt = img.float(), txt.float()
     if kind == "infonce":
-        return infonce(img, txt, logit_scale)
+        return infonce(img, txt, model.logit_scale)
     if kind == "vsepp":
-        return vsepp(img, txt, margin)
-    raise ValueError(f"unknown loss {kind!r} (choose infonce or vsepp)")
+        return vsepp(img, txt, train_cfg.margin)
+    if kind == "siglip":
+        if getattr(model, "logit_bias", None) is None:
+            raise ValueError("train.loss=siglip needs a model with a logit_bias (built with that loss)")
+        return siglip(img, txt, model.logit_scale, model.logit_bias)
+    raise ValueError(f"unknown loss {kind!r} (choose {', '.join(LOSSES)})")
 
 
 def total(terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -9,6 +9,7 @@ from ccr.data.dataset import RetrievalDataset
 from ccr.embed import Embedder
 from ccr.index import IndexState
 from ccr.metrics import recall_at_k
+from ccr.search import FlatIndex
 
 
 def gallery_tasks(task: str, seen: list[str], scope: str) -> list[str]:
@@ -37,3 +38,22 @@ def evaluate_step(state: IndexState, embedder: Embedder, ds: RetrievalDataset, s
         _, res = state.galleries["images"].search(embedder.embed("captions", cap_ids), kmax, where)
         out["t2i"][task] = recall_at_k(res, ds.caption_image[cap_ids], ks)
     return out
+
+
+def recall_direct(embedder: Embedder, ds: RetrievalDataset, task: str, gallery: list[str], ks: list[int],
+                  split: str = "test", backend: str = "faiss", device: str = "cpu") -> dict[str, dict[int, float]]:
+    """Recall of `task`'s `split` queries against `gallery` tasks' items, both sides embedded by `embedder`
+    (no index policy: the evaluation of tasks not learned yet, θ0's zero-shot row, control data):
+    {direction: {K: percent}}. Galleries are assembled per task, so each task is embedded once per model."""
+    kmax = max(ks)
+    img_ids, cap_ids = ds.image_ids(task, split), ds.caption_ids(task, split)
+    g_caps = [ds.caption_ids(t, split) for t in gallery]
+    g_imgs = [ds.image_ids(t, split) for t in gallery]
+    caps = FlatIndex(np.concatenate([embedder.embed("captions", c) for c in g_caps]), np.concatenate(g_caps),
+                     backend, device)
+    imgs = FlatIndex(np.concatenate([embedder.embed("images", i) for i in g_imgs]), np.concatenate(g_imgs),
+                     backend, device)
+    _, res = caps.search(embedder.embed("images", img_ids), kmax)
+    owner = np.where(res >= 0, ds.caption_image[np.clip(res, 0, None)], -1)
+    _, res_t = imgs.search(embedder.embed("captions", cap_ids), kmax)
+    return {"i2t": recall_at_k(owner, img_ids, ks), "t2i": recall_at_k(res_t, ds.caption_image[cap_ids], ks)}

@@ -10,6 +10,12 @@ Metric names are flat and readable, and the same everywhere (results.json's `met
     index_cost/embedded        embeddings computed for indexing over the sequence (images + captions)
     index_cost/images, index_cost/captions, index_cost/seconds
 
+    zero_shot/t2i/R@1          θ0 (the model before task 1) on every task, mean over tasks
+    transfer/t2i/R@1           eval.transfer: ZSCL's Transfer, a task's mean recall before it was learned (θ0
+                               included), averaged over tasks 2..n (task 1 has only θ0's)
+    control/t2i/R@1            eval.control: tasks never trained, after the last task (mean over them)
+    retention/t2i/R@1          that, in % of θ0's on the same control tasks
+
 A policy other than the study's own (`index.compare`) prefixes its name: `no_reindex/t2i/R@1`.
 The same recall matrix on val items (where the dataset has them, `eval.val`), the one that selection
 and HPO may read, prefixes `val/`: `val/t2i/R@1`, `val/forgetting/t2i/R@1`, `no_reindex/val/rsum`.
@@ -29,8 +35,10 @@ from ccr.metrics import DIRECTIONS, bwt, final_average, forgetting, rsum_matrix,
 
 SCHEMA_VERSION = 2
 QUANTITIES = ("avg_final_recall", "forgetting", "bwt")  # per direction and K
+INITIAL = ("zero_shot", "transfer", "control", "retention")  # per direction and K, measured without a policy
 COST = ("index_cost/embedded", "index_cost/images", "index_cost/captions", "index_cost/seconds")
-BETTER = {"avg_final_recall": "max", "forgetting": "min", "bwt": "max", "rsum": "max", "index_cost": "min"}
+BETTER = {"avg_final_recall": "max", "forgetting": "min", "bwt": "max", "rsum": "max", "index_cost": "min",
+          "zero_shot": "max", "transfer": "max", "control": "max", "retention": "max"}
 EXPLAIN = {
     "avg_final_recall": "average recall over all tasks after the last task (%)",
     "forgetting": "average forgetting: best earlier recall of a task minus its final recall (points; lower is "
@@ -38,6 +46,11 @@ EXPLAIN = {
     "bwt": "backward transfer: final recall of a task minus its recall right after it was learned (points)",
     "rsum": "R@1 + R@5 + R@10 of both directions, averaged over tasks after the last task",
     "index_cost": "embeddings computed for indexing over the whole sequence (images + captions)",
+    "zero_shot": "recall of the model before the first task (θ0) on every task, mean over tasks (%)",
+    "transfer": "a task's mean recall before it was learned (θ0 included), averaged over tasks 2..n (ZSCL's "
+                "Transfer; eval.transfer)",
+    "control": "recall on control data, tasks never trained (eval.control), after the last task (%)",
+    "retention": "control recall after the last task, in % of θ0's on the same control data",
 }
 _FNS = {"avg_final_recall": final_average, "forgetting": forgetting, "bwt": bwt}
 
@@ -49,11 +62,16 @@ def metric(quantity: str, direction: str, k: int | str) -> str:
     return base if quantity == "avg_final_recall" else f"{quantity}/{base}"
 
 
-def metric_names(ks: list[int], compare: list[str] = (), val: bool = False) -> list[str]:
-    """Every metric a study with these K (and these further policies; with val items) reports."""
+def metric_names(ks: list[int], compare: list[str] = (), val: bool = False, transfer: bool = False,
+                 control: bool = False) -> list[str]:
+    """Every metric a study with these K (and these further policies; with val items; measuring transfer
+    and control data) reports."""
     quality = [metric(q, d, k) for q in QUANTITIES for d in DIRECTIONS for k in ks] + ["rsum"]
     own = quality + list(COST) + ([f"val/{m}" for m in quality] if val else [])
-    return own + [f"{p}/{m}" for p in compare for m in own]
+    initial = [f"{q}/{d}/R@{k}" for q in ("zero_shot", *(("transfer",) if transfer else ()),
+                                           *(("control", "retention") if control else ()))
+               for d in DIRECTIONS for k in ks]
+    return own + initial + [f"{p}/{m}" for p in compare for m in own]
 
 
 def _quality(mats: dict[str, dict[int, np.ndarray]]) -> dict[str, float]:
@@ -98,9 +116,68 @@ def policy_results(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any],
     return out
 
 
-def study_results(main_policy: str, by_policy: dict[str, dict[str, Any]], **fields: Any) -> dict[str, Any]:
-    """results.json: the study's fields, its own policy's results at the top level, and every policy's."""
-    return {"schema_version": SCHEMA_VERSION, **fields, **by_policy[main_policy], "by_policy": by_policy}
+def _mean(values) -> float | None:
+    v = np.asarray(values, dtype=float)
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else None
+
+
+def _vector(v: np.ndarray) -> list[float | None]:
+    return [None if np.isnan(x) else float(x) for x in v]
+
+
+def initial_results(zero_shot: dict | None, transfer: dict | None, control: dict | None, control_tasks: list[str],
+                    upto: int, scope: str) -> dict[str, Any]:
+    """The evaluations that need no index policy: θ0's zero-shot row, transfer (tasks before they are
+    learned) and control data (tasks never learned), for results.json, with their metrics:
+    {"zero_shot": ..., "transfer": ..., "control": ..., "metrics": {name: value}}."""
+    out: dict[str, Any] = {"zero_shot": None, "transfer": None, "control": None, "metrics": {}}
+    m = out["metrics"]
+    if zero_shot:
+        test = zero_shot["test"]
+        out["zero_shot"] = {"gallery": scope, "recall": {d: {str(k): _vector(v) for k, v in by_k.items()}
+                                                         for d, by_k in test.items()}}
+        if "val" in zero_shot:
+            out["zero_shot"]["val_recall"] = {d: {str(k): _vector(v) for k, v in by_k.items()}
+                                              for d, by_k in zero_shot["val"].items()}
+        for d, by_k in test.items():
+            for k, v in by_k.items():
+                m[f"zero_shot/{d}/R@{k}"] = _mean(v)
+    if transfer is not None and zero_shot:
+        out["transfer"] = {"recall": {d: {str(k): to_json_matrix(a[:upto]) for k, a in by_k.items()}
+                                      for d, by_k in transfer.items()}}
+        for d, by_k in transfer.items():
+            for k, a in by_k.items():
+                n = a.shape[1]
+                per_task = [_mean([zero_shot["test"][d][k][i], *a[:min(i, upto), i]]) for i in range(1, n)]
+                value = _mean([v for v in per_task if v is not None])
+                if value is not None:
+                    m[f"transfer/{d}/R@{k}"] = value
+    if control is not None:
+        out["control"] = {"tasks": list(control_tasks), "gallery": scope,
+                          "recall": {d: {str(k): to_json_matrix(a[:upto + 1]) for k, a in by_k.items()}
+                                     for d, by_k in control.items()}}
+        for d, by_k in control.items():
+            for k, a in by_k.items():
+                first, last = _mean(a[0]), _mean(a[upto])
+                if last is not None:
+                    m[f"control/{d}/R@{k}"] = last
+                if first and last is not None:
+                    m[f"retention/{d}/R@{k}"] = 100.0 * last / first
+    m = {k: v for k, v in m.items() if v is not None}
+    out["metrics"] = m
+    return out
+
+
+def study_results(main_policy: str, by_policy: dict[str, dict[str, Any]], initial: dict[str, Any] | None = None,
+                  **fields: Any) -> dict[str, Any]:
+    """results.json: the study's fields, its own policy's results at the top level (its `metrics` joined by
+    those that need no policy: zero_shot/..., transfer/..., control/...), and every policy's."""
+    initial = initial or {"metrics": {}}
+    main = by_policy[main_policy]
+    return {"schema_version": SCHEMA_VERSION, **fields,
+            **{k: initial.get(k) for k in ("zero_shot", "transfer", "control")},
+            **main, "metrics": {**main["metrics"], **initial["metrics"]}, "by_policy": by_policy}
 
 
 def flat_metrics(res: dict[str, Any]) -> dict[str, float]:
@@ -224,13 +301,15 @@ def smallest_k(res: dict[str, Any]) -> int:
 def summary_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One record per (policy, direction, K): recall, forgetting, bwt, plus the policy's rsum and cost."""
     res = upgrade(res)
+    study = res.get("metrics") or {}  # zero_shot/..., transfer/..., control/..., retention/...: no policy's own
     for policy, pr in res["by_policy"].items():
         m = pr["metrics"]
         for d, by_k in pr["recall"].items():
             for k in by_k:
                 yield {"policy": policy, "direction": d, "k": int(k),
                        **{q: m[metric(q, d, k)] for q in QUANTITIES},
-                       "rsum": m.get("rsum"), "index_cost": m["index_cost/embedded"]}
+                       "rsum": m.get("rsum"), "index_cost": m["index_cost/embedded"],
+                       **{q: study.get(f"{q}/{d}/R@{k}") for q in INITIAL}}
 
 
 def matrix_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -239,8 +318,8 @@ def matrix_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
     res = upgrade(res)
     order = res["task_order"]
 
-    def cells(m, **row):
-        for s, r in enumerate(m):
+    def cells(m, first: int = 0, **row):
+        for s, r in enumerate(m, first):
             for i, v in enumerate(r):
                 if v is not None:
                     yield {**row, "step": s, "task": order[i], "task_index": i, "value": v}
@@ -249,6 +328,25 @@ def matrix_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
         for d, by_k in pr["recall"].items():
             for k, m in by_k.items():
                 yield from cells(m, policy=policy, direction=d, k=int(k), metric="recall")
+    zs = res.get("zero_shot")
+    if isinstance(zs, dict):  # θ0's row: step -1, before the first task
+        for d, by_k in zs["recall"].items():
+            for k, v in by_k.items():
+                yield from cells([v], -1, policy="zero_shot", direction=d, k=int(k), metric="zero_shot")
+    tr = res.get("transfer")
+    if isinstance(tr, dict):
+        for d, by_k in tr["recall"].items():
+            for k, m in by_k.items():
+                yield from cells(m, policy="transfer", direction=d, k=int(k), metric="transfer")
+    ctl = res.get("control")
+    if isinstance(ctl, dict):  # row 0 is θ0 (step -1); column j is control task j
+        for d, by_k in ctl["recall"].items():
+            for k, m in by_k.items():
+                for row, r in enumerate(m):
+                    for j, v in enumerate(r):
+                        if v is not None:
+                            yield {"policy": "control", "direction": d, "k": int(k), "metric": "control",
+                                   "step": row - 1, "task": ctl["tasks"][j], "task_index": j, "value": v}
     a = res.get("anatomy")
     if a:
         for combo, by_d in a["grid"].items():
@@ -257,4 +355,6 @@ def matrix_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
                     yield from cells(m, policy="anatomy", direction=d, k=int(k), metric=f"grid:{combo}")
         for mod, m in a["drift"].items():
             yield from cells(m, policy="anatomy", direction=mod, k=None, metric="drift")
+        for mod, m in (a.get("drift_from_init") or {}).items():
+            yield from cells(m, policy="anatomy", direction=mod, k=None, metric="drift_from_init")
         yield from cells(a["alignment"], policy="anatomy", direction=None, k=None, metric="alignment")

@@ -55,6 +55,11 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         raise
 
 
+def cache_root(cache_dir: str | None = None) -> Path:
+    """ccr's data cache: data.cache_dir, else CCR_CACHE, else ~/.cache/ccr."""
+    return Path(cache_dir or os.environ.get("CCR_CACHE", Path.home() / ".cache" / "ccr"))
+
+
 def scratch_root() -> Path:
     """The node-local cache folder (`CCR_SCRATCH`): give each node of a cluster its own."""
     return Path(os.environ.get("CCR_SCRATCH") or Path.home() / ".cache" / "ccr" / "scratch")

@@ -28,12 +28,11 @@ from ccr import results
 from ccr.checkpoint import from_bytes, to_bytes
 from ccr.config import Config, ConfigError, to_dict
 from ccr.context import task_label
-from ccr.data import check_tasks, load_dataset, resolve_task_order
+from ccr.data import check_control, check_tasks, load_dataset, resolve_task_order
 from ccr.embed import Embedder
 from ccr.errors import DataError
 from ccr.evaluation import Evaluator
-from ccr.models import build_model, build_tokenizer, tokenize_all
-from ccr.models.tokenizer import load_tokenizer
+from ccr.models import build_for, build_tokenizer, resolve_model
 from ccr.provenance import provenance
 from ccr.storage import Storage, open_storage
 from ccr.strategies import Strategy, TaskContext, build_strategy
@@ -53,6 +52,29 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
         c.get(sec, {}).pop(key, None)
     c.pop("tags", None)  # labels only
     return c
+
+
+_MISSING = object()
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The dotted keys in which two configs differ in a way that changes results. A key one side lacks counts
+    only when the other holds a value other than its default: a config written by an earlier ccr, before
+    the key existed, is the same study."""
+    defaults = to_dict(Config())
+    out: list[str] = []
+
+    def walk(a: Any, b: Any, d: Any, path: str) -> None:
+        a, b = (d if a is _MISSING else a), (d if b is _MISSING else b)  # absent: at its default
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b), key=str):
+                walk(a.get(k, _MISSING), b.get(k, _MISSING), d.get(k, _MISSING) if isinstance(d, dict) else _MISSING,
+                     f"{path}.{k}" if path else str(k))
+        elif a != b:
+            out.append(path)
+
+    walk(_comparable(old), _comparable(new), defaults, "")
+    return out
 
 
 def checkpoint_name(step: int, order: Sequence[str]) -> str:
@@ -94,6 +116,7 @@ class Study:
     def __init__(self, cfg: Config, out: str | Path | Storage, progress: bool = True, threads: int | None = None,
                  *, evaluator: type[Evaluator] = Evaluator, device: torch.device | None = None,
                  on_batch: Callable[[int, int, int], None] | None = None):
+        cfg = resolve_model(cfg)  # what pretrained weights decide (embed_dim), and sizes that must agree
         self.cfg, self.progress, self.threads = cfg, progress, threads
         self.evaluator_cls, self.on_batch = evaluator, on_batch
         if (cfg.index.shards > 1) != evaluator.shards_galleries:
@@ -109,6 +132,7 @@ class Study:
         self.ds = load_dataset(cfg)
         self.order = resolve_task_order(cfg, self.ds)
         check_tasks(self.ds, self.order, cfg.eval.min_test_items, cfg.train.workers)
+        check_control(self.ds, self.order, cfg)
         few = [f"{t} ({n})" for t in cfg.tasks.pretrain if (n := len(self.ds.image_ids(t, "train"))) < 2]
         if few:
             raise DataError(f"tasks.pretrain: tasks with fewer than 2 training images: {', '.join(few)}")
@@ -135,9 +159,11 @@ class Study:
         if not isinstance(old, dict):
             raise ConfigError(f"{self.store.display('config.yaml')} is not a ccr config (no mapping); "
                               "restore it, or use another --out")
-        if _comparable(old) != _comparable(self.config_dict):
+        differ = config_differences(old, self.config_dict)
+        if differ:
             where = self.store.display()
-            raise ConfigError(f"{where} holds a study with a different config; resuming it would mix "
+            shown = ", ".join(differ[:6]) + (f" and {len(differ) - 6} more" if len(differ) > 6 else "")
+            raise ConfigError(f"{where} holds a study with a different config ({shown}); resuming it would mix "
                               f"results. Use another --out, or delete {where}")
 
     @contextlib.contextmanager
@@ -169,8 +195,7 @@ class Study:
         tasks.pretrain says so) and evaluator."""
         self._model()
         if self.cfg.model.freeze == "backbone":  # the fixed-features regime: only the heads learn the sequence
-            for p in [*self.model.image_encoder.parameters(), *self.model.text_encoder.parameters()]:
-                p.requires_grad_(False)
+            self.model.freeze(["image_encoder", "text_encoder"])
         self.evaluator = self.evaluator_cls(self.cfg, self.ds, self.order, str(self.device),
                                             tokenizer=self.store.child("tokenizer"))
         self.train_stats: list[dict[str, float]] = []
@@ -179,11 +204,8 @@ class Study:
     def _model(self) -> None:
         if not self.store.is_file("tokenizer/tokenizer_config.json"):
             self.prepare_out()
-        self.tokenizer = load_tokenizer(local_copy(self.store.child("tokenizer")))
-        self.tokens = tokenize_all(self.tokenizer, self.ds.captions, self.cfg.model.text.max_length)
-        torch.manual_seed(self.cfg.seed)
-        self.model = build_model(self.cfg.model, len(self.tokenizer), self.cfg.train,
-                                 getattr(self.ds.images, "feature_dim", None)).to(self.device)
+        tokenizer = local_copy(self.store.child("tokenizer"))
+        self.model, self.tokenizer, self.tokens = build_for(self.cfg, self.ds, tokenizer, self.device)
         self.pretrained: dict[str, Any] | None = None
         if self.cfg.tasks.pretrain:
             self.model.load_state_dict(self.pretrained_state())
@@ -202,8 +224,14 @@ class Study:
         data = {k: v for k, v in to_dict(self.cfg)["data"].items() if k not in READ_ONLY_KEYS}
         model = {k: v for k, v in to_dict(self.cfg)["model"].items() if k != "freeze"}
         train = {k: v for k, v in to_dict(self.cfg)["train"].items() if k not in ("max_failures",)}
+        from ccr.pretrained import fingerprint
+
+        m = self.cfg.model
+        weights = {k: fingerprint(v) for k, v in (("model", m.pretrained), ("image", m.image.pretrained),
+                                                   ("text", m.text.pretrained)) if v}  # content, not the path
         ident = {"v": 1, "data": data, "vocabulary": sorted({*self.cfg.tasks.pretrain, *self.order}),
-                 "model": model, "train": train, "pretrain": sorted(self.cfg.tasks.pretrain), "seed": self.cfg.seed,
+                 "model": model, "train": train, **({"weights": weights} if weights else {}),
+                 "pretrain": sorted(self.cfg.tasks.pretrain), "seed": self.cfg.seed,
                  "threads": torch.get_num_threads(), "vocab_size": len(self.tokenizer)}
         return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
@@ -287,7 +315,7 @@ class Study:
             tasks = [*self.cfg.tasks.pretrain, *self.order]  # the vocabulary of everything the model learns
             train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(tasks, "train")]
             tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".tokenizer.", suffix=".tmp"))
-            build_tokenizer(self.cfg.model.text, train_caps).save_pretrained(str(tmp))
+            build_tokenizer(self.cfg.model.text, train_caps, self.cfg.model.pretrained).save_pretrained(str(tmp))
             if self.store.remote:  # tokenizer_config.json, the marker read above, is uploaded last
                 self.store.upload_dir(tmp, "tokenizer", last="tokenizer_config.json")
                 shutil.rmtree(tmp)
@@ -332,6 +360,8 @@ class Study:
         ctx = self.context(step, dist)
         needs_prev = lead and self.evaluator.needs_previous_model and step > 0
         prev = copy.deepcopy(self.model).eval() if needs_prev else None
+        if lead and step == 0:  # θ0, before anything trains: the zero-shot row (checkpointed after task 1)
+            self.evaluator.before_sequence(self.embedder(self.model))
         if lead:
             log.info("task %d/%d: %s (%s)", step + 1, len(self.order), ctx.task, self.strategy.name)
         self.strategy.before_task(ctx, self.model)
@@ -363,7 +393,7 @@ class Study:
             strategy=strategy if isinstance(strategy, str) else "+".join(strategy),
             policy=self.cfg.index.policy, scope=self.cfg.eval.scope,
             dataset={"name": self.ds.name, "tasks": self.ds.summary(), **self.ds.info},
-            anatomy=ev.anatomy_results(upto) if self.cfg.eval.anatomy else None,
+            anatomy=ev.anatomy_results(upto) if self.cfg.eval.anatomy else None, initial=ev.initial_results(upto),
             pretrain=self.pretrained,
             train=self.train_stats[:upto], resumes=self.resumes,
             provenance={**provenance(), "started": self.started, "finished": time.time(),

@@ -169,3 +169,28 @@ def test_cli_run_on_its_own_ray_prints_only_ccr_lines(tmp_path, sets):
         assert noise not in out, (noise, out[-3000:])
     assert sum("task boxes: " in ln and " steps, mean loss" in ln for ln in out.splitlines()) == 1, out[-3000:]
     assert "after task 2/2 (boxes) [reindex]" in out
+
+
+@pytest.mark.parametrize("model", ["clip", "towers"])
+def test_pretrained_models_two_workers_equal_one_worker_global_batch(ray_local, tmp_path, model):
+    """A complete CLIP, and pretrained towers with parameters no ccr loss reaches (a ViT saved with its pooler,
+    loaded without it; a SigLIP folder as the text tower, whose head ccr's pooling skips): 2 workers x B train
+    the first task's objective of 1 worker x 2B (mean loss to 1e-5). Without find_unused_parameters DDP
+    stops at the second step."""
+    from ccr.distributed.runner import make_study, run_study
+    from tests.karpathy_fixture import make_karpathy
+    from tests.pretrained_fixture import make_complete, make_vit_with_pooler
+
+    files = make_karpathy(tmp_path / "data", per_task=24, test_per_task=4)
+    weights = [f"model.pretrained={make_complete(tmp_path / 'clip', 'clip')}"] if model == "clip" else [
+        f"model.image.pretrained={make_vit_with_pooler(tmp_path / 'vit')}",
+        f"model.text.pretrained={make_complete(tmp_path / 'siglip', 'siglip')}",
+        "model.image.image_size=16", "model.text.max_length=16", "model.embed_dim=16"]
+    base = ["data.kind=karpathy", f"data.path={files['path']}", f"data.images={files['images']}",
+            f"data.tasks_file={files['tasks_file']}", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2",
+            "train.warmup_steps=1", "train.threads=1", "tasks.order=[animal]", "eval.val=false", *weights]
+    one = run_study(make_study(load_config(None, [*base, "train.batch_size=8"]), tmp_path / "one", progress=False))
+    two = run_study(make_study(load_config(None, [*base, "train.batch_size=4", "train.workers=2",
+                                                  "train.cpus_per_worker=0.5"]), tmp_path / "two", progress=False))
+    assert one["train"][0]["steps"] == two["train"][0]["steps"] >= 4
+    assert two["train"][0]["mean_loss"] == pytest.approx(one["train"][0]["mean_loss"], rel=1e-5)

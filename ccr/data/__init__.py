@@ -8,17 +8,20 @@ import numpy as np
 
 from ccr.config import Config
 from ccr.data.dataset import DataError, RetrievalDataset
-from ccr.data.generated import load_generated
+from ccr.data.generated import FAMILIES, load_generated
 from ccr.data.karpathy import image_store, load_karpathy, verify_images
+from ccr.data.pixels import Pixels
 from ccr.data.validated import load_validated
 
-__all__ = ["DataError", "RetrievalDataset", "load_dataset", "resolve_task_order", "sequence_tasks", "check_tasks"]
+__all__ = ["DataError", "RetrievalDataset", "load_dataset", "resolve_task_order", "sequence_tasks", "check_tasks",
+           "check_control"]
 
 
 def load_dataset(cfg: Config) -> RetrievalDataset:
     """The dataset named by `cfg.data`, fully checked; real datasets are parsed and checked once per
     content and node (ccr.data.validated), then read back by every worker, actor and trial."""
-    d, size = cfg.data, cfg.model.image.image_size
+    d = cfg.data
+    pixels = pixels_for(cfg)
     if d.kind == "generated":
         return load_generated(d)
     if d.kind == "precomp":
@@ -30,11 +33,21 @@ def load_dataset(cfg: Config) -> RetrievalDataset:
         from ccr.data.visual_genome import load_visual_genome
 
         def load():
-            return load_visual_genome(d, size)
+            return load_visual_genome(d, pixels)
     else:
         def load():
-            return load_karpathy(d, size)
-    return load_validated(d, size, load, lambda sources: _revive(sources, cfg))
+            return load_karpathy(d, pixels)
+    return load_validated(d, pixels, load, lambda sources: _revive(sources, cfg))
+
+
+def pixels_for(cfg: Config) -> Pixels:
+    """How image files become pixels for this config's model: a complete pretrained model's own
+    preprocessing (its preprocessor_config.json), else ccr's square crop at model.image.image_size."""
+    if cfg.model.pretrained:
+        from ccr.pretrained import describe
+
+        return describe(cfg.model.pretrained).pixels
+    return Pixels.square(cfg.model.image.image_size)
 
 
 def _revive(sources: dict, cfg: Config):
@@ -45,13 +58,15 @@ def _revive(sources: dict, cfg: Config):
         return FeatureStore(sources["files"])
     paths = [Path(p) for p in sources["paths"]]
     verify_images(paths, Path(cfg.data.images or "."), cfg.data.cache_dir)
-    return image_store(paths, sources["image_size"], cfg.data)
+    return image_store(paths, Pixels.from_description(sources["pixels"]), cfg.data)
 
 
 def sequence_tasks(cfg: Config, ds: RetrievalDataset) -> list[str]:
     """The dataset's tasks that a sequence may hold, in natural order: not the pretraining tasks, nor
-    material that exists for pretraining only (no test items)."""
-    skip = {*cfg.tasks.pretrain, *ds.info.get("pretrain_only", [])}
+    material that exists for pretraining only (no test items), nor control data (eval.control, or the generated
+    benchmark's held-out families, which have test items only)."""
+    skip = {*cfg.tasks.pretrain, *ds.info.get("pretrain_only", []), *ds.info.get("control_only", []),
+            *cfg.eval.control}
     return [t for t in ds.task_names if t not in skip]
 
 
@@ -100,3 +115,21 @@ def check_tasks(ds: RetrievalDataset, order: list[str], min_test: int = 2, worke
     if few_train:
         raise DataError(f"tasks with fewer than {2 * workers} training images ({workers} worker(s) x 2, for "
                         f"in-batch negatives): {', '.join(few_train)}")
+
+
+def check_control(ds: RetrievalDataset, order: list[str], cfg: Config) -> None:
+    """eval.control names tasks the dataset has, that the sequence never learns, with enough test items."""
+    ctl = cfg.eval.control
+    unknown = [t for t in ctl if t not in ds.task_names]
+    if unknown:
+        hint = (" (the generated benchmark adds its held-out shape families, "
+                f"{', '.join(list(FAMILIES)[cfg.data.n_tasks:]) or 'none with these n_tasks'}, with "
+                "data.control_per_task > 0)") if ds.name == "generated" else ""
+        raise DataError(f"eval.control names unknown task(s) {unknown}; the dataset's tasks are {ds.task_names}{hint}")
+    learned = [t for t in ctl if t in order]
+    if learned:
+        raise DataError(f"eval.control: {learned} are in the task order; control data is never trained")
+    few = [f"{t} ({n})" for t in ctl if (n := len(ds.image_ids(t, "test"))) < cfg.eval.min_test_items]
+    if few:
+        raise DataError(f"eval.control: tasks with fewer than {cfg.eval.min_test_items} test images "
+                        f"(eval.min_test_items): {', '.join(few)}")

@@ -14,8 +14,8 @@ from typing import Protocol
 
 import numpy as np
 import torch
-from PIL import Image
 
+from ccr.data.pixels import Pixels, load_image_file  # noqa: F401  (load_image_file: re-exported)
 from ccr.errors import DataError  # noqa: F401  (defined there, raised and re-exported here)
 
 SPLITS = ("train", "val", "test")
@@ -53,35 +53,23 @@ class ArrayImages:
         return self.array[torch.from_numpy(np.array(ids, dtype=np.int64))]  # a copy: ids may be read-only
 
 
-def load_image_file(path: str | Path, size: int) -> np.ndarray:
-    """Any size, aspect or mode -> RGB, shorter side resized to `size`, centre crop, uint8 (3, size, size)."""
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-        w, h = im.size
-        scale = size / min(w, h)
-        nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-        im = im.resize((nw, nh), Image.Resampling.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        im = im.crop((left, top, left + size, top + size))
-        return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
-
-
 class FileImages:
     """Images decoded from files on demand (real datasets that do not fit in memory at full size)."""
 
     decodes = True
 
-    def __init__(self, paths: list[Path], image_size: int):
+    def __init__(self, paths: list[Path], pixels: Pixels | int):
         self.paths = paths
-        self.image_size = image_size
+        self.pixels = Pixels.square(pixels) if isinstance(pixels, int) else pixels
+        self.image_size = self.pixels.shape[0]
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def load(self, ids: np.ndarray) -> torch.Tensor:
         if len(ids) == 0:
-            return torch.empty((0, 3, self.image_size, self.image_size), dtype=torch.uint8)
-        return torch.from_numpy(np.stack([load_image_file(self.paths[i], self.image_size) for i in ids]))
+            return torch.empty((0, 3, *self.pixels.shape), dtype=torch.uint8)
+        return torch.from_numpy(np.stack([load_image_file(self.paths[i], self.pixels) for i in ids]))
 
 
 @dataclass

@@ -19,6 +19,7 @@ import numpy as np
 
 from ccr.config import DataConfig
 from ccr.data.dataset import ArrayImages, DataError, RetrievalDataset
+from ccr.storage import cache_root  # noqa: F401  (re-exported: ccr.data.generated.cache_root)
 
 log = logging.getLogger(__name__)
 
@@ -117,12 +118,14 @@ def _params(cfg: DataConfig) -> dict:
         p["val"] = cfg.val_per_task
     if cfg.pretrain_pool:  # so is the pretraining pool
         p["pool"] = cfg.pretrain_pool
+    if cfg.control_per_task:  # and the held-out families' control data
+        p["control"] = cfg.control_per_task
     return p
 
 
-def cache_root(cache_dir: str | None) -> Path:
-    """ccr's data cache: data.cache_dir, else CCR_CACHE, else ~/.cache/ccr."""
-    return Path(cache_dir or os.environ.get("CCR_CACHE", Path.home() / ".cache" / "ccr"))
+def held_out(cfg: DataConfig) -> list[str]:
+    """The shape families a benchmark of n_tasks never learns: with data.control_per_task, control tasks."""
+    return list(FAMILIES)[cfg.n_tasks:] if cfg.control_per_task else []
 
 
 def cache_path(cfg: DataConfig) -> Path:
@@ -143,6 +146,7 @@ def generate(cfg: DataConfig) -> tuple[np.ndarray, dict]:
     plan = [(t, sp, n) for t in tasks for sp, n in (("train", cfg.train_per_task), ("test", cfg.test_per_task))]
     plan += [(POOL, "train", cfg.pretrain_pool)]  # before val: adding val items leaves the pool as it is
     plan += [(t, "val", cfg.val_per_task) for t in tasks]
+    plan += [(t, "test", cfg.control_per_task) for t in held_out(cfg)]  # control data, last of all
     for task, split, n in plan:
         for _ in range(n):
             family = list(FAMILIES)[rng.integers(len(FAMILIES))] if task == POOL else task
@@ -166,7 +170,7 @@ def generate(cfg: DataConfig) -> tuple[np.ndarray, dict]:
                 if len(seen) == cfg.captions_per_image:
                     break
     meta = {"names": names, "splits": splits, "tasks": img_task,
-            "task_names": tasks + ([POOL] if cfg.pretrain_pool else []),
+            "task_names": tasks + ([POOL] if cfg.pretrain_pool else []) + held_out(cfg),
             "captions": captions, "caption_image": cap_img, "params": _params(cfg)}
     return np.stack(images), meta
 
@@ -194,5 +198,6 @@ def load_generated(cfg: DataConfig) -> RetrievalDataset:
         name="generated", image_names=meta["names"], image_split=np.array(meta["splits"]),
         image_task=np.array(meta["tasks"]), captions=meta["captions"],
         caption_image=np.array(meta["caption_image"]), images=ArrayImages(images),
-        task_names=meta["task_names"], info={"pretrain_only": [POOL]} if POOL in meta["task_names"] else {},
+        task_names=meta["task_names"], info={**({"pretrain_only": [POOL]} if POOL in meta["task_names"] else {}),
+                                             **({"control_only": held_out(cfg)} if held_out(cfg) else {})},
     )

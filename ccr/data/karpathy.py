@@ -20,6 +20,7 @@ from PIL import Image
 
 from ccr.config import DataConfig
 from ccr.data.dataset import ArrayImages, DataError, FileImages, ImageStore, RetrievalDataset, load_image_file
+from ccr.data.pixels import Pixels
 
 log = logging.getLogger(__name__)
 
@@ -127,28 +128,29 @@ def verify_images(paths: list[Path], root: Path, cache_dir: str | None) -> None:
         raise _list_problem("unreadable image files", unreadable)
 
 
-def image_sources(paths: list[Path], image_size: int) -> dict:
+def image_sources(paths: list[Path], pixels: Pixels) -> dict:
     """How ccr.data.validated finds a dataset's pixels again."""
-    return {"kind": "image_files", "paths": [str(p) for p in paths], "image_size": image_size}
+    return {"kind": "image_files", "paths": [str(p) for p in paths], "pixels": pixels.describe()}
 
 
-def image_store(paths: list[Path], image_size: int, cfg: DataConfig) -> ImageStore:
+def image_store(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageStore:
     """Where training and indexing read pixels from: a decoded-image cache file (data.image_cache), all
     images decoded into memory (data.in_memory; by default when they fit in 2 GiB), or the files."""
-    files = FileImages(paths, image_size)
+    files = FileImages(paths, pixels)
     if cfg.image_cache:
         from ccr.data.generated import cache_root
         from ccr.data.pipeline import cached_images
 
         return cached_images(files, cache_root(cfg.cache_dir), cfg.num_workers)
-    fits = len(paths) * 3 * image_size * image_size <= PRELOAD_BYTES
+    h, w = pixels.shape
+    fits = len(paths) * 3 * h * w <= PRELOAD_BYTES
     if cfg.in_memory if cfg.in_memory is not None else fits:
         with ThreadPoolExecutor(8) as pool:
-            return ArrayImages(np.stack(list(pool.map(lambda p: load_image_file(p, image_size), paths))))
+            return ArrayImages(np.stack(list(pool.map(lambda p: load_image_file(p, pixels), paths))))
     return files
 
 
-def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
+def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     """Load a Karpathy-format dataset; tasks from `tasks_file` or COCO supercategories."""
     data = _read_json(cfg.path, "dataset file (data.path)")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
@@ -223,11 +225,11 @@ def load_karpathy(cfg: DataConfig, image_size: int) -> RetrievalDataset:
     verify_images(paths, root, cfg.cache_dir)
 
     task_names = sorted(set(tasks))
-    store = image_store(paths, image_size, cfg)
+    store = image_store(paths, pixels, cfg)
     ds = RetrievalDataset(
         name=Path(cfg.path).stem, image_names=names, image_split=np.array(splits), image_task=np.array(tasks),
         captions=captions, caption_image=np.array(cap_img), images=store, task_names=task_names,
-        sources=image_sources(paths, image_size),
+        sources=image_sources(paths, pixels),
     )
     log.info("loaded %s: %d images, %d captions, tasks %s", cfg.path, len(names), len(captions),
              dict(Counter(tasks)))

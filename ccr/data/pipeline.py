@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -85,9 +86,13 @@ class MemmapImages:
         self.__init__(state["path"])
 
 
-def cache_key(paths: Sequence[Path], image_size: int) -> str:
-    """The images' identity: every path with its size and modification time, and the decoded size."""
-    h = hashlib.sha256(f"ccr-images-v1 {image_size}\n".encode())
+def cache_key(paths: Sequence[Path], pixels) -> str:
+    """The images' identity: every path with its size and modification time, and the preprocessing that
+    decodes them (a `ccr.data.pixels.Pixels`: size, resize mode, crop, resampling)."""
+    from ccr.data.pixels import Pixels
+
+    p = Pixels.square(pixels) if isinstance(pixels, int) else pixels
+    h = hashlib.sha256(f"ccr-images-v2 {json.dumps(p.describe(), sort_keys=True)}\n".encode())
     for p in paths:
         st = os.stat(p)
         h.update(f"{p}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
@@ -112,7 +117,7 @@ def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256) ->
     The file is written under a temporary name and renamed when complete, so a killed build leaves
     nothing that a later study would read; concurrent studies on one node build it once (a file lock).
     """
-    key = cache_key(files.paths, files.image_size)
+    key = cache_key(files.paths, files.pixels)
     target = Path(cache_dir) / "images" / f"{key}.npy"
     if not target.is_file():
         with _locked(target.with_suffix(".lock")):
@@ -122,10 +127,10 @@ def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256) ->
 
 
 def _build(files, target: Path, workers: int, chunk: int) -> None:
-    n, s = len(files.paths), files.image_size
+    n, (h, w) = len(files.paths), files.pixels.shape
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    log.info("decoding %d images once at %d px into %s (%.1f GB)", n, s, target, n * 3 * s * s / 1e9)
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, s, s))
+    log.info("decoding %d images once at %dx%d px into %s (%.1f GB)", n, h, w, target, n * 3 * h * w / 1e9)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, h, w))
     try:
         plan = [np.arange(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
         for ids, imgs in zip(plan, prefetched(files, plan, workers), strict=True):

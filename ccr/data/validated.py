@@ -27,7 +27,7 @@ from ccr.data.dataset import DataError, RetrievalDataset
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 2: images described by their preprocessing (ccr.data.pixels), not one size
 INPUT_KEYS = ("path", "tasks_file", "instances", "task_map", "split_file")
 # DataConfig keys that change how data is read, never what it is (ccr.study's pretraining key uses them too)
 READ_ONLY_KEYS = {"num_workers", "prefetch_factor", "in_memory", "image_cache", "cache_dir"}
@@ -46,11 +46,11 @@ def _file_digest(path: Path, h) -> None:
             h.update(block)
 
 
-def dataset_key(cfg: DataConfig, image_size: int) -> str | None:
+def dataset_key(cfg: DataConfig, pixels) -> str | None:
     """The identity of what a loader would find, or None when an input is missing (the loader then
     raises its own clear error)."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_SHAPING}
-    h = hashlib.sha256(json.dumps({"format": FORMAT, "image_size": image_size, "data": settings,
+    h = hashlib.sha256(json.dumps({"format": FORMAT, "pixels": pixels.describe(), "data": settings,
                                    "images": str(Path(cfg.images).resolve()) if cfg.images else None},
                                   sort_keys=True).encode())
     for key in INPUT_KEYS:
@@ -65,14 +65,14 @@ def dataset_key(cfg: DataConfig, image_size: int) -> str | None:
     return h.hexdigest()[:24]
 
 
-def load_validated(cfg: DataConfig, image_size: int, load: Callable[[], RetrievalDataset],
+def load_validated(cfg: DataConfig, pixels, load: Callable[[], RetrievalDataset],
                    revive_images: Callable[[dict], object]) -> RetrievalDataset:
     """`load()` once per content; later calls rebuild the dataset from the cache, with its image store
     from `revive_images(sources)` (which checks the image files again)."""
     from ccr.data.generated import cache_root
     from ccr.storage import atomic_write_bytes
 
-    key = dataset_key(cfg, image_size)
+    key = dataset_key(cfg, pixels)
     cached = cache_root(cfg.cache_dir) / "datasets" / f"{cfg.kind}-{key}.json" if key else None
     d = None
     if cached is not None and cached.is_file():

@@ -26,6 +26,7 @@ import numpy as np
 from ccr.config import DataConfig
 from ccr.data.dataset import DataError, RetrievalDataset
 from ccr.data.karpathy import _list_problem, _read_json, image_sources, image_store, verify_images
+from ccr.data.pixels import Pixels
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def _load_map(path: str, what: str) -> dict[str, str]:
     return m
 
 
-def load_visual_genome(cfg: DataConfig, image_size: int) -> RetrievalDataset:
+def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     root = Path(cfg.path)
     if not root.is_dir():
         raise DataError(f"Visual Genome folder (data.path) not found: {root}")
@@ -128,9 +129,9 @@ def load_visual_genome(cfg: DataConfig, image_size: int) -> RetrievalDataset:
     ds = RetrievalDataset(
         name=root.name or "visual_genome", image_names=[str(i) for i in kept],
         image_split=np.array([split_of[i] for i in kept]), image_task=np.array(tasks), captions=captions,
-        caption_image=np.array(cap_img, dtype=np.int64), images=image_store(paths, image_size, cfg),
+        caption_image=np.array(cap_img, dtype=np.int64), images=image_store(paths, pixels, cfg),
         task_names=sorted(set(tasks)), info={"split": info, "left_out": counts},
-        sources=image_sources(paths, image_size))
+        sources=image_sources(paths, pixels))
     log.info("loaded Visual Genome %s: %d images, %d phrases, tasks %s", root, len(kept), len(captions),
              dict(Counter(tasks)))
     return ds

@@ -46,8 +46,7 @@ class GalleryShard:
     def __init__(self, shard: int, cfg_dict: dict[str, Any], tokenizer: Storage, device: str):
         from ccr.config import build_config
         from ccr.data import load_dataset
-        from ccr.models import build_model, tokenize_all
-        from ccr.models.tokenizer import load_tokenizer
+        from ccr.models import build_for
         from ccr.study import local_copy
 
         # Arrays that reach an actor through Ray's object store are read-only views (zero copy); the
@@ -57,10 +56,9 @@ class GalleryShard:
         self.cfg: Config = build_config(cfg_dict)
         self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
         self.ds = load_dataset(self.cfg)
-        tok = load_tokenizer(local_copy(tokenizer))  # from storage: this actor may run on any node
-        self.tokens = tokenize_all(tok, self.ds.captions, self.cfg.model.text.max_length)
-        self.model = build_model(self.cfg.model, len(tok), self.cfg.train,
-                                 getattr(self.ds.images, "feature_dim", None)).to(self.device).eval()
+        # the tokenizer from storage: this actor may run on any node
+        self.model, _, self.tokens = build_for(self.cfg, self.ds, local_copy(tokenizer), self.device)
+        self.model.eval()
         self.version: int | None = None
         self.embedder = None
         self.galleries: dict[str, Any] = {}

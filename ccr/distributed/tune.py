@@ -72,13 +72,14 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
 
 def _complete_results(store: Storage, cfg) -> dict[str, Any] | None:
     from ccr.config import to_dict
-    from ccr.study import _comparable
+    from ccr.models import resolve_model
+    from ccr.study import config_differences
 
     try:
         res = store.read_json("results.json")
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if res.get("status") == "complete" and _comparable(res["config"]) == _comparable(to_dict(cfg)):
+    if res.get("status") == "complete" and not config_differences(res["config"], to_dict(resolve_model(cfg))):
         return res
     return None
 

@@ -21,8 +21,10 @@ if TYPE_CHECKING:
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
 
 
-def build_tokenizer(cfg: TextEncoderConfig, train_captions: list[str]) -> PreTrainedTokenizerBase:
-    """A local pretrained tokenizer, or a word-level vocabulary trained on the training captions.
+def build_tokenizer(cfg: TextEncoderConfig, train_captions: list[str], complete: str | None = None
+                    ) -> PreTrainedTokenizerBase:
+    """The tokenizer of a complete pretrained model (`complete`: model.pretrained), of a pretrained text
+    tower, or a word-level vocabulary trained on the training captions.
 
     The word-level one is built entirely with the `tokenizers` library: lower-casing, words and single
     punctuation marks as tokens (so "..." is three known "." tokens, not one [UNK]), a `WordLevel` model
@@ -30,8 +32,11 @@ def build_tokenizer(cfg: TextEncoderConfig, train_captions: list[str]) -> PreTra
     post-processor that frames every caption as `[CLS] words [SEP]`, as BERT's does, so that
     `text.pool=cls` pools a token that exists for that purpose.
     """
-    if cfg.pretrained:
-        return AutoTokenizer.from_pretrained(cfg.pretrained, local_files_only=True)
+    if complete or cfg.pretrained:
+        from ccr.pretrained import local_folder
+
+        what = "model.pretrained" if complete else "model.text.pretrained"
+        return AutoTokenizer.from_pretrained(local_folder(complete or cfg.pretrained, what), local_files_only=True)
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
@@ -51,18 +56,24 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 
 @dataclass
 class TokenizedCaptions:
-    """All captions as (M, L) ids and mask; `batch(ids)` trims padding to the batch's longest."""
+    """All captions as (M, L) ids and mask; `batch(ids)` trims padding to the batch's longest unless
+    `trim` is off (SigLIP reads its padding: it was trained on captions padded to the maximum length)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    trim: bool = True
 
     def batch(self, ids) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(ids, dtype=torch.long)
         mask = self.attention_mask[idx]
+        if not self.trim:
+            return self.input_ids[idx], mask
         length = max(1, int(mask.sum(1).max()))
         return self.input_ids[idx, :length], mask[:, :length]
 
 
-def tokenize_all(tok: PreTrainedTokenizerBase, captions: list[str], max_length: int) -> TokenizedCaptions:
-    enc = tok(captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
-    return TokenizedCaptions(enc["input_ids"], enc["attention_mask"])
+def tokenize_all(tok: PreTrainedTokenizerBase, captions: list[str], max_length: int,
+                 trim: bool = True) -> TokenizedCaptions:
+    enc = tok(captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt",
+              return_attention_mask=True)
+    return TokenizedCaptions(enc["input_ids"], enc["attention_mask"], trim)

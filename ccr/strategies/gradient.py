@@ -68,8 +68,7 @@ class AGEM(Strategy):
         cfg = ctx.cfg.train
         with autocast_for(ctx.device, cfg.amp):
             img, txt = model(b.images, b.input_ids, b.attention_mask)  # the module itself: no DDP hooks fire
-            loss = losses.total(losses.contrastive(cfg.loss, img.float(), txt.float(), model.logit_scale,
-                                                   cfg.margin))
+            loss = losses.total(losses.contrastive(cfg, img, txt, model))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params,
                                                                                                  strict=True)])

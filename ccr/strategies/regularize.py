@@ -82,8 +82,7 @@ class EWC(Strategy):
             b = make_batch(ctx, ids, sample_captions(ctx, ids, rng), len(ids), ctx.device)
             model.zero_grad(set_to_none=True)
             img, txt = model(b.images, b.input_ids, b.attention_mask)
-            loss = losses.total(losses.contrastive(ctx.cfg.train.loss, img, txt, model.logit_scale,
-                                                   ctx.cfg.train.margin))
+            loss = losses.total(losses.contrastive(ctx.cfg.train, img, txt, model))
             loss.backward()
             for k, q in named.items():
                 if q.grad is not None:
@@ -156,7 +155,4 @@ class Freeze(Strategy):
     def before_task(self, ctx, model):
         if ctx.index == 0:
             return
-        parts = model.parts()
-        for name in FREEZE_PARTS[self.params.part]:
-            for q in parts[name]:
-                q.requires_grad_(False)
+        model.freeze(FREEZE_PARTS[self.params.part])
