@@ -219,9 +219,9 @@ def test_plots_name_tasks_and_label_axes(tiny_analysis):
     assert "t2i R@1 (%)" in h["title"]
     panel = h["axes"][0]
     assert panel[0] == "finetune / reindex" and panel[3] == ["round", "boxes"]
-    assert panel[4] == ["after round", "after boxes"]
+    assert panel[4] == ["θ0 (zero-shot)", "after round", "after boxes"]  # the zero-shot row above the matrix
     c = seen["task_curves_i2t_R1.png"]
-    assert c["axes"][0][3] == ["after round", "after boxes"] and c["axes"][0][2] == "i2t R@1 (%)"
+    assert c["axes"][0][3] == ["θ0", "after round", "after boxes"] and c["axes"][0][2] == "i2t R@1 (%)"
     assert {"round", "boxes", "reindex", "no_reindex"} <= set(c["legends"])
     f = seen["forgetting_R1.png"]  # the second call, one run per bar: no error caps at all
     assert f["axes"][0][2] == "forgetting of R@1 (points)" and "1 run per bar" in f["title"]

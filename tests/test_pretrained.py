@@ -254,3 +254,14 @@ def test_freeze_backbone_trains_only_the_projections_of_a_complete_model(tmp_pat
     assert torch.equal(after["image_encoder.encoder.layers.0.mlp.fc1.weight"],
                        start["vision_model.encoder.layers.0.mlp.fc1.weight"])
     assert not torch.equal(after["image_proj.weight"], start["visual_projection.weight"])
+
+
+def test_the_clip_sweep_files_are_valid_configs():
+    """sweeps/clip.yaml's base and its fixed keys build a valid config (its data and weights are the user's)."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    sweep = yaml.safe_load((repo / "sweeps" / "clip.yaml").read_text())
+    cfg = load_config(repo / "sweeps" / sweep["base"], [f"{k}={json.dumps(v)}" for k, v in sweep["set"].items()])
+    assert cfg.model.pretrained == "openai/clip-vit-base-patch16" and cfg.model.embed_dim is None
+    assert cfg.index.compare == ["no_reindex"] and cfg.eval.transfer and cfg.eval.control == ["kitchen", "furniture"]

@@ -216,3 +216,23 @@ def test_approx_on_shards(base, tmp_path):
     res = make_study(load_config(None, [*over, "index.approx=ivf", "index.nlist=4", "index.shards=2"]), tmp_path,
                      progress=False).run()
     assert 0 < res["index_quality"]["recall_at_10_vs_exact"]["images"] <= 1
+
+
+def test_complete_clip_on_shards_with_loader_workers_equals_one_process(base, tmp_path):
+    """A complete CLIP's own preprocessing reaches every process that makes pixels: shard actors embedding
+    their galleries and DataLoader workers decoding JPEGs give the numbers of one process decoding itself."""
+    from tests.karpathy_fixture import make_karpathy
+    from tests.pretrained_fixture import make_complete
+
+    files = make_karpathy(tmp_path / "data", per_task=16, test_per_task=6)
+    clip = make_complete(tmp_path / "clip", "clip", resample=2)
+    over = ["data.kind=karpathy", f"data.path={files['path']}", f"data.images={files['images']}",
+            f"data.tasks_file={files['tasks_file']}", f"data.cache_dir={tmp_path / 'cache'}", "data.in_memory=false",
+            f"model.pretrained={clip}", "train.epochs=1", "train.batch_size=8", "train.threads=1",
+            "index.compare=[no_reindex]"]
+    one = Study(load_config(None, over), tmp_path / "one", progress=False).run()
+    two = make_study(load_config(None, [*over, "index.shards=2", "data.num_workers=2"]), tmp_path / "two",
+                     progress=False).run()
+    assert two["zero_shot"] == one["zero_shot"]
+    for p in ("reindex", "no_reindex"):
+        assert two["by_policy"][p]["recall"] == one["by_policy"][p]["recall"], p
