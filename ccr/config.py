@@ -85,6 +85,17 @@ class TextEncoderConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Parameter-efficient tuning of the encoders (through peft): only the adapters train in them."""
+
+    kind: str = "none"  # none | lora
+    r: int = 8  # LoRA rank
+    alpha: float = 16.0  # LoRA scaling numerator (the update is alpha / r * B A)
+    dropout: float = 0.0  # dropout on the adapter's input
+    targets: list[str] | None = None  # module names to adapt (None: q_proj, v_proj in CLIP/SigLIP; query, value)
+
+
+@dataclass
 class ModelConfig:
     # a complete pretrained dual encoder (CLIP, SigLIP): folder, storage URI or hub id; model.image / model.text
     # then describe nothing (its towers, projections, scale, tokenizer and preprocessing come from it)
@@ -93,6 +104,7 @@ class ModelConfig:
     freeze: str = "none"  # none | backbone: the sequence trains only the projection heads (fixed features)
     image: ImageEncoderConfig = field(default_factory=ImageEncoderConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
 
 
 @dataclass
@@ -186,6 +198,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "train.device": ("auto", "cpu", "cuda"),
     "model.image.pool": ("mean", "cls"),
     "model.freeze": ("none", "backbone"),
+    "model.adapter.kind": ("none", "lora"),
     "model.text.pool": ("mean", "cls"),
     "index.backend": ("faiss", "torch"),
     "index.backfill_order": ("oldest", "drift"),
@@ -323,6 +336,12 @@ def validate(cfg: Config) -> None:
     if cfg.data.kind == "precomp" and m.pretrained:
         raise ConfigError("config key 'model.pretrained': with data.kind=precomp the images are precomputed "
                           "features; a complete dual encoder needs pixels (use model.text.pretrained for the text)")
+    a = m.adapter
+    bad_targets = a.targets is not None and not a.targets
+    if a.kind != "none" and (a.r < 1 or a.alpha <= 0 or not 0 <= a.dropout < 1 or bad_targets):
+        raise ConfigError(f"config key 'model.adapter': need r >= 1, alpha > 0, 0 <= dropout < 1 and a non-empty "
+                          f"targets list (or null), got r={a.r}, alpha={a.alpha}, dropout={a.dropout}, "
+                          f"targets={a.targets}")
     if len(set(cfg.eval.control)) != len(cfg.eval.control):
         raise ConfigError(f"config key 'eval.control': names a task twice: {cfg.eval.control}")
     both = [t for t in cfg.eval.control if t in (cfg.tasks.order if isinstance(cfg.tasks.order, list) else [])

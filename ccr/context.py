@@ -41,6 +41,8 @@ class TaskContext:
     # mean of a tensor over all data-parallel ranks (given by the Ray layer; None: one process)
     all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None
     pretraining: bool = False  # the joint stage before the sequence (its own seeds; `task` is then a list)
+    # all-gather of per-row tensors (equal rows on every rank) in rank order, keeping gradients; None: one process
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def task(self) -> str:
@@ -53,6 +55,16 @@ class TaskContext:
     def mean_over_ranks(self, t: torch.Tensor) -> torch.Tensor:
         """`t` averaged over all ranks (the same on every rank afterwards); `t` itself on one process."""
         return self.all_reduce_mean(t) if self.all_reduce_mean is not None and self.world_size > 1 else t
+
+    def gather_rows(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's rows of `t` (B, ...) -> the global batch (W*B, ...), differentiable, in rank order; `t`
+        on one process. A term computed on gathered rows is the term of one process with the global batch,
+        which is what makes a strategy's loss the same under data parallelism (W x B == 1 x W*B)."""
+        return self.gather(t) if self.gather is not None and self.world_size > 1 else t
+
+    def global_slice(self, n_per_rank: int) -> slice:
+        """This rank's rows of a global draw of n_per_rank * world_size items (the same draw on every rank)."""
+        return slice(self.rank * n_per_rank, (self.rank + 1) * n_per_rank)
 
 
 @dataclass
@@ -67,6 +79,15 @@ class Batch:
     n_current: int
     img_emb: torch.Tensor | None = None  # (B, D) from the model being trained
     txt_emb: torch.Tensor | None = None
+    # the same over the global batch (every rank's rows, gathered with gradients; = img_emb on one process)
+    global_img_emb: torch.Tensor | None = None
+    global_txt_emb: torch.Tensor | None = None
+
+    def global_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image, text) embeddings of the global batch; this process's own where nothing was gathered."""
+        if self.global_img_emb is None:
+            return self.img_emb, self.txt_emb
+        return self.global_img_emb, self.global_txt_emb
 
 
 def task_seed(seed: int, index: int, salt: int = 0) -> int:

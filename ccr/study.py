@@ -32,7 +32,8 @@ from ccr.data import check_control, check_tasks, load_dataset, resolve_task_orde
 from ccr.embed import Embedder
 from ccr.errors import DataError
 from ccr.evaluation import Evaluator
-from ccr.models import build_for, build_tokenizer, resolve_model
+from ccr.models import attach_adapter, build_for, build_tokenizer, resolve_model
+from ccr.models.adapters import load_trainable_state, trainable_state
 from ccr.provenance import provenance
 from ccr.storage import Storage, open_storage
 from ccr.strategies import Strategy, TaskContext, build_strategy
@@ -137,6 +138,7 @@ class Study:
         if few:
             raise DataError(f"tasks.pretrain: tasks with fewer than 2 training images: {', '.join(few)}")
         self.strategy = build_strategy(cfg.strategy)
+        self.strategy.validate(cfg, self.ds, self.order)
         self.device = device if device is not None else resolve_device(cfg.train.device)
         if cfg.train.threads or threads:
             torch.set_num_threads(cfg.train.threads or threads)
@@ -195,7 +197,7 @@ class Study:
         tasks.pretrain says so) and evaluator."""
         self._model()
         if self.cfg.model.freeze == "backbone":  # the fixed-features regime: only the heads learn the sequence
-            self.model.freeze(["image_encoder", "text_encoder"])
+            self.model.freeze_backbone()
         self.evaluator = self.evaluator_cls(self.cfg, self.ds, self.order, str(self.device),
                                             tokenizer=self.store.child("tokenizer"))
         self.train_stats: list[dict[str, float]] = []
@@ -205,10 +207,12 @@ class Study:
         if not self.store.is_file("tokenizer/tokenizer_config.json"):
             self.prepare_out()
         tokenizer = local_copy(self.store.child("tokenizer"))
-        self.model, self.tokenizer, self.tokens = build_for(self.cfg, self.ds, tokenizer, self.device)
+        self.model, self.tokenizer, self.tokens = build_for(self.cfg, self.ds, tokenizer, self.device, adapter=False)
         self.pretrained: dict[str, Any] | None = None
         if self.cfg.tasks.pretrain:
             self.model.load_state_dict(self.pretrained_state())
+        attach_adapter(self.model, self.cfg)  # on the pretrained model: its base
+        self.model.to(self.device)
 
     def prepare_pretrained(self) -> None:
         """Pretrain (or find) the model here, before data-parallel workers start: they all read it then."""
@@ -222,7 +226,7 @@ class Study:
         from ccr.data.validated import READ_ONLY_KEYS
 
         data = {k: v for k, v in to_dict(self.cfg)["data"].items() if k not in READ_ONLY_KEYS}
-        model = {k: v for k, v in to_dict(self.cfg)["model"].items() if k != "freeze"}
+        model = {k: v for k, v in to_dict(self.cfg)["model"].items() if k not in ("freeze", "adapter")}
         train = {k: v for k, v in to_dict(self.cfg)["train"].items() if k not in ("max_failures",)}
         from ccr.pretrained import fingerprint
 
@@ -264,7 +268,7 @@ class Study:
     def context(self, step: int, dist: DistInfo | None = None) -> TaskContext:
         dist = dist or DistInfo()
         return TaskContext(step, self.order, self.ds, self.tokens, self.cfg, self.device, dist.rank, dist.world_size,
-                           dist.all_reduce_mean)
+                           dist.all_reduce_mean, gather=dist.gather)
 
     def embedder(self, model) -> Embedder:
         return Embedder(model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size, self.cfg.train.amp,
@@ -274,7 +278,8 @@ class Study:
     def save_checkpoint(self, step: int) -> None:
         """Task `step`'s checkpoint; then only the newest `checkpoint.keep` are kept (resume reads the last)."""
         self.store.write_bytes(checkpoint_name(step, self.order), to_bytes({
-            "step": step, "order": self.order, "model": self.model.state_dict(),
+            "step": step, "order": self.order, "model": trainable_state(self.model),
+            "base_fingerprint": getattr(self.model, "base_fingerprint", None),
             "strategy": self.strategy.state_dict(), "evaluator": self.evaluator.state_dict(),
             "train_stats": self.train_stats, "config": self.config_dict, "resumes": self.resumes,
             "torch_threads": torch.get_num_threads(),
@@ -300,7 +305,8 @@ class Study:
             raise ConfigError(f"the study in {self.store.display()} ran with {ck['torch_threads']} torch thread(s); "
                               f"resuming it with {threads} would mix results (the thread count changes the numbers "
                               f"on a CPU). Resume with --set train.threads={ck['torch_threads']}, or use another --out")
-        self.model.load_state_dict(ck["model"])
+        load_trainable_state(self.model, ck["model"], ck.get("base_fingerprint"),
+                             f"the checkpoint after task {step + 1} in {self.store.display('checkpoints')}")
         self.strategy.load_state_dict(ck["strategy"])
         self.evaluator.load_state_dict(ck["evaluator"])
         self.train_stats = ck["train_stats"]

@@ -126,6 +126,7 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
                 img, txt = forward(batch.images, batch.input_ids, batch.attention_mask)
                 batch.img_emb, batch.txt_emb = img, txt
                 gi, gt = (dist.gather(img), dist.gather(txt)) if dist.gather else (img, txt)
+                batch.global_img_emb, batch.global_txt_emb = gi, gt
                 terms = losses.contrastive(cfg, gi, gt, model)
                 terms.update(strategy.loss_terms(ctx, model, batch))
                 loss = losses.total(terms)

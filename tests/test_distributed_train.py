@@ -10,6 +10,7 @@ import torch
 ray = pytest.importorskip("ray")
 
 from ccr.config import ConfigError, load_config  # noqa: E402
+from ccr.study import Study  # noqa: E402
 from tests.conftest import TINY, counts  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -194,3 +195,34 @@ def test_pretrained_models_two_workers_equal_one_worker_global_batch(ray_local, 
                                                   "train.cpus_per_worker=0.5"]), tmp_path / "two", progress=False))
     assert one["train"][0]["steps"] == two["train"][0]["steps"] >= 4
     assert two["train"][0]["mean_loss"] == pytest.approx(one["train"][0]["mean_loss"], rel=1e-5)
+
+
+# per-worker sizes (train.batch_size, a replay or reference batch) double for the one process of the same step
+DDP_CASES = {
+    "finetune+lora": ([], ["model.adapter.kind=lora", "model.adapter.r=4"]),
+    "replay,ewc,lwf": (["strategy.params.replay.batch=4"], ["strategy.name=[replay,ewc,lwf]"]),
+    "agem": (["strategy.params.agem.ref_batch=4"], ["strategy.name=agem"]),
+    "compat,wiseft": ([], ["strategy.name=[compat,wiseft]", "strategy.params.wiseft.alpha=0.7"]),
+    # reference data: a task the sequence never learns (a pretraining stage would differ: its batch is 2B vs B)
+    "zscl": (["strategy.params.zscl.batch_size=4"],
+             ["strategy.name=zscl", "data.n_tasks=3", "tasks.order=[round,boxes]",
+              "strategy.params.zscl.reference=[triangles]"]),
+}
+
+
+@pytest.mark.parametrize("case", list(DDP_CASES))
+def test_every_strategy_trains_the_same_objective_on_two_workers(ray_local, tmp_path, case):
+    """2 workers x B equal 1 process x 2B on the loss of the second task (to 1e-5): every term of every
+    strategy declared DDP-safe is computed on the global batch (gathered rows, one draw of replay, reference
+    and Fisher batches for all ranks)."""
+    from ccr.distributed.runner import make_study, run_study
+
+    per_worker, common = DDP_CASES[case]
+    base = [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", "train.epochs=1", "train.threads=1",
+            "eval.anatomy=false", *common]
+    doubled = [f"{k}={int(v) * 2}" for k, v in (s.split("=") for s in per_worker)]
+    one = Study(load_config(None, [*base, "train.batch_size=32", *doubled]), tmp_path / "one", progress=False).run()
+    two = run_study(make_study(load_config(None, [*base, "train.batch_size=16", "train.workers=2", *per_worker]),
+                               tmp_path / "two", progress=False))
+    assert one["train"][1]["steps"] == two["train"][1]["steps"] > 0
+    assert two["train"][1]["mean_loss"] == pytest.approx(one["train"][1]["mean_loss"], rel=1e-5), case

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ccr.data.dataset import RetrievalDataset
 
 __all__ = ["DualEncoder", "build_model", "build_tokenizer", "tokenize_all", "TokenizedCaptions", "build_for",
-           "resolve_model", "text_length"]
+           "resolve_model", "text_length", "attach_adapter"]
 
 
 def text_length(cfg: Config) -> tuple[int, bool]:
@@ -73,13 +73,25 @@ def resolve_model(cfg: Config) -> Config:
     return cfg
 
 
-def build_for(cfg: Config, ds: RetrievalDataset, tokenizer: str | Path,
-              device: torch.device | str = "cpu") -> tuple[DualEncoder, object, TokenizedCaptions]:
+def build_for(cfg: Config, ds: RetrievalDataset, tokenizer: str | Path, device: torch.device | str = "cpu",
+              adapter: bool = True) -> tuple[DualEncoder, object, TokenizedCaptions]:
     """(model, tokenizer, every caption tokenized) for a study: the one way the driver, Ray Train workers and
-    shard actors build them, so they all hold the same model (seeded initialisation, or pretrained weights)."""
+    shard actors build them, so they all hold the same model (seeded initialisation, or pretrained weights,
+    with model.adapter's adapters attached unless `adapter` is False: a study attaches them itself after
+    its pretraining stage, whose model is their base)."""
     tok = load_tokenizer(tokenizer)
     length, trim = text_length(cfg)
     tokens = tokenize_all(tok, ds.captions, length, trim)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(tok), cfg.train, getattr(ds.images, "feature_dim", None)).to(device)
-    return model, tok, tokens
+    model = build_model(cfg.model, len(tok), cfg.train, getattr(ds.images, "feature_dim", None))
+    if adapter:
+        attach_adapter(model, cfg)
+    return model.to(device), tok, tokens
+
+
+def attach_adapter(model: DualEncoder, cfg: Config) -> None:
+    """model.adapter's adapters, initialised from a seed of their own (the same in every process)."""
+    from ccr.context import task_seed
+    from ccr.models.adapters import attach
+
+    attach(model, cfg.model.adapter, task_seed(cfg.seed, 0, 77))

@@ -128,6 +128,15 @@ class DualEncoder(nn.Module):
             for p in parts[name]:
                 p.requires_grad_(False)
 
+    def freeze_backbone(self) -> None:
+        """model.freeze=backbone: the encoders' own weights stop learning. With adapters (model.adapter) those
+        are frozen already and the adapters, added to learn, keep learning."""
+        adapters = {id(p) for n, p in self.named_parameters() if ".lora_" in n}
+        for name in ("image_encoder", "text_encoder"):
+            for p in self.parts()[name]:
+                if id(p) not in adapters:
+                    p.requires_grad_(False)
+
 
 class TowerDualEncoder(DualEncoder):
     """Two towers with new projection heads (CTP's design; the embedded default from scratch)."""

@@ -2,7 +2,7 @@
 lives in `ccr.strategies.base`, with the class it registers)."""
 
 from ccr.context import Batch, TaskContext
-from ccr.strategies import basic, distill, gradient, regularize, replay  # noqa: F401  (registers)
+from ccr.strategies import anchored, basic, distill, gradient, regularize, replay  # noqa: F401  (registers)
 from ccr.strategies.base import (
     REGISTRY,
     Composite,

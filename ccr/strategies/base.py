@@ -44,6 +44,10 @@ class Strategy:
     def __init__(self, params: Any | None = None):
         self.params = params if params is not None else self.Params()
 
+    def validate(self, cfg, dataset, order: list[str]) -> None:
+        """Check what the strategy needs of the config and the data (e.g. reference tasks), before anything
+        trains; raise ConfigError or DataError naming the problem."""
+
     # ---- hooks (no-ops) ---------------------------------------------------------------------
     def train_items(self, ctx: TaskContext, items: np.ndarray) -> np.ndarray:
         """The training image ids for this task (joint training widens them)."""
@@ -111,6 +115,10 @@ class Composite(Strategy):
         super().__init__(NoParams())
         self.parts = parts
         self.supports_distributed = all(p.supports_distributed for p in parts)
+
+    def validate(self, cfg, dataset, order):
+        for p in self.parts:
+            p.validate(cfg, dataset, order)
 
     def _each(self, hook: str) -> list[Strategy]:
         return [p for p in self.parts if p.defines(hook)]

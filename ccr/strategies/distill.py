@@ -32,10 +32,12 @@ class _OldModel(Strategy):
     def old_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.old(batch.images, batch.input_ids, batch.attention_mask)
 
-    def new_and_old(self, batch: Batch) -> tuple[torch.Tensor, ...]:
-        """(new image, new text, old image, old text) embeddings of the batch, in fp32."""
+    def new_and_old(self, ctx, batch: Batch) -> tuple[torch.Tensor, ...]:
+        """(new image, new text, old image, old text) embeddings of the global batch (every rank's rows: the
+        terms are those of one process with the whole batch), in fp32."""
         oi, ot = self.old_embeddings(batch)
-        return batch.img_emb.float(), batch.txt_emb.float(), oi.float(), ot.float()
+        ni, nt = batch.global_embeddings()
+        return ni.float(), nt.float(), ctx.gather_rows(oi).float(), ctx.gather_rows(ot).float()
 
     def after_task(self, ctx, model):
         self.old = None  # rebuilt from the model before the next task (also after a resume)
@@ -78,7 +80,7 @@ class LwF(_OldModel):
     def loss_terms(self, ctx, model, batch):
         if self.old is None:
             return {}
-        ni, nt, oi, ot = self.new_and_old(batch)
+        ni, nt, oi, ot = self.new_and_old(ctx, batch)
         p = self.params
         return {
             "lwf_emb_loss": p.emb_weight * (embedding_distillation(ni, oi) + embedding_distillation(nt, ot)),
@@ -109,7 +111,7 @@ class Compat(_OldModel):
     def loss_terms(self, ctx, model, batch):
         if self.old is None:
             return {}
-        ni, nt, oi, ot = self.new_and_old(batch)
+        ni, nt, oi, ot = self.new_and_old(ctx, batch)
         p = self.params
         scale = model.logit_scale
         # new captions -> old images (t2i on an old gallery) and new images -> old captions (i2t)

@@ -57,18 +57,22 @@ class AGEM(Strategy):
         self.steps = self.projected = 0  # this task's optimizer steps, and how many were projected
 
     def before_task(self, ctx, model):
-        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 40 + ctx.rank))
+        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 40))  # the same draws on every rank
         self.steps = self.projected = 0
 
     def reference_gradient(self, ctx, model, params: list[torch.nn.Parameter]) -> torch.Tensor:
         """The flat gradient of the memory loss (averaged over ranks), without touching `.grad`."""
         imgs, caps = self.memory.pairs()
-        pick = self.rng.choice(len(imgs), min(self.params.ref_batch, len(imgs)), replace=False)
+        n = max(1, min(self.params.ref_batch, len(imgs) // ctx.world_size))
+        # one reference batch for all ranks, each embedding its slice: the loss of the gathered rows is the
+        # reference loss of one process with the whole batch, on every rank
+        pick = self.rng.choice(len(imgs), n * ctx.world_size, replace=len(imgs) < n * ctx.world_size)
+        pick = pick[ctx.global_slice(n)]
         b = make_batch(ctx, imgs[pick], caps[pick], len(pick), ctx.device)
         cfg = ctx.cfg.train
         with autocast_for(ctx.device, cfg.amp):
             img, txt = model(b.images, b.input_ids, b.attention_mask)  # the module itself: no DDP hooks fire
-            loss = losses.total(losses.contrastive(cfg, img, txt, model))
+            loss = losses.total(losses.contrastive(cfg, ctx.gather_rows(img), ctx.gather_rows(txt), model))
         grads = torch.autograd.grad(loss, params, allow_unused=True)
         flat = torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, params,
                                                                                                  strict=True)])

@@ -13,13 +13,6 @@ from ccr.errors import ConfigError
 from ccr.strategies.base import Strategy, TaskContext, register
 
 
-def _dist_mean_(t: torch.Tensor) -> None:
-    """All-reduce mean in place when running under torch.distributed (no-op otherwise)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(t)
-        t /= torch.distributed.get_world_size()
-
-
 @dataclass
 class EWCParams:
     lam: float = 100.0  # penalty weight (Fisher is normalised to mean 1 over all parameters)
@@ -39,7 +32,7 @@ class EWC(Strategy):
 
     The diagonal (empirical) Fisher of the retrieval loss over both encoders and projections is
     estimated on the task just learned; moving a weight costs lam/2 * F * (θ - θ*)^2. Under DDP the
-    Fisher is all-reduced across ranks, so every rank holds the same penalty.
+    ranks share out the Fisher's batches and all-reduce it: every rank holds the penalty one process would.
 
     The per-task penalties Σ_t F_t (θ - θ*_t)^2 are one quadratic, kept as F = Σ_t F_t, a centre
     μ = Σ_t F_t θ*_t / F and a constant (so the loss value is unchanged): the state, and so every
@@ -68,18 +61,22 @@ class EWC(Strategy):
         return {"ewc_loss": self.penalty(model)} if self.fisher else {}
 
     def estimate_fisher(self, ctx: TaskContext, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """The mean over `fisher_batches` batches of the squared gradient of the batch loss. The batches are
+        drawn the same on every rank and shared out among them (rank r computes batches r, r+W, ...); the
+        sums are all-reduced, so W workers estimate exactly what one process does."""
         p = self.params
-        rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 10 + ctx.rank))
+        rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 10))
         items = ctx.dataset.image_ids(ctx.task, "train")
-        items = items[ctx.rank::ctx.world_size]  # each rank its shard; all-reduced below
         named = {n: q for n, q in model.named_parameters() if q.requires_grad}
         fisher = {n: torch.zeros_like(q) for n, q in named.items()}
         was = model.training
         model.eval()
-        n = 0
-        for _ in range(p.fisher_batches):
+        for i in range(p.fisher_batches):
             ids = rng.choice(items, min(p.fisher_batch_size, len(items)), replace=False)
-            b = make_batch(ctx, ids, sample_captions(ctx, ids, rng), len(ids), ctx.device)
+            caps = sample_captions(ctx, ids, rng)
+            if i % ctx.world_size != ctx.rank:
+                continue  # another rank's batch (drawn all the same, so the generator stays in step)
+            b = make_batch(ctx, ids, caps, len(ids), ctx.device)
             model.zero_grad(set_to_none=True)
             img, txt = model(b.images, b.input_ids, b.attention_mask)
             loss = losses.total(losses.contrastive(ctx.cfg.train, img, txt, model))
@@ -87,12 +84,10 @@ class EWC(Strategy):
             for k, q in named.items():
                 if q.grad is not None:
                     fisher[k] += q.grad.detach() ** 2
-            n += 1
         model.zero_grad(set_to_none=True)
         model.train(was)
-        for f in fisher.values():
-            f /= n
-            _dist_mean_(f)
+        for k in fisher:  # the sum over all ranks' batches (mean over ranks x ranks), over all batches
+            fisher[k] = ctx.mean_over_ranks(fisher[k]) * (ctx.world_size / p.fisher_batches)
         mean = torch.cat([f.flatten() for f in fisher.values()]).mean().clamp_min(1e-20)
         return {k: f / mean for k, f in fisher.items()}
 

@@ -94,7 +94,7 @@ class Replay(Strategy):
     far, so every past task stays represented; each task's share is ordered by the selection rule
     (a seeded random order, or herding on the model's joint embeddings) and shrinks from its tail
     as new tasks arrive. Selection is deterministic given the seed, so every DDP rank holds the
-    same memory; each rank draws its own replay rows.
+    same memory; replay rows are drawn once for the global batch and sliced per rank.
     """
 
     name = "replay"
@@ -110,13 +110,16 @@ class Replay(Strategy):
         return self.memory.pairs()
 
     def before_task(self, ctx, model):
-        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 20 + ctx.rank))
+        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 20))  # the same draws on every rank
 
     def augment_batch(self, ctx, image_ids, caption_ids):
+        """`batch` memory rows per rank: one draw for the global batch, each rank its slice (so W workers
+        replay what one process with W times the batch replays)."""
         imgs, caps = self.pairs()
-        if len(imgs) == 0:
+        n = min(self.params.batch, len(imgs) // ctx.world_size)
+        if n == 0:
             return image_ids, caption_ids
-        pick = self.rng.choice(len(imgs), min(self.params.batch, len(imgs)), replace=False)
+        pick = self.rng.choice(len(imgs), n * ctx.world_size, replace=False)[ctx.global_slice(n)]
         return np.concatenate([image_ids, imgs[pick]]), np.concatenate([caption_ids, caps[pick]])
 
     def _rank_candidates(self, ctx: TaskContext, model: torch.nn.Module, imgs: np.ndarray, caps: np.ndarray,

@@ -1,0 +1,172 @@
+"""Continual tuning of a pretrained model: LoRA adapters (peft), WiSE-FT and ZSCL."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ccr.checkpoint import to_bytes as checkpoint_bytes
+from ccr.config import ConfigError
+from ccr.models import build_for
+from ccr.study import Study, checkpoint_path
+
+LORA = ["model.adapter.kind=lora", "model.adapter.r=4", "model.adapter.alpha=8", "train.threads=1"]
+
+
+def test_lora_trains_only_adapters_heads_and_scale_and_resumes_to_the_same_numbers(tiny_cfg, tmp_path):
+    cfg = tiny_cfg(*LORA, "data.n_tasks=2")
+    study = Study(cfg, tmp_path / "a", progress=False)
+    res = study.run()
+    model = study.model
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n or n.startswith(("image_proj", "text_proj", "logit_scale"))
+                             for n in trainable)
+    # the base is the initial model's weights, bit for bit; the adapters and heads moved
+    fresh, _, _ = build_for(cfg, study.ds, study.out / "tokenizer", adapter=False)
+    base = dict(fresh.named_parameters())
+    for n, p in model.named_parameters():
+        if n in model.base_names:
+            assert torch.equal(p, base[n.replace(".base_layer", "")]), n
+    assert any(n.endswith("lora_B.default.weight") and p.abs().sum() > 0 for n, p in model.named_parameters())
+    assert not torch.equal(model.image_proj.weight, fresh.image_proj.weight)
+    # a checkpoint holds what can change plus the base's fingerprint, not the base
+    ck = torch.load(checkpoint_path(tmp_path / "a", 1, study.order), weights_only=True)
+    assert ck["base_fingerprint"] == model.base_fingerprint and not set(ck["model"]) & model.base_names
+    # resume after task 1: the same numbers (the adapter's initialisation is seeded)
+    Study(cfg, tmp_path / "b", progress=False).run()
+    checkpoint_path(tmp_path / "b", 1, study.order).unlink()
+    (tmp_path / "b" / "results.json").unlink()
+    again = Study(cfg, tmp_path / "b", progress=False).run()
+    assert again["resumes"] == [0] and again["recall"] == res["recall"] and again["zero_shot"] == res["zero_shot"]
+    # a checkpoint of other base weights is refused
+    ck["base_fingerprint"] = "0" * 24
+    checkpoint_path(tmp_path / "b", 1, study.order).write_bytes(checkpoint_bytes(ck))
+    (tmp_path / "b" / "results.json").unlink()
+    with pytest.raises(ConfigError, match="other base weights"):
+        Study(cfg, tmp_path / "b", progress=False).run()
+
+
+def test_lora_checkpoints_are_a_fraction_of_full_ones(tiny_cfg, tmp_path):
+    full = Study(tiny_cfg("data.n_tasks=1", "train.threads=1"), tmp_path / "full", progress=False)
+    full.run()
+    lora = Study(tiny_cfg(*LORA, "data.n_tasks=1"), tmp_path / "lora", progress=False)
+    lora.run()
+    size = {k: len(checkpoint_bytes({"m": s.model.state_dict() if k == "full" else
+                                      {n: v for n, v in s.model.state_dict().items() if n not in s.model.base_names}}))
+            for k, s in (("full", full), ("lora", lora))}
+    assert size["lora"] < 0.5 * size["full"]
+
+
+def test_lora_on_a_pretrained_stage_and_the_strategies_see_only_trainable_parameters(tiny_cfg, tmp_path):
+    """The pretraining stage trains the whole model (the adapters' base); its cache ignores the adapter; EWC's
+    Fisher covers exactly the trainable parameters."""
+    pre = ["data.pretrain_pool=64", "tasks.pretrain=[pool]", "data.n_tasks=2", "train.threads=1"]
+    a = Study(tiny_cfg(*pre, "strategy.name=ewc", *LORA), tmp_path / "a", progress=False)
+    a.run()
+    b = Study(tiny_cfg(*pre, *LORA[:-1], "model.adapter.r=2", "train.threads=1"), tmp_path / "b", progress=False)
+    b.build()
+    assert a.pretrained["from"] == "trained" and b.pretrained["from"] == "cache"
+    trainable = {n for n, p in a.model.named_parameters() if p.requires_grad}
+    assert set(a.strategy.fisher) == trainable
+
+
+def test_wiseft_alpha_0_keeps_theta0_so_every_row_is_the_zero_shot_row(tiny_cfg, tmp_path):
+    res = Study(tiny_cfg("strategy.name=wiseft", "strategy.params.wiseft.alpha=0", "index.compare=[no_reindex]",
+                         "train.threads=1"), tmp_path / "o", progress=False).run()
+    n = len(res["task_order"])
+    for p in ("reindex", "no_reindex"):
+        for d in ("i2t", "t2i"):
+            for k in ("1", "5", "10"):
+                m = res["by_policy"][p]["recall"][d][k]
+                for s in range(n):
+                    assert m[s][: s + 1] == res["zero_shot"]["recall"][d][k][: s + 1], (p, d, k, s)
+
+
+def test_wiseft_alpha_1_is_finetune_and_with_lora_scales_the_update(tiny_cfg, tmp_path):
+    ft = Study(tiny_cfg("data.n_tasks=2", "train.threads=1"), tmp_path / "ft", progress=False).run()
+    w1 = Study(tiny_cfg("data.n_tasks=2", "train.threads=1", "strategy.name=wiseft",
+                        "strategy.params.wiseft.alpha=1"), tmp_path / "w1", progress=False).run()
+    assert w1["recall"] == ft["recall"]
+    s = Study(tiny_cfg(*LORA, "data.n_tasks=1", "strategy.name=wiseft", "strategy.params.wiseft.alpha=0.25"),
+              tmp_path / "wl", progress=False)
+    s.build()
+    s.strategy.before_task(s.context(0), s.model)
+    with torch.no_grad():
+        for n, p in s.model.named_parameters():
+            if ".lora_" in n:
+                p.normal_()
+    trained = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+    x = torch.randn(3, s.model.text_encoder.config.hidden_size)
+    layer = s.model.text_encoder.encoder.layer[0].attention.self.query
+    w0 = layer.base_layer(x)
+    before = layer(x)
+    s.strategy.after_task(s.context(0), s.model)
+    # the adapted layer is now (1 - a) W0 + a (W0 + BA): the base output plus a quarter of the update
+    torch.testing.assert_close(layer(x), w0 + 0.25 * (before - w0), rtol=1e-5, atol=1e-6)
+    head = dict(s.model.named_parameters())["image_proj.weight"]
+    torch.testing.assert_close(head, 0.75 * s.strategy.initial["image_proj.weight"]
+                               + 0.25 * trained["image_proj.weight"])
+
+
+def test_zscl_distils_theta0_on_reference_data_and_averages_weights(tiny_cfg, tmp_path):
+    from ccr.strategies.anchored import soft_distillation
+
+    t = torch.randn(4, 6)
+    s = torch.randn(4, 6)
+    hand = -(torch.softmax(t / 2, 1) * torch.log_softmax(s / 2, 1)).sum(1).mean() * 4
+    torch.testing.assert_close(soft_distillation(t, s, 2.0), hand)
+    pre = ["data.pretrain_pool=64", "tasks.pretrain=[pool]", "data.n_tasks=2", "train.threads=1",
+           "strategy.name=zscl"]
+    study = Study(tiny_cfg(*pre), tmp_path / "z", progress=False)
+    study.build()
+    ctx = study.context(0)
+    study.strategy.before_task(ctx, study.model)
+    # at θ0 the student is the teacher: the distributions agree, so the loss (the teacher's entropy) is at its
+    # minimum and its gradient vanishes
+    study.model.eval()
+    terms = study.strategy.loss_terms(ctx, study.model, None)
+    assert terms["zscl_loss"].item() > 0
+    terms["zscl_loss"].backward()
+    grads = [p.grad.abs().max().item() for p in study.model.parameters() if p.grad is not None]
+    assert grads and max(grads) < 1e-5
+    study.model.zero_grad(set_to_none=True)
+    study.model.train()
+    res = study.run()
+    assert res["status"] == "complete" and all("last/zscl_loss" in s for s in res["train"])
+
+
+@pytest.mark.parametrize("sets, match", [
+    (["strategy.name=zscl"], "zscl needs reference data"),
+    (["strategy.name=zscl", "strategy.params.zscl.reference=[round]"], "are trained or control data"),
+    (["strategy.name=zscl", "strategy.params.zscl.reference=[nope]"], r"unknown task\(s\) \['nope'\]"),
+    (["strategy.name=wiseft", "strategy.params.wiseft.alpha=1.5"], r"alpha: must be in \[0, 1\]"),
+    (["model.adapter.kind=lora", "model.adapter.r=0"], "model.adapter"),
+    (["model.adapter.kind=lora", "model.adapter.targets=[nothing_like_this]"], "no module of either encoder"),
+])
+def test_bad_tuning_settings_are_refused_before_training(tiny_cfg, tmp_path, sets, match):
+    from ccr.errors import DataError
+
+    with pytest.raises((ConfigError, DataError), match=match):
+        Study(tiny_cfg(*sets), tmp_path / "o", progress=False).run()
+    assert not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_lora_on_a_complete_clip(tmp_path):
+    """LoRA on CLIP's q_proj/v_proj: the base stays the folder's weights."""
+    from tests.pretrained_fixture import make_complete
+    from tests.test_pretrained import karpathy_cfg
+
+    folder = make_complete(tmp_path / "clip", "clip")
+    cfg, _ = karpathy_cfg(tmp_path, folder, *LORA)
+    s = Study(cfg, tmp_path / "o", progress=False)
+    res = s.run()
+    assert res["status"] == "complete"
+    assert any("q_proj.lora_A" in n for n in s.model.base_names | {n for n, _ in s.model.named_parameters()})
+    import transformers as T
+
+    start = T.CLIPModel.from_pretrained(folder).state_dict()
+    got = s.model.state_dict()
+    assert torch.equal(got["text_encoder.encoder.layers.0.self_attn.q_proj.base_layer.weight"],
+                       start["text_model.encoder.layers.0.self_attn.q_proj.weight"])
+    assert np.isfinite(res["train"][-1]["mean_loss"])
