@@ -220,7 +220,8 @@ def test_approx_on_shards(base, tmp_path):
 
 def test_complete_clip_on_shards_with_loader_workers_equals_one_process(base, tmp_path):
     """A complete CLIP's own preprocessing reaches every process that makes pixels: shard actors embedding
-    their galleries and DataLoader workers decoding JPEGs give the numbers of one process decoding itself."""
+    their galleries and DataLoader workers decoding JPEGs give the numbers of one process decoding itself.
+    With LoRA adapters: the shard actors build the adapted model and load each step's weights into it."""
     from tests.karpathy_fixture import make_karpathy
     from tests.pretrained_fixture import make_complete
 
@@ -229,7 +230,7 @@ def test_complete_clip_on_shards_with_loader_workers_equals_one_process(base, tm
     over = ["data.kind=karpathy", f"data.path={files['path']}", f"data.images={files['images']}",
             f"data.tasks_file={files['tasks_file']}", f"data.cache_dir={tmp_path / 'cache'}", "data.in_memory=false",
             f"model.pretrained={clip}", "train.epochs=1", "train.batch_size=8", "train.threads=1",
-            "index.compare=[no_reindex]"]
+            "index.compare=[no_reindex]", "model.adapter.kind=lora", "model.adapter.r=4"]
     one = Study(load_config(None, over), tmp_path / "one", progress=False).run()
     two = make_study(load_config(None, [*over, "index.shards=2", "data.num_workers=2"]), tmp_path / "two",
                      progress=False).run()
