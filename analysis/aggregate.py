@@ -69,7 +69,7 @@ def markdown_table(agg: pd.DataFrame, k: int = 1) -> str:
                 cells.append("")
                 continue
             txt = _cell(mean, std, 0 if col == "index_cost" else 1)
-            cells.append(f"**{txt}**" if mean == best.get(col) else txt)
+            cells.append(f"**{txt}**" if mean == best.get(col) and len(wide) > 1 else txt)  # best of several
         cells.append(str(counts[key]))
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

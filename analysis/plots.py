@@ -161,7 +161,9 @@ def task_curves(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 
     handles += [Line2D([], [], color="grey", ls=style[p], label=p) for p in pols]
     fig.legend(handles=handles, loc="outside lower center", ncol=min(8, len(handles)), fontsize=8,
                title=f"{what} (colour) and indexing policy (line)", title_fontsize=8)
-    fig.suptitle(f"{direction} R@{k} (%) of each task along the sequence ({_runs_note(d)}; bars: ± std)",
+    several = bool((d.groupby(["strategy", "policy", "task_index", "step"]).value.count() > 1).any())
+    fig.suptitle(f"{direction} R@{k} (%) of each task along the sequence ({_runs_note(d)}"
+                 f"{'; error bars: ± std over runs' if several else ''})",
                  fontsize=10)
     return _save(fig, out / f"task_curves_{direction}_R{k}.png")
 
@@ -309,6 +311,13 @@ def effect_intervals(effects: pd.DataFrame, out: Path, k: int = 1, metric: str =
     return _save(fig, out / f"effect_{level}_{col.replace(' ', '_').replace('@', '')}.png")
 
 
+def _text(v) -> str:
+    """A table cell as a label: missing values (NaN, None) as "–"."""
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    return str(v)
+
+
 def drift_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None:
     """Per run: mean drift of old tasks' image embeddings after the last task against t2i forgetting under
     reindex, coloured by strategy; one marker per swept configuration (regime)."""
@@ -322,7 +331,9 @@ def drift_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k:
     if m.empty:
         return None
     cfg_cols = [c for c in m.columns if c.startswith("cfg.") and m[c].nunique(dropna=False) > 1]
-    regime = m[cfg_cols].astype(str).agg(" · ".join, axis=1) if cfg_cols else pd.Series("all", index=m.index)
+    # a key some runs lack (results of an older ccr, another source) is "–" there, never a float NaN in a join
+    regime = m[cfg_cols].apply(lambda col: col.map(_text)).agg(" · ".join, axis=1) if cfg_cols \
+        else pd.Series("all", index=m.index)
     col, mk = colours(m.strategy), {r: MARKERS[i % len(MARKERS)] for i, r in enumerate(sorted(set(regime)))}
     fig, ax = plt.subplots(figsize=(8, 4.6), layout="constrained")
     for (strat, reg), g in m.assign(regime=regime).groupby(["strategy", "regime"]):
@@ -333,8 +344,9 @@ def drift_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k:
     strat = [Line2D([], [], ls="", marker="o", color=c, label=s_) for s_, c in col.items()]
     regs = [Line2D([], [], ls="", marker=m_, color="k", label=r) for r, m_ in mk.items()]
     leg = fig.legend(handles=strat, loc="outside right upper", fontsize=7, title="strategy", title_fontsize=8)
-    fig.add_artist(leg)
-    fig.legend(handles=regs, loc="outside right lower", fontsize=7, title=" · ".join(_key(c) for c in cfg_cols)
-               or "runs", title_fontsize=8)
+    if cfg_cols:  # one configuration: no marker legend to read
+        fig.add_artist(leg)
+        fig.legend(handles=regs, loc="outside right lower", fontsize=7, title=" · ".join(_key(c) for c in cfg_cols),
+                   title_fontsize=8)
     ax.set_title("Drift against forgetting, one point per run", fontsize=10)
     return _save(fig, out / "drift_vs_forgetting.png")

@@ -135,8 +135,13 @@ def _figure(path: Path) -> str:
 
 
 def _values(series: pd.Series) -> str:
+    """The distinct values of a column, escaped for HTML: results are files anyone could have written."""
     vals = sorted({str(v) for v in series.dropna()})
-    return ", ".join(vals) if vals else "not recorded"
+    return html.escape(", ".join(vals)) if vals else "not recorded"
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _minutes(seconds: float) -> str:
@@ -151,15 +156,16 @@ def _provenance_html(prov: pd.DataFrame, summary: pd.DataFrame) -> str:
     items = [
         ("strategies", _values(prov.strategy)),
         ("indexing policies", _values(summary.policy) if not summary.empty else "-"),
-        ("seeds", ", ".join(str(s) for s in sorted(prov.seed.dropna().unique()))),
+        ("seeds", html.escape(", ".join(str(s) for s in sorted(prov.seed.dropna().unique(), key=str)))),
         ("task orders", "<br>".join(html.escape(o.replace(">", " → ")) for o in sorted(prov.task_order.unique()))),
         ("torch threads per run", _values(prov.torch_threads)),
         ("device", _values(prov.device)),
         ("ccr / torch / ray / python", " / ".join(_values(prov[f"version.{k}"]) for k in ("ccr", "torch", "ray",
                                                                                       "python"))),
         ("git commit", _values(prov.commit)),
-        ("run time", (f"{_minutes(secs.sum())} in all; per run {_minutes(secs.min())} to {_minutes(secs.max())}, "
-                      f"median {_minutes(secs.median())}") if len(secs) else "not recorded"),
+        ("study time", (f"{_minutes(secs.sum())} summed over runs (not wall time: runs may overlap); per run "
+                        f"{_minutes(secs.min())} to {_minutes(secs.max())}, "
+                        f"median {_minutes(secs.median())}") if len(secs) else "not recorded"),
     ]
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{v}</td></tr>" for k, v in items)
     return f"<table class=facts>{rows}</table>"
@@ -222,8 +228,9 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     agg.to_csv(out / "aggregate.csv", index=False)
     ks = sorted(int(k) for k in agg["k"].unique()) if not agg.empty else []  # whatever eval.ks measured
     tables = {k: markdown_table(agg, k) for k in ks}
-    md = [f"# ccr analysis of `{root.display()}`", "", f"{len(c.runs)} runs ({len(c.incomplete)} incomplete), "
-          f"{len(c.corrupt)} corrupt result files, {len(c.missing)} runs without results, {len(c.failed)} failed.", ""]
+    md = [f"# ccr analysis of `{root.display()}`", "",
+          f"{_count(len(c.runs), 'run')} ({len(c.incomplete)} incomplete), {len(c.corrupt)} corrupt result files, "
+          f"{len(c.missing)} runs without results, {len(c.failed)} failed.", ""]
     for k, t in tables.items():
         md += [f"## Average final recall, forgetting and BWT at K={k} (mean ± std over n runs; best in bold)", "",
                t, ""]

@@ -33,16 +33,20 @@ class _Stderr(logging.StreamHandler):
         pass
 
 
-def setup_logging(verbose: bool = False) -> None:
-    """ccr's messages to stderr (a study adds its log.txt, see `Study.logging_to_store`)."""
+def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
+    """ccr's messages to stderr (a study adds its log.txt, see `Study.logging_to_store`, which keeps every
+    INFO line whatever the console shows); `quiet`: only warnings and errors on the console."""
     root = logging.getLogger("ccr")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not any(isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-               for h in root.handlers):
-        h = _Stderr()
-        h.setFormatter(fmt)
-        root.addHandler(h)
+    console = [h for h in root.handlers
+               if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+    if not console:
+        console = [_Stderr()]
+        console[0].setFormatter(fmt)
+        root.addHandler(console[0])
+    for h in console:
+        h.setLevel(logging.WARNING if quiet else logging.NOTSET)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -55,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ccr.storage import exclusive, open_storage
 
     store = open_storage(args.out)
-    setup_logging(args.verbose)
+    setup_logging(args.verbose, args.quiet)
     with exclusive(store, "run"):  # a second `ccr run` on this --out is refused, not interleaved
         study = make_study(cfg, store, progress=not args.quiet)  # all input checks happen here
         with study.logging_to_store():
@@ -96,8 +100,9 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key (dotted path, value parsed as YAML); repeatable")
     r.add_argument("--out", default="runs/default",
-                   help="output folder or storage URI, e.g. s3://bucket/prefix (resumes if it holds a study)")
-    r.add_argument("--quiet", action="store_true", help="no progress bars")
+                   help="output folder or storage URI, e.g. s3://bucket/prefix (default runs/default; resumes if "
+                        "it holds the same study)")
+    r.add_argument("--quiet", action="store_true", help="log only warnings and errors to the console")
     r.add_argument("-v", "--verbose", action="store_true")
     r.set_defaults(fn=cmd_run)
     s = sub.add_parser("sweep", help="run a Ray Tune sweep of studies")

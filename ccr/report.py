@@ -68,8 +68,11 @@ def anatomy_table(res: dict[str, Any]) -> str:
     last = n - 1
     k = first_k(res)
     tw = max(4, *(len(t) for t in res["task_order"]))
-    lines = [f"anatomy after the last task (t2i R@{k} by query/gallery model; drift = cosine θ_i vs θ_n"
-             + (", from θ0 in parentheses" if a.get("drift_from_init") else "") + "):",
+    scope = a.get("scope", "task")
+    other = f"; the recall matrix above is in {res['scope']} scope" if res.get("scope") != scope else ""
+    lines = [f"anatomy after the last task (t2i R@{k} by query/gallery model, {scope} scope: each task in its own "
+             f"gallery{other}; drift = cosine θ_i vs θ_n" + (", from θ0 in parentheses" if a.get("drift_from_init")
+                                                            else "") + "):",
              f"{'task':<{tw}} {'new/old':>8} {'new/new':>8} {'old/old':>8} {'old/new':>8} "
              f"{'drift img':>9} {'drift cap':>9} {'align':>6}"]
     g = a["grid"]

@@ -38,11 +38,16 @@ def is_uri(location: str | os.PathLike) -> bool:
     return isinstance(location, str) and bool(_SCHEME.match(location))
 
 
+# every temporary file or folder ccr makes in a folder it writes to starts with this: the leftovers of a killed
+# write that a later run may remove (and nothing else: --out may be a folder holding the user's own files)
+TMP_PREFIX = ".ccr-"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename: readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
@@ -323,6 +328,8 @@ def exclusive(store: Storage, what: str) -> Iterator[None]:
 
 def open_storage(location: str | os.PathLike | Storage) -> Storage:
     """A Storage for a path or URI, with one clear error for a location that cannot be used."""
+    if not isinstance(location, Storage) and not str(location).strip():
+        raise StorageError("--out is empty (an unset variable?); give a folder or a storage URI")
     store = Storage(location)
     if store.remote:
         try:
@@ -336,7 +343,7 @@ def open_storage(location: str | os.PathLike | Storage) -> Storage:
         created = [p for p in (path, *path.parents) if not p.exists()]
         try:
             path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=".probe.", suffix=".tmp"):
+            with tempfile.NamedTemporaryFile(dir=path, prefix=f"{TMP_PREFIX}probe.", suffix=".tmp"):
                 pass
         except OSError as e:
             raise StorageError(f"cannot write to {path}: {e.strerror or e}") from e

@@ -35,7 +35,7 @@ from ccr.evaluation import Evaluator
 from ccr.models import attach_adapter, build_for, build_tokenizer, resolve_model
 from ccr.models.adapters import load_trainable_state, trainable_state
 from ccr.provenance import provenance
-from ccr.storage import Storage, open_storage
+from ccr.storage import TMP_PREFIX, Storage, open_storage
 from ccr.strategies import Strategy, TaskContext, build_strategy
 from ccr.train import DistInfo, resolve_device, train_task
 
@@ -144,9 +144,10 @@ class Study:
             torch.set_num_threads(cfg.train.threads or threads)
 
     def _clean_leftovers(self) -> None:
-        """Temporary files of writes a killed run never finished: never valid, so removed."""
+        """Temporary files of writes a killed run never finished: never valid, so removed. Only ccr's own
+        (TMP_PREFIX): --out may be a folder that holds other files."""
         for folder in (self.out, self.out / "checkpoints"):
-            for p in folder.glob(".*.tmp") if folder.is_dir() else []:
+            for p in folder.glob(f"{TMP_PREFIX}*.tmp") if folder.is_dir() else []:
                 log.info("removing %s, left by an interrupted write", p)
                 shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -297,6 +298,11 @@ class Study:
     def restore(self, ck: dict[str, Any]) -> None:
         """Model, strategy state, galleries and statistics from a checkpoint dict."""
         step = ck["step"]
+        where = f"the checkpoint after task {step + 1} in {self.store.display('checkpoints')}"
+        differ = config_differences(ck["config"], self.config_dict) if isinstance(ck.get("config"), dict) else []
+        if differ:  # copied in from another study, or config.yaml deleted: its numbers are not this study's
+            raise ConfigError(f"{where} was made by a study with a different config ({', '.join(differ[:6])}); "
+                              "resuming it would mix results. Use another --out")
         if ck["order"] != self.order:
             raise ConfigError(f"the checkpoint after task {step + 1} in {self.store.display('checkpoints')} has "
                               f"task order {ck['order']}, this study has {self.order}")
@@ -320,13 +326,17 @@ class Study:
         if not self.store.is_file("tokenizer/tokenizer_config.json"):
             tasks = [*self.cfg.tasks.pretrain, *self.order]  # the vocabulary of everything the model learns
             train_caps = [self.ds.captions[c] for c in self.ds.caption_ids(tasks, "train")]
-            tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=".tokenizer.", suffix=".tmp"))
+            if not self.store.remote and (self.out / "tokenizer").exists():
+                raise ConfigError(f"{self.out / 'tokenizer'} exists but is not a tokenizer ccr wrote (no "
+                                  "tokenizer_config.json); ccr replaces only its own files: move it, or use "
+                                  "another --out")
+            tmp = Path(tempfile.mkdtemp(dir=self.out, prefix=f"{TMP_PREFIX}tokenizer.", suffix=".tmp"))
             build_tokenizer(self.cfg.model.text, train_caps, self.cfg.model.pretrained).save_pretrained(str(tmp))
             if self.store.remote:  # tokenizer_config.json, the marker read above, is uploaded last
                 self.store.upload_dir(tmp, "tokenizer", last="tokenizer_config.json")
                 shutil.rmtree(tmp)
             else:  # a whole folder or none: a kill mid-save leaves only a .tmp folder
-                shutil.rmtree(self.out / "tokenizer", ignore_errors=True)
+                os.chmod(tmp, 0o755)  # mkdtemp makes 0700; results are meant to be shared
                 os.replace(tmp, self.out / "tokenizer")
 
     def write_results(self, upto: int, complete: bool) -> dict[str, Any]:

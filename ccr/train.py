@@ -92,7 +92,10 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     steps_per_epoch = max(1, len(items) // gb) if len(items) >= 2 * dist.world_size else 0
     if steps_per_epoch == 0:
         raise ValueError(f"task {ctx.task!r} has {len(items)} training images: too few for a batch")
-    total_steps = cfg.epochs * steps_per_epoch // cfg.grad_accum
+    n_batches = cfg.epochs * steps_per_epoch
+    # optimizer steps: one per train.grad_accum batches counted over the whole task (not per epoch, which would
+    # never step when an epoch has fewer batches), the last one over what remains
+    total_steps = -(-n_batches // cfg.grad_accum)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = strategy.configure_optimizer(ctx, model, params)
     for g in opt.param_groups:
@@ -130,8 +133,10 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
                 terms = losses.contrastive(cfg, gi, gt, model)
                 terms.update(strategy.loss_terms(ctx, model, batch))
                 loss = losses.total(terms)
-            (loss / cfg.grad_accum).backward()
-            if (b + 1) % cfg.grad_accum == 0:
+            i = epoch * steps_per_epoch + b  # this batch's index in the task
+            group = min(cfg.grad_accum, n_batches - i // cfg.grad_accum * cfg.grad_accum)  # batches in its step
+            (loss / group).backward()
+            if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
                 strategy.after_backward(ctx, model, batch)
                 for g in opt.param_groups:
                     g["lr"] = g["initial_lr"] * lr_scale(step)

@@ -1,5 +1,6 @@
-"""sweeps/tuned/chosen.yaml from the runs of `ccr sweep sweeps/tuned/{ewc,lwf,replay,compat}.yaml`: the
-hyperparameters each strategy's Optuna search chose per regime on the val split, with the val score.
+"""sweeps/tuned/chosen.yaml from the runs of `ccr sweep sweeps/tuned/<method>.yaml` (ewc, lwf, replay, compat;
+wiseft, zscl and lora, tuned in the pretrained regimes only): the hyperparameters each Optuna search chose
+per regime on the val split, with the val score. Methods whose runs are not under the folder are left out.
 
     python experiments/chosen_values.py [runs/sweeps] > sweeps/tuned/chosen.yaml
 """
@@ -16,16 +17,21 @@ from findings_tables import REGIMES  # this folder's sibling script: run as a sc
 
 def main(root: str = "runs/sweeps") -> None:
     chosen: dict[str, dict[str, dict]] = {}
-    for strategy in ("ewc", "lwf", "replay", "compat"):
-        best = json.loads((Path(root) / f"tuned-{strategy}" / "best.json").read_text())
+    for strategy in ("ewc", "lwf", "replay", "compat", "wiseft", "zscl", "lora"):
+        path = Path(root) / f"tuned-{strategy}" / "best.json"
+        if not path.is_file():
+            continue
+        best = json.loads(path.read_text())
+        fixed = (yaml.safe_load((path.parent / "sweep.yaml").read_text()) or {}).get("set", {})
         for cell in best.values():
-            cfg = cell["config"]
+            cfg = {**fixed, **cell["config"]}  # what the sweep set for all its trials, and the trial's own
             regime = REGIMES[(tuple(cfg["tasks.pretrain"]), cfg["model.freeze"])]
             params = {k.rsplit(".", 1)[1]: round(v, 4) if isinstance(v, float) else v
-                      for k, v in cfg.items() if k.startswith("strategy.params.")}
+                      for k, v in cfg.items() if k.startswith(("strategy.params.", "model.adapter.alpha"))}
             chosen.setdefault(regime, {})[strategy] = {**params, "val/t2i/R@1": round(cell["val/t2i/R@1"], 2)}
     print("# Chosen on the val split by `ccr sweep sweeps/tuned/<strategy>.yaml` (6 Optuna trials per regime,")
-    print("# seed 0, forward task order); printed by `python experiments/chosen_values.py runs/sweeps`.")
+    print("# seed 0, forward task order; wiseft, zscl and lora in the pretrained regimes only); printed by")
+    print("# `python experiments/chosen_values.py runs/sweeps`.")
     print("# Use: ccr run --set strategy.name=ewc --set strategy.params.ewc.lam=<value> ...")
     print(yaml.safe_dump(chosen, sort_keys=False, allow_unicode=True), end="")
 

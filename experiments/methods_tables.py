@@ -72,12 +72,12 @@ def anatomy_table(t: pd.DataFrame) -> str:
     lines = ["| regime | method | drift from θ0 (img / cap) | drift since learned (img / cap) | as learned | "
              "reindex (new/new) | no_reindex (new q / old g) |", "|---|---|---|---|---|---|---|"]
     for reg, m, x in _cells(a):
-        def cos(metric: str, mod: str) -> float:
-            return x[(x.metric == metric) & (x.direction == mod)].value.mean()
-
-        lines.append(f"| {reg} | {m} | {cos('drift_from_init', 'images'):.2f} / {cos('drift_from_init', 'captions'):.2f}"
-                     f" | {cos('drift', 'images'):.2f} / {cos('drift', 'captions'):.2f} | {_grid(x, 'old_q/old_g')} | "
-                     f"{_grid(x, 'new_q/new_g')} | {_grid(x, 'new_q/old_g')} |")
+        cos = {(metric, mod): x[(x.metric == metric) & (x.direction == mod)].value.mean()
+               for metric in ("drift", "drift_from_init") for mod in ("images", "captions")}
+        lines.append(f"| {reg} | {m} | {cos['drift_from_init', 'images']:.2f} / "
+                     f"{cos['drift_from_init', 'captions']:.2f} | {cos['drift', 'images']:.2f} / "
+                     f"{cos['drift', 'captions']:.2f} | {_grid(x, 'old_q/old_g')} | {_grid(x, 'new_q/new_g')} | "
+                     f"{_grid(x, 'new_q/old_g')} |")
     return "\n".join(lines)
 
 

@@ -75,15 +75,17 @@ def test_any_set_of_k_works_end_to_end(ks, tiny_overrides, tmp_path, capsys):
     assert f"at K={k}" in (an / "summary.md").read_text() and (an / f"heatmaps_t2i_R{k}.png").is_file()
 
 
-def test_a_diverged_study_keeps_its_last_good_checkpoint(tiny_overrides, tmp_path, capsys):
-    """Task 1 trains normally; task 2 diverges (its learning rate is raised through a resume)."""
+def test_a_diverged_study_keeps_its_last_good_checkpoint(tiny_overrides, tmp_path, capsys, monkeypatch):
+    """Task 1 trains normally; task 2 diverges (after a resume, its loss becomes NaN)."""
     out, sets = tmp_path / "out", [*tiny_overrides, "data.n_tasks=2"]
     assert main(["run", "--quiet", "--out", str(out), *_sets(sets)]) == 0
     (out / "checkpoints" / "02_boxes.pt").unlink()
     (out / "results.json").unlink()
-    cfg = (out / "config.yaml").read_text()
-    (out / "config.yaml").write_text(cfg.replace("grad_clip: 1.0", "grad_clip: 0.0").replace("lr: 0.003", "lr: 1.0e+9"))
-    rc = main(["run", "--quiet", "--out", str(out), *_sets([*sets, "train.lr=1e9", "train.grad_clip=0"])])
+    from ccr import losses
+
+    real = losses.contrastive
+    monkeypatch.setattr(losses, "contrastive", lambda *a: {k: v * float("nan") for k, v in real(*a).items()})
+    rc = main(["run", "--quiet", "--out", str(out), *_sets(sets)])
     err = capsys.readouterr().err
     assert rc == 1 and "training diverged on task 'boxes' (task 2 of 2)" in err, err[-1500:]
     assert (out / "checkpoints" / "01_round.pt").is_file() and not (out / "checkpoints" / "02_boxes.pt").exists()
@@ -236,13 +238,127 @@ def test_malformed_karpathy_entries_are_named(mutate, needle, tmp_path):
 def test_leftovers_of_killed_writes_are_removed(tiny_overrides, tmp_path):
     out = tmp_path / "out"
     (out / "checkpoints").mkdir(parents=True)
-    (out / ".results.json.k2j3.tmp").write_text("{half")
-    (out / "checkpoints" / ".01_round.pt.x81.tmp").write_bytes(b"PK\x03")
-    (out / ".tokenizer.a1.tmp").mkdir()
-    (out / ".tokenizer.a1.tmp" / "tokenizer.json").write_text("{")
+    (out / ".ccr-results.json.k2j3.tmp").write_text("{half")
+    (out / "checkpoints" / ".ccr-01_round.pt.x81.tmp").write_bytes(b"PK\x03")
+    (out / ".ccr-tokenizer.a1.tmp").mkdir()
+    (out / ".ccr-tokenizer.a1.tmp" / "tokenizer.json").write_text("{")
     assert main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2"])]) == 0
     assert not list(out.glob(".*.tmp")) and not list((out / "checkpoints").glob(".*.tmp"))
     assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+    assert oct((out / "tokenizer").stat().st_mode)[-3:] == "755"  # shared, not 0700
+
+
+def test_an_empty_out_is_refused_and_a_users_folder_loses_nothing(tiny_overrides, tmp_path, capsys, monkeypatch):
+    """`--out ""` (an unset $OUT) is an error; in a folder that is not a ccr output, ccr removes nothing it did
+    not write: the user's own tokenizer/ and *.tmp files stay, and a foreign tokenizer/ is refused, not replaced."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--quiet", "--out", "", *_sets(tiny_overrides)]) == 2
+    assert "--out is empty (an unset variable?)" in capsys.readouterr().err
+    assert not (tmp_path / "config.yaml").exists()
+    mine = tmp_path / "mine"
+    (mine / "notes").mkdir(parents=True)
+    (mine / ".draft.tmp").write_text("my draft")
+    (mine / "notes" / "a.txt").write_text("keep")
+    assert main(["run", "--quiet", "--out", str(mine), *_sets([*tiny_overrides, "data.n_tasks=2"])]) == 0
+    assert (mine / ".draft.tmp").read_text() == "my draft" and (mine / "notes" / "a.txt").read_text() == "keep"
+    other = tmp_path / "other"
+    (other / "tokenizer").mkdir(parents=True)
+    (other / "tokenizer" / "vocab.txt").write_text("my vocabulary")
+    assert main(["run", "--quiet", "--out", str(other), *_sets([*tiny_overrides, "data.n_tasks=2"])]) == 2
+    assert "is not a tokenizer ccr wrote" in capsys.readouterr().err
+    assert (other / "tokenizer" / "vocab.txt").read_text() == "my vocabulary"
+
+
+def test_a_checkpoint_of_another_study_is_refused_and_an_older_config_is_the_same_study(tiny_overrides, tmp_path,
+                                                                                       capsys):
+    """Resume checks the config a checkpoint was made with (config.yaml deleted, or a checkpoint copied in); a
+    config.yaml written before keys existed (they are absent, at their defaults) is the same study."""
+    import yaml
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    base = [*tiny_overrides, "data.n_tasks=2", "train.threads=1"]
+    assert main(["run", "--quiet", "--out", str(a), *_sets(base)]) == 0
+    assert main(["run", "--quiet", "--out", str(b), *_sets([*base, "train.lr=0.01"])]) == 0
+    order = json.loads((a / "results.json").read_text())["task_order"]
+    # b's first checkpoint copied into a, whose own last checkpoint and results are gone
+    checkpoint_path(a, 1, order).unlink()
+    (a / "results.json").unlink()
+    checkpoint_path(a, 0, order).write_bytes(checkpoint_path(b, 0, order).read_bytes())
+    assert main(["run", "--quiet", "--out", str(a), *_sets(base)]) == 2
+    assert "made by a study with a different config (train.lr)" in capsys.readouterr().err
+    # an older ccr's config.yaml: without keys added since (at their defaults here)
+    cfg = yaml.safe_load((b / "config.yaml").read_text())
+    for sec, key in (("model", "pretrained"), ("model", "adapter"), ("eval", "transfer"), ("eval", "control"),
+                     ("data", "control_per_task")):
+        del cfg[sec][key]
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (b / "results.json").unlink()
+    checkpoint_path(b, 1, order).unlink()
+    assert main(["run", "--quiet", "--out", str(b), *_sets([*base, "train.lr=0.01"])]) == 0
+    assert json.loads((b / "results.json").read_text())["resumes"] == [0]
+    # a key that differs is named
+    assert main(["run", "--quiet", "--out", str(b), *_sets([*base, "train.lr=0.02"])]) == 2
+    assert "holds a study with a different config (train.lr)" in capsys.readouterr().err
+
+
+def test_grad_accum_steps_across_epochs(tiny_cfg, tmp_path):
+    """train.grad_accum=4 with 3 batches per epoch: the steps count over the task (2 epochs: 6 batches, 2
+    steps, the last over 2 batches), never 0 steps and an untrained model."""
+    from ccr.study import Study
+
+    res = Study(tiny_cfg("data.n_tasks=1", "train.grad_accum=4", "train.epochs=2"), tmp_path / "o",
+                progress=False).run()
+    assert res["train"][0]["steps"] == 2
+    plain = Study(tiny_cfg("data.n_tasks=1", "train.epochs=2"), tmp_path / "p", progress=False).run()
+    assert plain["train"][0]["steps"] == 6
+
+
+def test_precomputed_features_that_are_not_finite_and_captions_with_unicode_separators(tmp_path):
+    from ccr.config import load_config
+    from ccr.data import DataError, load_dataset
+    from tests.data_fixtures import make_precomp
+
+    paths = make_precomp(tmp_path / "p")
+    caps = (paths["path"] / "train_caps.txt").read_text().split("\n")
+    caps[0] = caps[0] + " \u2028 and \x85 more \x0c"  # separators str.splitlines would split on
+    (paths["path"] / "train_caps.txt").write_text("\n".join(caps))
+    cfg = load_config(None, ["data.kind=precomp", f"data.path={paths['path']}",
+                             f"data.tasks_file={paths['tasks_file']}", f"data.cache_dir={tmp_path / 'c'}"])
+    ds = load_dataset(cfg)
+    assert "\u2028" in ds.captions[0] and len(ds.captions) == 5 * ds.n_images
+    test = np.load(paths["path"] / "test_ims.npy")
+    test[3, 1] = np.nan
+    test[7, 0] = np.inf
+    np.save(paths["path"] / "test_ims.npy", test)
+    with pytest.raises(DataError, match=r"test_ims.npy: 2 image\(s\) have NaN or infinite values \(rows 3, 7\)"):
+        load_dataset(cfg)
+
+
+def test_16_bit_images_are_scaled_not_white(tmp_path):
+    from PIL import Image
+
+    from ccr.data.pixels import load_image_file
+
+    a = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    x = load_image_file(tmp_path / "g16.png", 32)
+    assert 120 < x.mean() < 135 and x.min() < 10 and x.max() > 245  # a gradient, as the 16-bit values say
+
+
+def test_report_escapes_every_field_of_a_result(tmp_path):
+    """report.html is made from results.json files anyone could have written: strategy, policy, device,
+    versions and thread counts reach the page as text, never as markup."""
+    from analysis.report import analyze
+
+    bad = "<script>alert(1)</script>"
+    res = fake_result(bad, 0, 20.0, 5.0)
+    res["provenance"] = {"device": bad, "torch_threads": bad, "versions": {"ccr": bad, "torch": bad}, "host": bad}
+    res["by_policy"][bad] = res["by_policy"]["reindex"]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps(res))
+    analyze(tmp_path)
+    page = (tmp_path / "analysis" / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
 
 
 def test_a_truncated_jpeg_is_named_before_training_and_good_verdicts_are_cached(tmp_path):
@@ -385,3 +501,21 @@ def test_json_that_is_not_a_ccr_result_is_named_and_skipped(tmp_path, mutate, wh
     status = json.loads((out / "status.json").read_text())
     assert status["runs"] == 2 and [p.split("/")[-2] for p, _ in status["corrupt"]] == ["odd"]
     assert why in status["corrupt"][0][1]
+
+
+def test_analysis_of_runs_of_mixed_configs_and_versions(tiny_cfg, tmp_path):
+    """A config key some results lack (written by another ccr version or source) is a missing value in the
+    tables and plots, never a crash: the analysis completes and writes its report."""
+    from analysis.report import analyze
+    from ccr.study import Study
+
+    for name, lr in (("a", 0.003), ("b", 0.004), ("c", 0.005)):
+        Study(tiny_cfg("data.n_tasks=2", "train.epochs=1", f"train.lr={lr}"), tmp_path / "runs" / name,
+              progress=False).run()
+    res = json.loads((tmp_path / "runs" / "a" / "results.json").read_text())
+    del res["config"]["train"]["lr"], res["config"]["tasks"]["pretrain_cache"]
+    (tmp_path / "runs" / "a" / "results.json").write_text(json.dumps(res))
+    analyze(tmp_path / "runs")
+    an = tmp_path / "runs" / "analysis"
+    assert (an / "report.html").is_file() and (an / "drift_vs_forgetting.png").is_file()
+    assert "cfg.train.lr" in (an / "per_run.csv").read_text()

@@ -96,15 +96,17 @@ def test_the_regimes_sweep_runs_the_values_chosen_on_val():
 
     repo = Path(__file__).resolve().parent.parent
     chosen = yaml.safe_load((repo / "sweeps" / "tuned" / "chosen.yaml").read_text())
-    spec = load_spec(repo / "sweeps" / "regimes.yaml")
     seen = set()
-    for cell in spec.cells():
-        cfg = spec.config_for(cell)
-        regime = REGIMES[tuple(cfg.tasks.pretrain), cfg.model.freeze]
-        assert cfg.tags == {"regime": cell["regime"]}
-        name = cfg.strategy.name
-        want = {k: v for k, v in chosen[regime].get(name, {}).items() if not k.startswith("val/")}
-        assert {k: cfg.strategy.params.get(name, {}).get(k) for k in want} == want
-        assert set(cfg.strategy.params) <= {name}
-        seen.add((regime, name))
+    for sweep in ("regimes.yaml", "pretrained_methods.yaml"):  # the second adds wiseft, zscl and lora
+        spec = load_spec(repo / "sweeps" / sweep)
+        for cell in spec.cells():
+            cfg = spec.config_for(cell)
+            regime = REGIMES[tuple(cfg.tasks.pretrain), cfg.model.freeze]
+            assert cfg.tags == {k: cell[k] for k in ("regime", "method") if k in cell}
+            name = "lora" if cfg.model.adapter.kind == "lora" else cfg.strategy.name
+            want = {k: v for k, v in chosen[regime].get(name, {}).items() if not k.startswith("val/")}
+            have = {"alpha": cfg.model.adapter.alpha} if name == "lora" else cfg.strategy.params.get(name, {})
+            assert {k: have.get(k) for k in want} == want, (sweep, regime, name)
+            assert set(cfg.strategy.params) <= {cfg.strategy.name}
+            seen.add((regime, name))
     assert {(r, s) for r in chosen for s in chosen[r]} <= seen

@@ -80,7 +80,7 @@ class Pixels:
 
     def apply(self, im: Image.Image) -> np.ndarray:
         """A PIL image (any mode) -> uint8 (3, H, W), as transformers' PIL backend resizes and crops."""
-        im = im.convert("RGB")
+        im = to_rgb(im)
         w, h = im.size
         if self.mode == "exact":
             nh, nw = self.height, self.width
@@ -97,6 +97,18 @@ class Pixels:
             top, left = (nh - ch) // 2, (nw - cw) // 2
             im = im.crop((left, top, left + cw, top + ch))
         return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1).copy()
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """RGB, 8 bits per channel. 16-bit and 32-bit integer images (16-bit grayscale PNGs, which PIL opens as
+    I;16 or I) are scaled to 8 bits: `convert("RGB")` would clip every value above 255 to white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        a = np.asarray(im, dtype=np.float64)
+        a = a / 257.0 if im.mode.startswith("I;16") or a.max() > 255 else a  # 65535 -> 255
+        im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), mode="L")
+    elif im.mode == "F":
+        raise ValueError("floating-point images (mode F) have no defined range; convert them to 8 or 16 bits")
+    return im.convert("RGB")
 
 
 def load_image_file(path: str | Path, pixels: Pixels | int) -> np.ndarray:

@@ -68,12 +68,25 @@ def _features(path: Path) -> np.ndarray:
     if a.ndim not in (2, 3) or not np.issubdtype(a.dtype, np.floating) or len(a) == 0:
         raise DataError(f"image features {path} must be a non-empty float array of N x D (one vector per image) "
                         f"or N x R x D (R regions per image); got {a.dtype} {a.shape}")
+    bad = _non_finite_rows(a)
+    if len(bad):
+        raise DataError(f"image features {path}: {len(bad)} image(s) have NaN or infinite values (rows "
+                        f"{', '.join(map(str, bad[:5]))}{' ...' if len(bad) > 5 else ''}); fix or drop them")
     return a
+
+
+def _non_finite_rows(a: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Rows of a (memory-mapped) feature array with a NaN or inf anywhere: one pass, a chunk at a time."""
+    bad = [lo + np.nonzero(~np.isfinite(a[lo:lo + chunk].reshape(len(a[lo:lo + chunk]), -1)).all(1))[0]
+           for lo in range(0, len(a), chunk)]
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
 
 
 def _captions(path: Path) -> list[str]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # one caption per line, lines ending in \n (or \r\n): not str.splitlines, which also splits on U+2028,
+        # U+0085, form feeds and other separators a caption may contain, and so misaligns captions and images
+        lines = [ln.removesuffix("\r") for ln in path.read_text(encoding="utf-8").split("\n")]
     except UnicodeDecodeError as e:
         raise DataError(f"captions {path} are not UTF-8 text: {e}") from e
     while lines and not lines[-1].strip():
