@@ -48,7 +48,9 @@ def collect(root: str | Path | Storage) -> Collected:
     c = Collected()
     if not store.exists():
         raise FileNotFoundError(f"no such folder: {store.display()}")
-    files = [f for f in store.files() if "analysis" not in f.split("/")[:-1]]
+    # every results.json, also under a folder that happens to be named "analysis" (ccr's own analysis
+    # output holds none)
+    files = store.files()
     have = set(files)
     for rel in files:
         folder, _, base = rel.rpartition("/")

@@ -307,10 +307,34 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"config key '{key}': {v!r} is not one of {', '.join(allowed)}")
     positive = ["train.epochs", "train.batch_size", "train.workers", "train.grad_accum", "index.shards",
                 "eval.batch_size", "eval.min_test_items", "model.embed_dim", "data.n_tasks", "data.train_per_task",
-                "data.test_per_task", "data.image_size"]
+                "data.test_per_task", "data.image_size", "model.image.image_size", "model.image.patch_size",
+                "model.image.hidden_size", "model.image.heads", "model.image.intermediate_size",
+                "model.text.hidden_size", "model.text.layers", "model.text.heads", "model.text.intermediate_size",
+                "index.nlist", "index.nprobe", "index.drift_map_fit"]
     for key in positive:
         if _get(cfg, key) is not None and _get(cfg, key) < 1:
             raise ConfigError(f"config key '{key}': must be >= 1, got {_get(cfg, key)}")
+    m = cfg.model
+    for side in ("image", "text"):
+        enc = getattr(m, side)
+        if enc.hidden_size % enc.heads:
+            raise ConfigError(f"config keys 'model.{side}.hidden_size' ({enc.hidden_size}) and 'model.{side}.heads' "
+                              f"({enc.heads}): the hidden size must be a multiple of the number of heads")
+    if m.image.image_size % m.image.patch_size:
+        raise ConfigError(f"config keys 'model.image.image_size' ({m.image.image_size}) and 'model.image.patch_size' "
+                          f"({m.image.patch_size}): the image size must be a multiple of the patch size")
+    if m.image.layers < 0:
+        raise ConfigError(f"config key 'model.image.layers': must be >= 0, got {m.image.layers}")
+    if m.text.max_length < 3:
+        raise ConfigError(f"config key 'model.text.max_length': must be >= 3 ([CLS], a word, [SEP]), got "
+                          f"{m.text.max_length}")
+    if cfg.index.hnsw_m < 2:
+        raise ConfigError(f"config key 'index.hnsw_m': must be >= 2 (neighbours per HNSW node), got {cfg.index.hnsw_m}")
+    if isinstance(cfg.tasks.order, list) and not cfg.tasks.order:
+        raise ConfigError("config key 'tasks.order': an empty list names no task (null: the dataset's order)")
+    if cfg.train.epochs * max(1, cfg.data.train_per_task) > 10**9:
+        raise ConfigError(f"config key 'train.epochs': {cfg.train.epochs} epochs would plan more batches than "
+                          "memory holds; give a realistic number")
     if cfg.train.lr <= 0:
         raise ConfigError(f"config key 'train.lr': must be > 0, got {cfg.train.lr}")
     if cfg.train.temperature <= 0:

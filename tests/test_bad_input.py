@@ -519,3 +519,40 @@ def test_analysis_of_runs_of_mixed_configs_and_versions(tiny_cfg, tmp_path):
     an = tmp_path / "runs" / "analysis"
     assert (an / "report.html").is_file() and (an / "drift_vs_forgetting.png").is_file()
     assert "cfg.train.lr" in (an / "per_run.csv").read_text()
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["model.image.patch_size=0"], "config key 'model.image.patch_size': must be >= 1"),
+    (["model.image.hidden_size=0"], "config key 'model.image.hidden_size': must be >= 1"),
+    (["model.text.max_length=1"], "config key 'model.text.max_length': must be >= 3"),
+    (["index.nprobe=0"], "config key 'index.nprobe': must be >= 1"),
+    (["index.drift_map_fit=0"], "config key 'index.drift_map_fit': must be >= 1"),
+    (["index.hnsw_m=0"], "config key 'index.hnsw_m': must be >= 2"),
+    (["tasks.order=[]"], "config key 'tasks.order': an empty list names no task"),
+    (["model.image.patch_size=5"], "the image size must be a multiple of the patch size"),
+    (["model.text.heads=3"], "the hidden size must be a multiple of the number of heads"),
+    (["train.epochs=1000000000"], "config key 'train.epochs': 1000000000 epochs would plan more batches"),
+])
+def test_sizes_that_cannot_work_are_one_line_before_anything_runs(sets, needle, tiny_overrides, tmp_path, capsys):
+    assert main(["run", "--quiet", "--out", str(tmp_path / "o"), *_sets([*tiny_overrides, *sets])]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_yaml_alias_bomb_is_one_short_line(tmp_path, capsys):
+    """9 levels of 8 aliases: 8^9 = 134 million leaves if expanded; the message shows a bounded excerpt."""
+    levels = ["&a [x, x, x, x, x, x, x, x]"] + [f"&{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
+                                                for p, c in zip("abcdefgh", "bcdefghi")]
+    (tmp_path / "c.yaml").write_text(f"seed: [{', '.join(levels)}]\n")
+    assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 400 and "config key 'seed': expected int, got list" in err, err[:600]
+
+
+def test_a_study_under_a_folder_named_analysis_is_analysed(tiny_cfg, tmp_path):
+    from analysis.load import collect
+    from ccr.study import Study
+
+    Study(tiny_cfg("data.n_tasks=1", "train.epochs=1"), tmp_path / "runs" / "analysis" / "one", progress=False).run()
+    assert list(collect(tmp_path / "runs").runs) == ["analysis/one"]

@@ -249,6 +249,41 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 
+@pytest.mark.slow
+def test_ctrl_c_says_interrupted_exits_130_and_resumes_counting_finished_trials(tmp_path):
+    """SIGINT to `ccr sweep` (as Ctrl-C sends it to the terminal's process group): Tune stops after saving its
+    state; ccr says the sweep was interrupted and how to resume it with its own command (not Tune's
+    Tuner.restore advice), exits 130 and writes no summary as if it had finished. The resumed sweep counts the
+    trials that finished before. --resume with other overrides is refused and leaves the sweep's record."""
+    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf", "ewc"]}, "max_concurrent_trials": 1})
+    sets = [x for o in tiny_sets(tmp_path) for x in ("--set", o)]
+    cmd = [sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(tmp_path / "out"), *sets]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(r["status"] == "complete" for r in results_in(tmp_path / "out").values()):
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=240)
+    done_before = sum(r["status"] == "complete" for r in results_in(tmp_path / "out").values())
+    assert proc.returncode == 130, err[-2000:]
+    assert "ccr: sweep interrupted:" in err and f"Resume it with: ccr sweep {spec}" in err
+    assert "Tuner.restore" not in err
+    assert '"trials"' not in out  # no end-of-sweep summary line
+    assert json.loads((tmp_path / "out" / "sweep_status.json").read_text())["interrupted"] is True
+    record = (tmp_path / "out" / "sweep_input.json").read_text()
+    bad = subprocess.run([*cmd, "--set", "train.epochs=1", "--resume"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "already holds a different sweep" in bad.stderr
+    assert (tmp_path / "out" / "sweep_input.json").read_text() == record
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert again.returncode == 0, again.stderr[-2000:]
+    first = next(ln for ln in again.stderr.splitlines() if ln.startswith("[sweep "))
+    assert int(first.split("/")[0].removeprefix("[sweep ")) >= done_before >= 1, first
+    assert len(results_in(tmp_path / "out")) == 3
+
+
 def test_time_left_estimate():
     import time
 

@@ -17,6 +17,17 @@ def _not_token_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled" not in record.getMessage()
 
 
+# Ray Train's detached placement-group cleaner polls the state API, which a Ray without a dashboard does
+# not serve: it warns "Failed to query Ray Train Controller actor state" every few seconds of a run
+_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
+
+
+def quiet_worker_logs() -> None:
+    """Run in every worker process of a Ray that ccr starts itself (Ray's worker_process_setup_hook): the
+    cleaner's warnings about the state API say nothing a ccr user can act on."""
+    logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
+
+
 def init_ray(**kwargs: Any) -> None:
     """Start a local Ray, or join the cluster that RAY_ADDRESS (set by `ray job submit`) or `address`
     names, the way every ccr command needs it, quietly.
@@ -35,6 +46,7 @@ def init_ray(**kwargs: Any) -> None:
         # a Ray of our own: never the cluster that `ray start` last recorded on this machine (Ray's
         # default), which may be gone or someone else's; a cluster job names its cluster (RAY_ADDRESS)
         kwargs["address"] = "local"
+        kwargs.setdefault("runtime_env", {"worker_process_setup_hook": "ccr.distributed.quiet_worker_logs"})
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
         if _not_token_notice not in notice.filters:

@@ -46,6 +46,15 @@ class SweepProgress(tune.Callback):
         self.durations: list[float] = []
         self.done = self.failed = 0
         self.t0 = time.time()
+        self.counted_restored = False
+
+    def on_step_begin(self, iteration, trials, **info):
+        """A resumed sweep: the trials that finished before the interruption count as done (Tune calls no
+        trial callback for them)."""
+        if not self.counted_restored:
+            self.counted_restored = True
+            self.done = sum(t.status == "TERMINATED" for t in trials)
+            self.failed = sum(t.status == "ERROR" for t in trials)
 
     def say(self, what: str) -> None:
         running = len(self.running)

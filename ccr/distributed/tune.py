@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -155,22 +157,41 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
     spec = load_spec(path, overrides)  # every config error before Ray starts
     storage = open_storage(out or Path("runs") / "sweeps" / spec.name)
     same = {"sweep": Path(path).read_text(), "overrides": list(overrides or [])}
-    if storage.is_file("sweep.yaml") and not resume:
+    if storage.is_file("sweep.yaml"):
         try:
             before = storage.read_json("sweep_input.json")
         except (OSError, json.JSONDecodeError):
             before = None
-        if before != same:
-            raise ConfigError(f"{storage.display()} already holds a different sweep: pass --resume to continue it "
-                              "anyway, or choose another --out")
-        log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage.display())
+        if before is not None and before != same:  # --resume too: its trials hold the other sweep's configs
+            sets = "".join(f" --set {shlex.quote(o)}" for o in before.get("overrides", []))
+            raise ConfigError(f"{storage.display()} already holds a different sweep (recorded in its "
+                              f"sweep_input.json{', with' + sets if sets else ''}); resume that one with the command "
+                              "that started it, or choose another --out")
+        if not resume:
+            log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage.display())
         resume = True
     with exclusive(storage, "sweep"):  # a second `ccr sweep` on this storage is refused, not interleaved
-        _run_sweep_locked(spec, storage, same, resume, quiet)
+        finished, total = _run_sweep_locked(spec, storage, same, resume, quiet)
+    if finished < total:  # Ctrl-C (SIGINT) or SIGUSR1: Tune stopped after saving its state
+        sets = "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
+        print(f"ccr: sweep interrupted: {finished} of {total} trials finished. Resume it with: ccr sweep "
+              f"{shlex.quote(str(path))}{sets} --out {shlex.quote(storage.uri)} (finished trials are not run again)",
+              file=sys.stderr)
+        return 130
     return 0
 
 
-def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool, quiet: bool) -> None:
+class _NoTuneResumeAdvice(logging.Filter):
+    """Tune's own advice on an interrupted experiment (`Tuner.restore(...)`) is not how a ccr sweep resumes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Resume experiment with" not in record.getMessage()
+
+
+def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool, quiet: bool
+                      ) -> tuple[int, int]:
+    """Run the sweep's Tune experiments; returns (trials finished or failed, trials in the sweep): fewer
+    finished than the sweep has means it was interrupted, and then nothing is summarised as if it were done."""
 
     storage.write_text("sweep.yaml", same["sweep"])
     storage.write_json("sweep_input.json", same)
@@ -180,9 +201,20 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cells = spec.cells() if (spec.optuna and spec.grid) else [None]
     summary: dict[str, Any] = {"trials": {}, "failed": {}, "best": {}}
+    per_cell = int(spec.optuna.get("num_samples", 8)) if spec.optuna else len(spec.cells())
+    total, finished = per_cell * len(cells), 0
+    logging.getLogger("ray.tune.tune").addFilter(_NoTuneResumeAdvice())
     for cell in cells:
         name = "tune" if cell is None else "tune-" + trial_name(cell)[:80]
-        grid = _tuner(spec, storage, name, cell, resume, quiet).fit()
+        try:
+            grid = _tuner(spec, storage, name, cell, resume, quiet).fit()
+        except KeyboardInterrupt:  # a second Ctrl-C while Tune was stopping
+            return finished, total
+        done = grid.num_terminated + grid.num_errors
+        finished += done
+        if done < per_cell:
+            storage.write_json("sweep_status.json", {**summary, "interrupted": True})
+            return finished, total
         for r in grid:
             key = trial_name({k: r.config[k] for k in r.config}) if r.config else "?"
             if r.error:
@@ -201,3 +233,4 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
         storage.write_json("best.json", summary["best"])
     print(json.dumps({"storage": storage.display(), "trials": len(summary["trials"]),
                       "failed": len(summary["failed"])}))
+    return finished, total
