@@ -86,10 +86,28 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         raise StorageError(f"nothing to analyse: {source.display()} does not exist")
     out = analyze(args.path, args.out)
     dest = Storage(args.out) if args.out else source.child("analysis")
-    if dest.is_file("effects.md"):  # the paired effects with their intervals: the numbers to quote
-        print(dest.read_text("effects.md"))
-    print(f"analysis written to {out}")
+    if dest.is_file("summary.md"):  # the tables a user came for: recall, forgetting, cost, θ0 and the effects
+        print(console_summary(dest.read_text("summary.md")))
+    print(f"analysis written to {out} (report.html: the same tables with plots and explanations)")
     return 0
+
+
+def console_summary(md: str) -> str:
+    """summary.md for a terminal: the run counts, then every table at the smallest K (and the paired effects),
+    each under its title; the paragraphs that explain them stay in report.html."""
+    out: list[str] = []
+    keep, first_k = True, None
+    for line in md.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("# ")
+            k = title.rsplit("K=", 1)[-1].split(" ")[0] if "K=" in title else None
+            first_k = first_k or k
+            keep = k is None or k == first_k
+            if keep:
+                out += ["", title]
+        elif keep and (line.startswith("|") or (line[:1].isdigit() and len(out) <= 2)):
+            out.append(line)
+    return "\n".join(out).strip()
 
 
 def parser() -> argparse.ArgumentParser:

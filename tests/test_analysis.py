@@ -281,6 +281,9 @@ def test_paired_effects_match_a_hand_computation(tmp_path, capsys):
     half = 4.303 / 3 ** 0.5
     assert f"| finetune | no_reindex − reindex | {-2:+.1f} [{-2 - half:+.1f}, {-2 + half:+.1f}] |" in out, out
     assert f"| lwf | no_reindex − reindex | {-6:+.1f} [{-6 - half:+.1f}, {-6 + half:+.1f}] * |" in out, out
+    # the console gets the tables a user came for (the main one first), not the explanations
+    assert out.index("Average final recall, forgetting and BWT at K=1") < out.index("policy − reindex, K=1")
+    assert "| lwf | no_reindex |" in out and "Each effect is the mean difference" not in out
     e = pd.read_csv(tmp_path / "analysis" / "effects.csv")
     ft = e[(e.factor == "policy") & (e.strategy == "finetune")].iloc[0]
     assert ft["t2i R@1 diff"] == pytest.approx(-2.0) and ft["t2i R@1 low"] == pytest.approx(-2 - half)

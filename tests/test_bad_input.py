@@ -543,7 +543,7 @@ def test_sizes_that_cannot_work_are_one_line_before_anything_runs(sets, needle, 
 def test_a_yaml_alias_bomb_is_one_short_line(tmp_path, capsys):
     """9 levels of 8 aliases: 8^9 = 134 million leaves if expanded; the message shows a bounded excerpt."""
     levels = ["&a [x, x, x, x, x, x, x, x]"] + [f"&{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]"
-                                                for p, c in zip("abcdefgh", "bcdefghi")]
+                                                for p, c in zip("abcdefgh", "bcdefghi", strict=True)]
     (tmp_path / "c.yaml").write_text(f"seed: [{', '.join(levels)}]\n")
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
