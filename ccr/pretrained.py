@@ -9,8 +9,6 @@ through the Hugging Face cache where the network allows (offline: one line namin
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import re
@@ -28,25 +26,14 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 COMPLETE_MARKER = ".ccr-complete"
 
 
-@contextlib.contextmanager
-def _node_lock(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _staged(uri: str, what: str) -> Path:
     """A folder in storage copied to this node's cache once (the next call finds the marker)."""
-    from ccr.storage import Storage, cache_root
+    from ccr.storage import Storage, cache_root, node_lock
 
     dest = cache_root(None) / "weights" / hashlib.sha256(uri.encode()).hexdigest()[:24]
     if (dest / COMPLETE_MARKER).is_file():
         return dest
-    with _node_lock(dest.with_suffix(".lock")):
+    with node_lock(dest.with_suffix(".lock")):
         if not (dest / COMPLETE_MARKER).is_file():
             store = Storage(uri)
             try:

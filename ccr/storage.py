@@ -18,6 +18,7 @@ fsynced and renamed; on an object store an object appears whole when its upload 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -58,6 +59,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def node_lock(path: Path) -> Iterator[None]:
+    """One process per node does what the lock guards (builds a cache file, stages a folder); the others
+    wait for it, then find what it made. A file lock: released when its holder dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def cache_root(cache_dir: str | None = None) -> Path:

@@ -176,7 +176,9 @@ def test_weights_by_storage_uri_are_staged_once(tmp_path, tiny_overrides, monkey
     assert (a / ".ccr-complete").is_file() and (a / "config.json").read_bytes() == (clip / "config.json").read_bytes()
     pretrained.local_folder.cache_clear()
     calls = []
-    monkeypatch.setattr(pretrained, "_node_lock", lambda p: calls.append(p))  # a second staging would lock
+    import ccr.storage
+
+    monkeypatch.setattr(ccr.storage, "node_lock", lambda p: calls.append(p))  # a second staging would lock
     assert pretrained.local_folder(uri) == a and not calls
     assert pretrained.fingerprint(uri) == pretrained.fingerprint(str(clip))
 

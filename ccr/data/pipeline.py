@@ -13,7 +13,6 @@ of a sweep on a node share the decoding and the page cache.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -24,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
+
+from ccr.storage import node_lock
 
 log = logging.getLogger(__name__)
 
@@ -99,18 +100,6 @@ def cache_key(paths: Sequence[Path], pixels) -> str:
     return h.hexdigest()[:24]
 
 
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """One builder per cache file on a node; the others wait for it, then read what it wrote."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256) -> MemmapImages:
     """`files` (a FileImages) decoded once into `cache_dir/images/<key>.npy`, then memory-mapped.
 
@@ -120,7 +109,7 @@ def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256) ->
     key = cache_key(files.paths, files.pixels)
     target = Path(cache_dir) / "images" / f"{key}.npy"
     if not target.is_file():
-        with _locked(target.with_suffix(".lock")):
+        with node_lock(target.with_suffix(".lock")):
             if not target.is_file():
                 _build(files, target, workers, chunk)
     return MemmapImages(target)
