@@ -31,8 +31,9 @@ def _cell(mean: float, std: float, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def markdown_table(agg: pd.DataFrame, k: int = 1) -> str:
-    """Rows: configurations; columns: R@k and forgetting per direction, BWT, index cost, n. Best in bold."""
+def markdown_table(agg: pd.DataFrame, k: int = 1, totals: bool = True) -> str:
+    """Rows: configurations; columns: R@k and forgetting per direction, BWT, index cost, n. Best in bold.
+    `totals`: also rsum and the index cost, which do not depend on K (one table of several K shows them)."""
     if agg.empty:
         return "(no results)"
     a = agg[agg["k"] == k]
@@ -48,7 +49,7 @@ def markdown_table(agg: pd.DataFrame, k: int = 1) -> str:
             wide[key][col] = (r[f"{m}_mean"], r[f"{m}_std"])
         counts[key] = int(r["avg_final_recall_count"])
     columns = [f"{d} {m}" for d in ("i2t", "t2i") for m in ("avg_final_recall", "forgetting", "bwt")]
-    columns += ["rsum", "index_cost"]
+    columns += ["rsum", "index_cost"] if totals else []
     best = {}
     for col in columns:
         vals = [w[col][0] for w in wide.values() if col in w and not pd.isna(w[col][0])]

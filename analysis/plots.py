@@ -255,7 +255,8 @@ def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t
         ax.grid(axis="y", alpha=0.3)
         ax.set_title("Which side broke? Old tasks after the last task, by the model that embedded the queries "
                      "and the gallery", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="strategy", title_fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no old task (one task): no bars, no legend
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="strategy", title_fontsize=8)
         paths.append(_save(fig, out / "compatibility_grid.png"))
     drift = a[(a.metric == "drift") & (a.task_index == 0)]
     if not drift.empty:

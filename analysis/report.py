@@ -227,7 +227,7 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     prov.to_csv(out / "runs.csv", index=False)
     agg.to_csv(out / "aggregate.csv", index=False)
     ks = sorted(int(k) for k in agg["k"].unique()) if not agg.empty else []  # whatever eval.ks measured
-    tables = {k: markdown_table(agg, k) for k in ks}
+    tables = {k: markdown_table(agg, k, totals=k == ks[0]) for k in ks}  # rsum and cost once, not per K
     md = [f"# ccr analysis of `{root.display()}`", "",
           f"{_count(len(c.runs), 'run')} ({len(c.incomplete)} incomplete), {len(c.corrupt)} corrupt result files, "
           f"{len(c.missing)} runs without results, {len(c.failed)} failed.", ""]

@@ -82,9 +82,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
     setup_logging(args.verbose)
     source = Storage(args.path)
-    if not source.exists():
-        raise StorageError(f"nothing to analyse: {source.display()} does not exist")
-    out = analyze(args.path, args.out)
+    try:
+        if not source.exists():
+            raise StorageError(f"nothing to analyse: {source.display()} does not exist")
+        out = analyze(args.path, args.out)
+    except OSError as e:  # wrong credentials, an endpoint that does not answer: one line, not pyarrow's traceback
+        raise StorageError(f"cannot read {source.display()}: {str(e).splitlines()[0][:300]}") from e
     dest = Storage(args.out) if args.out else source.child("analysis")
     if dest.is_file("summary.md"):  # the tables a user came for: recall, forgetting, cost, θ0 and the effects
         print(console_summary(dest.read_text("summary.md")))

@@ -348,8 +348,11 @@ def open_storage(location: str | os.PathLike | Storage) -> Storage:
     if store.remote:
         try:
             store.exists()
+            is_object = store.filesystem.get_file_info(store.fs_path()).type.name == "File"
         except OSError as e:
             raise StorageError(f"cannot reach storage {store.display()}: {e}") from e
+        if is_object:
+            raise StorageError(f"{store.display()} is an object, not a prefix (folder): choose another --out")
     elif store.local_path.exists() and not store.local_path.is_dir():
         raise StorageError(f"{store.local_path} is a file, not a folder")
     else:  # a folder we cannot write to fails here, not after the first task has trained

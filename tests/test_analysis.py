@@ -172,7 +172,7 @@ def test_plots_and_report_from_a_real_tiny_study(tiny_analysis):
         assert f"<dt>{term}" in page, term
     for fact in ("<th>seeds</th><td>0, 1</td>", "<th>torch threads per run</th>", "round → boxes",
                  f"<th>ccr / torch / ray / python</th><td>{ccr.__version__} / {torch.__version__}",
-                 "<th>run time</th>"):
+                 "<th>study time</th>"):
         assert fact in page, fact
     runs = pd.read_csv(out / "runs.csv")
     assert len(runs) == 4 and (runs.seconds > 0).all() and set(runs.seed) == {0, 1}

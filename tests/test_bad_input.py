@@ -21,6 +21,7 @@ import torch
 
 from ccr.checkpoint import from_bytes
 from ccr.cli import main
+from ccr.config import ConfigError
 from ccr.study import checkpoint_path
 from tests.test_analysis import fake_result
 
@@ -556,3 +557,60 @@ def test_a_study_under_a_folder_named_analysis_is_analysed(tiny_cfg, tmp_path):
 
     Study(tiny_cfg("data.n_tasks=1", "train.epochs=1"), tmp_path / "runs" / "analysis" / "one", progress=False).run()
     assert list(collect(tmp_path / "runs").runs) == ["analysis/one"]
+
+
+def test_trial_names_never_collide_and_case_names_yaml_reads_as_booleans_are_refused(tmp_path):
+    from ccr.distributed.sweep_spec import load_spec, trial_name
+
+    assert trial_name({"tags.x": "a/b"}) != trial_name({"tags.x": "a_b"})
+    assert trial_name({"train.lr": 0.1234567}) != trial_name({"train.lr": 0.12345671})
+    assert trial_name({"seed": 1, "train.lr": 0.001}) == "seed=1,train.lr=0.001"  # exact: readable, unchanged
+    spec = tmp_path / "s.yaml"
+    spec.write_text("grid:\n  flag:\n    yes: {train.lr: 0.1}\n    no: {train.lr: 0.2}\n")
+    with pytest.raises(ConfigError, match="has a case named True, which YAML reads from yes/no"):
+        load_spec(spec)
+
+
+def test_optuna_on_the_index_cost_is_allowed_and_test_only_metrics_point_to_a_val_one(tmp_path):
+    from ccr.distributed.sweep_spec import load_spec
+
+    base = "set: {data.val_per_task: 4}\noptuna:\n  space: {train.lr: {type: loguniform, low: 0.001, high: 0.01}}\n"
+    (tmp_path / "cost.yaml").write_text(base + "  metric: index_cost/embedded\n  mode: min\n")
+    assert load_spec(tmp_path / "cost.yaml").optuna["metric"] == "index_cost/embedded"
+    (tmp_path / "zs.yaml").write_text(base + "  metric: zero_shot/t2i/R@1\n  mode: max\n")
+    with pytest.raises(ConfigError, match="Select on the val split: 'val/t2i/R@1'"):
+        load_spec(tmp_path / "zs.yaml")
+
+
+def test_damaged_caches_are_rebuilt_not_trusted(tmp_path):
+    """A truncated decoded-image cache, a killed build's temporary file, a validated-dataset record of the
+    wrong shape: each is noticed and rebuilt, never a traceback."""
+    from ccr.config import load_config
+    from ccr.data import load_dataset
+    from tests.karpathy_fixture import make_karpathy
+
+    paths = make_karpathy(tmp_path / "d")
+    cfg = load_config(None, ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
+                             f"data.tasks_file={paths['tasks_file']}", f"data.cache_dir={tmp_path / 'c'}",
+                             "data.image_cache=true", "model.image.image_size=16"])
+    first = load_dataset(cfg).images.load(np.arange(4)).numpy()
+    (npy,) = (tmp_path / "c" / "images").glob("*.npy")
+    npy.write_bytes(npy.read_bytes()[:200])  # truncated
+    (npy.parent / f".{npy.name}.999999.tmp").write_bytes(b"\0" * 1000)  # a killed build's leftover
+    (record,) = (tmp_path / "c" / "datasets").glob("*.json")
+    record.write_text(json.dumps({"name": "x", "sources": []}))  # valid JSON, wrong shape
+    again = load_dataset(cfg).images.load(np.arange(4)).numpy()
+    assert np.array_equal(first, again) and not list(npy.parent.glob(".*.tmp"))
+
+
+def test_one_task_prints_no_forgetting_and_rsum_shows_once(tiny_cfg, tmp_path):
+    from analysis.report import analyze
+    from ccr.report import summary_table
+    from ccr.study import Study
+
+    res = Study(tiny_cfg("data.n_tasks=1", "train.epochs=1"), tmp_path / "runs" / "one", progress=False).run()
+    row = summary_table(res).splitlines()[1].split()
+    assert row[3] == "-" and row[5] == "-"  # forgetting of i2t and t2i: undefined with one task
+    analyze(tmp_path / "runs")
+    md = (tmp_path / "runs" / "analysis" / "summary.md").read_text()
+    assert md.count("| rsum |") == 1 and "1 run (" in md and "**" not in md.split("## What")[0]

@@ -128,3 +128,16 @@ def test_sweep_to_s3_survives_a_lost_node_and_uses_an_added_one(s3, tmp_path):
     an = Storage(uri).child("analysis")
     analyze(uri)  # default output: next to the results, in the bucket
     assert an.is_file("report.html") and an.is_file("summary.md")
+
+
+def test_an_object_as_out_and_an_unreachable_analyze_are_one_line(s3, tmp_path, capsys):
+    from ccr.cli import main
+    from ccr.storage import StorageError, open_storage
+
+    Storage(s3.uri("ccr", "")).write_text("an-object", "not a folder")
+    with pytest.raises(StorageError, match="is an object, not a prefix"):
+        open_storage(s3.uri("ccr", "an-object"))
+    dead = "s3://ccr/x?endpoint_override=127.0.0.1:9&scheme=http&connect_timeout=1&request_timeout=1"
+    assert main(["analyze", dead]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ccr: error: ") and len(err.strip().splitlines()) == 1, err[-800:]

@@ -72,6 +72,8 @@ class MemmapImages:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.array = np.load(self.path, mmap_mode="r")
+        if self.array.dtype != np.uint8 or self.array.ndim != 4 or self.array.shape[1] != 3:
+            raise ValueError(f"expected uint8 (N, 3, H, W), found {self.array.dtype} {self.array.shape}")
         self.image_size = int(self.array.shape[-1])
 
     def __len__(self) -> int:
@@ -108,10 +110,17 @@ def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256) ->
     """
     key = cache_key(files.paths, files.pixels)
     target = Path(cache_dir) / "images" / f"{key}.npy"
-    if not target.is_file():
-        with node_lock(target.with_suffix(".lock")):
-            if not target.is_file():
-                _build(files, target, workers, chunk)
+    with node_lock(target.with_suffix(".lock")):
+        for old in target.parent.glob(f".{target.name}.*.tmp"):  # builds killed before they renamed
+            log.info("removing %s, left by a killed cache build", old)
+            old.unlink(missing_ok=True)
+        if target.is_file():
+            try:
+                return MemmapImages(target)
+            except (OSError, ValueError) as e:  # truncated or overwritten: never trusted, rebuilt
+                log.warning("image cache %s is unreadable (%s); decoding the images again", target, e)
+                target.unlink()
+        _build(files, target, workers, chunk)
     return MemmapImages(target)
 
 

@@ -83,14 +83,16 @@ def load_validated(cfg: DataConfig, pixels, load: Callable[[], RetrievalDataset]
     if d is not None:
         try:
             images = revive_images(d["sources"])
-        except DataError as e:  # an image file moved, vanished or changed: the loader looks again
-            log.info("dataset %s changed since it was validated (%s); validating again", cfg.path, e)
-        else:
             ds = RetrievalDataset(
                 name=d["name"], image_names=d["image_names"], image_split=np.array(d["image_split"]),
                 image_task=np.array(d["image_task"]), captions=d["captions"],
                 caption_image=np.array(d["caption_image"], dtype=np.int64), images=images,
                 task_names=d["task_names"], info=d["info"], sources=d["sources"])
+        except DataError as e:  # an image file moved, vanished or changed: the loader looks again
+            log.info("dataset %s changed since it was validated (%s); validating again", cfg.path, e)
+        except (KeyError, TypeError, ValueError, IndexError) as e:  # JSON of another shape: validated again
+            log.warning("ignoring the dataset cache %s (%s: %s); validating again", cached, type(e).__name__, e)
+        else:
             log.info("dataset %s: validated before (%s), %d images", cfg.path, cached.name, ds.n_images)
             return ds
     ds = load()

@@ -17,15 +17,7 @@ def _not_token_notice(record: logging.LogRecord) -> bool:
     return "Token authentication is enabled" not in record.getMessage()
 
 
-# Ray Train's detached placement-group cleaner polls the state API, which a Ray without a dashboard does
-# not serve: it warns "Failed to query Ray Train Controller actor state" every few seconds of a run
-_CLEANER_LOGGER = "ray.train.v2._internal.execution.controller.placement_group_cleaner"
-
-
-def quiet_worker_logs() -> None:
-    """Run in every worker process of a Ray that ccr starts itself (Ray's worker_process_setup_hook): the
-    cleaner's warnings about the state API say nothing a ccr user can act on."""
-    logging.getLogger(_CLEANER_LOGGER).setLevel(logging.ERROR)
+OWN_RAY = {"local": False}  # whether ccr started the Ray it uses on this machine (it ends with the command)
 
 
 def init_ray(**kwargs: Any) -> None:
@@ -46,7 +38,7 @@ def init_ray(**kwargs: Any) -> None:
         # a Ray of our own: never the cluster that `ray start` last recorded on this machine (Ray's
         # default), which may be gone or someone else's; a cluster job names its cluster (RAY_ADDRESS)
         kwargs["address"] = "local"
-        kwargs.setdefault("runtime_env", {"worker_process_setup_hook": "ccr.distributed.quiet_worker_logs"})
+        OWN_RAY["local"] = True
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
         if _not_token_notice not in notice.filters:

@@ -27,6 +27,7 @@ import copy
 import dataclasses
 import hashlib
 import itertools
+import json
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,10 +89,16 @@ def trial_name(params: dict[str, Any]) -> str:
         v = params[k]
         v = "+".join(map(str, v)) if isinstance(v, list) else (f"{v:.6g}" if isinstance(v, float) else str(v))
         parts.append(f"{k.replace('strategy.params.', '')}={v}")
-    name = ",".join(parts).replace("/", "_").replace(" ", "")
+    readable = ",".join(parts)
+    name = readable.replace("/", "_").replace(" ", "")
     # hashlib, not hash(): str hashes change with every interpreter (PYTHONHASHSEED), and a resumed
     # sweep, or a trial retried on another node, must find the same folder
-    return name if len(name) < 180 else name[:150] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+    exact = json.dumps({k: params[k] for k in sorted(params)}, sort_keys=True, default=str)
+    digest = hashlib.sha256(exact.encode()).hexdigest()[:12]
+    lossy = name != readable or any(isinstance(v, float) and float(f"{v:.6g}") != v for v in params.values())
+    if lossy:  # two trials could share the readable name (a/b and a_b; values equal to 6 digits): not the folder
+        return (name if len(name) < 160 else name[:150]) + "-" + digest
+    return name if len(name) < 180 else name[:150] + "-" + digest
 
 
 def _field_type(key: str) -> Any:
@@ -107,7 +114,8 @@ def _field_type(key: str) -> Any:
 
 def valid_metrics(cfg: Config) -> set[str]:
     """The metric names a trial of this config reports (`ccr.results` defines them)."""
-    return set(metric_names(cfg.eval.ks, cfg.index.compare, val=cfg.eval.val))
+    return set(metric_names(cfg.eval.ks, cfg.index.compare, val=cfg.eval.val, transfer=cfg.eval.transfer,
+                            control=bool(cfg.eval.control)))
 
 
 def _old_metric_name(name: str) -> str | None:
@@ -186,6 +194,9 @@ def _cases(path: Path, axis: str, values: dict[Any, Any]) -> dict[str, dict[str,
         raise ConfigError(f"sweep {path}: named axis '{axis}' must be a plain name (it becomes tags.{axis})")
     out = {}
     for name, keys in values.items():
+        if isinstance(name, bool) or name is None:  # YAML read yes/no/on/off/true/false or ~/null as a value
+            raise ConfigError(f"sweep {path}: grid axis '{axis}' has a case named {name!r}, which YAML reads from "
+                              "yes/no/on/off/true/false or ~/null: quote the case name (e.g. 'yes')")
         if not isinstance(keys, dict) or not keys:
             raise ConfigError(f"sweep {path}: case '{name}' of grid axis '{axis}' must map config keys to "
                               f"values, got {keys!r}")
@@ -241,10 +252,13 @@ def _check_optuna(path: Path, spec: SweepSpec, cfg: Config) -> None:
         raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} is not in the results; valid: "
                           f"{', '.join(sorted(valid_metrics(cfg)))}")
     name = opt["metric"].split("/", 1)[1] if opt["metric"].split("/")[0] in cfg.index.compare else opt["metric"]
-    if not name.startswith("val/"):
+    if not name.startswith(("val/", "index_cost/")):  # the cost is counted, not measured on test items
+        on_val = opt["metric"].replace(name, "val/" + name)
+        if on_val not in valid_metrics(cfg):  # zero_shot/, transfer/, control/: measured on test items only
+            on_val = "val/" + "/".join(name.split("/")[-2:])
         raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} is measured on test items; choosing "
                           f"hyperparameters on them reports an optimistic test number. Select on the val split: "
-                          f"{opt['metric'].replace(name, 'val/' + name)!r}")
+                          f"{on_val!r}")
     if cfg.data.kind == "generated" and cfg.data.val_per_task < cfg.eval.min_test_items:
         raise ConfigError(f"sweep {path}: optuna.metric {opt['metric']!r} needs val items: set data.val_per_task "
                           f"(at least eval.min_test_items={cfg.eval.min_test_items}) for the generated benchmark")

@@ -116,6 +116,27 @@ def _quiet_train_logs() -> dict[str, Any]:
     return {"logging_config": cls(log_level="WARNING")} if cls else {}
 
 
+def _trainer_class():
+    """TorchTrainer; on a Ray that ccr started for itself, without Ray Train's detached placement-group
+    cleaner. The cleaner removes a crashed controller's placement group on a long-lived cluster; on ccr's own
+    Ray, which ends with the command, it has nothing to do and polls the state API, which a Ray without a
+    dashboard does not serve: 54 warnings ("Failed to query Ray Train Controller actor state") in one
+    2-worker run. Should Ray rename its private hook, the plain TorchTrainer is used."""
+    from ray.train.torch import TorchTrainer
+
+    from ccr.distributed import OWN_RAY
+
+    if not OWN_RAY["local"] or not hasattr(TorchTrainer, "_create_default_callbacks"):
+        return TorchTrainer
+
+    class OwnRayTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks()
+                    if type(c).__name__ != "PlacementGroupCleanerCallback"]
+
+    return OwnRayTorchTrainer
+
+
 def run_distributed(study: Study) -> dict[str, Any]:
     """Run (or resume) `study` with `train.workers` Ray Train workers; returns its results.
 
@@ -124,7 +145,6 @@ def run_distributed(study: Study) -> dict[str, Any]:
     threads and the per-batch callback, which every worker receives.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
 
     cfg, store = study.cfg, study.store
     check_distributed(cfg)
@@ -133,7 +153,7 @@ def run_distributed(study: Study) -> dict[str, Any]:
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()
     init_ray()
     per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    trainer = TorchTrainer(
+    trainer = _trainer_class()(
         train_fn_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "out": store.uri, "use_gpu": use_gpu, "progress": study.progress,
                            "threads": study.threads or max(1, int(cfg.train.cpus_per_worker)),

@@ -5,6 +5,7 @@ experiment under STORAGE/tune*, so an interrupted sweep restores and finished tr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -181,6 +182,12 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
     return 0
 
 
+def _short_name(name: str, keep: int = 80) -> str:
+    """At most `keep` characters, distinct for distinct names (a digest of the whole where it is cut): two
+    Optuna cells that share their first 80 characters must not share an experiment and a best.json."""
+    return name if len(name) <= keep else name[:keep - 13] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
 class _NoTuneResumeAdvice(logging.Filter):
     """Tune's own advice on an interrupted experiment (`Tuner.restore(...)`) is not how a ccr sweep resumes."""
 
@@ -205,7 +212,7 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     total, finished = per_cell * len(cells), 0
     logging.getLogger("ray.tune.tune").addFilter(_NoTuneResumeAdvice())
     for cell in cells:
-        name = "tune" if cell is None else "tune-" + trial_name(cell)[:80]
+        name = "tune" if cell is None else "tune-" + _short_name(trial_name(cell))
         try:
             grid = _tuner(spec, storage, name, cell, resume, quiet).fit()
         except KeyboardInterrupt:  # a second Ctrl-C while Tune was stopping
