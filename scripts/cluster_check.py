@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -31,9 +32,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-CLUSTER = REPO / "scripts" / "cluster-local.yaml"
+CLUSTER_TEMPLATE = REPO / "scripts" / "cluster-local.yaml"
 KEY = Path.home() / ".ssh" / "ccr_cluster_key"
 WORK = Path("/tmp/ccr-cluster")
+RAY = shlex.quote(str(Path(sys.executable).parent / "ray"))  # the `ray` of the environment running this check
 S3_PORT = 9000
 HOSTS = ("127.0.0.3", "127.0.0.2")  # head, worker (see cluster-local.yaml)
 sys.path.insert(0, str(REPO))
@@ -131,6 +133,25 @@ def alive_nodes(env: dict) -> list[dict]:
         return []
 
 
+def cluster_file(dest: Path) -> Path:
+    """scripts/cluster-local.yaml with the nodes' commands run by the interpreter (and its environment's
+    `ray`) that runs this check: over SSH a login shell finds another python3 on PATH, one without ccr
+    and Ray when the README's virtual environment is not activated there."""
+    bindir = Path(sys.executable).parent
+    ray = shlex.quote(str(bindir / "ray"))
+
+    def command(line: str) -> str:
+        if not line.lstrip().startswith("- "):  # comments and keys stay as they are
+            return line
+        line = line.replace('python3 -c "', f'{shlex.quote(sys.executable)} -c "')
+        return re.sub(r"(?<![\w/.-])ray (start|stop)", lambda m: f"{ray} {m.group(1)}", line)
+
+    text = "\n".join(command(ln) for ln in CLUSTER_TEMPLATE.read_text().splitlines()) + "\n"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(text)
+    return dest
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", default="sweeps/default.yaml")
@@ -153,8 +174,9 @@ def main() -> int:
             sh(f"{sys.executable} -m pip install -q -e '{REPO}[cluster]'", quiet=True)
         sshd = ensure_ssh()
         s3 = start_s3()
-        sh("ray get-auth-token --generate > /dev/null", env=env)
-        sh(f"ray up -y --no-config-cache {CLUSTER}", env=env, timeout=900)
+        sh(f"{RAY} get-auth-token --generate > /dev/null", env=env)
+        cluster = cluster_file(WORK / "cluster.yaml")
+        sh(f"{RAY} up -y --no-config-cache {cluster}", env=env, timeout=900)
         deadline = time.time() + 300
         while len(nodes := alive_nodes(env)) < 2 and time.time() < deadline:
             time.sleep(5)
@@ -165,7 +187,7 @@ def main() -> int:
         sub_id = f"ccr-check-{int(time.time())}"
         runtime = {"env_vars": creds, "excludes": [".git", "runs", "*.egg-info"]}
         sets = " ".join(f"--set {shlex.quote(s)}" for s in a.set)
-        sh(f"ray job submit --address http://127.0.0.1:8265 --no-wait --submission-id {sub_id} --working-dir . "
+        sh(f"{RAY} job submit --address http://127.0.0.1:8265 --no-wait --submission-id {sub_id} --working-dir . "
            f"--runtime-env-json {shlex.quote(json.dumps(runtime))} -- "
            f"ccr sweep {a.sweep} --out {shlex.quote(uri)} {sets}", env=env)
         t_sub = time.time()
@@ -187,13 +209,13 @@ def main() -> int:
 
         status = ""
         while time.time() - t_sub < a.timeout:
-            r = sh(f"ray job status --address http://127.0.0.1:8265 {sub_id}", env=env, check=False, quiet=True)
+            r = sh(f"{RAY} job status --address http://127.0.0.1:8265 {sub_id}", env=env, check=False, quiet=True)
             status = (r.stdout + r.stderr).lower()
             if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
                 break
             time.sleep(10)
         sweep_s = time.time() - t_sub
-        sh(f"ray job logs --address http://127.0.0.1:8265 {sub_id} | tail -n 5", env=env, check=False)
+        sh(f"{RAY} job logs --address http://127.0.0.1:8265 {sub_id} | tail -n 5", env=env, check=False)
         assert "' succeeded" in status, f"the sweep job did not succeed: {status.strip()[-500:]}"
         log(f"sweep job succeeded in {sweep_s:.0f} s")
 
@@ -211,7 +233,7 @@ def main() -> int:
         print("\n".join(summary.splitlines()[:25]))
         ok = True
     finally:
-        sh(f"ray down -y {CLUSTER}", env=env, check=False, timeout=300, quiet=True)
+        sh(f"{RAY} down -y {cluster_file(WORK / 'cluster.yaml')}", env=env, check=False, timeout=300, quiet=True)
         for proc in (s3, sshd):
             if proc is not None:
                 os.killpg(proc.pid, signal.SIGTERM)

@@ -614,3 +614,22 @@ def test_one_task_prints_no_forgetting_and_rsum_shows_once(tiny_cfg, tmp_path):
     analyze(tmp_path / "runs")
     md = (tmp_path / "runs" / "analysis" / "summary.md").read_text()
     assert md.count("| rsum |") == 1 and "1 run (" in md and "**" not in md.split("## What")[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sets, needle", [
+    (["train.workers=4"], "4 training workers (train.workers x train.cpus_per_worker) needs 4 CPU"),
+    (["index.shards=64"], "64 gallery shards (index.shards x index.shard_cpus / shard_gpus) needs 64 CPU"),
+])
+def test_resources_this_machine_can_never_grant_are_one_line(sets, needle, tiny_overrides, tmp_path):
+    """On the Ray ccr starts for itself (which never grows) a request larger than the machine is refused
+    before anything trains, naming the key; before, it waited for ever."""
+    import os as _os
+
+    env = {k: v for k, v in _os.environ.items() if k != "RAY_ADDRESS"}
+    t = time.time()
+    run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--quiet", "--out", str(tmp_path / "o"),
+                          *_sets([*tiny_overrides, "data.n_tasks=2", *sets])], capture_output=True, text=True,
+                         timeout=300, env=env, cwd=REPO)
+    assert run.returncode == 2 and needle in run.stderr, run.stderr[-1500:]
+    assert time.time() - t < 120 and not (tmp_path / "o" / "checkpoints").exists()

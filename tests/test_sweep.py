@@ -145,6 +145,26 @@ def test_cluster_yaml_validates_against_rays_schema():
     assert not any("[gpu]" in c for c in cfg["setup_commands"])  # faiss-gpu would fight faiss-cpu
 
 
+def test_the_cluster_check_runs_the_nodes_commands_with_its_own_interpreter(tmp_path):
+    """Over SSH a login shell finds another python3 and ray on PATH than the virtual environment running the
+    check: the cluster file it uses names this interpreter and its environment's ray."""
+    pytest.importorskip("ray")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import cluster_check
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    cfg = yaml.safe_load(cluster_check.cluster_file(tmp_path / "c.yaml").read_text())
+    validate_config(prepare_config(cfg))
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    assert cfg["setup_commands"][0].startswith(f"{sys.executable} -c ")
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert starts and all(f"{ray_bin} start" in c for c in starts)
+    assert all(" ray stop" not in f" {c}" for c in cfg["head_start_ray_commands"])
+
+
 @pytest.mark.parametrize("name", ["cluster.yaml", "scripts/cluster-local.yaml"])
 def test_cluster_files_lock_down_the_head(name):
     """Token authentication on every node; the dashboard (job API) on the head's loopback only."""

@@ -20,6 +20,25 @@ def _not_token_notice(record: logging.LogRecord) -> bool:
 OWN_RAY = {"local": False}  # whether ccr started the Ray it uses on this machine (it ends with the command)
 
 
+def check_can_ever_run(what: str, key: str, need: dict[str, float]) -> None:
+    """On a Ray that ccr started on this machine, which never grows, a request for more CPUs or GPUs than the
+    machine has would wait for ever with no message: refuse it, naming the config key. (A cluster that
+    RAY_ADDRESS names may add nodes when asked: there the request waits for the autoscaler.)"""
+    import ray
+
+    from ccr.errors import ConfigError
+
+    if not OWN_RAY["local"]:
+        return
+    have = ray.cluster_resources()
+    short = [f"{v:g} {k}" for k, v in need.items() if v > have.get(k, 0.0) + 1e-9]
+    if short:
+        mine = ", ".join(f"{have.get(k, 0.0):g} {k}" for k in need)
+        raise ConfigError(f"{what} ({key}) needs {' and '.join(short)}, and the Ray that ccr started on this "
+                          f"machine has {mine}; it would wait for ever. Ask for less, or run on a cluster "
+                          "(RAY_ADDRESS) that can grow")
+
+
 def init_ray(**kwargs: Any) -> None:
     """Start a local Ray, or join the cluster that RAY_ADDRESS (set by `ray job submit`) or `address`
     names, the way every ccr command needs it, quietly.

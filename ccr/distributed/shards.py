@@ -23,7 +23,7 @@ import torch
 
 from ccr.config import Config, to_dict
 from ccr.context import task_label
-from ccr.distributed import init_ray
+from ccr.distributed import check_can_ever_run, init_ray
 from ccr.evaluation import Evaluator
 from ccr.index import MODALITIES, IndexState
 from ccr.search import merge_topk, overlap_at_k, train_template
@@ -142,6 +142,8 @@ class ShardPool:
         init_ray()
         self.cfg, self.n = cfg, cfg.index.shards
         opts = {"num_cpus": cfg.index.shard_cpus, "num_gpus": cfg.index.shard_gpus}
+        check_can_ever_run(f"{self.n} gallery shards", "index.shards x index.shard_cpus / shard_gpus",
+                           {"CPU": self.n * cfg.index.shard_cpus, "GPU": self.n * cfg.index.shard_gpus})
         self.actors = [GalleryShard.options(**opts).remote(i, to_dict(cfg), Storage(tokenizer),
                                                            "cuda" if cfg.index.shard_gpus > 0 else "cpu")
                        for i in range(self.n)]

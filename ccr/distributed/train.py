@@ -18,7 +18,7 @@ import torch
 import torch.distributed as tdist
 
 from ccr.config import Config, ConfigError, build_config, to_dict
-from ccr.distributed import init_ray
+from ccr.distributed import check_can_ever_run, init_ray
 from ccr.study import Study
 from ccr.train import DistInfo
 
@@ -153,6 +153,8 @@ def run_distributed(study: Study) -> dict[str, Any]:
     use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()
     init_ray()
     per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    check_can_ever_run(f"{cfg.train.workers} training workers", "train.workers x train.cpus_per_worker",
+                       {k: v * cfg.train.workers for k, v in per_worker.items()})
     trainer = _trainer_class()(
         train_fn_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "out": store.uri, "use_gpu": use_gpu, "progress": study.progress,

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ccr.config import ConfigError, build_config, set_path
-from ccr.distributed import init_ray
+from ccr.distributed import check_can_ever_run, init_ray
 from ccr.distributed.sweep_spec import SweepSpec, apply_params, load_spec, trial_name
 from ccr.results import flat_metrics
 from ccr.storage import Storage, exclusive, open_storage
@@ -203,6 +203,8 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     storage.write_text("sweep.yaml", same["sweep"])
     storage.write_json("sweep_input.json", same)
     init_ray(log_to_driver=False)
+    check_can_ever_run("a trial", "resources.cpus_per_trial / gpus_per_trial",
+                       {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial})
     # ccr's SweepProgress reports on the trials; Tune's newer console output would still print its
     # configuration box, the results path and a TensorBoard hint at verbose=0. The classic one is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
