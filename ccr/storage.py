@@ -79,6 +79,26 @@ def cache_root(cache_dir: str | None = None) -> Path:
     return Path(cache_dir or os.environ.get("CCR_CACHE", Path.home() / ".cache" / "ccr"))
 
 
+def cache_write(path: str | Path, write) -> bool:
+    """A cache file written with `write(path)`, atomically; a cache that cannot be written (a read-only
+    data.cache_dir or CCR_CACHE) is a warning, never the end of a study: the work is redone next time."""
+    import logging
+
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write(tmp)
+        os.replace(tmp, path)
+        return True
+    except OSError as e:
+        logging.getLogger(__name__).warning("cannot write the cache file %s (%s); going on without it", path,
+                                            e.strerror or e)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+
+
 def scratch_root() -> Path:
     """The node-local cache folder (`CCR_SCRATCH`): give each node of a cluster its own."""
     return Path(os.environ.get("CCR_SCRATCH") or Path.home() / ".cache" / "ccr" / "scratch")
@@ -155,7 +175,13 @@ class Storage:
         """The node-local working folder for this storage: the folder itself when local, else a cache."""
         if not self.remote:
             return Path(self.root)
-        return scratch_root() / hashlib.sha256(self._base.encode()).hexdigest()[:16]
+        path = scratch_root() / hashlib.sha256(self._base.encode()).hexdigest()[:16]
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StorageError(f"cannot use the node's scratch folder {path} (CCR_SCRATCH): "
+                               f"{e.strerror or e}; point CCR_SCRATCH at a writable folder") from e
+        return path
 
     # ---- files ---------------------------------------------------------------------------------
     def _p(self, rel: str) -> str:

@@ -633,3 +633,24 @@ def test_resources_this_machine_can_never_grant_are_one_line(sets, needle, tiny_
                          timeout=300, env=env, cwd=REPO)
     assert run.returncode == 2 and needle in run.stderr, run.stderr[-1500:]
     assert time.time() - t < 120 and not (tmp_path / "o" / "checkpoints").exists()
+
+
+def test_read_only_caches_and_scratch(tiny_overrides, tmp_path, capsys, monkeypatch):
+    """A read-only data.cache_dir is a warning (the study runs, the cache is not kept); a read-only
+    CCR_SCRATCH, needed for a study in an object store, is one line naming it."""
+    if os.geteuid() == 0:  # root writes through any mode bits: make a "read-only" folder a file's child
+        ro = tmp_path / "file"
+        ro.write_text("")
+        cache, scratch = ro / "cache", ro / "scratch"
+    else:
+        (tmp_path / "ro").mkdir(mode=0o555)
+        cache, scratch = tmp_path / "ro" / "cache", tmp_path / "ro" / "scratch"
+    sets = [*[o for o in tiny_overrides if not o.startswith("data.cache_dir")], f"data.cache_dir={cache}",
+            "data.n_tasks=2", "train.epochs=1"]
+    assert main(["run", "--out", str(tmp_path / "o"), *_sets(sets)]) == 0
+    assert "cannot write the cache file" in capsys.readouterr().err
+    from ccr.storage import Storage, StorageError
+
+    monkeypatch.setenv("CCR_SCRATCH", str(scratch))
+    with pytest.raises(StorageError, match="point CCR_SCRATCH at a writable folder"):
+        Storage("s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http").scratch()

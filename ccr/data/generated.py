@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 
 from ccr.config import DataConfig
 from ccr.data.dataset import ArrayImages, DataError, RetrievalDataset
-from ccr.storage import cache_root  # noqa: F401  (re-exported: ccr.data.generated.cache_root)
+from ccr.storage import cache_root, cache_write  # noqa: F401  (cache_root re-exported from here)
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +189,11 @@ def load_generated(cfg: DataConfig) -> RetrievalDataset:
     if images is None or meta.get("params") != _params(cfg):
         log.info("rendering the generated benchmark (%d tasks) into %s", cfg.n_tasks, path)
         images, meta = generate(cfg)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez_compressed(tmp, images=images, meta=np.array(json.dumps(meta)))
-        os.replace(tmp, path)
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as f:  # a file object: savez would append .npz to the name
+                np.savez_compressed(f, images=images, meta=np.array(json.dumps(meta)))
+
+        cache_write(path, write)
     return RetrievalDataset(
         name="generated", image_names=meta["names"], image_split=np.array(meta["splits"]),
         image_task=np.array(meta["tasks"]), captions=meta["captions"],

@@ -99,7 +99,7 @@ def check_images(paths: list[Path], cache_dir: str | None) -> list[str]:
     size and modification time (under the data cache), so the next study, or the next trial of a sweep
     on this node, checks only what changed. Returns the unreadable files."""
     from ccr.data.generated import cache_root
-    from ccr.storage import atomic_write_bytes
+    from ccr.storage import cache_write
 
     key = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
     cache = cache_root(cache_dir) / "image_checks" / f"{key}.json"
@@ -114,7 +114,8 @@ def check_images(paths: list[Path], cache_dir: str | None) -> list[str]:
     bad = [v for v in verdicts if v]
     if todo:
         good.update({str(p): stamps[p] for p, v in zip(todo, verdicts, strict=True) if v is None})
-        atomic_write_bytes(cache, json.dumps(good).encode())
+        data = json.dumps(good).encode()
+        cache_write(cache, lambda tmp: Path(tmp).write_bytes(data))
     return bad
 
 

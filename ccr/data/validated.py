@@ -70,7 +70,7 @@ def load_validated(cfg: DataConfig, pixels, load: Callable[[], RetrievalDataset]
     """`load()` once per content; later calls rebuild the dataset from the cache, with its image store
     from `revive_images(sources)` (which checks the image files again)."""
     from ccr.data.generated import cache_root
-    from ccr.storage import atomic_write_bytes
+    from ccr.storage import cache_write
 
     key = dataset_key(cfg, pixels)
     cached = cache_root(cfg.cache_dir) / "datasets" / f"{cfg.kind}-{key}.json" if key else None
@@ -101,5 +101,6 @@ def load_validated(cfg: DataConfig, pixels, load: Callable[[], RetrievalDataset]
                   "image_task": ds.image_task.tolist(), "captions": list(ds.captions),
                   "caption_image": ds.caption_image.tolist(), "task_names": list(ds.task_names), "info": ds.info,
                   "sources": ds.sources}
-        atomic_write_bytes(cached, json.dumps(record).encode())
+        data = json.dumps(record).encode()
+        cache_write(cached, lambda tmp: tmp.write_bytes(data))
     return ds
