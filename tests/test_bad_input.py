@@ -654,3 +654,25 @@ def test_read_only_caches_and_scratch(tiny_overrides, tmp_path, capsys, monkeypa
     monkeypatch.setenv("CCR_SCRATCH", str(scratch))
     with pytest.raises(StorageError, match="point CCR_SCRATCH at a writable folder"):
         Storage("s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http").scratch()
+
+
+@pytest.mark.parametrize("file, change, needle", [
+    ("image_data.json", lambda d: d[2].update(image_id="x7"), r"image_data.json: record 3 is malformed \(ValueError"),
+    ("objects.json", lambda d: d[0].update(objects=["dog"]),
+     r"objects.json: record 1 is malformed \(TypeError: 'objects'"),
+    ("region_descriptions.json", lambda d: d[1].update(regions="a phrase"), r"record 2 is malformed \(TypeError"),
+])
+def test_malformed_visual_genome_records_are_named(file, change, needle, tmp_path):
+    from ccr.config import load_config
+    from ccr.data import DataError, load_dataset
+    from tests.data_fixtures import make_visual_genome
+
+    paths = make_visual_genome(tmp_path / "vg")
+    data = json.loads((paths["path"] / file).read_text())
+    change(data)
+    (paths["path"] / file).write_text(json.dumps(data))
+    cfg = load_config(None, ["data.kind=visual_genome", f"data.path={paths['path']}",
+                             f"data.images={paths['images']}", f"data.task_map={paths['task_map']}",
+                             f"data.cache_dir={tmp_path / 'c'}"])
+    with pytest.raises(DataError, match=needle):
+        load_dataset(cfg)

@@ -16,6 +16,7 @@ results; every malformed input is one DataError before anything trains.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -39,6 +40,26 @@ def _records(data: Any, path: Path, fields: tuple[str, ...]) -> list[dict]:
         raise DataError(f"{path} must be a JSON list of objects with {', '.join(repr(f) for f in fields)} "
                         "(Visual Genome's published layout)")
     return data
+
+
+def _each(records: list[dict], path: Path, fn) -> list:
+    """fn(record) for every record; a record whose values are not what the layout says (an id that is no
+    number, a region or object that is not a JSON object) is one DataError naming it, not a traceback."""
+    out = []
+    for n, r in enumerate(records):
+        try:
+            out.append(fn(r))
+        except (ValueError, TypeError, AttributeError, KeyError) as e:
+            raise DataError(f"{path}: record {n + 1} is malformed ({type(e).__name__}: {str(e)[:100]}): "
+                            f"{json.dumps(r, default=str)[:160]}") from e
+    return out
+
+
+def _dicts(items: Any, what: str) -> list[dict]:
+    items = items or []
+    if not isinstance(items, list) or any(not isinstance(x, dict) for x in items):
+        raise TypeError(f"'{what}' must be a list of JSON objects")
+    return items
 
 
 def phrases_for(regions: list[dict], k: int, min_words: int) -> list[str]:
@@ -82,10 +103,11 @@ def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     images = _records(_read_json(root / FILES[0], "Visual Genome image data"), root / FILES[0], ("image_id",))
     regions = _records(_read_json(root / FILES[1], "Visual Genome regions"), root / FILES[1], ("id", "regions"))
     objects = _records(_read_json(root / FILES[2], "Visual Genome objects"), root / FILES[2], ("image_id", "objects"))
-    phrases = {int(r["id"]): phrases_for(r["regions"] or [], cfg.captions_per_image or 5, cfg.min_caption_words)
-               for r in regions}
-    objs = {int(o["image_id"]): o["objects"] or [] for o in objects}
-    ids = [int(im["image_id"]) for im in images]
+    k = cfg.captions_per_image or 5
+    phrases = dict(_each(regions, root / FILES[1], lambda r: (
+        int(r["id"]), phrases_for(_dicts(r["regions"], "regions"), k, cfg.min_caption_words))))
+    objs = dict(_each(objects, root / FILES[2], lambda o: (int(o["image_id"]), _dicts(o["objects"], "objects"))))
+    ids = _each(images, root / FILES[0], lambda im: int(im["image_id"]))
     twice = [str(i) for i, n in Counter(ids).items() if n > 1]
     if twice:
         raise _list_problem(f"image ids listed twice in {root / FILES[0]}", twice)
