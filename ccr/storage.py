@@ -325,8 +325,13 @@ def exclusive(store: Storage, what: str) -> Iterator[None]:
     """Hold `store` for this process while the block runs: a second `ccr run` / `ccr sweep` on the same
     output is refused instead of silently overwriting it. A lock left by a dead process on this host is
     taken over (with a warning); one from another host is refused with the file to delete if its owner
-    is gone. On a local or mounted folder the lock file is created exclusively (O_EXCL); on an object
-    store, which has no create-if-absent here, it is advisory: written, then read back.
+    is gone. On a local or mounted folder the lock file is created exclusively (O_EXCL). An object store
+    has no create-if-absent here, so starts are serialised by claims: each writes a claim of its own (a
+    unique name, so none overwrites another), waits CLAIM_SETTLE seconds, lists the claims of the last
+    CLAIM_WINDOW seconds, and only the earliest (time, token) proceeds and writes the lock. With the
+    read-after-write consistency S3 and its compatibles give, two starts within the settle time see each
+    other's claims and agree on one winner; a later start finds the lock. (Clocks of the hosts must agree to
+    within the window.)
     """
     import getpass
     import platform
@@ -355,15 +360,48 @@ def exclusive(store: Storage, what: str) -> Iterator[None]:
         other = _read_lock(store)
         if other:
             _stale_or_refuse(store, other, me)
+        claim = _claim(store, me)
         store.write_json(LOCK, me)
-        if not mine(_read_lock(store)):
-            raise LockedError(f"{store.display()}: another ccr process took the lock at the same moment")
+        store.delete(claim)
     try:
         yield
     finally:
         if mine(_read_lock(store)):
             with contextlib.suppress(OSError):
                 store.delete(LOCK)
+
+
+CLAIMS = ".ccr.claims"
+CLAIM_SETTLE = 1.5  # seconds a start waits for the claims of starts at the same moment to become visible
+CLAIM_WINDOW = 30.0  # claims older than this are leftovers of killed starts, not contenders
+
+
+def _claim(store: Storage, me: dict[str, Any]) -> str:
+    """Claim `store` on an object store; returns the claim's name when this process won, else raises."""
+    import uuid
+
+    token = f"{time.time():017.6f}-{uuid.uuid4().hex}"
+    name = f"{CLAIMS}/{token}"
+    store.write_json(name, me)
+    time.sleep(CLAIM_SETTLE)
+    now = time.time()
+    live = sorted(t for t in (f.rsplit("/", 1)[-1] for f in store.files(CLAIMS))
+                  if _claim_time(t) is not None and now - _claim_time(t) < CLAIM_WINDOW)
+    if live and live[0] != token:
+        held = store.read_json(f"{CLAIMS}/{live[0]}") if store.is_file(f"{CLAIMS}/{live[0]}") else {}
+        with contextlib.suppress(OSError):
+            store.delete(name)
+        raise LockedError(f"{store.display()}: another ccr {held.get('what', 'process')} started at the same "
+                          f"moment (pid {held.get('pid')} on {held.get('host')}) and holds it; wait for it, or "
+                          "use another --out")
+    return name
+
+
+def _claim_time(token: str) -> float | None:
+    try:
+        return float(token.split("-", 1)[0])
+    except ValueError:
+        return None
 
 
 def open_storage(location: str | os.PathLike | Storage) -> Storage:
