@@ -306,9 +306,11 @@ def effect_intervals(effects: pd.DataFrame, out: Path, k: int = 1, metric: str =
     ax.plot(mid, y, "o", color="k", ms=4)
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(y, labels, fontsize=7)
-    ax.set_xlabel(f"Δ {col}, {level} − reindex (points, 95 % interval)")
+    intervals = bool(np.isfinite(lo).any())  # one pair per configuration gives no interval
+    ax.set_xlabel(f"Δ {col}, {level} − reindex (points{', 95 % interval' if intervals else ''})")
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"Does {level} change {col}? (red: interval excludes 0)", fontsize=10)
+    ax.set_title(f"Does {level} change {col}?" + (" (red: interval excludes 0)" if intervals else
+                                                  " (one pair each: no interval)"), fontsize=10)
     return _save(fig, out / f"effect_{level}_{col.replace(' ', '_').replace('@', '')}.png")
 
 

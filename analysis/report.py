@@ -118,8 +118,9 @@ FIGURE_NOTES = {
     "compatibility_grid": "The anatomy of forgetting: old tasks queried by the last model or the model that "
                           "learned them, against galleries embedded by either. <i>old/old</i> is what the task had; "
                           "<i>new/new</i> what reindex gives; <i>new/old</i> what no_reindex gives.",
-    "effect_": "The paired effect of not re-indexing, per strategy and regime: the mean difference to reindex over "
-               "runs that share a seed and a task order, with its 95 % interval.",
+    "effect_": "The paired effect of not re-indexing, per configuration (strategy, and the swept settings): the mean "
+               "difference to reindex over runs that share a seed and a task order, with its 95 % interval where "
+               "there is more than one pair.",
     "drift_vs_forgetting": "One point per run: how far old tasks' image embeddings drifted, against how much "
                            "they were forgotten under reindex.",
     "drift": "How far the first task's embeddings move as later tasks are learned (cosine between its items' "

@@ -365,9 +365,9 @@ def exclusive(store: Storage, what: str) -> Iterator[None]:
         store.delete(claim)
     try:
         yield
-    finally:
-        if mine(_read_lock(store)):
-            with contextlib.suppress(OSError):
+    finally:  # a store that went away (the S3 server killed) must not bury the error that ended the run
+        with contextlib.suppress(OSError):
+            if mine(_read_lock(store)):
                 store.delete(LOCK)
 
 

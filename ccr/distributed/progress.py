@@ -31,16 +31,19 @@ def time_left(durations: list[float], remaining: int, running: int, since: list[
     return max(0.0, left) / max(1, running)
 
 
-def headline(metrics: dict[str, Any]) -> str:
+def headline(metrics: dict[str, Any], first: str | None = None) -> str:
+    """The numbers a progress line shows; `first`: the metric an HPO search selects on (val), shown first."""
+    keys = [first, *(k for k in HEADLINE if k != first)] if first else HEADLINE
     return ", ".join(f"{k} {metrics[k]:.1f}" if isinstance(metrics[k], float) else f"{k} {metrics[k]}"
-                     for k in HEADLINE if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics[k], bool))
+                     for k in keys if isinstance(metrics.get(k), (int, float)) and not isinstance(metrics[k], bool))
 
 
 class SweepProgress(tune.Callback):
     """Counts come from what this callback saw, not from Tune's internal states."""
 
-    def __init__(self, total: int, label=None, stream: TextIO | None = None):
+    def __init__(self, total: int, label=None, stream: TextIO | None = None, metric: str | None = None):
         self.total, self.label, self.stream = total, label or (lambda trial: str(trial)), stream
+        self.metric = metric  # an HPO search's selection metric (val/...), shown before the test numbers
         self.running: dict[str, float] = {}  # trial id -> start time
         self.width = 0  # the most trials seen running at once: what the cluster sustains
         self.durations: list[float] = []
@@ -77,7 +80,7 @@ class SweepProgress(tune.Callback):
         secs = time.time() - self.running.pop(trial.trial_id, time.time())
         self.durations.append(secs)
         self.done += 1
-        self.say(f"done {self.label(trial)} in {duration(secs)}: {headline(trial.last_result or {})}")
+        self.say(f"done {self.label(trial)} in {duration(secs)}: {headline(trial.last_result or {}, self.metric)}")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self.running.pop(trial.trial_id, None)

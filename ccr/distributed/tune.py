@@ -135,7 +135,7 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
         search_alg = OptunaSearch(metric=metric, mode=mode, seed=spec.config_for(cell or {}).seed)
         samples = int(spec.optuna.get("num_samples", 8))
     total = samples if spec.optuna else len(spec.cells())
-    progress = [] if quiet else [SweepProgress(total, label=lambda t: trial_name(t.config))]
+    progress = [] if quiet else [SweepProgress(total, label=lambda t: trial_name(t.config), metric=metric)]
     return tune.Tuner(
         trainable, param_space=_tune_space(spec, cell),
         tune_config=tune.TuneConfig(search_alg=search_alg, metric=metric, mode=mode, num_samples=samples,
