@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)  # a config error is reported before torch is imported
 
     from ccr.distributed.runner import make_study, run_study
-    from ccr.report import render
+    from ccr.run_tables import render
     from ccr.storage import exclusive, open_storage
 
     store = open_storage(args.out)
@@ -77,7 +77,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from analysis.report import analyze
+    from ccr.analysis.html_report import analyze
     from ccr.storage import Storage
 
     setup_logging(args.verbose)

@@ -263,6 +263,15 @@ class Storage:
         n = len(self.root) + 1
         return sorted(i.path[n:] for i in infos if i.type == pafs.FileType.File)
 
+    def modified(self, rel: str) -> list[tuple[float, str]]:
+        """(modification time, path) of every object below `rel` of an object store, as the store recorded it
+        when the write landed (its own clock, not the writer's)."""
+        import pyarrow.fs as pafs
+
+        infos = self.fs.get_file_info(pafs.FileSelector(self._p(rel), recursive=True, allow_not_found=True))
+        n = len(self.root) + 1
+        return sorted((i.mtime.timestamp(), i.path[n:]) for i in infos if i.type == pafs.FileType.File and i.mtime)
+
     # ---- folders between storage and a node's disk ----------------------------------------------
     def upload_dir(self, local: str | Path, rel: str, last: str | None = None) -> None:
         """Copy a local folder's files to `rel/` (each file atomically; `last`, a marker, after the rest)."""
@@ -327,11 +336,12 @@ def exclusive(store: Storage, what: str) -> Iterator[None]:
     taken over (with a warning); one from another host is refused with the file to delete if its owner
     is gone. On a local or mounted folder the lock file is created exclusively (O_EXCL). An object store
     has no create-if-absent here, so starts are serialised by claims: each writes a claim of its own (a
-    unique name, so none overwrites another), waits CLAIM_SETTLE seconds, lists the claims of the last
-    CLAIM_WINDOW seconds, and only the earliest (time, token) proceeds and writes the lock. With the
-    read-after-write consistency S3 and its compatibles give, two starts within the settle time see each
-    other's claims and agree on one winner; a later start finds the lock. (Clocks of the hosts must agree to
-    within the window.)
+    unique name, so none overwrites another), waits CLAIM_SETTLE seconds, lists the claims, and only the
+    earliest proceeds, by the time the *store* recorded each claim landing (then the name) and keeps its
+    claim while it holds the lock. With the read-after-write consistency S3 and its compatibles give, a
+    start whose claim landed after the winner looked sees the winner's earlier claim and yields; two that
+    see each other agree on the same order. Claims older than CLAIM_WINDOW are those of killed starts; a
+    live holder's lock file refuses later starts whatever the age of its claim.
     """
     import getpass
     import platform
@@ -362,13 +372,15 @@ def exclusive(store: Storage, what: str) -> Iterator[None]:
             _stale_or_refuse(store, other, me)
         claim = _claim(store, me)
         store.write_json(LOCK, me)
-        store.delete(claim)
     try:
         yield
     finally:  # a store that went away (the S3 server killed) must not bury the error that ended the run
         with contextlib.suppress(OSError):
             if mine(_read_lock(store)):
                 store.delete(LOCK)
+        if store.local_path is None:
+            with contextlib.suppress(OSError):
+                store.delete(claim)  # kept while held: a later start sees an earlier claim and yields
 
 
 CLAIMS = ".ccr.claims"
@@ -380,15 +392,20 @@ def _claim(store: Storage, me: dict[str, Any]) -> str:
     """Claim `store` on an object store; returns the claim's name when this process won, else raises."""
     import uuid
 
-    token = f"{time.time():017.6f}-{uuid.uuid4().hex}"
-    name = f"{CLAIMS}/{token}"
+    name = f"{CLAIMS}/{uuid.uuid4().hex}"
     store.write_json(name, me)
-    time.sleep(CLAIM_SETTLE)
-    now = time.time()
-    live = sorted(t for t in (f.rsplit("/", 1)[-1] for f in store.files(CLAIMS))
-                  if _claim_time(t) is not None and now - _claim_time(t) < CLAIM_WINDOW)
-    if live and live[0] != token:
-        held = store.read_json(f"{CLAIMS}/{live[0]}") if store.is_file(f"{CLAIMS}/{live[0]}") else {}
+    time.sleep(CLAIM_SETTLE)  # longer than a second: S3 records modification times to the second
+    landed = store.modified(CLAIMS)
+    newest = max((t for t, _ in landed), default=time.time())
+    live = [n for t, n in landed if newest - t < CLAIM_WINDOW]  # by the store's own clock
+    while live and live[0] != name:  # the claim of a process that died on this host is no contender
+        owner = store.read_json(live[0]) if store.is_file(live[0]) else {}
+        if owner.get("host") != me["host"] or _alive(int(owner.get("pid", -1))):
+            break
+        with contextlib.suppress(OSError):
+            store.delete(live.pop(0))
+    if live and live[0] != name:
+        held = store.read_json(live[0]) if store.is_file(live[0]) else {}
         with contextlib.suppress(OSError):
             store.delete(name)
         raise LockedError(f"{store.display()}: another ccr {held.get('what', 'process')} started at the same "
@@ -396,12 +413,6 @@ def _claim(store: Storage, me: dict[str, Any]) -> str:
                           "use another --out")
     return name
 
-
-def _claim_time(token: str) -> float | None:
-    try:
-        return float(token.split("-", 1)[0])
-    except ValueError:
-        return None
 
 
 def open_storage(location: str | os.PathLike | Storage) -> Storage:

@@ -15,8 +15,8 @@ import sys
 
 import pandas as pd
 
-from analysis.effects import format_effect, interval, paired_effects
-from analysis.load import collect, per_run_summary, tidy
+from ccr.analysis.effects import format_effect, interval, paired_effects
+from ccr.analysis.load import collect, per_run_summary, tidy
 
 # (tasks.pretrain, model.freeze) -> the regime's name (also used by chosen_values.py and the tests)
 REGIMES = {((), "none"): "from scratch", (("pool",), "none"): "pretrained",

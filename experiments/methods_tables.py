@@ -16,8 +16,8 @@ import sys
 import pandas as pd
 from findings_tables import regime  # this folder's sibling script: run as a script
 
-from analysis.effects import format_effect, paired_effects
-from analysis.load import collect, per_run_summary, tidy
+from ccr.analysis.effects import format_effect, paired_effects
+from ccr.analysis.load import collect, per_run_summary, tidy
 
 METHODS = ["finetune", "lora", "wiseft", "zscl", "ewc", "lwf", "replay", "compat"]
 REGIME_ORDER = ["pretrained", "pretrained, frozen backbone"]

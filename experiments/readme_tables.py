@@ -13,7 +13,7 @@ import sys
 
 import pandas as pd
 
-from analysis.load import collect, per_run_summary, tidy
+from ccr.analysis.load import collect, per_run_summary, tidy
 
 
 def _pm(values: pd.Series, digits: int = 1) -> str:

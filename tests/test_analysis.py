@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import ccr
-from analysis.aggregate import aggregate, markdown_table
-from analysis.load import collect, per_run_summary, tidy
-from analysis.report import analyze, load_tidy
+from ccr.analysis.aggregate import aggregate, markdown_table
+from ccr.analysis.html_report import analyze, load_tidy
+from ccr.analysis.load import collect, per_run_summary, tidy
 
 
 def fake_result(strategy, seed, final, forget, cost=100, order=("a", "b")):
@@ -182,7 +182,7 @@ def test_plots_and_report_from_a_real_tiny_study(tiny_analysis):
 def test_plots_name_tasks_and_label_axes(tiny_analysis):
     """Task names (not indices) on the axes, titles and axis labels, one legend per meaning; error bars
     only where a mean rests on more than one run."""
-    from analysis import plots
+    from ccr.analysis import plots
 
     root, out = tiny_analysis
     long, summary = tidy(collect(root / "runs")), per_run_summary(collect(root / "runs"))
@@ -300,7 +300,7 @@ def test_tags_stand_for_the_keys_they_set_and_strategy_parameters_pair_with_fine
     """A sweep's named cases (tags.regime) set several keys, one of them a parameter of one strategy only:
     the analysis shows one regime column, and lwf − finetune still pairs within each regime; without tags,
     a swept lwf parameter splits lwf's rows and still pairs with finetune's."""
-    from analysis.effects import paired_effects
+    from ccr.analysis.effects import paired_effects
 
     for regime, weight, gain in (("a", 1.0, 4.0), ("b", 3.0, 8.0)):
         for s in range(3):
@@ -331,7 +331,7 @@ def test_tags_stand_for_the_keys_they_set_and_strategy_parameters_pair_with_fine
 
 
 def test_t_quantiles_and_one_pair():
-    from analysis.effects import interval, t975
+    from ccr.analysis.effects import interval, t975
 
     assert t975(1) == 12.706 and t975(30) == 2.042 and t975(1000) == 1.96
     mean, lo, hi, n = interval([3.0])

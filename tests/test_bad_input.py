@@ -61,7 +61,7 @@ def test_bad_run_input_is_one_clear_line(case, extra, code, needle, tiny_overrid
 
 @pytest.mark.parametrize("ks", ["[3]", "[20]", "[2,3]"])
 def test_any_set_of_k_works_end_to_end(ks, tiny_overrides, tmp_path, capsys):
-    from analysis.report import analyze
+    from ccr.analysis.html_report import analyze
 
     out = tmp_path / "out"
     sets = _sets([*tiny_overrides, "data.n_tasks=2", f"eval.ks={ks}"])
@@ -349,7 +349,7 @@ def test_16_bit_images_are_scaled_not_white(tmp_path):
 def test_report_escapes_every_field_of_a_result(tmp_path):
     """report.html is made from results.json files anyone could have written: strategy, policy, device,
     versions and thread counts reach the page as text, never as markup."""
-    from analysis.report import analyze
+    from ccr.analysis.html_report import analyze
 
     bad = "<script>alert(1)</script>"
     res = fake_result(bad, 0, 20.0, 5.0)
@@ -464,7 +464,7 @@ def test_checkpoint_pack_round_trips_numpy_exactly():
 
 @pytest.mark.slow
 def test_a_diverging_trial_is_recorded_as_diverged_and_counted_once(ray_local, tmp_path):
-    from analysis.load import collect
+    from ccr.analysis.load import collect
     from ccr.distributed.tune import run_sweep
     from tests.test_sweep import tiny_sets, write
 
@@ -489,7 +489,7 @@ def test_a_diverging_trial_is_recorded_as_diverged_and_counted_once(ray_local, t
     (lambda r: r["by_policy"]["reindex"]["summary"]["bwt"]["t2i"].pop("1"), "metrics t2i@1 are incomplete"),
 ])
 def test_json_that_is_not_a_ccr_result_is_named_and_skipped(tmp_path, mutate, why):
-    from analysis.report import analyze
+    from ccr.analysis.html_report import analyze
 
     for name, final in (("finetune", 10.0), ("ewc", 20.0)):
         (tmp_path / name).mkdir()
@@ -507,7 +507,7 @@ def test_json_that_is_not_a_ccr_result_is_named_and_skipped(tmp_path, mutate, wh
 def test_analysis_of_runs_of_mixed_configs_and_versions(tiny_cfg, tmp_path):
     """A config key some results lack (written by another ccr version or source) is a missing value in the
     tables and plots, never a crash: the analysis completes and writes its report."""
-    from analysis.report import analyze
+    from ccr.analysis.html_report import analyze
     from ccr.study import Study
 
     for name, lr in (("a", 0.003), ("b", 0.004), ("c", 0.005)):
@@ -552,7 +552,7 @@ def test_a_yaml_alias_bomb_is_one_short_line(tmp_path, capsys):
 
 
 def test_a_study_under_a_folder_named_analysis_is_analysed(tiny_cfg, tmp_path):
-    from analysis.load import collect
+    from ccr.analysis.load import collect
     from ccr.study import Study
 
     Study(tiny_cfg("data.n_tasks=1", "train.epochs=1"), tmp_path / "runs" / "analysis" / "one", progress=False).run()
@@ -604,8 +604,8 @@ def test_damaged_caches_are_rebuilt_not_trusted(tmp_path):
 
 
 def test_one_task_prints_no_forgetting_and_rsum_shows_once(tiny_cfg, tmp_path):
-    from analysis.report import analyze
-    from ccr.report import summary_table
+    from ccr.analysis.html_report import analyze
+    from ccr.run_tables import summary_table
     from ccr.study import Study
 
     res = Study(tiny_cfg("data.n_tasks=1", "train.epochs=1"), tmp_path / "runs" / "one", progress=False).run()

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import threading
+import time
 
 import pytest
 
@@ -52,7 +53,7 @@ def _summary_tables(path) -> str:
 def test_sweep_to_s3_survives_a_lost_node_and_uses_an_added_one(s3, tmp_path):
     from ray.cluster_utils import Cluster
 
-    from analysis.report import analyze
+    from ccr.analysis.html_report import analyze
     from ccr.distributed.tune import run_sweep
     from tests.test_sweep import write
 
@@ -152,12 +153,15 @@ def test_two_starts_at_the_same_moment_on_an_object_store_one_proceeds(s3, tmp_p
     from tests.s3server import CREDENTIALS
 
     uri = s3.uri("ccr", "locked")
+    # both processes start contending at the same instant (a time given to both), after their imports
     code = ("import sys, time; from ccr.storage import Storage, exclusive, LockedError\n"
-            "try:\n    with exclusive(Storage(sys.argv[1]), 'run'):\n        time.sleep(4)\n"
+            "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
+            "try:\n    with exclusive(Storage(sys.argv[1]), 'run'):\n        time.sleep(3)\n"
             "except LockedError as e:\n    print(e); sys.exit(3)\n")
     env = {**__import__("os").environ, **CREDENTIALS}
     for _ in range(3):
-        procs = [subprocess.Popen([sys.executable, "-c", code, uri], stdout=subprocess.PIPE, text=True, env=env)
+        at = str(time.time() + 8)
+        procs = [subprocess.Popen([sys.executable, "-c", code, uri, at], stdout=subprocess.PIPE, text=True, env=env)
                  for _ in range(2)]
         codes = sorted(p.wait(timeout=60) for p in procs)
         assert codes == [0, 3], codes

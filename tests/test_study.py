@@ -225,7 +225,7 @@ def test_pretrained_encoders_load_from_local_paths(tmp_path):
 
 
 def test_printed_tables_show_task_names_in_full():
-    from ccr.report import matrix_table
+    from ccr.run_tables import matrix_table
 
     tasks = ["round", "a_task_with_a_long_name"]
     out = matrix_table("t2i R@1", [[40.0, None], [10.0, 35.5]], tasks)

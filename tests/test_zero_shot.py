@@ -105,7 +105,7 @@ def test_a_control_task_leaves_the_natural_and_random_orders(tiny_cfg, tmp_path)
 
 def test_results_without_zero_shot_still_analyse(tiny_cfg, tmp_path):
     """Results of an earlier ccr (no zero_shot, transfer, control) load and plot as before."""
-    from analysis.report import analyze
+    from ccr.analysis.html_report import analyze
 
     res = Study(tiny_cfg("data.n_tasks=2", "train.threads=1"), tmp_path / "runs" / "new", progress=False).run()
     old = {k: v for k, v in res.items() if k not in ("zero_shot", "transfer", "control")}

@@ -13,7 +13,7 @@ import math
 
 import pandas as pd
 
-from analysis.aggregate import config_columns
+from ccr.analysis.aggregate import config_columns
 
 # two-sided 95 %: the 0.975 quantile of Student's t by degrees of freedom (beyond 30: the usual table)
 _T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,

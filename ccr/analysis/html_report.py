@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis import plots
-from analysis.aggregate import aggregate, initial_table, markdown_table
-from analysis.effects import effects_markdown, paired_effects
-from analysis.load import collect, per_run_summary, provenance_frame, tidy
+from ccr.analysis import plots
+from ccr.analysis.aggregate import aggregate, initial_table, markdown_table
+from ccr.analysis.effects import effects_markdown, paired_effects
+from ccr.analysis.load import collect, per_run_summary, provenance_frame, tidy
 from ccr.storage import Storage
 
 log = logging.getLogger(__name__)
