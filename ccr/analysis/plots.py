@@ -74,11 +74,16 @@ def _zero_shot(tidy: pd.DataFrame, direction: str, k: int) -> pd.DataFrame:
     return tidy[(tidy.metric == "zero_shot") & (tidy.direction == direction) & (tidy.k == k)]
 
 
+def _recall(tidy: pd.DataFrame, direction: str, k: int, policies: tuple[str, ...]) -> pd.DataFrame:
+    """The recall-matrix cells of one direction and K under the given policies."""
+    return tidy[(tidy.metric == "recall") & (tidy.direction == direction) & (tidy.k == k) & tidy.policy.isin(policies)]
+
+
 def heatmaps(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 1,
              policies: tuple[str, ...] = ("reindex", "no_reindex")) -> Path | None:
     """The recall matrix of every (strategy, policy): rows after learning a task, columns the task queried;
     above them θ0's zero-shot row where the runs recorded one."""
-    d = tidy[(tidy.metric == "recall") & (tidy.direction == direction) & (tidy.k == k) & tidy.policy.isin(policies)]
+    d = _recall(tidy, direction, k, policies)
     if d.empty:
         return None
     z = _zero_shot(tidy, direction, k)
@@ -127,7 +132,7 @@ def task_curves(tidy: pd.DataFrame, out: Path, direction: str = "t2i", k: int = 
                 policies: tuple[str, ...] = ("reindex", "no_reindex")) -> Path | None:
     """Recall of each task along the sequence, one panel per strategy; one line style per policy; the first
     point is θ0's zero-shot recall where the runs recorded one."""
-    d = tidy[(tidy.metric == "recall") & (tidy.direction == direction) & (tidy.k == k) & tidy.policy.isin(policies)]
+    d = _recall(tidy, direction, k, policies)
     if d.empty:
         return None
     names, what = task_names(d)
