@@ -101,9 +101,12 @@ class DualEncoder(nn.Module):
     logit_bias: nn.Parameter | None
 
     def _pixels(self, mean, std, rescale: float) -> None:
-        # x * rescale - mean) / std, as (x - mean / rescale) / (std / rescale): the same for rescale = 1/255
-        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) / rescale, persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) / rescale, persistent=False)
+        # (x * rescale - mean) / std, as (x - mean * 255) / (std * 255) for rescale = 1/255: multiplied by the
+        # reciprocal (255.0 in float32), not divided by 1/255, which is 127.49999 for a mean of 0.5 and changed
+        # every number of the embedded default in the last bits
+        inv = 1.0 / rescale
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1) * inv, persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1) * inv, persistent=False)
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         if self.on_features:
