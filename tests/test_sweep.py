@@ -276,8 +276,9 @@ def test_ctrl_c_says_interrupted_exits_130_and_resumes_counting_finished_trials(
     Tuner.restore advice), exits 130 and writes no summary as if it had finished. The resumed sweep counts the
     trials that finished before. --resume with other overrides is refused and leaves the sweep's record."""
     spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf", "ewc"]}, "max_concurrent_trials": 1})
-    # trials of several seconds: the signal reaches the sweep while the second one trains
-    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=12"] for x in ("--set", o)]
+    # trials of 10-20 s (on an idle machine a trial of 60 epochs ended before Tune acted on the signal): the
+    # signal reaches the sweep while the second one trains
+    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=400"] for x in ("--set", o)]
     cmd = [sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(tmp_path / "out"), *sets]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
@@ -285,6 +286,7 @@ def test_ctrl_c_says_interrupted_exits_130_and_resumes_counting_finished_trials(
     deadline = time.time() + 240
     while time.time() < deadline and not any(r["status"] == "complete" for r in results_in(tmp_path / "out").values()):
         time.sleep(0.5)
+    time.sleep(2)  # the second trial is training now
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=240)
     done_before = sum(r["status"] == "complete" for r in results_in(tmp_path / "out").values())
