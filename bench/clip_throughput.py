@@ -75,16 +75,22 @@ def plain_embed(model, images, ids, batch, device, amp, mean, std) -> None:
         torch.cuda.synchronize()
 
 
-def main() -> None:
-    import transformers as T
-
+def arguments() -> argparse.ArgumentParser:
+    """The options every CLIP bench takes (this one and lora_bench.py)."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="tiny", choices=list(PRESETS))
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--steps", type=int, default=30)
-    ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0)
+    return ap
+
+
+def main() -> None:
+    import transformers as T
+
+    ap = arguments()
+    ap.add_argument("--warmup", type=int, default=3)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

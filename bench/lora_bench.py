@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from clip_throughput import PRESETS, save_clip
+from clip_throughput import PRESETS, arguments, save_clip
 from common import synthetic_dataset, timed
 
 from ccr.checkpoint import to_bytes
@@ -61,13 +61,8 @@ def one(args, mode: str) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="tiny", choices=list(PRESETS))
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=30)
+    ap = arguments()
     ap.add_argument("--r", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--mode", default=None, help=argparse.SUPPRESS)  # internal: one mode in a child process
     ap.add_argument("--folder", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -82,8 +82,13 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
+def folder_config(folder: Path, what: str) -> dict[str, Any]:
+    """A pretrained folder's config.json; a missing or unreadable one is one ConfigError naming `what`."""
+    return _read_json(folder / "config.json", what)
+
+
 def model_type(folder: Path, what: str) -> str:
-    return str(_read_json(folder / "config.json", what).get("model_type", ""))
+    return str(folder_config(folder, what).get("model_type", ""))
 
 
 @dataclass(frozen=True)

@@ -32,12 +32,10 @@ def text_length(cfg: Config) -> tuple[int, bool]:
 
 
 def _vision_size(spec: str) -> int | None:
-    import json
+    from ccr.pretrained import folder_config, local_folder
 
-    from ccr.pretrained import local_folder, model_type  # noqa: F401  (local_folder: resolves URIs, hub ids)
-
-    folder = local_folder(spec, "model.image.pretrained")
-    cfg = json.loads((folder / "config.json").read_text())
+    what = "model.image.pretrained"
+    cfg = folder_config(local_folder(spec, what), what)
     size = (cfg.get("vision_config") or cfg).get("image_size")
     return int(size) if size else None
 

@@ -128,6 +128,7 @@ class ZSCL(_Anchored):
         self.mean: dict[str, torch.Tensor] = {}
         self.count = 0
         self.steps = 0
+        self.items = np.zeros(0, np.int64)  # the reference images, found once per task (not per step)
 
     def reference_tasks(self, cfg) -> list[str]:
         return list(self.params.reference) or list(cfg.tasks.pretrain)
@@ -152,11 +153,12 @@ class ZSCL(_Anchored):
         super().before_task(ctx, model)
         self.ref = self.initial_model(model)
         self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 50))  # the same draws on every rank
+        self.items = ctx.dataset.image_ids(self.reference_tasks(ctx.cfg), "train")
         self.mean, self.count, self.steps = {}, 0, 0
 
     def loss_terms(self, ctx, model, batch):
         p = self.params
-        items = ctx.dataset.image_ids(self.reference_tasks(ctx.cfg), "train")
+        items = self.items
         n = max(1, min(p.batch_size, len(items) // ctx.world_size))
         ids = self.rng.choice(items, n * ctx.world_size, replace=len(items) < n * ctx.world_size)
         caps = sample_captions(ctx, ids, self.rng)
