@@ -22,6 +22,9 @@ from ccr.models import DualEncoder, TokenizedCaptions
 class Embedder:
     """Embeds images or captions (by global id) with `model`: (n, D) float32 unit vectors."""
 
+    IN_FLIGHT = 16  # batches whose embeddings stay on the device before one copy back: the host prepares the
+    # next batches while the device computes (a copy per batch made the GPU wait; 0.80x of a plain loop on an H200)
+
     def __init__(self, model: DualEncoder, dataset: RetrievalDataset, tokens: TokenizedCaptions,
                  device: torch.device, batch_size: int = 256, amp: bool = True, progress: bool = False,
                  workers: int = 0):
@@ -46,6 +49,13 @@ class Embedder:
         chunks = range(0, len(ids), self.batch_size)
         images = prefetched(self.dataset.images, [ids[lo:lo + self.batch_size] for lo in chunks], self.workers,
                             pin_memory=self.device.type == "cuda") if modality == "images" else None
+        pending: list[tuple[int, torch.Tensor]] = []  # results still on the device: no sync per batch
+
+        def flush() -> None:
+            for at, e in pending:
+                out[at:at + len(e)] = e.float().cpu().numpy()
+            pending.clear()
+
         for lo in tqdm(chunks, desc=f"embed {modality}", leave=False, disable=None if self.progress else True):
             part = ids[lo:lo + self.batch_size]
             with autocast_for(self.device, self.amp):
@@ -56,7 +66,10 @@ class Embedder:
                     e = self.model.encode_text(tid.to(self.device), mask.to(self.device))
                 else:
                     raise ValueError(f"unknown modality {modality!r}")
-            out[lo:lo + len(part)] = e.float().cpu().numpy()
+            pending.append((lo, e))
+            if len(pending) >= self.IN_FLIGHT:
+                flush()
+        flush()
         self.computed[modality] += len(ids)
         self.model.train(was_training)
         return out
