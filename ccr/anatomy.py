@@ -3,7 +3,8 @@
 - compatibility grid: recall with queries by θ_a against galleries by θ_b, for
   (a, b) in {(s, i): what no_reindex sees, (s, s): what reindex sees, (i, i): as learned,
   (i, s): old queries against a re-indexed gallery} -- separating query-side from gallery-side damage;
-- drift per modality: mean cosine between θ_i and θ_s embeddings of the same items;
+- stability per modality: mean cosine between θ_i and θ_s embeddings of the same items (1 = they did not
+  move; lower means more drift);
 - alignment under θ_s: mean cosine of matching image-caption pairs minus that of non-matching ones.
 All use the task's own gallery (task scope).
 """
@@ -48,6 +49,6 @@ def anatomy_of_task(ds: RetrievalDataset, img_ids: np.ndarray, cap_ids: np.ndarr
     """All anatomy measures for one task: `learned` = embeddings by θ_i, `current` = by θ_s."""
     by = {"i": learned, "s": current}
     grid = {name: cross_recall(ds, img_ids, cap_ids, by[a], by[b], ks) for name, (a, b) in COMBOS.items()}
-    drift = {m: float(np.mean(np.sum(learned[m] * current[m], axis=1))) for m in ("images", "captions")}
-    return {"grid": grid, "drift": drift,
+    stability = {m: float(np.mean(np.sum(learned[m] * current[m], axis=1))) for m in ("images", "captions")}
+    return {"grid": grid, "stability": stability,
             "alignment": alignment(ds, img_ids, cap_ids, current["images"], current["captions"])}

@@ -71,8 +71,8 @@ class Evaluator:
         self.val_recall = {p: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for p in self.val_states}
         self.learned: dict[str, dict[str, np.ndarray]] = {}
         self.anatomy = {"grid": {c: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for c in COMBOS},
-                        "drift": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n),
-                        "drift_from_init": {m: _nan(n) for m in MODALITIES}}
+                        "stability": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n),
+                        "stability_from_init": {m: _nan(n) for m in MODALITIES}}
         self.search_device = search_device
         # θ0: the zero-shot row {split: {direction: {K: (n,)}}} and test embeddings {task: {modality: (m, D)}}
         self.zero_shot: dict[str, dict[str, dict[int, np.ndarray]]] | None = None
@@ -194,11 +194,11 @@ class Evaluator:
                     for k in self.cfg.eval.ks:
                         self.anatomy["grid"][c][d][k][step, i] = a["grid"][c][d][k]
             for m in MODALITIES:
-                self.anatomy["drift"][m][step, i] = a["drift"][m]
+                self.anatomy["stability"][m][step, i] = a["stability"][m]
             self.anatomy["alignment"][step, i] = a["alignment"]
-            if t in self.initial:  # drift from θ0 (same measure: mean cosine of an item's two embeddings)
+            if t in self.initial:  # stability since θ0 (same measure: mean cosine of an item's two embeddings)
                 for m in MODALITIES:
-                    self.anatomy["drift_from_init"][m][step, i] = float(
+                    self.anatomy["stability_from_init"][m][step, i] = float(
                         np.mean(np.sum(self.initial[t][m] * current[m], axis=1)))
 
     # ---- checkpointing -----------------------------------------------------------------------
@@ -213,7 +213,8 @@ class Evaluator:
         for p, s in self.states.items():
             s.load_state_dict(state["states"][p])
         self.recall, self.learned = state["recall"], state["learned"]
-        self.anatomy = {**self.anatomy, **state["anatomy"]}  # a checkpoint of an earlier ccr has no drift from θ0
+        # a checkpoint of an earlier ccr names stability "drift" and may lack it since θ0
+        self.anatomy = {**self.anatomy, **{results.RENAMED_ANATOMY.get(k, k): v for k, v in state["anatomy"].items()}}
         self.zero_shot, self.initial = state.get("zero_shot"), state.get("initial", {})
         for key in ("transfer", "control"):  # kept only when this study measures them too
             if getattr(self, key) is not None and state.get(key) is not None:
@@ -248,11 +249,11 @@ class Evaluator:
             "scope": "task",
             "grid": {c: {d: {str(k): cut(m) for k, m in by_k.items()} for d, by_k in g.items()}
                      for c, g in a["grid"].items()},
-            "drift": {m: cut(v) for m, v in a["drift"].items()},
+            "stability": {m: cut(v) for m, v in a["stability"].items()},
             "alignment": cut(a["alignment"]),
         }
         if self.initial:
-            out["drift_from_init"] = {m: cut(v) for m, v in a["drift_from_init"].items()}
+            out["stability_from_init"] = {m: cut(v) for m, v in a["stability_from_init"].items()}
         return out
 
     def initial_results(self, upto: int) -> dict[str, Any]:

@@ -33,7 +33,10 @@ import numpy as np
 
 from ccr.metrics import DIRECTIONS, bwt, final_average, forgetting, rsum_matrix, to_json_matrix
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# version 3: the anatomy's mean cosine of an item's embeddings then and now is `stability` (it was `drift`,
+# a name that read backwards: higher meant less drift)
+RENAMED_ANATOMY = {"drift": "stability", "drift_from_init": "stability_from_init"}
 QUANTITIES = ("avg_final_recall", "forgetting", "bwt")  # per direction and K
 INITIAL = ("zero_shot", "transfer", "control", "retention")  # per direction and K, measured without a policy
 COST = ("index_cost/embedded", "index_cost/images", "index_cost/captions", "index_cost/seconds")
@@ -210,8 +213,20 @@ def upgrade(res: dict[str, Any]) -> dict[str, Any]:
     version = res.get("schema_version", 1)
     if version == SCHEMA_VERSION:
         return res
-    if version != 1:
-        raise ValueError(f"results schema_version {version!r} is newer than this ccr reads ({SCHEMA_VERSION})")
+    if version not in (1, 2):
+        raise ValueError(f"results schema_version {version!r} is newer than this ccr reads ({SCHEMA_VERSION})"
+                         if isinstance(version, int) and version > SCHEMA_VERSION else
+                         f"results schema_version {version!r} is not one this ccr reads (1 to {SCHEMA_VERSION})")
+    out = _v1_to_v2(res) if version == 1 else dict(res)
+    a = out.get("anatomy")
+    if isinstance(a, dict):
+        out["anatomy"] = {RENAMED_ANATOMY.get(k, k): v for k, v in a.items()}
+    out["schema_version"] = SCHEMA_VERSION
+    return out
+
+
+def _v1_to_v2(res: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept each policy's metrics under `summary` and its rsum matrix under `rsum`."""
     out = {k: v for k, v in res.items() if k not in ("summary", "rsum")}
     out["by_policy"] = {}
     for p, pr in res.get("by_policy", {}).items():
@@ -227,7 +242,6 @@ def upgrade(res: dict[str, Any]) -> dict[str, Any]:
     main = out["by_policy"].get(res.get("policy"))
     if isinstance(main, dict) and "metrics" in main:
         out["metrics"] = main["metrics"]
-    out["schema_version"] = SCHEMA_VERSION
     return out
 
 
@@ -286,8 +300,8 @@ def problem(res: Any) -> str | None:
             for k in by_k:
                 if not all(_is_number(m.get(metric(q, d, k))) for q in QUANTITIES):
                     return f"policy {p!r}: metrics {d}@{k} are incomplete or not numeric"
-    a = res.get("anatomy")
-    if a is not None and (not isinstance(a, dict) or not {"grid", "drift", "alignment"} <= set(a)):
+    a = up.get("anatomy")
+    if a is not None and (not isinstance(a, dict) or not {"grid", "stability", "alignment"} <= set(a)):
         return "'anatomy' is not a ccr anatomy"
     return None
 
@@ -314,7 +328,7 @@ def summary_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 def matrix_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """One record per defined cell of every matrix: recall per policy, and the anatomy (policy 'anatomy',
-    metric 'grid:<combination>', 'drift' or 'alignment') where present."""
+    metric 'grid:<combination>', 'stability', 'stability_from_init' or 'alignment') where present."""
     res = upgrade(res)
     order = res["task_order"]
 
@@ -353,8 +367,8 @@ def matrix_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
             for d, by_k in by_d.items():
                 for k, m in by_k.items():
                     yield from cells(m, policy="anatomy", direction=d, k=int(k), metric=f"grid:{combo}")
-        for mod, m in a["drift"].items():
-            yield from cells(m, policy="anatomy", direction=mod, k=None, metric="drift")
-        for mod, m in (a.get("drift_from_init") or {}).items():
-            yield from cells(m, policy="anatomy", direction=mod, k=None, metric="drift_from_init")
+        for mod, m in a["stability"].items():
+            yield from cells(m, policy="anatomy", direction=mod, k=None, metric="stability")
+        for mod, m in (a.get("stability_from_init") or {}).items():
+            yield from cells(m, policy="anatomy", direction=mod, k=None, metric="stability_from_init")
         yield from cells(a["alignment"], policy="anatomy", direction=None, k=None, metric="alignment")

@@ -74,16 +74,16 @@ def anatomy_table(res: dict[str, Any]) -> str:
     scope = a.get("scope", "task")
     other = f"; the recall matrix above is in {res['scope']} scope" if res.get("scope") != scope else ""
     lines = [f"anatomy after the last task (t2i R@{k} by query/gallery model, {scope} scope: each task in its own "
-             f"gallery{other}; drift = cosine θ_i vs θ_n" + (", from θ0 in parentheses" if a.get("drift_from_init")
-                                                            else "") + "):",
+             f"gallery{other}; stability = cosine θ_i vs θ_n, 1 = no drift"
+             + (", since θ0 in parentheses" if a.get("stability_from_init") else "") + "):",
              f"{'task':<{tw}} {'new/old':>8} {'new/new':>8} {'old/old':>8} {'old/new':>8} "
-             f"{'drift img':>9} {'drift cap':>9} {'align':>6}"]
+             f"{'stab img':>9} {'stab cap':>9} {'align':>6}"]
     g = a["grid"]
     for i, t in enumerate(res["task_order"]):
         vals = [g[c]["t2i"][k][last][i] for c in ("new_q/old_g", "new_q/new_g", "old_q/old_g", "old_q/new_g")]
-        d0 = a.get("drift_from_init")
+        d0 = a.get("stability_from_init")
         lines.append(f"{t:<{tw}} " + " ".join(f"{v:8.1f}" for v in vals)
-                     + f" {a['drift']['images'][last][i]:9.3f} {a['drift']['captions'][last][i]:9.3f}"
+                     + f" {a['stability']['images'][last][i]:9.3f} {a['stability']['captions'][last][i]:9.3f}"
                      + f" {a['alignment'][last][i]:6.3f}"
                      + (f"  ({d0['images'][last][i]:.3f} / {d0['captions'][last][i]:.3f})" if d0 else ""))
     return "\n".join(lines)

@@ -5,7 +5,7 @@
 
 Per regime (tasks.pretrain x model.freeze) and strategy: the paired effect of no_reindex against
 reindex with its 95 % interval; the final recall and forgetting under reindex; and the anatomy of the
-old tasks after the last task (drift per modality, alignment, the compatibility grid).
+old tasks after the last task (stability per modality, alignment, the compatibility grid).
 """
 
 from __future__ import annotations
@@ -77,11 +77,12 @@ def anatomy_table(t: pd.DataFrame) -> str:
     last = a.groupby("run").step.transform("max")
     a = a[(a.step == last) & (a.task_index < a.step)]  # old tasks after the last one
     a["regime"] = a.apply(regime, axis=1)
-    lines = ["| regime | strategy | drift images | drift captions | alignment | as learned | reindex (new/new) | "
-             "no_reindex (new q / old g) | old q / new g |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| regime | strategy | stability images | stability captions | alignment | as learned | "
+             "reindex (new/new) | no_reindex (new q / old g) | old q / new g |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for reg, s, x in _cells(a):
-        dimg = x[(x.metric == "drift") & (x.direction == "images")].value.mean()
-        dcap = x[(x.metric == "drift") & (x.direction == "captions")].value.mean()
+        dimg = x[(x.metric == "stability") & (x.direction == "images")].value.mean()
+        dcap = x[(x.metric == "stability") & (x.direction == "captions")].value.mean()
         lines.append(f"| {reg} | {s} | {dimg:.2f} | {dcap:.2f} | {x[x.metric == 'alignment'].value.mean():.2f} "
                      f"| {_grid(x, 'old_q/old_g')} | {_grid(x, 'new_q/new_g')} | {_grid(x, 'new_q/old_g')} | "
                      f"{_grid(x, 'old_q/new_g')} |")

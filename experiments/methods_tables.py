@@ -5,7 +5,7 @@ and the earlier strategies), from the runs of `ccr sweep sweeps/pretrained_metho
 
 Per regime and method: the paired effect of no_reindex against reindex with its 95 % interval, the final
 recall and forgetting under reindex, θ0's zero-shot recall, control recall and its retention (tasks never
-trained), and the anatomy of the old tasks after the last task: drift from θ0 and from the model that
+trained), and the anatomy of the old tasks after the last task: stability since θ0 and since the model that
 learned them, and the compatibility grid (new queries on the old gallery against the re-indexed one).
 """
 
@@ -69,14 +69,14 @@ def anatomy_table(t: pd.DataFrame) -> str:
     a = t[t.policy == "anatomy"]
     last = a.groupby("run").step.transform("max")
     a = _label(a[(a.step == last) & (a.task_index < a.step)])  # old tasks after the last one
-    lines = ["| regime | method | drift from θ0 (img / cap) | drift since learned (img / cap) | as learned | "
+    lines = ["| regime | method | stability since θ0 (img / cap) | stability since learned (img / cap) | as learned | "
              "reindex (new/new) | no_reindex (new q / old g) |", "|---|---|---|---|---|---|---|"]
     for reg, m, x in _cells(a):
         cos = {(metric, mod): x[(x.metric == metric) & (x.direction == mod)].value.mean()
-               for metric in ("drift", "drift_from_init") for mod in ("images", "captions")}
-        lines.append(f"| {reg} | {m} | {cos['drift_from_init', 'images']:.2f} / "
-                     f"{cos['drift_from_init', 'captions']:.2f} | {cos['drift', 'images']:.2f} / "
-                     f"{cos['drift', 'captions']:.2f} | {_grid(x, 'old_q/old_g')} | {_grid(x, 'new_q/new_g')} | "
+               for metric in ("stability", "stability_from_init") for mod in ("images", "captions")}
+        lines.append(f"| {reg} | {m} | {cos['stability_from_init', 'images']:.2f} / "
+                     f"{cos['stability_from_init', 'captions']:.2f} | {cos['stability', 'images']:.2f} / "
+                     f"{cos['stability', 'captions']:.2f} | {_grid(x, 'old_q/old_g')} | {_grid(x, 'new_q/new_g')} | "
                      f"{_grid(x, 'new_q/old_g')} |")
     return "\n".join(lines)
 

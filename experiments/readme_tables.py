@@ -48,13 +48,14 @@ def anatomy_table(t: pd.DataFrame, strategy: str = "finetune") -> str:
     combos = [("old_q/old_g", "as learned θ_i/θ_i"), ("new_q/new_g", f"reindex θ_{last + 1}/θ_{last + 1}"),
               ("new_q/old_g", f"no_reindex θ_{last + 1} queries/θ_i gallery"),
               ("old_q/new_g", f"θ_i queries/θ_{last + 1} gallery")]
-    head = ["task (learned at)", *[c[1] for c in combos], "drift images", "drift captions", f"alignment θ_{last + 1}"]
+    head = ["task (learned at)", *[c[1] for c in combos], "stability images", "stability captions",
+            f"alignment θ_{last + 1}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for i, task in order:
         at = a[a.task_index == i]
         cells = [_pm(at[(at.metric == f"grid:{c}") & (at.direction == "t2i") & (at.k == 1)].value)
                  for c, _ in combos]
-        cells += [f"{at[(at.metric == 'drift') & (at.direction == m)].value.mean():.2f}"
+        cells += [f"{at[(at.metric == 'stability') & (at.direction == m)].value.mean():.2f}"
                   for m in ("images", "captions")]
         cells.append(f"{at[at.metric == 'alignment'].value.mean():.2f}")
         lines.append(f"| {task} ({i + 1}) | " + " | ".join(cells) + " |")

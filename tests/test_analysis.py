@@ -154,8 +154,8 @@ def tiny_analysis(tmp_path_factory):
 
 
 FIGURES = ("forgetting_R1.png", "quality_vs_cost_R1.png", "heatmaps_t2i_R1.png", "heatmaps_i2t_R1.png",
-           "task_curves_t2i_R1.png", "task_curves_i2t_R1.png", "compatibility_grid.png", "drift.png",
-           "drift_vs_forgetting.png", "effect_no_reindex_t2i_R1.png", "effect_no_reindex_i2t_R1.png")
+           "task_curves_t2i_R1.png", "task_curves_i2t_R1.png", "compatibility_grid.png", "stability.png",
+           "stability_vs_forgetting.png", "effect_no_reindex_t2i_R1.png", "effect_no_reindex_i2t_R1.png")
 
 
 @pytest.mark.slow
@@ -336,3 +336,32 @@ def test_t_quantiles_and_one_pair():
     assert t975(1) == 12.706 and t975(30) == 2.042 and t975(1000) == 1.96
     mean, lo, hi, n = interval([3.0])
     assert mean == 3.0 and n == 1 and np.isnan(lo) and np.isnan(hi)
+
+
+def test_stability_was_named_drift_before_schema_3(tiny_cfg, tmp_path):
+    """The anatomy's cosine (higher = less drift) was called `drift` in schema 2 and in checkpoints of that
+    release: both read as `stability`, in records, tables and a resumed study."""
+    from ccr import results
+    from ccr.checkpoint import from_bytes, to_bytes
+    from ccr.run_tables import anatomy_table
+    from ccr.study import Study, checkpoint_path
+
+    cfg = tiny_cfg("data.n_tasks=2", "train.epochs=1")
+    new = Study(cfg, tmp_path / "a", progress=False).run()
+    old = json.loads(json.dumps(new))
+    old["schema_version"] = 2
+    old["anatomy"]["drift"] = old["anatomy"].pop("stability")
+    assert results.problem(old) is None
+    assert results.upgrade(old)["anatomy"] == new["anatomy"]
+    assert list(results.matrix_records(old)) == list(results.matrix_records(new))
+    assert {r["metric"] for r in results.matrix_records(old)} >= {"stability", "alignment"}
+    assert "stab img" in anatomy_table(results.upgrade(old))
+    # a checkpoint written by that release resumes, its anatomy renamed
+    ck = checkpoint_path(tmp_path / "a", 0, new["task_order"])
+    state = from_bytes(ck.read_bytes(), ck.name)
+    state["evaluator"]["anatomy"]["drift"] = state["evaluator"]["anatomy"].pop("stability")
+    ck.write_bytes(to_bytes(state))
+    checkpoint_path(tmp_path / "a", 1, new["task_order"]).unlink()
+    (tmp_path / "a" / "results.json").unlink()
+    again = Study(cfg, tmp_path / "a", progress=False).run()
+    assert again["resumes"] == [0] and again["anatomy"] == new["anatomy"]

@@ -149,7 +149,7 @@ def test_analysis_of_runs_of_mixed_configs_and_versions(tiny_cfg, tmp_path):
     (tmp_path / "runs" / "a" / "results.json").write_text(json.dumps(res))
     analyze(tmp_path / "runs")
     an = tmp_path / "runs" / "analysis"
-    assert (an / "report.html").is_file() and (an / "drift_vs_forgetting.png").is_file()
+    assert (an / "report.html").is_file() and (an / "stability_vs_forgetting.png").is_file()
     assert "cfg.train.lr" in (an / "per_run.csv").read_text()
 
 

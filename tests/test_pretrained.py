@@ -84,7 +84,7 @@ def test_zero_shot_row_equals_transformers_and_a_study_trains(tmp_path, kind):
     start = (T.CLIPModel if kind == "clip" else T.SiglipModel).from_pretrained(folder)
     assert not torch.equal(study.model.text_encoder.embeddings.token_embedding.weight,
                            start.text_model.embeddings.token_embedding.weight)
-    assert "drift_from_init" in res["anatomy"]
+    assert "stability_from_init" in res["anatomy"]
     # the saved config keeps the path and the resolved embedding size; resuming it is the same study
     assert Study(cfg, tmp_path / "out", progress=False).cfg.model.embed_dim == study.cfg.model.embed_dim
 

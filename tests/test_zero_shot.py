@@ -62,7 +62,7 @@ def test_zero_shot_row_survives_a_resume(tiny_cfg, tmp_path):
     assert again["resumes"] == [0]
     for key in ("zero_shot", "transfer", "control"):
         assert again[key] == full[key], key
-    assert again["anatomy"]["drift_from_init"] == full["anatomy"]["drift_from_init"]
+    assert again["anatomy"]["stability_from_init"] == full["anatomy"]["stability_from_init"]
 
 
 def test_scratch_zero_shot_is_chance_and_seen_scope_uses_the_growing_gallery(tiny_cfg, tmp_path):

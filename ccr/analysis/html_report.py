@@ -121,10 +121,11 @@ FIGURE_NOTES = {
     "effect_": "The paired effect of not re-indexing, per configuration (strategy, and the swept settings): the mean "
                "difference to reindex over runs that share a seed and a task order, with its 95 % interval where "
                "there is more than one pair.",
-    "drift_vs_forgetting": "One point per run: how far old tasks' image embeddings drifted, against how much "
-                           "they were forgotten under reindex.",
-    "drift": "How far the first task's embeddings move as later tasks are learned (cosine between its items' "
-             "embeddings under the current model and the model that learned it).",
+    "stability_vs_forgetting": "One point per run: how stable old tasks' image embeddings stayed (cosine to when "
+                               "learned; lower means more drift), against how much they were forgotten under "
+                               "reindex.",
+    "stability": "How little the first task's embeddings move as later tasks are learned (cosine between its "
+                 "items' embeddings under the current model and the model that learned it; 1 = not at all).",
 }
 
 
@@ -252,7 +253,7 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
         figs += [plots.heatmaps(long, out, direction=d, k=k) for d in ("t2i", "i2t")]
         figs += [plots.task_curves(long, out, direction=d, k=k) for d in ("t2i", "i2t")]
         figs += plots.anatomy_plots(long, out, k=k)
-        figs += [plots.drift_vs_forgetting(long, summary, out, k=k)]
+        figs += [plots.stability_vs_forgetting(long, summary, out, k=k)]
         if not effects.empty:
             figs += [plots.effect_intervals(effects, out, k=k, metric=m) for m in ("t2i R", "i2t R")]
     figs = [f for f in figs if f]

@@ -235,7 +235,7 @@ def quality_vs_cost(summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None
 
 
 def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t2i") -> list[Path]:
-    """Compatibility grid after the last task (old tasks) and drift of the first task along the sequence."""
+    """Compatibility grid after the last task (old tasks) and the stability of the first task along the sequence."""
     a = tidy[tidy.policy == "anatomy"]
     if a.empty:
         return []
@@ -263,25 +263,25 @@ def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t
         if ax.get_legend_handles_labels()[0]:  # no old task (one task): no bars, no legend
             ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="strategy", title_fontsize=8)
         paths.append(_save(fig, out / "compatibility_grid.png"))
-    drift = a[(a.metric == "drift") & (a.task_index == 0)]
-    if not drift.empty:
-        names, _ = task_names(drift)
+    stab = a[(a.metric == "stability") & (a.task_index == 0)]
+    if not stab.empty:
+        names, _ = task_names(stab)
         first = names[0] if names and not names[0].isdigit() else "the first task"
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True, layout="constrained")
-        steps = sorted(drift.step.unique())
+        steps = sorted(stab.step.unique())
         for ax, mod in zip(axes, ("images", "captions"), strict=True):
-            sub = drift[drift.direction == mod].groupby(["strategy", "step"]).value.mean().reset_index()
+            sub = stab[stab.direction == mod].groupby(["strategy", "step"]).value.mean().reset_index()
             for s, gg in sub.groupby("strategy"):
                 ax.plot(gg.step, gg.value, marker="o", ms=3, color=col[s], label=s)
             ax.set_title(f"{mod} of {first}", fontsize=9)
             ax.set_xticks(steps, [f"after {names[i]}" if i < len(names) else str(i + 1) for i in steps],
                           rotation=30, ha="right", fontsize=7)
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("cosine: embedding now vs when learned")
+        axes[0].set_ylabel("stability: cosine of embedding now vs when learned")
         axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="strategy", title_fontsize=8)
-        fig.suptitle(f"Drift: how far the embeddings of {first} move as later tasks are learned (1 = not at all)",
-                     fontsize=10)
-        paths.append(_save(fig, out / "drift.png"))
+        fig.suptitle(f"Stability: how little the embeddings of {first} move as later tasks are learned "
+                     "(1 = not at all; lower = more drift)", fontsize=10)
+        paths.append(_save(fig, out / "stability.png"))
     return paths
 
 
@@ -326,15 +326,15 @@ def _text(v) -> str:
     return str(v)
 
 
-def drift_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None:
-    """Per run: mean drift of old tasks' image embeddings after the last task against t2i forgetting under
-    reindex, coloured by strategy; one marker per swept configuration (regime)."""
-    a = tidy[(tidy.policy == "anatomy") & (tidy.metric == "drift") & (tidy.direction == "images")]
+def stability_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k: int = 1) -> Path | None:
+    """Per run: mean stability of old tasks' image embeddings after the last task (cosine to when learned)
+    against t2i forgetting under reindex, coloured by strategy; one marker per swept configuration (regime)."""
+    a = tidy[(tidy.policy == "anatomy") & (tidy.metric == "stability") & (tidy.direction == "images")]
     s = summary[(summary.k == k) & (summary.direction == "t2i") & (summary.policy == "reindex")]
     if a.empty or s.empty:
         return None
     last = a.groupby("run").step.transform("max")
-    d = a[(a.step == last) & (a.task_index < a.step)].groupby("run").value.mean().rename("drift")
+    d = a[(a.step == last) & (a.task_index < a.step)].groupby("run").value.mean().rename("stability")
     m = s.set_index("run").join(d, how="inner")
     if m.empty:
         return None
@@ -345,8 +345,9 @@ def drift_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k:
     col, mk = colours(m.strategy), {r: MARKERS[i % len(MARKERS)] for i, r in enumerate(sorted(set(regime)))}
     fig, ax = plt.subplots(figsize=(8, 4.6), layout="constrained")
     for (strat, reg), g in m.assign(regime=regime).groupby(["strategy", "regime"]):
-        ax.scatter(g.drift, g.forgetting, color=col[strat], marker=mk[reg], s=22, alpha=0.8)
-    ax.set_xlabel("image embeddings of old tasks after the last task: cosine to when learned (1 = no drift)")
+        ax.scatter(g.stability, g.forgetting, color=col[strat], marker=mk[reg], s=22, alpha=0.8)
+    ax.set_xlabel("stability of old tasks' image embeddings after the last task: cosine to when learned "
+                  "(1 = no drift)")
     ax.set_ylabel(f"t2i forgetting of R@{k} under reindex (points)")
     ax.grid(alpha=0.3)
     strat = [Line2D([], [], ls="", marker="o", color=c, label=s_) for s_, c in col.items()]
@@ -356,5 +357,5 @@ def drift_vs_forgetting(tidy: pd.DataFrame, summary: pd.DataFrame, out: Path, k:
         fig.add_artist(leg)
         fig.legend(handles=regs, loc="outside right lower", fontsize=7, title=" · ".join(_key(c) for c in cfg_cols),
                    title_fontsize=8)
-    ax.set_title("Drift against forgetting, one point per run", fontsize=10)
-    return _save(fig, out / "drift_vs_forgetting.png")
+    ax.set_title("Stability against forgetting, one point per run", fontsize=10)
+    return _save(fig, out / "stability_vs_forgetting.png")
