@@ -266,6 +266,33 @@ def test_resources_this_machine_can_never_grant_are_one_line(sets, needle, tiny_
     assert time.time() - t < 120 and not (tmp_path / "o" / "checkpoints").exists()
 
 
+@pytest.mark.parametrize("command", ["run", "sweep"])
+def test_a_ray_address_where_nothing_answers_is_one_line(command, tiny_overrides, tmp_path):
+    """RAY_ADDRESS naming a cluster that is gone: before, ray.init retried for minutes printing its own warnings;
+    now one line names the address, before a sweep's record or a study's files are written."""
+    import socket
+
+    with socket.socket() as s:  # a port on the loopback that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}"}
+    out = tmp_path / "o"
+    if command == "run":
+        argv = ["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2", "train.workers=2"])]
+    else:
+        spec = tmp_path / "s.yaml"
+        spec.write_text("name: s\ngrid: {seed: [0]}\n")
+        argv = ["sweep", str(spec), "--out", str(out), *_sets(tiny_overrides)]
+    t = time.time()
+    run = subprocess.run([sys.executable, "-m", "ccr.cli", *argv], capture_output=True, text=True, timeout=120,
+                         env=env, cwd=REPO)
+    assert run.returncode == 2, run.stderr[-1500:]
+    assert run.stderr.strip().splitlines() == [
+        f"ccr: error: no Ray cluster answers at '127.0.0.1:{port}' (RAY_ADDRESS): Connection refused. Start it "
+        "(`ray start --head`, `ray up`), or unset RAY_ADDRESS to let ccr start a Ray of its own on this machine"]
+    assert time.time() - t < 60 and not [f for f in out.rglob("*") if f.name != ".ccr.lock"]
+
+
 def test_read_only_caches_and_scratch(tiny_overrides, tmp_path, capsys, monkeypatch):
     """A read-only data.cache_dir is a warning (the study runs, the cache is not kept); a read-only
     CCR_SCRATCH, needed for a study in an object store, is one line naming it."""

@@ -39,6 +39,28 @@ def check_can_ever_run(what: str, key: str, need: dict[str, float]) -> None:
                           "(RAY_ADDRESS) that can grow")
 
 
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """A cluster address (RAY_ADDRESS or `address`) where nothing answers makes ray.init retry for minutes,
+    printing only its own warnings: try the address's port once, and name it in one line if it is closed.
+    `auto` and `local` are Ray's to resolve, and answer quickly by themselves."""
+    import socket
+
+    from ccr.errors import ConfigError
+
+    if address in ("auto", "local", ""):
+        return
+    where = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = where.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ConfigError(f"Ray address {address!r} (RAY_ADDRESS) is not host:port, ray://host:port, auto or local")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise ConfigError(f"no Ray cluster answers at {address!r} (RAY_ADDRESS): {e.strerror or e}. Start it "
+                          "(`ray start --head`, `ray up`), or unset RAY_ADDRESS to let ccr start a Ray of its "
+                          "own on this machine") from None
+
+
 def init_ray(**kwargs: Any) -> None:
     """Start a local Ray, or join the cluster that RAY_ADDRESS (set by `ray job submit`) or `address`
     names, the way every ccr command needs it, quietly.
@@ -62,4 +84,6 @@ def init_ray(**kwargs: Any) -> None:
         notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
         if _not_token_notice not in notice.filters:
             notice.addFilter(_not_token_notice)
+    else:
+        check_reachable(str(kwargs.get("address") or os.environ["RAY_ADDRESS"]))
     ray.init(logging_level=logging.WARNING, **kwargs)

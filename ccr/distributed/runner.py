@@ -7,6 +7,7 @@ what the choice needs (an evaluator class, a device, a callback) and never impor
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,13 @@ def uses_ray_train(cfg: Config) -> bool:
 def make_study(cfg: Config, out: str | Path | Storage, progress: bool = True, threads: int | None = None,
                on_batch: Callable[[int, int, int], None] | None = None) -> Study:
     """A checked study (every input error raised here, before Ray starts) wired for its execution."""
+    if (uses_ray_train(cfg) or cfg.index.shards > 1) and os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        from ccr.distributed import check_reachable
+
+        if not ray.is_initialized():  # a sweep trial runs inside a Ray that answered already
+            check_reachable(os.environ["RAY_ADDRESS"])
     if uses_ray_train(cfg):
         from ccr.distributed.train import check_distributed
 

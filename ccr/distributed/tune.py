@@ -200,11 +200,11 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     """Run the sweep's Tune experiments; returns (trials finished or failed, trials in the sweep): fewer
     finished than the sweep has means it was interrupted, and then nothing is summarised as if it were done."""
 
+    init_ray(log_to_driver=False)  # a cluster that does not answer, or resources it can never grant, are
+    check_can_ever_run("a trial", "resources.cpus_per_trial / gpus_per_trial",  # refused before the record
+                       {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial})
     storage.write_text("sweep.yaml", same["sweep"])
     storage.write_json("sweep_input.json", same)
-    init_ray(log_to_driver=False)
-    check_can_ever_run("a trial", "resources.cpus_per_trial / gpus_per_trial",
-                       {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial})
     # ccr's SweepProgress reports on the trials; Tune's newer console output would still print its
     # configuration box, the results path and a TensorBoard hint at verbose=0. The classic one is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
