@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from common import synthetic_dataset, timed
 
-from ccr.config import load_config
+from ccr.configure import load_config
 from ccr.context import autocast_for
 from ccr.embed import Embedder
 from ccr.models import build_model, resolve_model

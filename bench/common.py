@@ -13,7 +13,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1, not the network address
 
-from ccr.config import load_config  # noqa: E402
+from ccr.configure import load_config  # noqa: E402
 from ccr.data.dataset import ArrayImages, RetrievalDataset  # noqa: E402
 from ccr.models import TokenizedCaptions  # noqa: E402
 

@@ -27,7 +27,7 @@ from common import preset_config  # noqa: F401  (puts the repository on sys.path
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ccr.config import load_config
+from ccr.configure import load_config
 from ccr.data.dataset import FileImages
 from ccr.data.pipeline import prefetched
 from ccr.study import Study

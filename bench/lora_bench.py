@@ -21,7 +21,7 @@ from clip_throughput import PRESETS, arguments, save_clip
 from common import synthetic_dataset, timed
 
 from ccr.checkpoint import to_bytes
-from ccr.config import load_config
+from ccr.configure import load_config
 from ccr.models import attach_adapter, build_model, resolve_model
 from ccr.models.adapters import trainable_state
 from ccr.strategies import Strategy, TaskContext

@@ -15,7 +15,7 @@ import numpy as np
 import ray
 from common import best_of, unit
 
-from ccr.config import load_config
+from ccr.configure import load_config
 from ccr.study import Study
 
 TINY_MODEL = ["data.n_tasks=5"]

@@ -12,7 +12,7 @@ from pathlib import Path
 import common  # noqa: F401  (path set-up)
 import ray
 
-from ccr.config import load_config
+from ccr.configure import load_config
 from ccr.distributed.runner import make_study, run_study
 
 

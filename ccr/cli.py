@@ -50,7 +50,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ccr.config import load_config
+    from ccr.configure import load_config
 
     cfg = load_config(args.config, args.set)  # a config error is reported before torch is imported
 

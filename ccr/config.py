@@ -277,20 +277,22 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def build_config(tree: dict[str, Any]) -> Config:
-    """Build and validate a Config from a (possibly partial) nested dict (strategy defaults filled in)."""
+def parse_config(tree: dict[str, Any]) -> Config:
+    """A Config from a (possibly partial) nested dict, with every check this module can make: types, choices,
+    sizes, what each data.kind needs. The names of strategies and policies are checked against their
+    registries by `ccr.configure.build_config`, which composes this with them."""
     cfg = from_dict(Config, tree)
     validate(cfg)
-    return with_defaults(cfg)
+    return cfg
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """The embedded default, updated by an optional YAML file and `KEY=VALUE` overrides."""
+def read_tree(path: str | Path | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The nested dict of an optional YAML file updated by `KEY=VALUE` overrides (not validated)."""
     tree: dict[str, Any] = read_yaml(path) if path else {}
     for item in overrides or []:
         key, value = parse_override(item)
         set_path(tree, key, value)
-    return build_config(tree)
+    return tree
 
 
 def _get(cfg: Any, dotted: str) -> Any:
@@ -386,13 +388,6 @@ def validate(cfg: Config) -> None:
     if cfg.checkpoint.keep < 1:
         raise ConfigError(f"config key 'checkpoint.keep': must be >= 1 (resume needs the last one), "
                           f"got {cfg.checkpoint.keep}")
-    # names of strategies and policies are checked against their registries, which live with what they
-    # register (imported here, not at module level: a typo'd key fails before torch is imported)
-    from ccr.policies import check_policy_names
-    from ccr.strategies import check_strategy_config
-
-    check_strategy_config(cfg.strategy)
-    check_policy_names([cfg.index.policy, *cfg.index.compare])
 
 
 def _validate_data(d: DataConfig) -> None:
@@ -420,17 +415,3 @@ def _validate_data(d: DataConfig) -> None:
 
 # data.captions_per_image when not given: the generated benchmark's 4 captions, Visual Genome's 5 phrases
 CAPTIONS_PER_IMAGE = {"generated": 4, "visual_genome": 5}
-
-
-def with_defaults(cfg: Config) -> Config:
-    """A copy of a valid config that states every strategy hyperparameter used (defaults filled in), so
-    the saved config says what ran. Validation itself never changes the config."""
-    from ccr.strategies import strategy_params
-
-    data, model = cfg.data, cfg.model
-    if data.captions_per_image is None and data.kind in CAPTIONS_PER_IMAGE:
-        data = dataclasses.replace(data, captions_per_image=CAPTIONS_PER_IMAGE[data.kind])
-    if model.embed_dim is None and not model.pretrained:  # a complete model's comes from its checkpoint (ccr.study)
-        model = dataclasses.replace(model, embed_dim=64)
-    return dataclasses.replace(cfg, data=data, model=model,
-                               strategy=dataclasses.replace(cfg.strategy, params=strategy_params(cfg.strategy)))

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ccr.config import load_config  # noqa: E402
+from ccr.configure import load_config  # noqa: E402
 from ccr.data import load_dataset  # noqa: E402
 from ccr.study import Study  # noqa: E402
 from tests.pretrained_fixture import make_complete  # noqa: E402

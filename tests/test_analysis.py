@@ -140,7 +140,7 @@ def test_swept_keys_become_columns(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_analysis(tmp_path_factory):
     """Two strategies x two seeds of a real 2-task study with both policies, analysed."""
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from ccr.study import Study
     from tests.conftest import TINY
 

@@ -118,3 +118,10 @@ def test_the_graph_is_read_correctly():
     assert "ccr.strategies.base" in g["ccr.strategies.replay"]
     assert "ccr.models" not in g["ccr.strategies.base"]  # only under TYPE_CHECKING there
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_config_schema_imports_no_registry():
+    """Config validation is composed above the registries (ccr.configure): ccr.config knows the schema and
+    needs nothing that registers strategies or policies, so what adds to a registry is imported first."""
+    assert graph()["ccr.config"] <= {"ccr.errors", "ccr.typed"}, graph()["ccr.config"]
+    assert {"ccr.config", "ccr.strategies", "ccr.policies"} <= graph()["ccr.configure"]

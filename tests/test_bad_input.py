@@ -124,7 +124,7 @@ def test_a_lock_left_by_a_dead_process_is_taken_over(tiny_overrides, tmp_path, c
 
 @pytest.mark.parametrize("filepath", ["../../outside", "/etc", "sub/../../.."])
 def test_image_paths_outside_the_image_root_are_refused(filepath, tmp_path):
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from ccr.data import DataError, load_dataset
     from tests.karpathy_fixture import make_karpathy
 
@@ -221,7 +221,7 @@ def test_analyze_of_a_missing_path_is_an_error_and_creates_nothing(tmp_path, cap
     (lambda d: d["images"][2]["sentences"].append({"raw": 42}), "a caption ('raw') is not a string: 42"),
 ])
 def test_malformed_karpathy_entries_are_named(mutate, needle, tmp_path):
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from ccr.data import DataError, load_dataset
     from tests.karpathy_fixture import make_karpathy
 
@@ -249,7 +249,7 @@ def test_leftovers_of_killed_writes_are_removed(tiny_overrides, tmp_path):
 
 
 def test_a_truncated_jpeg_is_named_before_training_and_good_verdicts_are_cached(tmp_path):
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from ccr.data import DataError, load_dataset
     from tests.karpathy_fixture import make_karpathy
 

@@ -1,6 +1,7 @@
 import pytest
 
-from ccr.config import ConfigError, load_config, parse_override
+from ccr.config import ConfigError, parse_override
+from ccr.configure import load_config
 
 
 def test_default_config_is_valid():
@@ -59,7 +60,8 @@ def test_parse_override_keeps_strings():
 
 
 def test_validation_does_not_change_the_config_and_defaults_are_filled_in_a_copy():
-    from ccr.config import Config, build_config, from_dict, to_dict, validate
+    from ccr.config import Config, from_dict, to_dict, validate
+    from ccr.configure import build_config
 
     tree = {"strategy": {"name": ["replay", "ewc"], "params": {"ewc": {"lam": 5}}}}
     cfg = from_dict(Config, tree)
@@ -76,7 +78,7 @@ def test_a_typo_fails_before_torch_is_imported():
     import subprocess
     import sys
 
-    code = ("import sys\nfrom ccr.config import ConfigError, load_config\n"
+    code = ("import sys\nfrom ccr.config import ConfigError\nfrom ccr.configure import load_config\n"
             "try:\n    load_config(None, ['train.lrr=1'])\nexcept ConfigError as e:\n    print(e)\n"
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -9,7 +9,8 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from ccr.config import ConfigError, load_config  # noqa: E402
+from ccr.config import ConfigError  # noqa: E402
+from ccr.configure import load_config  # noqa: E402
 from ccr.study import Study  # noqa: E402
 from tests.conftest import TINY, counts  # noqa: E402
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ccr.config import load_config
+from ccr.configure import load_config
 from ccr.data import DataError, check_tasks, load_dataset, resolve_task_order
 from ccr.study import Study
 from tests.karpathy_fixture import make_karpathy

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from ccr.config import ConfigError, load_config
+from ccr.config import ConfigError
+from ccr.configure import load_config
 from ccr.data import DataError, load_dataset
 from ccr.data.visual_genome import phrases_for, task_by_objects
 from tests.conftest import TINY

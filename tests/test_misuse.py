@@ -88,7 +88,7 @@ def test_grad_accum_steps_across_epochs(tiny_cfg, tmp_path):
 
 
 def test_precomputed_features_that_are_not_finite_and_captions_with_unicode_separators(tmp_path):
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from ccr.data import DataError, load_dataset
     from tests.data_fixtures import make_precomp
 
@@ -216,7 +216,7 @@ def test_optuna_on_the_index_cost_is_allowed_and_test_only_metrics_point_to_a_va
 def test_damaged_caches_are_rebuilt_not_trusted(tmp_path):
     """A truncated decoded-image cache, a killed build's temporary file, a validated-dataset record of the
     wrong shape: each is noticed and rebuilt, never a traceback."""
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from ccr.data import load_dataset
     from tests.karpathy_fixture import make_karpathy
 
@@ -321,7 +321,7 @@ def test_read_only_caches_and_scratch(tiny_overrides, tmp_path, capsys, monkeypa
     ("region_descriptions.json", lambda d: d[1].update(regions="a phrase"), r"record 2 is malformed \(TypeError"),
 ])
 def test_malformed_visual_genome_records_are_named(file, change, needle, tmp_path):
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from ccr.data import DataError, load_dataset
     from tests.data_fixtures import make_visual_genome
 

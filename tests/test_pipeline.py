@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from ccr.config import load_config
+from ccr.configure import load_config
 from ccr.data import load_dataset
 from ccr.data.dataset import FileImages
 from ccr.data.pipeline import MemmapImages, cached_images, prefetched

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ccr.config import ConfigError, load_config
+from ccr.config import ConfigError
+from ccr.configure import load_config
 from ccr.study import Study
 from tests.karpathy_fixture import make_karpathy
 from tests.pretrained_fixture import make_complete, make_vit_with_pooler

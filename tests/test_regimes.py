@@ -7,7 +7,7 @@ import torch
 
 import ccr.study
 from ccr.checkpoint import from_bytes
-from ccr.config import load_config
+from ccr.configure import load_config
 from ccr.data import DataError, load_dataset, resolve_task_order
 from ccr.study import Study
 from tests.conftest import TINY

@@ -10,7 +10,7 @@ from ccr.config import IndexConfig
 
 ray = pytest.importorskip("ray")
 
-from ccr.config import load_config  # noqa: E402
+from ccr.configure import load_config  # noqa: E402
 from ccr.distributed.runner import make_study  # noqa: E402
 from ccr.index import IndexState  # noqa: E402
 from ccr.search import FlatIndex  # noqa: E402

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from ccr.config import ConfigError, load_config
+from ccr.config import ConfigError
+from ccr.configure import load_config
 from ccr.strategies import REGISTRY, Strategy, build_strategy, register
 from ccr.strategies.distill import embedding_distillation, similarity_distillation
 from ccr.strategies.replay import herding

@@ -22,7 +22,7 @@ def two_policy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     # every task's checkpoint kept, to compare galleries after each task with the final ones
     over = [*TINY, f"data.cache_dir={out / 'cache'}", "index.compare=[no_reindex]", "checkpoint.keep=10"]
-    from ccr.config import load_config
+    from ccr.configure import load_config
 
     study = Study(load_config(None, over), out / "study", progress=False)
     res = study.run()
@@ -178,7 +178,7 @@ def test_seen_scope_and_vsepp_and_random_order(tiny_cfg, tmp_path):
 
 
 def test_karpathy_study_end_to_end(tmp_path):
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from tests.conftest import TINY
     from tests.karpathy_fixture import make_karpathy
 
@@ -194,7 +194,7 @@ def test_pretrained_encoders_load_from_local_paths(tmp_path):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, ViTConfig, ViTModel
 
-    from ccr.config import load_config
+    from ccr.configure import load_config
     from tests.conftest import TINY
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "in", "red", "circle", "ring", "square",

@@ -44,7 +44,7 @@ class GalleryShard:
     """One shard of every gallery (keyed by namespace, e.g. 'reindex/images')."""
 
     def __init__(self, shard: int, cfg_dict: dict[str, Any], tokenizer: Storage, device: str):
-        from ccr.config import build_config
+        from ccr.configure import build_config
         from ccr.data import load_dataset
         from ccr.models import build_for
         from ccr.study import local_copy

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from ccr.config import Config, ConfigError, build_config, read_yaml, set_path
+from ccr.config import Config, ConfigError, read_yaml, set_path
+from ccr.configure import build_config
 from ccr.results import QUANTITIES, metric, metric_names
 
 SECTIONS = {f.name for f in dataclasses.fields(Config)}

@@ -17,7 +17,8 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from ccr.config import Config, ConfigError, build_config, to_dict
+from ccr.config import Config, ConfigError, to_dict
+from ccr.configure import build_config
 from ccr.distributed import check_can_ever_run, init_ray
 from ccr.study import Study
 from ccr.train import DistInfo

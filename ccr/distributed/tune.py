@@ -15,7 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ccr.config import ConfigError, build_config, set_path
+from ccr.config import ConfigError, set_path
+from ccr.configure import build_config
 from ccr.distributed import check_can_ever_run, init_ray
 from ccr.distributed.sweep_spec import SweepSpec, apply_params, load_spec, trial_name
 from ccr.results import flat_metrics
