@@ -157,6 +157,15 @@ class IndexConfig:
     nlist: int = 64  # IVF lists (capped at a quarter of the training vectors)
     nprobe: int = 8  # IVF lists probed per query
     hnsw_m: int = 16
+    # when the approximate index's trained part (IVF's coarse quantizer, HNSW's graph is rebuilt per part anyway)
+    # is trained again: never (the one trained at task 1 stays), reindexed (after a step that re-embedded every
+    # entry of that gallery), always (every step, on the gallery as it stands)
+    approx_retrain: str = "reindexed"
+
+
+# oldest first; a random order; the largest predicted drift first (a linear map fitted from the previous model,
+# as index.backfill_order=drift); the most ambiguous old embedding first (closest to another gallery item)
+BACKFILL_ORDERS = ("oldest", "random", "drift", "ambiguity")
 
 
 @dataclass
@@ -165,10 +174,14 @@ class EvalConfig:
     ks: list[int] = field(default_factory=lambda: [1, 5, 10])
     min_test_items: int = 2  # a task with fewer test images is refused (its recall would mean nothing)
     batch_size: int = 256
-    anatomy: bool = True  # compatibility grid, drift and alignment
+    anatomy: bool = True  # compatibility grid, stability and alignment
     val: bool = True  # also the recall matrix on val items (where every task has them): what selection reads
     transfer: bool = False  # after each task, also the tasks not learned yet (ZSCL's Transfer)
     control: list[str] = field(default_factory=list)  # tasks never trained, evaluated at θ0 and after every task
+    # after each step, recall over the seen tasks when this fraction of the old gallery is re-embedded with the
+    # new model and the rest keeps its old embeddings (e.g. [0, 0.1, 0.25, 0.5, 1]); no retraining
+    backfill_curve: list[float] = field(default_factory=list)
+    backfill_orders: list[str] = field(default_factory=lambda: list(BACKFILL_ORDERS))  # which old items first
 
 
 @dataclass
@@ -203,6 +216,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "index.backend": ("faiss", "torch"),
     "index.backfill_order": ("oldest", "drift"),
     "index.approx": ("none", "ivf", "hnsw"),
+    "index.approx_retrain": ("never", "reindexed", "always"),
     "eval.scope": ("task", "seen"),
 }
 
@@ -385,6 +399,17 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"config key 'index.backfill_budget': must be > 0, got {cfg.index.backfill_budget}")
     if cfg.index.drift_map_ridge < 0:
         raise ConfigError(f"config key 'index.drift_map_ridge': must be >= 0, got {cfg.index.drift_map_ridge}")
+    e = cfg.eval
+    if any(not 0 <= f <= 1 for f in e.backfill_curve):
+        raise ConfigError(f"config key 'eval.backfill_curve': fractions of the old gallery, each in [0, 1], got "
+                          f"{e.backfill_curve}")
+    if e.backfill_curve and not e.backfill_orders:
+        raise ConfigError("config key 'eval.backfill_orders': empty; name at least one of "
+                          + ", ".join(BACKFILL_ORDERS))
+    for o in e.backfill_orders:
+        if o not in BACKFILL_ORDERS:
+            raise ConfigError(f"config key 'eval.backfill_orders': unknown order {o!r} (valid: "
+                              f"{', '.join(BACKFILL_ORDERS)})")
     if cfg.checkpoint.keep < 1:
         raise ConfigError(f"config key 'checkpoint.keep': must be >= 1 (resume needs the last one), "
                           f"got {cfg.checkpoint.keep}")

@@ -8,6 +8,7 @@ accounting is the policies' job, not this cache's: a policy that asks counts wha
 from __future__ import annotations
 
 import hashlib
+import time
 
 import numpy as np
 import torch
@@ -33,6 +34,7 @@ class Embedder:
         self.workers = workers  # DataLoader processes decoding image files ahead (data.num_workers)
         self._memo: dict[tuple[str, str], np.ndarray] = {}
         self.computed = {"images": 0, "captions": 0}  # forward passes actually run
+        self.seconds = {"images": 0.0, "captions": 0.0}  # and the time they took (the last copy back included)
 
     def embed(self, modality: str, ids: np.ndarray) -> np.ndarray:
         ids = np.asarray(ids, dtype=np.int64)
@@ -43,6 +45,7 @@ class Embedder:
 
     @torch.inference_mode()
     def _run(self, modality: str, ids: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
         out = np.empty((len(ids), self.model.embed_dim), np.float32)
@@ -71,5 +74,6 @@ class Embedder:
                 flush()
         flush()
         self.computed[modality] += len(ids)
+        self.seconds[modality] += time.perf_counter() - t0
         self.model.train(was_training)
         return out

@@ -13,6 +13,7 @@ all control tasks).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
@@ -20,13 +21,14 @@ import numpy as np
 
 from ccr import results
 from ccr.anatomy import COMBOS, anatomy_of_task
+from ccr.backfill import backfill_rank, chosen
 from ccr.config import Config
 from ccr.context import task_label, task_seed
 from ccr.data.dataset import RetrievalDataset
 from ccr.embed import Embedder
 from ccr.index import MODALITIES, IndexState
-from ccr.metrics import DIRECTIONS, to_json_matrix
-from ccr.policies import StepInput, build_policy
+from ccr.metrics import DIRECTIONS, negative_flips, to_json_matrix
+from ccr.policies import StepInput, build_policy, fit_linear_map
 from ccr.query import evaluate_step, gallery_tasks, recall_direct
 from ccr.storage import Storage
 
@@ -70,6 +72,16 @@ class Evaluator:
             if self.has_val else {}
         self.val_recall = {p: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for p in self.val_states}
         self.learned: dict[str, dict[str, np.ndarray]] = {}
+        # negative flips: each policy's first-hit ranks of every seen task's queries after the last step, and
+        # per step the % of old tasks' queries that were hits at R@K before it and are misses after it
+        self.ranks: dict[str, dict[str, dict[str, np.ndarray]]] = {p: {} for p in self.policy_names}
+        self.flips = {p: {d: {k: np.full(n, np.nan) for k in ks} for d in DIRECTIONS} for p in self.policy_names}
+        # index.approx: recall@10 of approximate vs exact search per step, per policy and gallery
+        self.approx_steps = {p: {m: np.full(n, np.nan) for m in MODALITIES} for p in self.policy_names}
+        self.curve: list[dict[str, Any]] = []  # eval.backfill_curve: {step, order, fraction, direction, k, ...}
+        # forward passes and seconds of embedding, per modality, over the sequence: the throughput behind the
+        # cost of each policy at another gallery size (ccr analyze --gallery-size)
+        self.embedding = {m: {"items": 0, "seconds": 0.0} for m in MODALITIES}
         self.anatomy = {"grid": {c: {d: {k: _nan(n) for k in ks} for d in DIRECTIONS} for c in COMBOS},
                         "stability": {m: _nan(n) for m in MODALITIES}, "alignment": _nan(n),
                         "stability_from_init": {m: _nan(n) for m in MODALITIES}}
@@ -89,7 +101,9 @@ class Evaluator:
 
     @property
     def needs_previous_model(self) -> bool:
-        return any(p.needs_previous_model for p in self.policies.values())
+        e = self.cfg.eval
+        return any(p.needs_previous_model for p in self.policies.values()) or (
+            bool(e.backfill_curve) and "drift" in e.backfill_orders)
 
     def fit_ids(self, step: int) -> dict[str, np.ndarray]:
         """Training items of the new task used by policies that fit a drift map."""
@@ -108,8 +122,18 @@ class Evaluator:
         for name, policy in self.policies.items():
             inp = StepInput(step, self.order, embedder, self.test_ids, prev_embedder, fit)
             cost = policy.update(self.states[name], inp)
-            rows = evaluate_step(self.states[name], embedder, self.ds, seen, self.cfg.eval.scope, self.cfg.eval.ks)
+            ranks: dict[str, dict[str, np.ndarray]] = {}
+            gal = self.states[name].galleries
+            seen_q, seen_t = {m: len(g.quality) for m, g in gal.items()}, {m: len(g.trainings) for m, g in gal.items()}
+            rows = evaluate_step(self.states[name], embedder, self.ds, seen, self.cfg.eval.scope, self.cfg.eval.ks,
+                                 ranks=ranks)
+            for m, g in gal.items():
+                if len(g.quality) > seen_q[m]:
+                    self.approx_steps[name][m][step] = float(np.mean(g.quality[seen_q[m]:]))
+                for t in g.trainings[seen_t[m]:]:
+                    t["step"] = step
             _record(self.recall[name], rows, step, seen)
+            self._negative_flips(name, step, ranks)
             k = min(self.cfg.eval.ks)
             log.info("after task %d/%d (%s) [%s]: embedded %d images, %d captions; t2i R@%d %s", step + 1,
                      len(self.order), self.order[step], name, cost["images"], cost["captions"], k,
@@ -120,8 +144,86 @@ class Evaluator:
                 vrows = evaluate_step(val, embedder, self.ds, seen, self.cfg.eval.scope, self.cfg.eval.ks, "val")
                 _record(self.val_recall[name], vrows, step, seen)
         self._after_step(step, embedder)
+        task = self.order[step]
+        if self.cfg.eval.anatomy or self.cfg.eval.backfill_curve:  # its items as embedded when it was learned
+            self.learned[task] = {m: embedder.embed(m, self.test_ids[task][m]) for m in MODALITIES}
+        if self.cfg.eval.backfill_curve:
+            self._backfill_curve(step, embedder, prev_embedder, fit)
         if self.cfg.eval.anatomy:
             self._anatomy(step, embedder)
+        for e in (embedder, prev_embedder):
+            for m in MODALITIES if e is not None else ():
+                self.embedding[m]["items"] += e.computed[m]
+                self.embedding[m]["seconds"] += e.seconds[m]
+
+    def _backfill_curve(self, step: int, embedder: Embedder, prev_embedder: Embedder | None,
+                        fit: dict[str, np.ndarray] | None) -> None:
+        """Recall over the seen tasks with a fraction of the old gallery re-embedded by θ_step (ccr.backfill),
+        in every order of eval.backfill_orders; exact search, in the study's scope."""
+        e, old, seen = self.cfg.eval, self.order[:step], self.order[: step + 1]
+        icfg = dataclasses.replace(self.cfg.index, approx="none")
+        pools = {}  # modality -> (ids, learned at, old embeddings, new embeddings, task of each), old tasks pooled
+        for m in MODALITIES:
+            parts = []
+            for i, t in enumerate(old):
+                ids = np.asarray(self.test_ids[t][m], np.int64)
+                o = np.argsort(ids, kind="stable")
+                parts.append((ids[o], np.full(len(ids), i), self.learned[t][m][o], embedder.embed(m, ids[o]),
+                              np.full(len(ids), i)))
+            pools[m] = [np.concatenate(x) if parts else np.zeros(0) for x in zip(*parts, strict=True)] \
+                if parts else None
+        for o_i, order in enumerate(e.backfill_orders):
+            ranks = {}
+            for m_i, m in enumerate(MODALITIES):
+                if pools[m] is None:
+                    continue
+                ids, ver, old_emb, _, _ = pools[m]
+                mat = None
+                if order == "drift" and fit is not None and prev_embedder is not None:
+                    mat = fit_linear_map(prev_embedder.embed(m, fit[m]), embedder.embed(m, fit[m]),
+                                         self.cfg.index.drift_map_ridge)
+                rng = np.random.default_rng(task_seed(self.cfg.seed, step, 10 + 2 * o_i + m_i))
+                ranks[m] = backfill_rank(order, ids, ver, old_emb, rng, mat)
+            for f in e.backfill_curve:
+                state, counts = IndexState.empty(icfg, self.search_device), {}
+                for m in MODALITIES:
+                    g, new_ids = state.galleries[m], self.test_ids[self.order[step]][m]
+                    g.put(self.order[step], new_ids, embedder.embed(m, new_ids), step)
+                    if pools[m] is None:
+                        counts[m] = 0
+                        continue
+                    ids, ver, old_emb, new_emb, task_of = pools[m]
+                    pick = np.zeros(len(ids), bool)
+                    pick[ranks[m][: chosen(len(ids), f)]] = True
+                    counts[m] = int(pick.sum())
+                    emb = np.where(pick[:, None], new_emb, old_emb)
+                    version = np.where(pick, step, ver)
+                    for i, t in enumerate(old):
+                        sel = task_of == i
+                        g.put(t, ids[sel], emb[sel], version[sel])
+                rows = evaluate_step(state, embedder, self.ds, seen, e.scope, e.ks)
+                for d in DIRECTIONS:
+                    for k in e.ks:
+                        self.curve.append({"step": step, "order": order, "fraction": float(f), "direction": d,
+                                           "k": k, "recall": float(np.mean([rows[d][t][k] for t in seen])),
+                                           "images": counts["images"], "captions": counts["captions"],
+                                           "old_images": 0 if pools["images"] is None else len(pools["images"][0]),
+                                           "old_captions": 0 if pools["captions"] is None
+                                           else len(pools["captions"][0])})
+
+    def _negative_flips(self, name: str, step: int, ranks: dict[str, dict[str, np.ndarray]]) -> None:
+        """Old tasks' queries (learned before this step) that were hits at R@K after the previous step and are
+        misses now, pooled over those tasks, in % of their queries."""
+        before = self.ranks[name]
+        old = self.order[:step]
+        if old and all(t in before.get(d, {}) for d in DIRECTIONS for t in old):
+            for d in DIRECTIONS:
+                for k in self.cfg.eval.ks:
+                    counts = [negative_flips(before[d][t], ranks[d][t], k) for t in old]
+                    total = sum(c[1] for c in counts)
+                    if total:
+                        self.flips[name][d][k][step] = 100.0 * sum(c[0] for c in counts) / total
+        self.ranks[name] = ranks
 
     # ---- tasks not learned yet, and never ------------------------------------------------------
     def _direct(self, embedder: Embedder, task: str, gallery: list[str], split: str = "test"
@@ -183,8 +285,6 @@ class Evaluator:
             st.save_snapshot(folder.child(f"{name}/{task_label(step, self.order)}"), step)
 
     def _anatomy(self, step: int, embedder: Embedder) -> None:
-        task = self.order[step]
-        self.learned[task] = {m: embedder.embed(m, self.test_ids[task][m]) for m in MODALITIES}
         for i, t in enumerate(self.order[: step + 1]):
             ids = self.test_ids[t]
             current = {m: embedder.embed(m, ids[m]) for m in MODALITIES}
@@ -207,7 +307,8 @@ class Evaluator:
                 "learned": self.learned, "anatomy": self.anatomy,
                 "val_states": {p: s.state_dict() for p, s in self.val_states.items()}, "val_recall": self.val_recall,
                 "zero_shot": self.zero_shot, "initial": self.initial, "transfer": self.transfer,
-                "control": self.control}
+                "control": self.control, "ranks": self.ranks, "flips": self.flips, "curve": self.curve,
+                "embedding": self.embedding, "approx_steps": self.approx_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for p, s in self.states.items():
@@ -216,6 +317,13 @@ class Evaluator:
         # a checkpoint of an earlier ccr names stability "drift" and may lack it since θ0
         self.anatomy = {**self.anatomy, **{results.RENAMED_ANATOMY.get(k, k): v for k, v in state["anatomy"].items()}}
         self.zero_shot, self.initial = state.get("zero_shot"), state.get("initial", {})
+        # a checkpoint of an earlier ccr has no ranks: the flips of the step after it are not known
+        self.ranks = {p: state.get("ranks", {}).get(p, {}) for p in self.policy_names}
+        if "flips" in state:
+            self.flips = {p: state["flips"].get(p, self.flips[p]) for p in self.policy_names}
+        self.curve = list(state.get("curve", []))
+        self.approx_steps = state.get("approx_steps", self.approx_steps)
+        self.embedding = state.get("embedding", self.embedding)
         for key in ("transfer", "control"):  # kept only when this study measures them too
             if getattr(self, key) is not None and state.get(key) is not None:
                 setattr(self, key, state[key])
@@ -234,11 +342,15 @@ class Evaluator:
         cost = {"images_embedded": st.cost["images"], "captions_embedded": st.cost["captions"],
                 "seconds": round(sum(c.get("seconds", 0.0) for c in st.cost_per_step[:upto]), 4),
                 "per_step": st.cost_per_step[:upto]}
-        quality = None if self.cfg.index.approx == "none" else {"kind": self.cfg.index.approx,
-                                                                "recall_at_10_vs_exact": st.quality()}
+        quality = None if self.cfg.index.approx == "none" else {
+            "kind": self.cfg.index.approx, "retrain": self.cfg.index.approx_retrain,
+            "recall_at_10_vs_exact": st.quality(),
+            "per_step": {m: results._vector(v[:upto]) for m, v in self.approx_steps[name].items()},
+            "trainings": {m: [t for t in g.trainings if t.get("step", 0) < upto] for m, g in st.galleries.items()}}
         val = {d: {k: m[:upto, :upto] for k, m in by_k.items()} for d, by_k in self.val_recall[name].items()} \
             if name in self.val_recall else None
-        return results.policy_results(mats, cost, quality, val)
+        flips = {d: {k: v[:upto] for k, v in by_k.items()} for d, by_k in self.flips[name].items()}
+        return results.policy_results(mats, cost, quality, val, flips)
 
     def anatomy_results(self, upto: int) -> dict[str, Any]:
         def cut(m: np.ndarray) -> list:
@@ -254,6 +366,18 @@ class Evaluator:
         }
         if self.initial:
             out["stability_from_init"] = {m: cut(v) for m, v in a["stability_from_init"].items()}
+        return out
+
+    def backfill_results(self, upto: int) -> list[dict[str, Any]] | None:
+        """results.json's `backfill_curve` (None where not measured)."""
+        return [r for r in self.curve if r["step"] < upto] if self.cfg.eval.backfill_curve else None
+
+    def embedding_results(self, device: str) -> dict[str, Any]:
+        """Embedding throughput over the sequence, per modality, on `device` (queries, galleries, fitting)."""
+        out: dict[str, Any] = {"device": device}
+        for m, v in self.embedding.items():
+            out[m] = {"items": v["items"], "seconds": round(v["seconds"], 4),
+                      "per_second": v["items"] / v["seconds"] if v["seconds"] > 0 else None}
         return out
 
     def initial_results(self, upto: int) -> dict[str, Any]:

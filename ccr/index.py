@@ -9,6 +9,7 @@ embeddings it computes, so policies compare on quality *and* compute.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ class Gallery:
         self.parts: dict[str, Part] = {}
         self.template = None  # the trained, empty approximate index every part clones
         self.quality: list[float] = []  # recall@10 of approximate vs exact search, per search call
+        self.trainings: list[dict[str, float]] = []  # each training of the template: vectors, seconds
 
     def tasks(self) -> list[str]:
         return list(self.parts)
@@ -108,9 +110,18 @@ class Gallery:
         emb = np.concatenate([self.parts[t].emb for t in tasks])
         return emb[np.random.default_rng(0).permutation(len(emb))[:n]]
 
+    def retrain_template(self) -> None:
+        """Train the approximate index again at the next search, on the entries as they stand then."""
+        self.template = None
+        for p in self.parts.values():
+            p.approx = None
+
     def search_approx(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.template is None:  # trained once, on the first entries searched
-            self.template = train_template(self.cfg.approx, self.sample(tasks), self.cfg.nlist, self.cfg.hnsw_m)
+        if self.template is None:  # trained on the gallery's entries at its first search (again after a retrain)
+            t0 = time.perf_counter()
+            sample = self.sample(self.tasks())
+            self.template = train_template(self.cfg.approx, sample, self.cfg.nlist, self.cfg.hnsw_m)
+            self.trainings.append({"vectors": len(sample), "seconds": round(time.perf_counter() - t0, 4)})
         results = []
         for t in tasks:
             p = self.parts[t]
@@ -165,12 +176,14 @@ class IndexState:
     def state_dict(self) -> dict[str, Any]:
         return {"galleries": {m: g.state_dict() for m, g in self.galleries.items()},
                 "cost": dict(self.cost), "cost_per_step": list(self.cost_per_step),
-                "quality": {m: list(g.quality) for m, g in self.galleries.items()}}
+                "quality": {m: list(g.quality) for m, g in self.galleries.items()},
+                "trainings": {m: list(g.trainings) for m, g in self.galleries.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for m, g in self.galleries.items():
             g.load_state_dict(state["galleries"][m])
             g.quality = list(state.get("quality", {}).get(m, []))
+            g.trainings = list(state.get("trainings", {}).get(m, []))
         self.cost = dict(state["cost"])
         self.cost_per_step = list(state["cost_per_step"])
 

@@ -13,6 +13,19 @@ import numpy as np
 DIRECTIONS = ("i2t", "t2i")
 
 
+def first_hit(result_owner: np.ndarray, query_owner: np.ndarray) -> np.ndarray:
+    """(nq,) the rank (0-based) of each query's first true item among its results; a large number where none
+    was retrieved. A hit at R@K is `first_hit < K`."""
+    hit = result_owner == np.asarray(query_owner)[:, None]
+    return np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max).astype(np.int64)
+
+
+def negative_flips(before: np.ndarray, after: np.ndarray, k: int) -> tuple[int, int]:
+    """Queries that were hits at R@K and are misses now (RACT's negative flips, for retrieval): (flipped,
+    queries), from the first-hit ranks of the same queries `before` and `after` a model update."""
+    return int(np.sum((before < k) & (after >= k))), len(before)
+
+
 def recall_at_k(result_owner: np.ndarray, query_owner: np.ndarray, ks: list[int]) -> dict[int, float]:
     """Percent of queries whose true item is among the first K results.
 
@@ -21,8 +34,7 @@ def recall_at_k(result_owner: np.ndarray, query_owner: np.ndarray, ks: list[int]
     """
     if len(query_owner) == 0:
         return {k: float("nan") for k in ks}
-    hit = result_owner == np.asarray(query_owner)[:, None]
-    first = np.where(hit.any(1), hit.argmax(1), np.iinfo(np.int64).max)
+    first = first_hit(result_owner, query_owner)
     return {k: float(100.0 * np.mean(first < k)) for k in ks}
 
 

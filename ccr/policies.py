@@ -77,6 +77,12 @@ class IndexPolicy:
         counts = {m: 0 for m in MODALITIES}
         self._add_new_task(state, inp, counts)
         self.update_old(state, inp, counts)
+        if self.cfg.approx != "none" and inp.step > 0:
+            for m in MODALITIES:
+                g = state.galleries[m]
+                everything = counts[m] >= sum(len(g.ids(t)) for t in g.tasks())  # every entry in θ_step's space
+                if self.cfg.approx_retrain == "always" or (self.cfg.approx_retrain == "reindexed" and everything):
+                    g.retrain_template()
         for m in MODALITIES:
             state.cost[m] += counts[m]
         # seconds of this step's indexing (embedding shared within a step is counted where first done)

@@ -8,7 +8,7 @@ import numpy as np
 from ccr.data.dataset import RetrievalDataset
 from ccr.embed import Embedder
 from ccr.index import IndexState
-from ccr.metrics import recall_at_k
+from ccr.metrics import first_hit, recall_at_k
 from ccr.search import FlatIndex
 
 
@@ -21,9 +21,11 @@ def gallery_tasks(task: str, seen: list[str], scope: str) -> list[str]:
 
 
 def evaluate_step(state: IndexState, embedder: Embedder, ds: RetrievalDataset, seen: list[str], scope: str,
-                  ks: list[int], split: str = "test") -> dict[str, dict[str, dict[int, float]]]:
+                  ks: list[int], split: str = "test", ranks: dict[str, dict[str, np.ndarray]] | None = None
+                  ) -> dict[str, dict[str, dict[int, float]]]:
     """Recall of every seen task after the current step: {direction: {task: {K: percent}}}, querying the
-    `split` items of each task against galleries that hold that split."""
+    `split` items of each task against galleries that hold that split. `ranks`, when given, receives each
+    query's first-hit rank {direction: {task: (nq,)}} (for negative flips)."""
     kmax = max(ks)
     out: dict[str, dict[str, dict[int, float]]] = {"i2t": {}, "t2i": {}}
     for task in seen:
@@ -35,8 +37,11 @@ def evaluate_step(state: IndexState, embedder: Embedder, ds: RetrievalDataset, s
         owner = np.where(res >= 0, ds.caption_image[np.clip(res, 0, None)], -1)
         out["i2t"][task] = recall_at_k(owner, img_ids, ks)
         # text -> image: a hit when the caption's own image is retrieved
-        _, res = state.galleries["images"].search(embedder.embed("captions", cap_ids), kmax, where)
-        out["t2i"][task] = recall_at_k(res, ds.caption_image[cap_ids], ks)
+        _, res_t = state.galleries["images"].search(embedder.embed("captions", cap_ids), kmax, where)
+        out["t2i"][task] = recall_at_k(res_t, ds.caption_image[cap_ids], ks)
+        if ranks is not None:
+            ranks.setdefault("i2t", {})[task] = first_hit(owner, img_ids)
+            ranks.setdefault("t2i", {})[task] = first_hit(res_t, ds.caption_image[cap_ids])
     return out
 
 

@@ -9,6 +9,8 @@ Metric names are flat and readable, and the same everywhere (results.json's `met
     rsum                       R@1 + R@5 + R@10 of both directions, averaged over tasks after the last
     index_cost/embedded        embeddings computed for indexing over the sequence (images + captions)
     index_cost/images, index_cost/captions, index_cost/seconds
+    negative_flips/t2i/R@1     old tasks' queries that were hits at R@K before a model update and are misses
+                               after it (%, RACT's negative flip rate), mean over updates 2..n
 
     zero_shot/t2i/R@1          θ0 (the model before task 1) on every task, mean over tasks
     transfer/t2i/R@1           eval.transfer: ZSCL's Transfer, a task's mean recall before it was learned (θ0
@@ -41,6 +43,7 @@ QUANTITIES = ("avg_final_recall", "forgetting", "bwt")  # per direction and K
 INITIAL = ("zero_shot", "transfer", "control", "retention")  # per direction and K, measured without a policy
 COST = ("index_cost/embedded", "index_cost/images", "index_cost/captions", "index_cost/seconds")
 BETTER = {"avg_final_recall": "max", "forgetting": "min", "bwt": "max", "rsum": "max", "index_cost": "min",
+          "negative_flips": "min",
           "zero_shot": "max", "transfer": "max", "control": "max", "retention": "max"}
 EXPLAIN = {
     "avg_final_recall": "average recall over all tasks after the last task (%)",
@@ -49,6 +52,8 @@ EXPLAIN = {
     "bwt": "backward transfer: final recall of a task minus its recall right after it was learned (points)",
     "rsum": "R@1 + R@5 + R@10 of both directions, averaged over tasks after the last task",
     "index_cost": "embeddings computed for indexing over the whole sequence (images + captions)",
+    "negative_flips": "queries of old tasks that were hits at R@K before a model update and are misses after it, "
+                      "in % of those queries, mean over updates (RACT's negative flip rate)",
     "zero_shot": "recall of the model before the first task (θ0) on every task, mean over tasks (%)",
     "transfer": "a task's mean recall before it was learned (θ0 included), averaged over tasks 2..n (ZSCL's "
                 "Transfer; eval.transfer)",
@@ -70,7 +75,8 @@ def metric_names(ks: list[int], compare: list[str] = (), val: bool = False, tran
     """Every metric a study with these K (and these further policies; with val items; measuring transfer
     and control data) reports."""
     quality = [metric(q, d, k) for q in QUANTITIES for d in DIRECTIONS for k in ks] + ["rsum"]
-    own = quality + list(COST) + ([f"val/{m}" for m in quality] if val else [])
+    flips = [metric("negative_flips", d, k) for d in DIRECTIONS for k in ks]
+    own = quality + flips + list(COST) + ([f"val/{m}" for m in quality] if val else [])
     initial = [f"{q}/{d}/R@{k}" for q in ("zero_shot", *(("transfer",) if transfer else ()),
                                            *(("control", "retention") if control else ()))
                for d in DIRECTIONS for k in ks]
@@ -90,12 +96,18 @@ def _quality(mats: dict[str, dict[int, np.ndarray]]) -> dict[str, float]:
 
 
 def policy_metrics(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any],
-                   val: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, float]:
-    """Flat metrics of one policy from its recall matrices {direction: {K: (n, n)}}, its cost, and its
-    matrices on val items (prefixed `val/`)."""
+                   val: dict[str, dict[int, np.ndarray]] | None = None,
+                   flips: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, float]:
+    """Flat metrics of one policy from its recall matrices {direction: {K: (n, n)}}, its cost, its
+    matrices on val items (prefixed `val/`) and its negative flips per step {direction: {K: (n,)}}."""
     out = _quality(mats)
     if val:
         out.update({f"val/{m}": v for m, v in _quality(val).items()})
+    for d, by_k in (flips or {}).items():
+        for k, v in by_k.items():
+            mean = _mean(v)
+            if mean is not None:  # one task: no update, no flip
+                out[metric("negative_flips", d, k)] = mean
     out.update({"index_cost/embedded": cost["images_embedded"] + cost["captions_embedded"],
                 "index_cost/images": cost["images_embedded"], "index_cost/captions": cost["captions_embedded"],
                 "index_cost/seconds": cost["seconds"]})
@@ -103,19 +115,21 @@ def policy_metrics(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any],
 
 
 def policy_results(mats: dict[str, dict[int, np.ndarray]], cost: dict[str, Any],
-                   quality: dict[str, Any] | None, val: dict[str, dict[int, np.ndarray]] | None = None
-                   ) -> dict[str, Any]:
+                   quality: dict[str, Any] | None, val: dict[str, dict[int, np.ndarray]] | None = None,
+                   flips: dict[str, dict[int, np.ndarray]] | None = None) -> dict[str, Any]:
     """One policy's part of results.json: matrices (test, and val where measured), flat metrics, cost
-    detail, approximate-search quality."""
+    detail, approximate-search quality, negative flips per step (None at step 1: no update before it)."""
     out = {
         "recall": {d: {str(k): to_json_matrix(m) for k, m in by_k.items()} for d, by_k in mats.items()},
         "rsum_matrix": to_json_matrix(rsum_matrix(mats)),
-        "metrics": policy_metrics(mats, cost, val),
+        "metrics": policy_metrics(mats, cost, val, flips),
         "index_cost": cost,
         "index_quality": quality,
     }
     if val:
         out["val_recall"] = {d: {str(k): to_json_matrix(m) for k, m in by_k.items()} for d, by_k in val.items()}
+    if flips:
+        out["negative_flips"] = {d: {str(k): _vector(v) for k, v in by_k.items()} for d, by_k in flips.items()}
     return out
 
 
@@ -300,10 +314,81 @@ def problem(res: Any) -> str | None:
             for k in by_k:
                 if not all(_is_number(m.get(metric(q, d, k))) for q in QUANTITIES):
                     return f"policy {p!r}: metrics {d}@{k} are incomplete or not numeric"
-    a = up.get("anatomy")
-    if a is not None and (not isinstance(a, dict) or not {"grid", "stability", "alignment"} <= set(a)):
-        return "'anatomy' is not a ccr anatomy"
+    return _fields_problem(up, len(order))
+
+
+def _by_k_problem(by_k: Any, n: int, vector: bool = False) -> bool:
+    """True unless `by_k` is {K: matrix over n tasks} (or {K: vector of n numbers or nulls})."""
+    return not isinstance(by_k, dict) or any(
+        not str(k).isdigit() or (_vector_problem(m, n) if vector else _matrix_problem(m, n)) for k, m in by_k.items())
+
+
+def _vector_problem(v: Any, n: int) -> bool:
+    return not isinstance(v, list) or len(v) > n or any(x is not None and not _is_number(x) for x in v)
+
+
+def _fields_problem(res: dict[str, Any], n: int) -> str | None:
+    """Every other field that analysis reads, checked for its type (an upgraded result)."""
+    for key in ("strategy", "policy", "status"):
+        if key in res and not isinstance(res[key], str):
+            return f"'{key}' is not a string"
+    if not isinstance(res["seed"], int) or isinstance(res["seed"], bool):
+        return "'seed' is not an integer"
+    if res.get("scope") not in (None, "task", "seen"):
+        return "'scope' is not task or seen"
+    for where, m in [("metrics", res.get("metrics", {})), *((f"policy {p!r}: metrics", pr["metrics"])
+                                                            for p, pr in res["by_policy"].items())]:
+        if not isinstance(m, dict) or any(v is not None and not _is_number(v) for v in m.values()):
+            return f"{where} are not numbers"
+    prov = res.get("provenance")
+    if prov is not None:
+        if not isinstance(prov, dict):
+            return "'provenance' is not an object"
+        for key, kinds in (("versions", dict), ("git", dict), ("started", (int, float)), ("finished", (int, float)),
+                           ("torch_threads", int), ("host", str), ("device", str)):
+            if prov.get(key) is not None and (not isinstance(prov[key], kinds) or isinstance(prov[key], bool)):
+                return f"'provenance.{key}' is not {'an object' if kinds is dict else 'a ' + _kind(kinds)}"
+        commit = (prov.get("git") or {}).get("commit")
+        if commit is not None and not isinstance(commit, str):
+            return "'provenance.git.commit' is not a string"
+    a = res.get("anatomy")
+    if a is not None:
+        if not isinstance(a, dict) or not {"grid", "stability", "alignment"} <= set(a):
+            return "'anatomy' is not a ccr anatomy"
+        if not isinstance(a["grid"], dict) or any(
+                not isinstance(by_d, dict) or any(_by_k_problem(by_k, n) for by_k in by_d.values())
+                for by_d in a["grid"].values()):
+            return "'anatomy.grid' is not matrices of numbers"
+        for key in ("stability", "stability_from_init"):
+            if key in a and (not isinstance(a[key], dict) or any(_matrix_problem(m, n) for m in a[key].values())):
+                return f"'anatomy.{key}' is not matrices of numbers"
+        if _matrix_problem(a["alignment"], n):
+            return "'anatomy.alignment' is not a matrix of numbers"
+    for key, vector in (("zero_shot", True), ("transfer", False), ("control", False)):
+        part = res.get(key)
+        if part is None:
+            continue
+        if not isinstance(part, dict) or not isinstance(part.get("recall"), dict) or any(
+                _by_k_problem(by_k, n + 1 + len(part.get("tasks") or []), vector) for by_k in part["recall"].values()):
+            return f"'{key}' is not recall {'vectors' if vector else 'matrices'} of numbers"
+        if key == "control" and (not isinstance(part.get("tasks"), list)
+                                 or not all(isinstance(t, str) for t in part["tasks"])):
+            return "'control.tasks' is not a list of task names"
+    for p, pr in res["by_policy"].items():
+        flips = pr.get("negative_flips")
+        if flips is not None and (not isinstance(flips, dict)
+                                  or any(_by_k_problem(by_k, n, vector=True) for by_k in flips.values())):
+            return f"policy {p!r}: 'negative_flips' is not vectors of numbers"
+    curve = res.get("backfill_curve")
+    if curve is not None and (not isinstance(curve, list) or any(
+            not isinstance(r, dict) or not all(_is_number(r.get(f)) for f in ("step", "fraction", "k", "recall"))
+            or not isinstance(r.get("order"), str) or not isinstance(r.get("direction"), str) for r in curve)):
+        return "'backfill_curve' is not a list of {step, order, fraction, direction, k, recall} records"
     return None
+
+
+def _kind(kinds: Any) -> str:
+    return {str: "string", int: "whole number"}.get(kinds, "number")
 
 
 def smallest_k(res: dict[str, Any]) -> int:

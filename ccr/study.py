@@ -410,6 +410,7 @@ class Study:
             policy=self.cfg.index.policy, scope=self.cfg.eval.scope,
             dataset={"name": self.ds.name, "tasks": self.ds.summary(), **self.ds.info},
             anatomy=ev.anatomy_results(upto) if self.cfg.eval.anatomy else None, initial=ev.initial_results(upto),
+            backfill_curve=ev.backfill_results(upto), embedding=ev.embedding_results(str(self.device)),
             pretrain=self.pretrained,
             train=self.train_stats[:upto], resumes=self.resumes,
             provenance={**provenance(), "started": self.started, "finished": time.time(),

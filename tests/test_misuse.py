@@ -334,3 +334,48 @@ def test_malformed_visual_genome_records_are_named(file, change, needle, tmp_pat
                              f"data.cache_dir={tmp_path / 'c'}"])
     with pytest.raises(DataError, match=needle):
         load_dataset(cfg)
+
+
+def test_no_crafted_results_file_aborts_an_analysis(tiny_cfg, tmp_path):
+    """Every field of a real results.json (anatomy, zero-shot, transfer, control, flips, backfill curve and the
+    config included) replaced by a value of another type, one at a time: each file is either named and skipped
+    as not a ccr result, or analysed; the analysis of all of them together completes."""
+    import copy
+    import math
+
+    from ccr.analysis.html_report import analyze
+    from ccr.analysis.load import collect
+    from ccr.results import problem
+    from ccr.study import Study
+
+    cfg = tiny_cfg("data.n_tasks=3", "train.epochs=1", "eval.transfer=true", "eval.backfill_curve=[0,1]",
+                   "eval.backfill_orders=[oldest]", "index.compare=[no_reindex]", "eval.ks=[1,5]")
+    good = Study(cfg, tmp_path / "study", progress=False).run()
+
+    def paths(o, pre=(), depth=0):  # every field to depth 2; below, the first 3 keys of each object (the rest
+        yield pre                      # repeat their shape: more tasks, K, policies) and the first list item
+        if depth < (3 if pre[:1] == ("config",) else 6):
+            if isinstance(o, dict):
+                for k in list(o) if depth < 2 else list(o)[:3]:
+                    yield from paths(o[k], (*pre, k), depth + 1)
+            elif isinstance(o, list) and o:
+                yield from paths(o[0], (*pre, 0), depth + 1)
+
+    bad = [None, "x", [], {"x": 1}, True, math.nan]
+    runs, skipped = tmp_path / "runs", 0
+    for i, path in enumerate(p for p in paths(good) if p):
+        for j, value in enumerate(bad):
+            res = copy.deepcopy(good)
+            node = res
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            text = json.dumps(res)
+            skipped += bool(problem(json.loads(text)))
+            (runs / f"m{i}_{j}").mkdir(parents=True)
+            (runs / f"m{i}_{j}" / "results.json").write_text(text)
+    c = collect(runs)
+    assert len(c.corrupt) == skipped and len(c.runs) + skipped == len(list(runs.glob("*/results.json")))
+    assert all(why and len(why) < 200 for _, why in c.corrupt)
+    analyze(runs)
+    assert (runs / "analysis" / "report.html").is_file()

@@ -246,7 +246,9 @@ def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_p
 @pytest.mark.slow
 def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf", "ewc"]}, "max_concurrent_trials": 1})
-    sets = [x for o in tiny_sets(tmp_path) for x in ("--set", o)]
+    # trials of a few seconds each: on a loaded machine, trials of a fraction of a second all finished between
+    # two looks at the folder
+    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=150"] for x in ("--set", o)]
     cmd = [sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(tmp_path / "out"), *sets]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,

@@ -12,6 +12,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -129,6 +130,18 @@ FIGURE_NOTES = {
 }
 
 
+def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column: a config column whose values differ in type between runs (another
+    ccr version, a hand-edited file) is written as text, JSON for what is not a string."""
+    out = df.copy()
+    for col in [c for c in out.columns if pd.api.types.is_object_dtype(out[c])]:
+        kinds = {type(v) for v in out[col] if v is not None and not (isinstance(v, float) and np.isnan(v))}
+        if len(kinds) > 1 or (kinds and not kinds <= {str}):
+            out[col] = [None if v is None or (isinstance(v, float) and np.isnan(v)) else
+                        v if isinstance(v, str) else json.dumps(v, default=str) for v in out[col]]
+    return out
+
+
 def _figure(path: Path) -> str:
     note = next((v for k, v in FIGURE_NOTES.items() if path.stem.startswith(k)), "")
     data = base64.b64encode(path.read_bytes()).decode()
@@ -223,7 +236,7 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     prov = provenance_frame(c)
     agg = aggregate(summary, by_order)
     if not long.empty:
-        long.to_parquet(out / "tidy.parquet", index=False)
+        _parquet_safe(long).to_parquet(out / "tidy.parquet", index=False)
         long.to_csv(out / "tidy.csv", index=False)
     summary.to_csv(out / "per_run.csv", index=False)
     prov.to_csv(out / "runs.csv", index=False)

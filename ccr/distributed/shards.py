@@ -104,7 +104,10 @@ class GalleryShard:
     def set_template(self, ns: str, blob: np.ndarray) -> None:
         import faiss
 
-        self._gallery(ns).template = faiss.deserialize_index(blob)
+        g = self._gallery(ns)
+        g.template = faiss.deserialize_index(blob)
+        for p in g.parts.values():  # built with the previous template
+            p.approx = None
 
     def search(self, ns: str, queries: np.ndarray, k: int, tasks: list[str], approx: bool
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -245,6 +248,7 @@ class ShardedGallery:
         self.cfg = pool.cfg.index
         self.manifest: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (sorted ids, versions)
         self.quality: list[float] = []
+        self.trainings: list[dict[str, float]] = []
         self.template_sent = False
 
     def tasks(self) -> list[str]:
@@ -284,6 +288,10 @@ class ShardedGallery:
         out[np.searchsorted(self.ids(task), ids)] = moved
         return out
 
+    def retrain_template(self) -> None:
+        """Train the approximate index again at the next search (ccr.index.Gallery.retrain_template)."""
+        self.template_sent = False
+
     def _search(self, queries: np.ndarray, k: int, tasks: list[str], approx: bool):
         q = ray.put(np.ascontiguousarray(queries, np.float32))
         return merge_topk(self.pool.call_all("search", self.ns, q, k, tasks, approx, journal=False), k)
@@ -294,9 +302,11 @@ class ShardedGallery:
         if not self.template_sent:  # trained once on a sample from every shard, shared by all shards
             import faiss
 
-            sample = np.concatenate(self.pool.call_all("sample", self.ns, tasks, 20000 // self.pool.n + 1,
+            t0 = time.perf_counter()
+            sample = np.concatenate(self.pool.call_all("sample", self.ns, self.tasks(), 20000 // self.pool.n + 1,
                                                        journal=False))
             blob = faiss.serialize_index(train_template(self.cfg.approx, sample, self.cfg.nlist, self.cfg.hnsw_m))
+            self.trainings.append({"vectors": len(sample), "seconds": round(time.perf_counter() - t0, 4)})
             self.pool.call_all("set_template", self.ns, blob)
             self.template_sent = True
         res = self._search(queries, k, tasks, True)

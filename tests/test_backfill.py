@@ -1,0 +1,124 @@
+"""The economics of re-indexing: the backfill curve against the policies it generalises, negative flips
+against a brute-force reference and a hand-computed case, and the approximate index under each policy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from ccr.configure import load_config
+from ccr.evaluation import Evaluator
+from ccr.metrics import first_hit, negative_flips
+from ccr.study import Study
+from tests.test_policies import Drifting
+from tests.test_query import make_dataset
+
+
+def test_negative_flips_by_hand():
+    """Four queries: ranks of their true item before and after an update."""
+    owners_before = np.array([[7, 1, 2], [1, 2, 3], [9, 9, 9], [4, 5, 8]])
+    owners_after = np.array([[1, 7, 2], [2, 3, 1], [9, 1, 1], [6, 5, 4]])
+    truth = np.array([7, 1, 9, 6])
+    before, after = first_hit(owners_before, truth), first_hit(owners_after, truth)
+    assert before.tolist()[:3] == [0, 0, 0] and before[3] > 3  # query 4 was a miss
+    assert after.tolist() == [1, 2, 0, 0]
+    assert negative_flips(before, after, 1) == (2, 4)  # queries 1 and 2 were hits at R@1 and are not
+    assert negative_flips(before, after, 2) == (1, 4)  # query 2 only: query 1 is still in the top 2
+    assert negative_flips(before, after, 3) == (0, 4)
+
+
+class Model:
+    """θ_s of tests.test_policies.Drifting, as an Embedder (counting what it embeds)."""
+
+    def __init__(self, ds, step):
+        self.table = Drifting(ds, step).table
+        self.computed, self.seconds = {"images": 0, "captions": 0}, {"images": 0.0, "captions": 0.0}
+
+    def embed(self, modality, ids):
+        self.computed[modality] += len(ids)
+        return self.table[modality][np.asarray(ids)]
+
+
+def hits(ds, q_model, g_models, task, k):
+    """Brute force: per query of `task`, a hit at R@k with queries by q_model and each gallery task embedded by
+    its model in g_models ({task: model}); task scope."""
+    img, cap = ds.image_ids(task, "test"), ds.caption_ids(task, "test")
+    g = g_models[task]
+    s = q_model.table["images"][img] @ g.table["captions"][cap].T
+    top = ds.caption_image[cap][np.argsort(-s, axis=1, kind="stable")[:, :k]]
+    i2t = (top == img[:, None]).any(1)
+    s = q_model.table["captions"][cap] @ g.table["images"][img].T
+    top = img[np.argsort(-s, axis=1, kind="stable")[:, :k]]
+    t2i = (top == ds.caption_image[cap][:, None]).any(1)
+    return {"i2t": i2t, "t2i": t2i}
+
+
+def test_negative_flips_and_backfill_endpoints_against_brute_force():
+    """Three steps of drifting models: each policy's negative flips equal a brute-force count, and the backfill
+    curve at 0 and 1 equals no_reindex's and reindex's row means exactly (every order)."""
+    ds = make_dataset(n_tasks=3, per_task=24)
+    order = ds.task_names
+    cfg = load_config(None, ["index.compare=[no_reindex]", "eval.anatomy=false", "eval.ks=[1,3]",
+                             "eval.backfill_curve=[0, 0.5, 1]"])
+    ev = Evaluator(cfg, ds, order)
+    models = [Model(ds, s) for s in range(3)]
+    for s in range(3):
+        ev.step(s, models[s], models[s - 1] if s else None)
+    for policy in ("reindex", "no_reindex"):
+        flips = ev.policy_results(policy, 3)["negative_flips"]
+        for d in ("i2t", "t2i"):
+            for k in (1, 3):
+                assert flips[d][str(k)][0] is None  # no update before the first task
+                for s in (1, 2):
+                    def gallery(step, t, policy=policy):
+                        return models[step] if policy == "reindex" else models[order.index(t)]
+
+                    was = [hits(ds, models[s - 1], {t: gallery(s - 1, t)}, t, k)[d] for t in order[:s]]
+                    now = [hits(ds, models[s], {t: gallery(s, t)}, t, k)[d] for t in order[:s]]
+                    expect = 100 * sum(int((w & ~n).sum()) for w, n in zip(was, now, strict=True)) / sum(
+                        len(w) for w in was)
+                    assert flips[d][str(k)][s] == pytest.approx(expect, abs=1e-9), (policy, d, k, s)
+    recall = {p: ev.policy_results(p, 3)["recall"] for p in ("reindex", "no_reindex")}
+    curve = ev.backfill_results(3)
+    assert {r["order"] for r in curve} == {"oldest", "random", "drift", "ambiguity"}
+    for r in curve:
+        d, k, s = r["direction"], str(r["k"]), r["step"]
+        n_old = sum(len(ds.image_ids(t, "test")) for t in order[:s])
+        assert r["old_images"] == n_old and r["images"] == math.ceil(r["fraction"] * n_old)
+        if r["fraction"] in (0.0, 1.0):
+            row = recall["no_reindex" if r["fraction"] == 0 else "reindex"][d][k][s][: s + 1]
+            assert r["recall"] == np.mean(row), r  # exact: the same embeddings, the same search
+    # half the old gallery re-embedded: in between, and the orders disagree somewhere
+    mid = [r["recall"] for r in curve if r["fraction"] == 0.5 and r["step"] == 2]
+    assert len(set(mid)) > 1
+
+
+def test_the_orders_pick_what_they_say():
+    from ccr.backfill import backfill_rank, chosen
+
+    ids = np.array([5, 3, 9, 1])
+    version = np.array([1, 0, 1, 0])
+    emb = np.eye(4, dtype=np.float32)
+    emb[2] = emb[0] * 0.8 + emb[1] * 0.6  # items 9 and 5 are the closest pair: the most ambiguous
+    rng = np.random.default_rng(0)
+    assert ids[backfill_rank("oldest", ids, version, emb, rng)].tolist() == [1, 3, 5, 9]
+    assert set(ids[backfill_rank("ambiguity", ids, version, emb, rng)][:2]) == {5, 9}
+    mat = np.diag([1, 1, 1, -1]).astype(np.float32)  # only item 1's embedding moves
+    assert ids[backfill_rank("drift", ids, version, emb, rng, mat)][0] == 1
+    assert sorted(ids[backfill_rank("random", ids, version, emb, rng)]) == [1, 3, 5, 9]
+    assert [chosen(10, f) for f in (0, 0.1, 0.25, 1)] == [0, 1, 3, 10]
+
+
+@pytest.mark.parametrize("retrain, trained_at", [("never", [0]), ("reindexed", [0, 1, 2]), ("always", [0, 1, 2])])
+def test_the_approximate_index_is_trained_again_when_the_policy_says(retrain, trained_at, tiny_cfg, tmp_path):
+    cfg = tiny_cfg("data.n_tasks=3", "train.epochs=1", "index.approx=ivf", "index.nlist=4", "index.nprobe=1",
+                   f"index.approx_retrain={retrain}", "index.compare=[no_reindex]", "eval.anatomy=false")
+    res = Study(cfg, tmp_path / "s", progress=False).run()
+    for policy, expect in (("reindex", trained_at), ("no_reindex", [0, 1, 2] if retrain == "always" else [0])):
+        q = res["by_policy"][policy]["index_quality"]
+        assert q["retrain"] == retrain
+        for m in ("images", "captions"):
+            assert [t["step"] for t in q["trainings"][m]] == expect, (policy, m)
+            assert len(q["per_step"][m]) == 3 and all(0 <= v <= 1 for v in q["per_step"][m])
