@@ -81,11 +81,12 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from ccr.storage import Storage
 
     setup_logging(args.verbose)
+    scale = _scale(args)
     source = Storage(args.path)
     try:
         if not source.exists():
             raise StorageError(f"nothing to analyse: {source.display()} does not exist")
-        out = analyze(args.path, args.out)
+        out = analyze(args.path, args.out, scale=scale)
     except OSError as e:  # wrong credentials, an endpoint that does not answer: one line, not pyarrow's traceback
         raise StorageError(f"cannot read {source.display()}: {str(e).splitlines()[0][:300]}") from e
     dest = Storage(args.out) if args.out else source.child("analysis")
@@ -93,6 +94,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         print(console_summary(dest.read_text("summary.md")))
     print(f"analysis written to {out} (report.html: the same tables with plots and explanations)")
     return 0
+
+
+def _scale(args: argparse.Namespace):
+    """--gallery-size and the options that go with it, checked before anything is read."""
+    from ccr.analysis.economics import Scale
+
+    given = [o for o in ("device_hour_price", "images_per_second", "captions_per_second")
+             if getattr(args, o) is not None]
+    if args.gallery_size is None:
+        if given:
+            raise ConfigError(f"--{given[0].replace('_', '-')} needs --gallery-size N (the gallery to cost)")
+        return None
+    if args.gallery_size < 1:
+        raise ConfigError(f"--gallery-size must be >= 1, got {args.gallery_size}")
+    for o in given:
+        if not getattr(args, o) > 0:
+            raise ConfigError(f"--{o.replace('_', '-')} must be > 0, got {getattr(args, o)}")
+    if (args.images_per_second is None) != (args.captions_per_second is None):
+        raise ConfigError("--images-per-second and --captions-per-second go together (each modality has its own)")
+    return Scale(args.gallery_size, args.device_hour_price, args.images_per_second, args.captions_per_second)
 
 
 def console_summary(md: str) -> str:
@@ -139,6 +160,15 @@ def parser() -> argparse.ArgumentParser:
     a = sub.add_parser("analyze", help="aggregate results into tables, plots and a report")
     a.add_argument("path", help="a sweep's storage (folder or URI) or any folder of ccr run outputs")
     a.add_argument("--out", default=None, help="output folder or URI (default PATH/analysis)")
+    a.add_argument("--gallery-size", type=int, default=None, metavar="N",
+                   help="also write what each policy costs for a gallery of N images (cost_at_scale.csv/.md), "
+                        "at the embedding throughput the runs measured on their device")
+    a.add_argument("--device-hour-price", type=float, default=None, metavar="USD",
+                   help="with --gallery-size: the price of a device-hour, for the cost in money")
+    a.add_argument("--images-per-second", type=float, default=None,
+                   help="with --gallery-size: your own image embedding throughput (e.g. from bench/), as well")
+    a.add_argument("--captions-per-second", type=float, default=None,
+                   help="with --gallery-size: your own caption embedding throughput, as well")
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_analyze)
     return p

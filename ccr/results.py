@@ -334,12 +334,16 @@ def _fields_problem(res: dict[str, Any], n: int) -> str | None:
             return f"'{key}' is not a string"
     if not isinstance(res["seed"], int) or isinstance(res["seed"], bool):
         return "'seed' is not an integer"
+    if "policy" in res and res["policy"] not in res["by_policy"]:
+        return f"'policy' {res['policy']!r} is not one of 'by_policy'"
     if res.get("scope") not in (None, "task", "seen"):
         return "'scope' is not task or seen"
     for where, m in [("metrics", res.get("metrics", {})), *((f"policy {p!r}: metrics", pr["metrics"])
                                                             for p, pr in res["by_policy"].items())]:
         if not isinstance(m, dict) or any(v is not None and not _is_number(v) for v in m.values()):
             return f"{where} are not numbers"
+    if res.get("dataset") is not None and not isinstance(res["dataset"], dict):
+        return "'dataset' is not an object"
     prov = res.get("provenance")
     if prov is not None:
         if not isinstance(prov, dict):
@@ -381,10 +385,30 @@ def _fields_problem(res: dict[str, Any], n: int) -> str | None:
             return f"policy {p!r}: 'negative_flips' is not vectors of numbers"
     curve = res.get("backfill_curve")
     if curve is not None and (not isinstance(curve, list) or any(
-            not isinstance(r, dict) or not all(_is_number(r.get(f)) for f in ("step", "fraction", "k", "recall"))
-            or not isinstance(r.get("order"), str) or not isinstance(r.get("direction"), str) for r in curve)):
+            not isinstance(r, dict) or not all(_is_number(r.get(f)) for f in CURVE_NUMBERS)
+            or not isinstance(r.get("order"), str) or not isinstance(r.get("direction"), str)
+            or not 0 <= r["step"] < n for r in curve)):
         return "'backfill_curve' is not a list of {step, order, fraction, direction, k, recall} records"
+    for p, pr in res["by_policy"].items():
+        steps = pr["index_cost"].get("per_step")
+        if steps is not None and (not isinstance(steps, list) or any(
+                not isinstance(x, dict) or not all(_is_number(x.get(m)) for m in ("images", "captions"))
+                for x in steps)):
+            return f"policy {p!r}: 'index_cost.per_step' is not a list of embedding counts"
+    emb = res.get("embedding")
+    if emb is not None and (not isinstance(emb, dict) or any(
+            not isinstance(emb.get(m), dict) or (emb[m].get("per_second") is not None
+                                                 and not _is_number(emb[m]["per_second"]))
+            for m in ("images", "captions"))):
+        return "'embedding' is not a throughput per modality"
+    tasks = (res.get("dataset") or {}).get("tasks") if isinstance(res.get("dataset"), dict) else None
+    if tasks is not None and (not isinstance(tasks, dict) or any(
+            not isinstance(v, dict) or not all(_is_number(x) for x in v.values()) for v in tasks.values())):
+        return "'dataset.tasks' is not item counts per task"
     return None
+
+
+CURVE_NUMBERS = ("step", "fraction", "k", "recall", "images", "captions")
 
 
 def _kind(kinds: Any) -> str:
@@ -408,6 +432,7 @@ def summary_records(res: dict[str, Any]) -> Iterator[dict[str, Any]]:
                 yield {"policy": policy, "direction": d, "k": int(k),
                        **{q: m[metric(q, d, k)] for q in QUANTITIES},
                        "rsum": m.get("rsum"), "index_cost": m["index_cost/embedded"],
+                       "negative_flips": m.get(metric("negative_flips", d, k)),
                        **{q: study.get(f"{q}/{d}/R@{k}") for q in INITIAL}}
 
 

@@ -122,3 +122,52 @@ def test_the_approximate_index_is_trained_again_when_the_policy_says(retrain, tr
         for m in ("images", "captions"):
             assert [t["step"] for t in q["trainings"][m]] == expect, (policy, m)
             assert len(q["per_step"][m]) == 3 and all(0 <= v <= 1 for v in q["per_step"][m])
+
+
+def test_cost_at_scale_is_linear_in_n_and_in_proportion_to_what_each_policy_embeds(tiny_cfg, tmp_path, capsys):
+    import pandas as pd
+
+    from ccr.cli import main
+
+    cfg = tiny_cfg("data.n_tasks=3", "train.epochs=1", "index.compare=[no_reindex]", "eval.backfill_curve=[0,0.5,1]",
+                   "eval.backfill_orders=[oldest,random]")
+    res = Study(cfg, tmp_path / "runs" / "a", progress=False).run()
+    emb = res["embedding"]
+    assert emb["device"] == "cpu" and emb["images"]["per_second"] > 0 and emb["captions"]["per_second"] > 0
+    tables = {}
+    for n in (10**6, 10**9):
+        out = tmp_path / f"an{n}"
+        assert main(["analyze", str(tmp_path / "runs"), "--out", str(out), "--gallery-size", str(n),
+                     "--device-hour-price", "2.5", "--images-per-second", "5000",
+                     "--captions-per-second", "20000"]) == 0
+        tables[n] = pd.read_csv(out / "cost_at_scale.csv").set_index("policy")
+        assert "Cost at a gallery of" in (out / "summary.md").read_text()
+        assert (out / "cost_at_scale.md").is_file() and (out / "cost_at_scale_R1.png").is_file()
+        assert (out / "backfill_curve_t2i_R1.png").is_file()
+        assert "Backfill after the last task" in capsys.readouterr().out
+    small, big = tables[10**6], tables[10**9]
+    for col in ("images_per_update", "captions_per_update", "device_hours", "device_hours_sequence",
+                "device_hours_given", "usd", "usd_sequence_given"):
+        assert np.allclose(big[col], 1000 * small[col]), col  # linear in N
+    assert np.allclose(big.usd, 2.5 * big.device_hours)
+    cost = {p: res["by_policy"][p]["index_cost"] for p in ("reindex", "no_reindex")}
+    for p, c in cost.items():  # over the sequence: what the policy embedded, scaled to N images, at the throughput
+        alpha = 10**9 / 36  # the generated tiny tasks have 12 test images each
+        hours = alpha * (c["images_embedded"] / 5000 + c["captions_embedded"] / 20000) / 3600
+        assert big.loc[p, "device_hours_sequence_given"] == pytest.approx(hours)
+    ratio = big.loc["reindex", "images_sequence"] / big.loc["no_reindex", "images_sequence"]
+    assert ratio == pytest.approx(cost["reindex"]["images_embedded"] / cost["no_reindex"]["images_embedded"])
+    assert big.loc["reindex", "device_hours"] > big.loc["no_reindex", "device_hours"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--device-hour-price", "3"], "--device-hour-price needs --gallery-size N"),
+    (["--gallery-size", "0"], "--gallery-size must be >= 1"),
+    (["--gallery-size", "10", "--images-per-second", "5"], "--images-per-second and --captions-per-second go"),
+    (["--gallery-size", "10", "--device-hour-price", "-1"], "--device-hour-price must be > 0"),
+])
+def test_cost_options_are_checked_before_anything_is_read(argv, needle, tmp_path, capsys):
+    from ccr.cli import main
+
+    assert main(["analyze", str(tmp_path / "nothing"), *argv]) == 2
+    assert needle in capsys.readouterr().err and not (tmp_path / "nothing").exists()

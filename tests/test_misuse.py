@@ -126,13 +126,17 @@ def test_report_escapes_every_field_of_a_result(tmp_path):
 
     bad = "<script>alert(1)</script>"
     res = fake_result(bad, 0, 20.0, 5.0)
-    res["provenance"] = {"device": bad, "torch_threads": bad, "versions": {"ccr": bad, "torch": bad}, "host": bad}
+    res["provenance"] = {"device": bad, "torch_threads": 1, "versions": {"ccr": bad, "torch": bad}, "host": bad,
+                         "git": {"commit": bad}}
     res["by_policy"][bad] = res["by_policy"]["reindex"]
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "results.json").write_text(json.dumps(res))
+    res["provenance"]["torch_threads"] = bad  # not a number: this one is named and skipped, in escaped text
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "results.json").write_text(json.dumps(res))
     analyze(tmp_path)
     page = (tmp_path / "analysis" / "report.html").read_text()
-    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page and "torch_threads" in page
 
 
 def test_analysis_of_runs_of_mixed_configs_and_versions(tiny_cfg, tmp_path):
@@ -336,14 +340,13 @@ def test_malformed_visual_genome_records_are_named(file, change, needle, tmp_pat
         load_dataset(cfg)
 
 
-def test_no_crafted_results_file_aborts_an_analysis(tiny_cfg, tmp_path):
+def test_no_crafted_results_file_aborts_an_analysis(tiny_cfg, tmp_path, capsys):
     """Every field of a real results.json (anatomy, zero-shot, transfer, control, flips, backfill curve and the
     config included) replaced by a value of another type, one at a time: each file is either named and skipped
     as not a ccr result, or analysed; the analysis of all of them together completes."""
     import copy
     import math
 
-    from ccr.analysis.html_report import analyze
     from ccr.analysis.load import collect
     from ccr.results import problem
     from ccr.study import Study
@@ -377,5 +380,5 @@ def test_no_crafted_results_file_aborts_an_analysis(tiny_cfg, tmp_path):
     c = collect(runs)
     assert len(c.corrupt) == skipped and len(c.runs) + skipped == len(list(runs.glob("*/results.json")))
     assert all(why and len(why) < 200 for _, why in c.corrupt)
-    analyze(runs)
-    assert (runs / "analysis" / "report.html").is_file()
+    assert main(["analyze", str(runs), "--gallery-size", "1000000", "--device-hour-price", "2"]) == 0
+    assert (runs / "analysis" / "report.html").is_file() and (runs / "analysis" / "cost_at_scale.md").is_file()

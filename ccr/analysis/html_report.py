@@ -16,8 +16,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ccr.analysis import plots
+from ccr.analysis import economics, plots
 from ccr.analysis.aggregate import aggregate, initial_table, markdown_table
+from ccr.analysis.economics import Scale
 from ccr.analysis.effects import effects_markdown, paired_effects
 from ccr.analysis.load import collect, per_run_summary, provenance_frame, tidy
 from ccr.storage import Storage
@@ -55,20 +56,22 @@ def _md_to_html(md: str) -> str:
     return "\n".join(out) + "</tbody></table>"
 
 
-def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = False) -> Path | str:
+def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = False,
+            scale: Scale | None = None) -> Path | str:
     """Analyse every ccr result under `path` (a folder or storage URI); returns the output folder
     (a Path when it is local, else its URI without query).
 
     The output (default PATH/analysis) may be a URI too: it is made in a local folder, then uploaded.
+    `scale` (ccr analyze --gallery-size ...) adds what each policy costs at that gallery size.
     """
     root = Storage(path)
     dest = Storage(out) if out else root.child("analysis")
     c = collect(root)
     if dest.local_path is not None:
-        _write_analysis(root, c, dest.local_path, by_order)
+        _write_analysis(root, c, dest.local_path, by_order, scale)
     else:
         with tempfile.TemporaryDirectory() as tmp:
-            _write_analysis(root, c, Path(tmp), by_order)
+            _write_analysis(root, c, Path(tmp), by_order, scale)
             dest.upload_dir(tmp, "")
     log.info("analysis of %d runs written to %s", len(c.runs), dest.display())
     return dest.local_path or dest.display()
@@ -125,9 +128,71 @@ FIGURE_NOTES = {
     "stability_vs_forgetting": "One point per run: how stable old tasks' image embeddings stayed (cosine to when "
                                "learned; lower means more drift), against how much they were forgotten under "
                                "reindex.",
+    "backfill_curve": "Recall after the last task against the share of the old gallery re-embedded with the "
+                      "new model, in each order: 0 % is what no_reindex gives, 100 % what reindex gives.",
+    "cost_at_scale": "Each strategy × policy at the gallery size asked for: recall against the device-hours of "
+                     "embedding one model update costs; the line is the backfill curve, from embedding only the "
+                     "new task to re-embedding everything.",
     "stability": "How little the first task's embeddings move as later tasks are learned (cosine between its "
                  "items' embeddings under the current model and the model that learned it; 1 = not at all).",
 }
+
+
+ECON_TITLE = "Re-indexing: negative flips, backfill and cost at scale"
+ECON_INTRO = ("Negative flips: queries of old tasks that were hits at R@K before a model update and are misses "
+              "after it, in % of those queries, averaged over updates (RACT's negative flip rate; here the gallery "
+              "also grows with each task, which can push an old hit out of the top K without any drift). "
+              "Backfill: recall after the last task when a fraction of the old gallery is re-embedded with the new "
+              "model (0 = no_reindex, 1 = reindex), in each order. Cost at scale: the embeddings each policy "
+              "computes, scaled to a gallery of N images, at the embedding throughput the runs measured on their "
+              "device (and at a throughput you give).")
+
+
+def _fmt(v) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return html.escape(str(v)) if isinstance(v, str) else str(v)
+
+
+def frame_markdown(df: pd.DataFrame) -> str:
+    """A data frame as a markdown table, numbers to 4 significant digits, thousands separated."""
+    head = "| " + " | ".join(str(c) for c in df.columns) + " |"
+    rows = ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join([head, "|" + "---|" * len(df.columns), *rows])
+
+
+def _economics(c, summary: pd.DataFrame, out: Path, scale: Scale | None, k: int) -> tuple[list[str], list]:
+    """The re-indexing section (markdown) and its plots, with cost_at_scale.csv/.md and backfill.csv."""
+    md, figs = [], []
+    flips = economics.flips_table(summary, k)
+    if not flips.empty:
+        md += [f"## Negative flips at K={k} (% of old tasks' queries, mean over updates and runs)", "",
+               frame_markdown(flips), ""]
+    curve = economics.curve_frame(c.runs)
+    if not curve.empty:
+        curve.to_csv(out / "backfill.csv", index=False)
+        bs = economics.backfill_summary(curve, k)
+        md += [f"## Backfill after the last task, R@{k}: recall with none and all of the old gallery re-embedded, "
+               "and the fraction that gets 90 % of full backfill's recall back", "", frame_markdown(bs), ""]
+        figs += [plots.backfill_curves(curve, out, k, d) for d in ("t2i", "i2t")]
+    if scale is not None:
+        rows = economics.cost_rows(c.runs, scale, k)
+        table = economics.cost_table(rows)
+        if not table.empty:
+            table.to_csv(out / "cost_at_scale.csv", index=False)
+            show = [col for col in table.columns if not col.startswith(("images_sequence", "captions_sequence"))]
+            text = frame_markdown(table[show])
+            (out / "cost_at_scale.md").write_text(f"# Cost at a gallery of {scale.gallery_size:,} images\n\n{text}\n")
+            md += [f"## Cost at a gallery of {scale.gallery_size:,} images (per model update, and over the "
+                   "sequence; device-hours of embedding" + (f", USD at {scale.price:g} per device-hour"
+                                                           if scale.price is not None else "") + ")", "", text, ""]
+            figs += [plots.cost_at_scale(table, economics.curve_costs(c.runs, scale, k), out, scale.gallery_size,
+                                         k)]
+    if md:
+        md = [f"## {ECON_TITLE}", ECON_INTRO, *md]
+    return md, figs
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -187,6 +252,8 @@ def _provenance_html(prov: pd.DataFrame, summary: pd.DataFrame) -> str:
 
 
 def _runs_html(prov: pd.DataFrame) -> str:
+    if prov.empty:  # every results file was skipped: the problems list says why
+        return "<p>No runs.</p>"
     cols = ["run", "strategy", "seed", "status", "seconds", "torch_threads", "host", "commit"]
 
     def cell(v, c: str) -> str:
@@ -229,7 +296,7 @@ def paired_tables(summary: pd.DataFrame, k: int) -> tuple[pd.DataFrame, list[str
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), md
 
 
-def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
+def _write_analysis(root: Storage, c, out: Path, by_order: bool, scale: Scale | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     long = tidy(c)
     summary = per_run_summary(c)
@@ -256,6 +323,9 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     if not effects.empty:
         effects.to_csv(out / "effects.csv", index=False)
     md += [EFFECTS_INTRO, "", *effect_md]
+    k0 = ks[0] if ks else 1
+    econ_md, econ_figs = _economics(c, summary, out, scale, k0)
+    md += econ_md
     (out / "summary.md").write_text("\n".join(md))
     (out / "effects.md").write_text("\n".join([EFFECTS_INTRO, "", *effect_md]))
 
@@ -269,6 +339,7 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
         figs += [plots.stability_vs_forgetting(long, summary, out, k=k)]
         if not effects.empty:
             figs += [plots.effect_intervals(effects, out, k=k, metric=m) for m in ("t2i R", "i2t R")]
+    figs += econ_figs
     figs = [f for f in figs if f]
 
     problems = []
@@ -294,6 +365,10 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool) -> None:
     body += ["<h2>Paired effects: which differences are real</h2>", f"<p>{html.escape(EFFECTS_INTRO)}</p>"]
     body += [_md_to_html(t) if t.startswith("|") else f"<h3>{html.escape(t.lstrip('# '))}</h3>"
              for t in effect_md if t.strip()]
+    if econ_md:
+        body += [f"<h2>{ECON_TITLE}</h2>", f"<p>{html.escape(ECON_INTRO)}</p>"]
+        body += [_md_to_html(t) if t.startswith("|") else f"<h3>{html.escape(t.lstrip('# '))}</h3>"
+                 for t in econ_md[2:] if t.strip() and t != ECON_INTRO]
     body += ["<h2>Plots</h2>", *[_figure(f) for f in figs]]
     body += ["<h2>Failed, missing and incomplete runs</h2>",
              "<ul class=problems>" + "".join(f"<li>{p}</li>" for p in problems) + "</ul>" if problems
