@@ -97,12 +97,13 @@ def test_the_regimes_sweep_runs_the_values_chosen_on_val():
     repo = Path(__file__).resolve().parent.parent
     chosen = yaml.safe_load((repo / "sweeps" / "tuned" / "chosen.yaml").read_text())
     seen = set()
-    for sweep in ("regimes.yaml", "pretrained_methods.yaml"):  # the second adds wiseft, zscl and lora
+    # pretrained_methods adds wiseft, zscl and lora; reindexing and approx run some strategies in some regimes
+    for sweep in ("regimes.yaml", "pretrained_methods.yaml", "reindexing.yaml", "approx.yaml"):
         spec = load_spec(repo / "sweeps" / sweep)
         for cell in spec.cells():
             cfg = spec.config_for(cell)
             regime = REGIMES[tuple(cfg.tasks.pretrain), cfg.model.freeze]
-            assert cfg.tags == {k: cell[k] for k in ("regime", "method") if k in cell}
+            assert cfg.tags == {k: cell[k] for k in ("regime", "method") if k in cell}, (sweep, cfg.tags)
             name = "lora" if cfg.model.adapter.kind == "lora" else cfg.strategy.name
             want = {k: v for k, v in chosen[regime].get(name, {}).items() if not k.startswith("val/")}
             have = {"alpha": cfg.model.adapter.alpha} if name == "lora" else cfg.strategy.params.get(name, {})

@@ -74,6 +74,9 @@ def cost_rows(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.DataF
                    "images_sequence": img_all, "captions_sequence": cap_all,
                    "device_hours": _hours(img_u, cap_u, ips, cps), "device_hours_sequence": _hours(
                        img_all, cap_all, ips, cps),
+                   # the last update alone: where the backfill curve (after the last task) starts and ends
+                   "device_hours_last": _hours(alpha * steps[-1]["images"], alpha * steps[-1]["captions"], ips, cps)
+                   if steps else None,
                    f"t2i R@{k}": m.get(metric("avg_final_recall", "t2i", k)),
                    f"i2t R@{k}": m.get(metric("avg_final_recall", "i2t", k)),
                    f"t2i flips@{k}": m.get(metric("negative_flips", "t2i", k)),

@@ -93,6 +93,10 @@ GLOSSARY = [
     ("index cost", "how many embeddings (images + captions) the indexing policy computed over the whole "
                    "sequence to keep its galleries current: reindex embeds every gallery item after every task, "
                    "no_reindex each item once."),
+    ("negative flips", "queries of old tasks that were hits at R@K before a model update and are misses after "
+                       "it, in % of those queries, averaged over updates (RACT's negative flip rate)."),
+    ("backfill", "re-embedding a fraction of the old gallery with the new model after a task, the rest keeping "
+                 "its old embeddings: 0 is no_reindex, 1 is reindex (eval.backfill_curve)."),
     ("mean ± std, n", "each number is a mean over n runs (seeds, and task orders unless they are separate "
                       "rows); ± is the standard deviation over those runs, not a confidence interval, and is "
                       "left out when n = 1."),

@@ -389,24 +389,25 @@ def backfill_curves(curve: pd.DataFrame, out: Path, k: int = 1, direction: str =
 
 
 def cost_at_scale(costs: pd.DataFrame, curve_costs: pd.DataFrame, out: Path, n: int, k: int = 1) -> Path | None:
-    """Recall against device-hours per model update at a gallery of n images: a point per strategy × policy,
-    the backfill curve (in its `oldest` order where measured, else its first) through it."""
+    """Recall after the last task against the device-hours of that (last) model update at a gallery of n images:
+    a point per strategy × policy, the backfill curve (in its `oldest` order where measured, else its first)
+    through it, from embedding only the new task (no_reindex) to re-embedding everything (reindex)."""
     col_r = f"t2i R@{k}"
-    if costs.empty or costs.device_hours.isna().all():
+    if costs.empty or costs.device_hours_last.isna().all():
         return None
     col = colours(costs.strategy)
     pols = sorted(costs.policy.unique())
     mk = {p: MARKERS[i % len(MARKERS)] for i, p in enumerate(pols)}
     fig, ax = plt.subplots(figsize=(8, 4.4), layout="constrained")
     for _, r in costs.iterrows():
-        ax.scatter(r.device_hours, r[col_r], color=col[r.strategy], marker=mk[r.policy], s=36, zorder=3)
+        ax.scatter(r.device_hours_last, r[col_r], color=col[r.strategy], marker=mk[r.policy], s=36, zorder=3)
     if not curve_costs.empty:
         for s, g in curve_costs.groupby("strategy"):
             o = "oldest" if "oldest" in set(g.order) else sorted(g.order)[0]
             g = g[g.order == o].sort_values("fraction")
             ax.plot(g.device_hours, g.recall, color=col.get(s, "k"), lw=1, alpha=0.7)
     ax.set_xscale("log")
-    ax.set_xlabel(f"device-hours of embedding per model update, gallery of {n:,} images")
+    ax.set_xlabel(f"device-hours of embedding the last model update, gallery of {n:,} images")
     ax.set_ylabel(f"t2i R@{k} after the last task (%)")
     ax.grid(alpha=0.3, which="both")
     strat = [Line2D([], [], color=c_, marker="o", ls="", label=s_) for s_, c_ in col.items()]
