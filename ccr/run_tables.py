@@ -51,15 +51,18 @@ def first_k(res: dict[str, Any]) -> str:
 def summary_table(res: dict[str, Any]) -> str:
     k = first_k(res)
     cols = [metric(q, d, k) for d in ("i2t", "t2i") for q in ("avg_final_recall", "forgetting")]
-    lines = [f"{'policy':<18} {'cost(img+cap)':>14} " + " ".join(f"{c:>19}" for c in cols) + f" {'rsum':>7}"]
-    one_task = len(res["task_order"]) == 1  # forgetting needs a task after the one forgotten
+    flips = metric("negative_flips", "t2i", k)
+    lines = [f"{'policy':<18} {'cost(img+cap)':>14} " + " ".join(f"{c:>19}" for c in cols) + f" {'rsum':>7}"
+             + f" {flips:>23}"]
+    one_task = len(res["task_order"]) == 1  # forgetting (and a flip) needs a task after the one forgotten
     for name, r in res["by_policy"].items():
         m = r["metrics"]
         rsum = f"{m['rsum']:7.1f}" if m.get("rsum") is not None else f"{'-':>7}"
+        flip = f"{m[flips]:23.1f}" if m.get(flips) is not None else f"{'-':>23}"
         lines.append(f"{name:<18} {m['index_cost/embedded']:>14} "
                      + " ".join(f"{'-':>19}" if one_task and c.startswith("forgetting") else f"{m[c]:19.1f}"
                                 for c in cols)
-                     + f" {rsum}")
+                     + f" {rsum} {flip}")
     return "\n".join(lines)
 
 
