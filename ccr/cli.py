@@ -54,16 +54,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)  # a config error is reported before torch is imported
 
-    from ccr.distributed.runner import make_study, run_study
+    from ccr.notebook import run_config
     from ccr.run_tables import render
-    from ccr.storage import exclusive, open_storage
 
-    store = open_storage(args.out)
     setup_logging(args.verbose, args.quiet)
-    with exclusive(store, "run"):  # a second `ccr run` on this --out is refused, not interleaved
-        study = make_study(cfg, store, progress=not args.quiet)  # all input checks happen here
-        with study.logging_to_store():
-            res = run_study(study)
+    study, res = run_config(cfg, args.out, progress=not args.quiet)
     print(render(res))
     print(f"\nresults: {study.store.display('results.json')}")
     return 0

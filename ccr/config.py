@@ -203,10 +203,12 @@ class Config:
     # labels carried into results and analysis, not read by any stage (a sweep's named case sets
     # tags.<axis>: e.g. tags.regime=pretrained); so they never make two equal studies differ
     tags: dict[str, str] = field(default_factory=dict)
+    # the user's modules (.py files or module names) imported before the config is checked: the strategies,
+    # policies and dataset loaders they register (ccr.api) become valid names (ccr.plugins)
+    plugins: list[str] = field(default_factory=list)
 
 
 CHOICES: dict[str, tuple[str, ...]] = {
-    "data.kind": ("generated", "karpathy", "precomp", "visual_genome"),
     "train.loss": ("infonce", "vsepp", "siglip"),
     "train.device": ("auto", "cpu", "cuda"),
     "model.image.pool": ("mean", "cls"),

@@ -12,16 +12,24 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from ccr.config import CAPTIONS_PER_IMAGE, Config, parse_config, read_tree
+from ccr.config import CAPTIONS_PER_IMAGE, Config, ConfigError, parse_config, read_tree
 
 
 def build_config(tree: dict[str, Any]) -> Config:
-    """Build and validate a Config from a (possibly partial) nested dict (strategy defaults filled in)."""
+    """Build and validate a Config from a (possibly partial) nested dict (strategy defaults filled in). The
+    config's plugins are imported first, so what they register is valid here and in every process that builds
+    this config (sweep trials, Ray Train workers, shard actors)."""
+    from ccr.plugins import import_plugins
+
+    import_plugins(tree.get("plugins") if isinstance(tree, dict) else None)
     cfg = parse_config(tree)
     # imported here, not at module level: a typo'd key fails before torch is imported
+    from ccr.data.registry import data_kinds
     from ccr.policies import check_policy_names
     from ccr.strategies import check_strategy_config
 
+    if cfg.data.kind not in data_kinds():
+        raise ConfigError(f"config key 'data.kind': {cfg.data.kind!r} is not one of {', '.join(data_kinds())}")
     check_strategy_config(cfg.strategy)
     check_policy_names([cfg.index.policy, *cfg.index.compare])
     return with_defaults(cfg)

@@ -50,11 +50,14 @@ class IndexPolicy:
     def __init__(self, cfg: IndexConfig):
         self.cfg = cfg
 
-    def _embed(self, state: IndexState, inp: StepInput, modality: str, task: str, ids: np.ndarray,
-               counts: dict[str, int]) -> None:
-        """(Re-)embed gallery entries with θ_step, counting them."""
+    def embed_entries(self, state: IndexState, inp: StepInput, modality: str, task: str, ids: np.ndarray,
+                      counts: dict[str, int]) -> None:
+        """(Re-)embed gallery entries `ids` of `task` with θ_step, counting them: what `update_old` calls for
+        every entry it refreshes (ccr.api)."""
         counts[modality] += len(ids)
         state.galleries[modality].embed(task, ids, inp.step, inp.embedder)
+
+    _embed = embed_entries
 
     def _fit_embed(self, inp: StepInput, modality: str, ids: np.ndarray, counts: dict[str, int],
                    previous: bool) -> np.ndarray:

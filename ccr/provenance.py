@@ -8,13 +8,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import ccr
+from ccr._version import __version__
 
 PACKAGES = ("torch", "transformers", "faiss-cpu", "faiss-gpu", "numpy", "ray", "optuna")
 
 
 def versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "ccr": ccr.__version__}
+    out = {"python": platform.python_version(), "ccr": __version__}
     for p in PACKAGES:
         try:
             out[p] = metadata.version(p)

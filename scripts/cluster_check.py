@@ -36,6 +36,7 @@ CLUSTER_TEMPLATE = REPO / "scripts" / "cluster-local.yaml"
 KEY = Path.home() / ".ssh" / "ccr_cluster_key"
 WORK = Path("/tmp/ccr-cluster")
 RAY = shlex.quote(str(Path(sys.executable).parent / "ray"))  # the `ray` of the environment running this check
+PYTHON = shlex.quote(sys.executable)  # and its interpreter, for ccr itself
 S3_PORT = 9000
 HOSTS = ("127.0.0.3", "127.0.0.2")  # head, worker (see cluster-local.yaml)
 sys.path.insert(0, str(REPO))
@@ -47,7 +48,8 @@ def log(msg: str) -> None:
 
 def sh(cmd: str, check: bool = True, env: dict | None = None, timeout: float | None = None,
        quiet: bool = False) -> subprocess.CompletedProcess:
-    log(f"$ {cmd}")
+    if not quiet:
+        log(f"$ {cmd}")
     r = subprocess.run(cmd, shell=True, text=True, capture_output=True, env=env, timeout=timeout, cwd=REPO)
     if not quiet or r.returncode:
         out = (r.stdout + r.stderr).strip()
@@ -187,16 +189,35 @@ def main() -> int:
         sub_id = f"ccr-check-{int(time.time())}"
         runtime = {"env_vars": creds, "excludes": [".git", "runs", "*.egg-info"]}
         sets = " ".join(f"--set {shlex.quote(s)}" for s in a.set)
+        # the job's shell on the head node has no virtual environment on its PATH: run ccr with the
+        # interpreter that runs this check (as the nodes' own commands do), not whatever `ccr` is found there
         sh(f"{RAY} job submit --address http://127.0.0.1:8265 --no-wait --submission-id {sub_id} --working-dir . "
            f"--runtime-env-json {shlex.quote(json.dumps(runtime))} -- "
-           f"ccr sweep {a.sweep} --out {shlex.quote(uri)} {sets}", env=env)
+           f"{PYTHON} -m ccr.cli sweep {a.sweep} --out {shlex.quote(uri)} {sets}", env=env)
         t_sub = time.time()
 
         from ccr.storage import Storage
         from tests.trials import wait_for_checkpointed_trial
 
+        def job_status() -> str:
+            r = sh(f"{RAY} job status --address http://127.0.0.1:8265 {sub_id}", env=env, check=False, quiet=True)
+            return (r.stdout + r.stderr).lower()
+
+        def ended(status: str) -> bool:
+            return any(f"' {s}" in status for s in ("succeeded", "failed", "stopped"))
+
+        last_look = [0.0]
+
+        def job_running() -> bool:  # a job that ended (a wrong entrypoint, say) ends the wait, not the timeout
+            if time.time() - last_look[0] < 10:
+                return True
+            last_look[0] = time.time()
+            return not ended(job_status())
+
         runs = Storage(uri).child("runs")
-        victim = wait_for_checkpointed_trial(runs, worker_id, timeout=a.timeout, poll=1)
+        victim = wait_for_checkpointed_trial(runs, worker_id, timeout=a.timeout, poll=1, still_running=job_running)
+        if not victim:
+            sh(f"{RAY} job logs --address http://127.0.0.1:8265 {sub_id} | tail -n 20", env=env, check=False)
         assert victim, "no trial on the worker reached its first checkpoint"
         pids = subprocess.run(["pgrep", "-f", "raylet.*node_ip_address=127.0.0.2"], capture_output=True,
                               text=True).stdout.split()
@@ -209,9 +230,8 @@ def main() -> int:
 
         status = ""
         while time.time() - t_sub < a.timeout:
-            r = sh(f"{RAY} job status --address http://127.0.0.1:8265 {sub_id}", env=env, check=False, quiet=True)
-            status = (r.stdout + r.stderr).lower()
-            if any(f"' {s}" in status for s in ("succeeded", "failed", "stopped")):
+            status = job_status()
+            if ended(status):
                 break
             time.sleep(10)
         sweep_s = time.time() - t_sub
@@ -228,7 +248,7 @@ def main() -> int:
         assert res and all(r["status"] == "complete" for r in res.values())
         assert len(starts) >= 2 and res[victim]["resumes"], "the interrupted trial did not resume from the bucket"
         assert starts[0].split()[1] == worker_id and starts[-1].split()[1] != worker_id
-        sh(f"ccr analyze {shlex.quote(uri)}", env=env)
+        sh(f"{PYTHON} -m ccr.cli analyze {shlex.quote(uri)}", env=env)
         summary = Storage(uri).child("analysis").read_text("summary.md")
         print("\n".join(summary.splitlines()[:25]))
         ok = True

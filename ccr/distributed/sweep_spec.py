@@ -40,7 +40,8 @@ from ccr.configure import build_config
 from ccr.results import QUANTITIES, metric, metric_names
 
 SECTIONS = {f.name for f in dataclasses.fields(Config)}
-SPEC_KEYS = {"base", "set", "grid", "optuna", "resources", "max_concurrent_trials", "max_failures", "name"}
+SPEC_KEYS = {"base", "set", "grid", "optuna", "resources", "max_concurrent_trials", "max_failures", "name",
+             "plugins"}
 DISTRIBUTIONS = {"uniform", "loguniform", "int", "choice"}
 
 
@@ -140,6 +141,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
         raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)} (valid: {', '.join(sorted(SPEC_KEYS))})")
     base = raw.get("base")
     tree: dict[str, Any] = read_yaml(path.parent / base) if base else {}
+    if "plugins" in raw:  # the user's modules, as the config key of every trial (ccr.plugins)
+        set_path(tree, "plugins", raw["plugins"])
     for k, v in (raw.get("set") or {}).items():
         set_path(tree, k, v)
     for item in overrides or []:

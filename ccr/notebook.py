@@ -1,0 +1,78 @@
+"""The Python API behind `ccr.run`, `ccr.load_results` and `ccr.analyze`: what the CLI does, for a notebook."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ccr.config import Config, parse_override, set_path
+from ccr.configure import build_config, load_config
+
+
+def config_from(config: str | Path | dict[str, Any] | Config | None, overrides: list[str] | None = None) -> Config:
+    """A checked Config from a YAML file, a nested dict, a Config, or None (the embedded default)."""
+    if isinstance(config, Config):
+        from ccr.config import to_dict
+
+        config = to_dict(config)
+    if isinstance(config, dict):
+        tree = copy.deepcopy(config)
+        for item in overrides or []:
+            set_path(tree, *parse_override(item))
+        return build_config(tree)
+    return load_config(config, overrides)
+
+
+def run_config(cfg: Config, out: str | Path, progress: bool = False):
+    """Run (or resume) the study of `cfg` in `out` under its lock; returns (study, results)."""
+    from ccr.distributed.runner import make_study, run_study
+    from ccr.storage import exclusive, open_storage
+
+    store = open_storage(out)
+    with exclusive(store, "run"):  # a second run on this --out is refused, not interleaved
+        study = make_study(cfg, store, progress=progress)  # all input checks happen here
+        with study.logging_to_store():
+            return study, run_study(study)
+
+
+def run(config: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | None = None,
+        out: str | Path = "runs/default", progress: bool = False) -> dict[str, Any]:
+    return run_config(config_from(config, overrides), out, progress)[1]
+
+
+@dataclass
+class LoadedResults:
+    """The tables `ccr analyze` builds, as pandas DataFrames (the same columns as its CSV files)."""
+
+    tidy: pd.DataFrame  # one row per run, policy, step, task, direction, K and metric (tidy.csv)
+    per_run: pd.DataFrame  # one row per run, policy, direction and K: final recall, forgetting, ... (per_run.csv)
+    aggregate: pd.DataFrame  # means ± std over runs per configuration (aggregate.csv)
+    runs: pd.DataFrame  # provenance per run: versions, commit, host, time (runs.csv)
+    backfill: pd.DataFrame  # every backfill-curve record (backfill.csv), where measured
+    results: dict[str, dict[str, Any]] = field(repr=False, default_factory=dict)  # run name -> results.json
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (file, why) for files that are not results
+
+
+def load_results(path: str | Path) -> LoadedResults:
+    from ccr.analysis.aggregate import aggregate
+    from ccr.analysis.economics import curve_frame
+    from ccr.analysis.load import collect, per_run_summary, provenance_frame, tidy
+
+    c = collect(path)
+    summary = per_run_summary(c)
+    return LoadedResults(tidy(c), summary, aggregate(summary, False), provenance_frame(c), curve_frame(c.runs),
+                         c.runs, c.corrupt)
+
+
+def analyze(path: str | Path, out: str | Path | None = None, gallery_size: int | None = None,
+            price: float | None = None, images_per_second: float | None = None,
+            captions_per_second: float | None = None, by_order: bool = False) -> Path | str:
+    from ccr.analysis.economics import Scale
+    from ccr.analysis.html_report import analyze as _analyze
+
+    scale = None if gallery_size is None else Scale(gallery_size, price, images_per_second, captions_per_second)
+    return _analyze(path, out, by_order, scale)

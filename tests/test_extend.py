@@ -1,0 +1,179 @@
+"""What users add and how they drive ccr from Python: the public extension API (`ccr.api`), plugins from the
+user's own files (in a study, and imported by every trial of a sweep), and `ccr.run` / `ccr.load_results` /
+`ccr.analyze` for notebooks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from ccr.cli import main
+from tests.test_bad_input import REPO, _sets
+
+API = ["ArrayImages", "Batch", "ConfigError", "DataError", "Gallery", "IndexPolicy", "IndexState", "MODALITIES",
+       "NoParams", "RetrievalDataset", "STRATEGY_HOOKS", "StepInput", "Strategy", "TaskContext", "register_loader",
+       "register_policy", "register_strategy", "task_seed"]
+
+PLUGIN = '''
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ccr.api import MODALITIES, IndexPolicy, Strategy, register_loader, register_policy, register_strategy
+
+marks = Path(__file__).with_name("marks")  # every process that imports this plugin leaves its pid here
+marks.mkdir(exist_ok=True)
+(marks / str(os.getpid())).write_text("imported")
+
+
+@register_strategy
+class L2Anchor(Strategy):
+    name = "l2_anchor_test"
+
+    @dataclass
+    class Params:
+        weight: float = 0.01
+
+    def before_task(self, ctx, model):
+        self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    def loss_terms(self, ctx, model, batch):
+        if ctx.index == 0:
+            return {}
+        pull = sum(((p - self.anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in self.anchor)
+        return {"anchor_loss": self.params.weight * pull}
+
+
+@register_policy
+class ReindexFirstTask(IndexPolicy):
+    """Re-embed only the first task's entries (a policy from a user's file)."""
+
+    name = "reindex_first_task"
+
+    def update_old(self, state, inp, counts):
+        for m in MODALITIES:
+            if inp.step > 0:
+                first = inp.order[0]
+                self.embed_entries(state, inp, m, first, state.galleries[m].ids(first), counts)
+
+
+@register_loader("generated_copy")
+def load(cfg):
+    """A dataset loader from a user's file: here, the generated benchmark under another kind."""
+    from dataclasses import replace
+
+    from ccr.data.generated import load_generated
+
+    return load_generated(replace(cfg.data, kind="generated"))
+'''
+
+
+def test_the_public_api_keeps_its_names():
+    """A name that disappears from ccr.api breaks users' plugins: this list changes only on purpose."""
+    import ccr.api
+    from ccr import context, policies
+    from ccr.strategies import base
+
+    assert sorted(ccr.api.__all__) == sorted(API)
+    assert all(hasattr(ccr.api, n) for n in API)
+    assert ccr.api.Strategy is base.Strategy and ccr.api.register_strategy is base.register
+    assert ccr.api.IndexPolicy is policies.IndexPolicy and ccr.api.TaskContext is context.TaskContext
+    assert set(ccr.api.STRATEGY_HOOKS) <= set(dir(ccr.api.Strategy))
+
+
+def plugin_file(tmp_path, name="myplugin.py"):
+    folder = tmp_path / "elsewhere"  # outside the project
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text(PLUGIN)
+    return folder / name
+
+
+@pytest.fixture(autouse=True)
+def _plugins_env(monkeypatch):
+    """Importing a plugin records where it was found for child processes (CCR_PLUGINS): restored after each test."""
+    monkeypatch.setenv("CCR_PLUGINS", "{}")
+
+
+def test_a_plugin_strategy_policy_and_loader_run_in_a_study(tiny_overrides, tmp_path, capsys):
+    plug = plugin_file(tmp_path)
+    sets = [*tiny_overrides, f"plugins=[{plug}]", "data.n_tasks=2", "train.epochs=2"]
+    # its names are valid everywhere a config is checked, and listed among the valid choices
+    assert main(["run", "--quiet", "--out", str(tmp_path / "x"), *_sets([*sets, "strategy.name=nope"])]) == 2
+    assert "l2_anchor_test" in capsys.readouterr().err
+    out = tmp_path / "o"
+    assert main(["run", "--quiet", "--out", str(out), *_sets([*sets, "strategy.name=l2_anchor_test",
+                                                              "index.compare=[reindex_first_task]",
+                                                              "data.kind=generated_copy"])]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["strategy"] == "l2_anchor_test" and res["config"]["plugins"] == [str(plug)]
+    assert res["config"]["strategy"]["params"] == {"l2_anchor_test": {"weight": 0.01}}
+    first = res["by_policy"]["reindex_first_task"]["index_cost"]["per_step"]
+    assert first[1]["images"] == 2 * first[0]["images"]  # the new task's images and the first task's again
+    assert any("anchor_loss" in k for s in res["train"] for k in s)  # the strategy's term was trained
+
+
+@pytest.mark.parametrize("content, spec, needle", [
+    (None, "missing.py", "plugin 'missing.py': no such file"),
+    ("1 / 0\n", "bad.py", "plugin 'bad.py' failed to import: ZeroDivisionError: division by zero"),
+    (None, "no_such_module_here", "plugin 'no_such_module_here' failed to import: ModuleNotFoundError"),
+    ("from ccr.api import Strategy, register_strategy\n@register_strategy\nclass X(Strategy):\n    pass\n",
+     "noname.py", "plugin 'noname.py' failed to import: TypeError: X needs a `name`"),
+])
+def test_a_plugin_that_fails_to_import_is_one_line(content, spec, needle, tiny_overrides, tmp_path, capsys,
+                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    if content:
+        (tmp_path / spec).write_text(content)
+    assert main(["run", "--quiet", "--out", str(tmp_path / "o"), *_sets([*tiny_overrides, f"plugins=[{spec}]"])]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_a_sweep_of_a_plugin_strategy_imports_it_in_every_trial(tmp_path):
+    """The user's sweep file names a plugin by a path relative to their folder (outside the project); ccr starts
+    its own Ray; each trial (a Ray worker process) imports the plugin and trains its strategy."""
+    plug = plugin_file(tmp_path)
+    folder = plug.parent
+    (folder / "sweep.yaml").write_text(textwrap.dedent(f"""\
+        name: plug
+        plugins: [{plug.name}]
+        set: {{train.threads: 1}}
+        grid: {{strategy.name: [l2_anchor_test], seed: [0, 1]}}
+        resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
+        """))
+    from tests.test_sweep import tiny_sets
+
+    sets = [x for o in [*tiny_sets(tmp_path), "data.n_tasks=2", "train.epochs=2"] for x in ("--set", o)]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "ccr.cli", "sweep", "sweep.yaml", "--out", str(tmp_path / "out"),
+                          "--quiet", *sets], cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*/results.json")]
+    assert len(results) == 2 and {r["strategy"] for r in results} == {"l2_anchor_test"}
+    pids = {int(p.name) for p in (folder / "marks").iterdir()}
+    assert len(pids) >= 3, (pids, run.stderr[-2000:])  # the sweep's driver and the two trials' processes
+
+
+def test_the_python_api_runs_loads_and_analyses(tiny_overrides, tmp_path):
+    import ccr
+
+    out = tmp_path / "runs" / "a"
+    res = ccr.run(None, overrides=[*tiny_overrides, "data.n_tasks=2", "train.epochs=1"], out=out)
+    assert res == json.loads((out / "results.json").read_text())
+    again = ccr.run({"seed": 0, "eval": {"ks": [1, 5, 10]}}, overrides=[*tiny_overrides, "data.n_tasks=2",
+                                                                     "train.epochs=1"], out=out)
+    assert again["metrics"] == res["metrics"] and again["tasks_done"] == 2  # the same study: nothing trains again
+    loaded = ccr.load_results(tmp_path / "runs")
+    assert set(loaded.results) == {"a"} and not loaded.skipped
+    assert {"run", "policy", "step", "task", "direction", "k", "metric", "value"} <= set(loaded.tidy.columns)
+    row = loaded.per_run[(loaded.per_run.direction == "t2i") & (loaded.per_run.k == 1)].iloc[0]
+    assert row.avg_final_recall == pytest.approx(res["metrics"]["t2i/R@1"])
+    where = ccr.analyze(tmp_path / "runs", gallery_size=10**6, price=2.0)
+    assert (where / "report.html").is_file() and (where / "cost_at_scale.csv").is_file()
