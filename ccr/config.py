@@ -185,6 +185,17 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    """Where a study is watched live (ccr.tracking); none of it changes a number, so none of it makes two studies
+    differ."""
+
+    mlflow: str | None = None  # an MLflow tracking URI (http://host:5000, sqlite:///mlflow.db, a folder)
+    experiment: str | None = None  # default: the sweep's name, or the run's folder name
+    tensorboard: bool = False  # TensorBoard event files in each run's folder (tensorboard/)
+    parent: str | None = None  # set by `ccr sweep`: the sweep's own MLflow run, parent of its trials' runs
+
+
+@dataclass
 class CheckpointConfig:
     keep: int = 2  # task checkpoints kept in storage (the newest; resume needs only the last one)
 
@@ -200,6 +211,7 @@ class Config:
     index: IndexConfig = field(default_factory=IndexConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # labels carried into results and analysis, not read by any stage (a sweep's named case sets
     # tags.<axis>: e.g. tags.regime=pretrained); so they never make two equal studies differ
     tags: dict[str, str] = field(default_factory=dict)

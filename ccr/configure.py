@@ -32,6 +32,13 @@ def build_config(tree: dict[str, Any]) -> Config:
         raise ConfigError(f"config key 'data.kind': {cfg.data.kind!r} is not one of {', '.join(data_kinds())}")
     check_strategy_config(cfg.strategy)
     check_policy_names([cfg.index.policy, *cfg.index.compare])
+    if cfg.tracking.mlflow or cfg.tracking.tensorboard:  # a missing extra is one line, before anything runs
+        from ccr.tracking import require_mlflow, require_tensorboard
+
+        if cfg.tracking.mlflow:
+            require_mlflow()
+        if cfg.tracking.tensorboard:
+            require_tensorboard()
     return with_defaults(cfg)
 
 

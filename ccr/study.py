@@ -52,6 +52,7 @@ def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:
     for sec, key in NON_RESULT_KEYS:
         c.get(sec, {}).pop(key, None)
     c.pop("tags", None)  # labels only
+    c.pop("tracking", None)  # where the study is watched, not what it computes
     return c
 
 
@@ -120,6 +121,7 @@ class Study:
         cfg = resolve_model(cfg)  # what pretrained weights decide (embed_dim), and sizes that must agree
         self.cfg, self.progress, self.threads = cfg, progress, threads
         self.evaluator_cls, self.on_batch = evaluator, on_batch
+        self.tracker = None  # ccr.tracking.Tracker, made at the first results a tracked study writes
         if (cfg.index.shards > 1) != evaluator.shards_galleries:
             raise ValueError(f"index.shards={cfg.index.shards} but evaluator {evaluator.__name__} "
                              f"{'shards' if evaluator.shards_galleries else 'does not shard'} galleries: build the "
@@ -343,7 +345,23 @@ class Study:
         res = self.results(upto, complete)
         self.store.write_json("results.json", res)
         self.upload_log()
+        self.track(upto, res, complete)
         return res
+
+    def track(self, upto: int, res: dict[str, Any], complete: bool) -> None:
+        """The metrics after task `upto` (and at the end, the artifacts) to the trackers the config names."""
+        t = self.cfg.tracking
+        if not (t.mlflow or t.tensorboard):
+            return
+        if self.tracker is None:
+            from ccr.tracking import Tracker
+
+            name = Path(self.store.display().rstrip("/")).name or "ccr"
+            self.tracker = Tracker(self.cfg, self.store, name, self.config_dict, self.order)
+        train = self.train_stats[upto - 1] if len(self.train_stats) >= upto else None
+        self.tracker.after_task(upto - 1, results.flat_metrics(res), train)
+        if complete:
+            self.tracker.finish(self.store.read_bytes("results.json"), self.store.read_text("config.yaml"))
 
     def run(self) -> dict[str, Any]:
         self.prepare_out()

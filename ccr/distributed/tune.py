@@ -11,6 +11,7 @@ import logging
 import os
 import shlex
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,22 @@ class _NoTuneResumeAdvice(logging.Filter):
         return "Resume experiment with" not in record.getMessage()
 
 
+def _track_sweep(spec: SweepSpec, storage: Storage) -> tuple[str, str] | None:
+    """With tracking.mlflow: the sweep's own MLflow run, named as parent in every trial's config (and the
+    experiment defaulting to the sweep's name); returns (uri, run id)."""
+    t = spec.base_tree.get("tracking") or {}
+    if not t.get("mlflow"):
+        return None
+    from ccr.tracking import sweep_run
+
+    t = spec.base_tree.setdefault("tracking", {})
+    t.setdefault("experiment", spec.name)
+    run_id = sweep_run(t["mlflow"], t["experiment"], spec.name, storage)
+    if run_id:
+        t["parent"] = run_id
+    return (t["mlflow"], run_id) if run_id else None
+
+
 def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool, quiet: bool
                       ) -> tuple[int, int]:
     """Run the sweep's Tune experiments; returns (trials finished or failed, trials in the sweep): fewer
@@ -206,6 +223,7 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
                        {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial})
     storage.write_text("sweep.yaml", same["sweep"])
     storage.write_json("sweep_input.json", same)
+    tracked = _track_sweep(spec, storage)
     # ccr's SweepProgress reports on the trials; Tune's newer console output would still print its
     # configuration box, the results path and a TensorBoard hint at verbose=0. The classic one is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -241,6 +259,13 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     storage.write_json("sweep_status.json", summary)
     if spec.optuna:
         storage.write_json("best.json", summary["best"])
+    if tracked:  # the report of the finished sweep, to its MLflow run
+        from ccr.analysis.html_report import analyze
+        from ccr.tracking import sweep_finish
+
+        with tempfile.TemporaryDirectory() as tmp:
+            analyze(storage.uri, tmp)
+            sweep_finish(*tracked, Path(tmp))
     print(json.dumps({"storage": storage.display(), "trials": len(summary["trials"]),
                       "failed": len(summary["failed"])}))
     return finished, total

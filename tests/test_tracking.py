@@ -1,0 +1,179 @@
+"""Live tracking against a real MLflow tracking server (`mlflow server` on 127.0.0.1 with a SQLite store): a sweep's
+trials as MLflow runs with their metrics per task and artifacts, a resumed study continuing its run, a server
+that dies mid-study costing nothing but warnings, and TensorBoard event files."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ccr.cli import main
+from tests.test_bad_input import REPO, _sets
+
+mlflow = pytest.importorskip("mlflow")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MlflowServer:
+    """`mlflow server` in a process of its own, on 127.0.0.1, its store and artifacts under `folder`."""
+
+    def __init__(self, folder: Path):
+        self.port = free_port()
+        self.uri = f"http://127.0.0.1:{self.port}"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+             "--artifacts-destination", str(folder / "artifacts")],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(f"{self.uri}/health", timeout=2)
+                return
+            except OSError:
+                assert self.proc.poll() is None, "mlflow server exited"
+                time.sleep(0.5)
+        raise RuntimeError("mlflow server did not start")
+
+    def stop(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = MlflowServer(tmp_path / "mlflow")
+    yield s
+    if s.proc.poll() is None:
+        s.stop()
+
+
+def study_runs(client, experiment: str):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r}"
+    return client.search_runs([exp.experiment_id], "tags.`ccr.kind` = 'study'")
+
+
+@pytest.mark.slow
+def test_a_tracked_sweep_is_two_mlflow_runs_with_metrics_per_task_and_artifacts(server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from ccr.tracking import mlflow_name
+    from tests.test_sweep import tiny_sets, write
+
+    spec = write(tmp_path, {"name": "tracked", "grid": {"strategy.name": ["finetune", "lwf"]}})
+    sets = [x for o in [*tiny_sets(tmp_path), "data.n_tasks=3", "train.epochs=2", f"tracking.mlflow={server.uri}",
+                        "index.compare=[no_reindex]"] for x in ("--set", o)]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(out), "--quiet", *sets],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    client = MlflowClient(tracking_uri=server.uri)
+    runs = study_runs(client, "tracked")
+    assert len(runs) == 2
+    for r in runs:
+        res = json.loads(Path(r.data.tags["ccr.storage"], "results.json").read_text())
+        assert r.data.tags["strategy"] == res["strategy"] and r.data.tags["task_order"] == ">".join(res["task_order"])
+        assert r.data.params["train.epochs"] == "2" and r.info.status == "FINISHED"
+        for name, value in res["metrics"].items():
+            history = client.get_metric_history(r.info.run_id, mlflow_name(name))
+            # one value per task (negative flips from the second: no update before the first)
+            assert [m.step for m in history] == ([1, 2] if "negative_flips" in name else [0, 1, 2]), name
+            assert history[-1].value == pytest.approx(value), name  # the last: results.json's metric
+        assert len(client.get_metric_history(r.info.run_id, "no_reindex/t2i/R_at_1")) == 3
+        assert len(client.get_metric_history(r.info.run_id, "train/mean_loss")) == 3
+        assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"results.json", "config.yaml"}
+        assert r.data.tags["mlflow.parentRunId"]
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["ccr.kind"] == "sweep" and parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")} == {
+        "analysis/report.html", "analysis/summary.md"}
+
+
+def test_a_resumed_study_continues_its_run_and_a_dead_server_costs_nothing(server, tiny_overrides, tmp_path,
+                                                                          caplog):
+    from mlflow.tracking import MlflowClient
+
+    from ccr.study import checkpoint_path
+
+    out = tmp_path / "study"
+    sets = [*tiny_overrides, "data.n_tasks=3", "train.epochs=1", f"tracking.mlflow={server.uri}",
+            "tracking.experiment=resume"]
+    assert main(["run", "--quiet", "--out", str(out), *_sets(sets)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    checkpoint_path(out, 2, res["task_order"]).unlink()  # as if killed during the last task
+    (out / "results.json").unlink()
+    assert main(["run", "--quiet", "--out", str(out), *_sets(sets)]) == 0
+    client = MlflowClient(tracking_uri=server.uri)
+    (run,) = study_runs(client, "resume")  # the same run, continued
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "t2i/R_at_1")] == [0, 1, 2, 2]
+
+    server.stop()  # the tracking server is gone: warnings, and complete results
+    t = time.time()
+    other = tmp_path / "other"
+    assert main(["run", "--quiet", "--out", str(other), *_sets([*sets, "seed=1"])]) == 0
+    done = json.loads((other / "results.json").read_text())
+    assert done["status"] == "complete" and done["tasks_done"] == 3
+    assert any("tracking: MLflow at" in r.getMessage() and "the study goes on" in r.getMessage()
+               for r in caplog.records)
+    assert time.time() - t < 120
+
+
+def test_tensorboard_events_and_a_missing_extra(tiny_overrides, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    assert main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2", "train.epochs=1",
+                                                              "tracking.tensorboard=true"])]) == 0
+    ev = EventAccumulator(str(out / "tensorboard"))
+    ev.Reload()
+    res = json.loads((out / "results.json").read_text())
+    assert [s.step for s in ev.Scalars("t2i/R@1")] == [0, 1]
+    assert ev.Scalars("t2i/R@1")[-1].value == pytest.approx(res["metrics"]["t2i/R@1"])
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # as if the extra were not installed
+    assert main(["run", "--quiet", "--out", str(tmp_path / "x"), *_sets([*tiny_overrides,
+                                                                         "tracking.mlflow=http://127.0.0.1:9"])]) == 2
+    err = capsys.readouterr().err
+    assert 'needs MLflow: pip install -e ".[tracking]"' in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_a_tracking_server_stopped_mid_sweep_gives_warnings_and_complete_results(server, tmp_path):
+    from tests.test_sweep import results_in, tiny_sets, write
+
+    spec = write(tmp_path, {"name": "dies", "grid": {"seed": [0, 1]}, "max_concurrent_trials": 1})
+    sets = [x for o in [*tiny_sets(tmp_path), "data.n_tasks=3", "train.epochs=40", f"tracking.mlflow={server.uri}"]
+            for x in ("--set", o)]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(out), "--quiet", *sets],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list(out.glob("runs/*/tracking.json")):  # a trial's run was opened
+        time.sleep(0.3)
+    server.stop()
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    res = results_in(out)
+    assert len(res) == 2 and all(r["status"] == "complete" for r in res.values())
+    logs = "".join(p.read_text() for p in out.glob("runs/*/log.txt"))
+    assert "tracking: MLflow at" in logs and "the study goes on" in logs
