@@ -177,3 +177,23 @@ def test_the_python_api_runs_loads_and_analyses(tiny_overrides, tmp_path):
     assert row.avg_final_recall == pytest.approx(res["metrics"]["t2i/R@1"])
     where = ccr.analyze(tmp_path / "runs", gallery_size=10**6, price=2.0)
     assert (where / "report.html").is_file() and (where / "cost_at_scale.csv").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sets, processes", [
+    (["train.workers=2"], 3),  # the driver and 2 Ray Train workers
+    (["index.shards=2"], 3),  # the driver and 2 shard actors
+])
+def test_ray_train_workers_and_shard_actors_import_the_plugin(sets, processes, tiny_overrides, tmp_path):
+    """Every process that builds the study's config (Ray Train workers, shard actors) imports its plugin, whose
+    strategy it trains."""
+    plug = plugin_file(tmp_path)
+    sets = [*tiny_overrides, f"plugins=[{plug}]", "strategy.name=l2_anchor_test", "data.n_tasks=2",
+            "train.epochs=1", *sets]
+    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
+    run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--quiet", "--out", str(tmp_path / "o"),
+                          *_sets(sets)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["strategy"] == "l2_anchor_test"
+    pids = {int(p.name) for p in (plug.parent / "marks").iterdir()}
+    assert len(pids) >= processes, pids
