@@ -95,8 +95,15 @@ def plugin_file(tmp_path, name="myplugin.py"):
 
 @pytest.fixture(autouse=True)
 def _plugins_env(monkeypatch):
-    """Importing a plugin records where it was found for child processes (CCR_PLUGINS): restored after each test."""
+    """Importing a plugin records where it was found for child processes (CCR_PLUGINS) and adds to ccr's
+    registries: all restored after each test, so no later test sees a test plugin's names."""
+    from ccr import plugins, policies
+    from ccr.data import registry
+    from ccr.strategies import base
+
     monkeypatch.setenv("CCR_PLUGINS", "{}")
+    for holder, name in ((base, "REGISTRY"), (policies, "POLICIES"), (registry, "LOADERS"), (plugins, "_LOADED")):
+        monkeypatch.setattr(holder, name, type(getattr(holder, name))(getattr(holder, name)))
 
 
 def test_a_plugin_strategy_policy_and_loader_run_in_a_study(tiny_overrides, tmp_path, capsys):

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from ccr.config import Config
+from ccr.data import registry
 from ccr.data.dataset import DataError, RetrievalDataset
 from ccr.data.generated import FAMILIES, load_generated
 from ccr.data.karpathy import image_store, load_karpathy, verify_images
 from ccr.data.pixels import Pixels
-from ccr.data.registry import LOADERS
 from ccr.data.validated import load_validated
 
 __all__ = ["DataError", "RetrievalDataset", "load_dataset", "resolve_task_order", "sequence_tasks", "check_tasks",
@@ -22,8 +22,8 @@ def load_dataset(cfg: Config) -> RetrievalDataset:
     """The dataset named by `cfg.data`, fully checked; real datasets are parsed and checked once per
     content and node (ccr.data.validated), then read back by every worker, actor and trial."""
     d = cfg.data
-    if d.kind in LOADERS:  # a plugin's loader (ccr.api.register_loader)
-        ds = LOADERS[d.kind](cfg)
+    if d.kind in registry.LOADERS:  # a plugin's loader (ccr.api.register_loader)
+        ds = registry.LOADERS[d.kind](cfg)
         if not isinstance(ds, RetrievalDataset):
             raise DataError(f"the loader of data.kind={d.kind!r} returned {type(ds).__name__}, not a RetrievalDataset")
         return ds
