@@ -3,7 +3,8 @@
 Every `ccr run` and every sweep trial is one MLflow run: the flat config as params, strategy / policy / seed /
 task order as tags, after each task the headline metrics of that moment (what results.json's `metrics` would be
 had the sequence ended there, every compared policy included) as metric steps, the task's mean training loss,
-and at the end results.json's `metrics` (the last step of each history), results.json and config.yaml as
+the training loss of every epoch (`train/loss_per_epoch`, epochs counted over the sequence), and at the end
+results.json's `metrics` (the last step of each history), results.json and config.yaml as
 artifacts. The run's id is kept in the study's folder (`tracking.json`), so a resumed study continues its run.
 MLflow's own names may not hold `@`: `t2i/R@1` is logged as `t2i/R_at_1`.
 
@@ -136,13 +137,20 @@ class Tracker:
         scalars = dict(metrics)
         if train:
             scalars.update({f"train/{k}": v for k, v in train.items() if k in ("mean_loss", "pairs_per_s")})
+        # the training loss per epoch, on a step axis of its own: epochs counted over the whole sequence
+        epochs = list((train or {}).get("epoch_loss") or [])
+        per_epoch = {step * len(epochs) + e: v for e, v in enumerate(epochs)}
         if self.cfg.mlflow and self._start():
             try:
                 self._log_metrics(scalars, step)
+                for e, v in per_epoch.items():
+                    self._log_metrics({"train/loss_per_epoch": v}, e)
             except Exception as e:  # noqa: BLE001
                 self._warn("log metrics", e)
         if self.cfg.tensorboard:
             self._tensorboard(scalars, step)
+            for e, v in per_epoch.items():
+                self._tensorboard({"train/loss_per_epoch": v}, e)
 
     def finish(self, results_json: bytes, config_yaml: str) -> None:
         """The artifacts of a complete study, and the run marked finished."""

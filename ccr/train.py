@@ -113,6 +113,8 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
     first_bad = torch.full((), -1, device=dev)  # first batch whose loss was not finite (checked per epoch)
     last: dict[str, float] = {}
+    epoch_loss: list[float] = []  # the mean loss of each epoch (read where the epoch syncs anyway)
+    summed, counted = 0.0, 0
     bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {ctx.task}", leave=False,
                disable=None if (progress and dist.rank == 0) else True)
     plan = plan_batches(ctx, strategy, items, rng, steps_per_epoch, dist)
@@ -153,6 +155,9 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
             if not bar.disable and n_loss % 25 == 0:
                 bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
         last = {k: float(v.detach()) for k, v in terms.items()}
+        total_now = float(loss_sum)
+        epoch_loss.append((total_now - summed) / max(1, n_loss - counted))
+        summed, counted = total_now, n_loss
         if int(first_bad) >= 0:
             bar.close()
             terms_now = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
@@ -165,6 +170,7 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     secs = time.perf_counter() - t0
     stats = {"steps": step, "mean_loss": mean_loss, "seconds": secs,
              "pairs_per_s": n_pairs / secs if secs > 0 else 0.0, "train_images": int(len(items)),
+             "epoch_loss": epoch_loss,
              **{f"last/{k}": v for k, v in last.items()}}
     (log.info if ctx.rank == 0 else log.debug)(  # every rank trains; one reports
         "task %s: %d steps, mean loss %.4f, %.0f pairs/s", ctx.task, step, stats["mean_loss"], stats["pairs_per_s"])

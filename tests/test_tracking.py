@@ -99,6 +99,7 @@ def test_a_tracked_sweep_is_two_mlflow_runs_with_metrics_per_task_and_artifacts(
             assert history[-1].value == pytest.approx(value), name  # the last: results.json's metric
         assert len(client.get_metric_history(r.info.run_id, "no_reindex/t2i/R_at_1")) == 3
         assert len(client.get_metric_history(r.info.run_id, "train/mean_loss")) == 3
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "train/loss_per_epoch")] == list(range(6))
         assert {a.path for a in client.list_artifacts(r.info.run_id)} == {"results.json", "config.yaml"}
         assert r.data.tags["mlflow.parentRunId"]
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
