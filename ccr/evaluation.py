@@ -162,22 +162,23 @@ class Evaluator:
         in every order of eval.backfill_orders; exact search, in the study's scope."""
         e, old, seen = self.cfg.eval, self.order[:step], self.order[: step + 1]
         icfg = dataclasses.replace(self.cfg.index, approx="none")
-        pools = {}  # modality -> (ids, learned at, old embeddings, new embeddings, task of each), old tasks pooled
-        for m in MODALITIES:
+        # modality -> (ids, the step that learned each = its task's index, old embeddings, θ_step's), the old
+        # tasks pooled in order; None before there is an old task
+        pools: dict[str, tuple[np.ndarray, ...] | None] = {m: None for m in MODALITIES}
+        for m in MODALITIES if old else ():
             parts = []
             for i, t in enumerate(old):
                 ids = np.asarray(self.test_ids[t][m], np.int64)
                 o = np.argsort(ids, kind="stable")
-                parts.append((ids[o], np.full(len(ids), i), self.learned[t][m][o], embedder.embed(m, ids[o]),
-                              np.full(len(ids), i)))
-            pools[m] = [np.concatenate(x) if parts else np.zeros(0) for x in zip(*parts, strict=True)] \
-                if parts else None
+                parts.append((ids[o], np.full(len(ids), i), self.learned[t][m][o], embedder.embed(m, ids[o])))
+            pools[m] = tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+        n_old = {m: 0 if p is None else len(p[0]) for m, p in pools.items()}
         for o_i, order in enumerate(e.backfill_orders):
             ranks = {}
             for m_i, m in enumerate(MODALITIES):
                 if pools[m] is None:
                     continue
-                ids, ver, old_emb, _, _ = pools[m]
+                ids, ver, old_emb, _ = pools[m]
                 mat = None
                 if order == "drift" and fit is not None and prev_embedder is not None:
                     mat = fit_linear_map(prev_embedder.embed(m, fit[m]), embedder.embed(m, fit[m]),
@@ -185,21 +186,20 @@ class Evaluator:
                 rng = np.random.default_rng(task_seed(self.cfg.seed, step, 10 + 2 * o_i + m_i))
                 ranks[m] = backfill_rank(order, ids, ver, old_emb, rng, mat)
             for f in e.backfill_curve:
-                state, counts = IndexState.empty(icfg, self.search_device), {}
+                state, counts = IndexState.empty(icfg, self.search_device), {m: 0 for m in MODALITIES}
                 for m in MODALITIES:
                     g, new_ids = state.galleries[m], self.test_ids[self.order[step]][m]
                     g.put(self.order[step], new_ids, embedder.embed(m, new_ids), step)
                     if pools[m] is None:
-                        counts[m] = 0
                         continue
-                    ids, ver, old_emb, new_emb, task_of = pools[m]
+                    ids, ver, old_emb, new_emb = pools[m]
                     pick = np.zeros(len(ids), bool)
                     pick[ranks[m][: chosen(len(ids), f)]] = True
                     counts[m] = int(pick.sum())
                     emb = np.where(pick[:, None], new_emb, old_emb)
                     version = np.where(pick, step, ver)
                     for i, t in enumerate(old):
-                        sel = task_of == i
+                        sel = ver == i
                         g.put(t, ids[sel], emb[sel], version[sel])
                 rows = evaluate_step(state, embedder, self.ds, seen, e.scope, e.ks)
                 for d in DIRECTIONS:
@@ -207,9 +207,7 @@ class Evaluator:
                         self.curve.append({"step": step, "order": order, "fraction": float(f), "direction": d,
                                            "k": k, "recall": float(np.mean([rows[d][t][k] for t in seen])),
                                            "images": counts["images"], "captions": counts["captions"],
-                                           "old_images": 0 if pools["images"] is None else len(pools["images"][0]),
-                                           "old_captions": 0 if pools["captions"] is None
-                                           else len(pools["captions"][0])})
+                                           "old_images": n_old["images"], "old_captions": n_old["captions"]})
 
     def _negative_flips(self, name: str, step: int, ranks: dict[str, dict[str, np.ndarray]]) -> None:
         """Old tasks' queries (learned before this step) that were hits at R@K after the previous step and are

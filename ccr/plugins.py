@@ -11,6 +11,7 @@ found it (CCR_PLUGINS, inherited); on a cluster, relative paths resolve in the j
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import json
@@ -64,7 +65,8 @@ def import_plugin(spec: str) -> ModuleType:
                 raise ConfigError(f"plugin {spec!r}: no such file (looked in "
                                   f"{', '.join(str(f.parent) for f in found)})")
             file = file.resolve()
-            name = f"ccr_plugin_{file.stem}_{abs(hash(str(file))) % 10**8}"
+            # the same module name in every process (str's hash is salted per process; this digest is not)
+            name = f"ccr_plugin_{file.stem}_{hashlib.sha256(str(file).encode()).hexdigest()[:10]}"
             mod_spec = importlib.util.spec_from_file_location(name, file)
             module = importlib.util.module_from_spec(mod_spec)
             sys.modules[name] = module

@@ -64,6 +64,30 @@ def require_tensorboard() -> None:
                           "pip install tensorboard)") from None
 
 
+def _quick_http() -> None:
+    """MLflow retries a failed request for minutes by default: a dead server must cost seconds."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
+def _first_line(e: Exception) -> str:
+    return str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+
+
+def open_run(client, uri: str, store, experiment: str, name: str, tags: dict[str, str]) -> tuple[str, bool]:
+    """The MLflow run recorded in `store` (tracking.json) for this server, continued; else a new run in
+    `experiment` (made if missing), recorded there. Returns (run id, whether it is new)."""
+    known = (store.read_json(STATE) if store.is_file(STATE) else {}).get("mlflow") or {}
+    if known.get("run_id") and known.get("uri") == uri:  # resumed: the same run
+        client.update_run(known["run_id"], status="RUNNING")
+        return known["run_id"], False
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run_id = client.create_run(exp_id, tags=tags, run_name=name).info.run_id
+    store.write_json(STATE, {"mlflow": {"uri": uri, "run_id": run_id, "experiment_id": exp_id}})
+    return run_id, True
+
+
 class Tracker:
     """What one study sends to its trackers; every call is safe (a failure is a warning, once per kind)."""
 
@@ -75,59 +99,46 @@ class Tracker:
         self.warned: set[str] = set()
         self.tb = None
         self.tb_dir: Path | None = None
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        _quick_http()
 
     # ---- MLflow ------------------------------------------------------------------------------
     def _warn(self, what: str, e: Exception) -> None:
         if what not in self.warned:
             self.warned.add(what)
-            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-            log.warning("tracking: MLflow at %s: cannot %s (%s); the study goes on", self.cfg.mlflow, what, first)
+            log.warning("tracking: MLflow at %s: cannot %s (%s); the study goes on", self.cfg.mlflow, what,
+                        _first_line(e))
 
     def _start(self) -> bool:
         if self.run_id is not None:
             return True
         try:
-            from mlflow.entities import Param, RunTag
+            from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
 
             self.client = MlflowClient(tracking_uri=self.cfg.mlflow)
-            state = self.store.read_json(STATE) if self.store.is_file(STATE) else {}
-            known = state.get("mlflow") or {}
-            if known.get("run_id") and known.get("uri") == self.cfg.mlflow:  # a resumed study: the same run
-                self.run_id = known["run_id"]
-                self.client.update_run(self.run_id, status="RUNNING")
-                return True
-            name = self.cfg.experiment or self.run_name
-            exp = self.client.get_experiment_by_name(name)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(name)
             c = self.full_cfg
             strategy = c.strategy.name if isinstance(c.strategy.name, str) else "+".join(c.strategy.name)
             tags = {"ccr.kind": "study", "strategy": strategy, "policy": c.index.policy, "seed": str(c.seed),
                     "task_order": ">".join(self.task_order), "ccr.storage": self.store.display(),
                     **({"mlflow.parentRunId": self.cfg.parent} if self.cfg.parent else {}),
                     **{f"tag.{k}": str(v) for k, v in c.tags.items()}}
-            run = self.client.create_run(exp_id, tags=tags, run_name=self.run_name)
-            self.run_id = run.info.run_id
-            self.store.write_json(STATE, {"mlflow": {"uri": self.cfg.mlflow, "run_id": self.run_id,
-                                                     "experiment_id": exp_id}})
-            params = [Param(k[:250], v[:6000]) for k, v in flat(self.config_dict).items()]
-            for i in range(0, len(params), 100):
-                self.client.log_batch(self.run_id, params=params[i:i + 100])
-            self.client.log_batch(self.run_id, tags=[RunTag("ccr.params", str(len(params)))])
+            self.run_id, new = open_run(self.client, self.cfg.mlflow, self.store,
+                                        self.cfg.experiment or self.run_name, self.run_name, tags)
+            if new:
+                params = [Param(k[:250], v[:6000]) for k, v in flat(self.config_dict).items()]
+                for i in range(0, len(params), 100):
+                    self.client.log_batch(self.run_id, params=params[i:i + 100])
             return True
         except Exception as e:  # noqa: BLE001  (a tracker never costs a result)
             self._warn("start a run", e)
             self.client, self.run_id = None, None
             return False
 
-    def _log_metrics(self, metrics: dict[str, float], step: int) -> None:
+    def _log_metrics(self, points: list[tuple[str, float, int]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        ms = [Metric(mlflow_name(k), float(v), now, step) for k, v in metrics.items()
-              if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        ms = [Metric(mlflow_name(k), v, now, step) for k, v, step in points]
         for i in range(0, len(ms), 1000):
             self.client.log_batch(self.run_id, metrics=ms[i:i + 1000])
 
@@ -137,20 +148,18 @@ class Tracker:
         scalars = dict(metrics)
         if train:
             scalars.update({f"train/{k}": v for k, v in train.items() if k in ("mean_loss", "pairs_per_s")})
+        points = [(k, float(v), step) for k, v in scalars.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
         # the training loss per epoch, on a step axis of its own: epochs counted over the whole sequence
         epochs = list((train or {}).get("epoch_loss") or [])
-        per_epoch = {step * len(epochs) + e: v for e, v in enumerate(epochs)}
+        points += [("train/loss_per_epoch", float(v), step * len(epochs) + e) for e, v in enumerate(epochs)]
         if self.cfg.mlflow and self._start():
             try:
-                self._log_metrics(scalars, step)
-                for e, v in per_epoch.items():
-                    self._log_metrics({"train/loss_per_epoch": v}, e)
+                self._log_metrics(points)
             except Exception as e:  # noqa: BLE001
                 self._warn("log metrics", e)
         if self.cfg.tensorboard:
-            self._tensorboard(scalars, step)
-            for e, v in per_epoch.items():
-                self._tensorboard({"train/loss_per_epoch": v}, e)
+            self._tensorboard(points)
 
     def finish(self, results_json: bytes, config_yaml: str) -> None:
         """The artifacts of a complete study, and the run marked finished."""
@@ -166,7 +175,7 @@ class Tracker:
             self._warn("log artifacts", e)
 
     # ---- TensorBoard -------------------------------------------------------------------------
-    def _tensorboard(self, scalars: dict[str, float], step: int) -> None:
+    def _tensorboard(self, points: list[tuple[str, float, int]]) -> None:
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -175,9 +184,8 @@ class Tracker:
                 self.tb_dir = (local / "tensorboard") if local is not None else Path(
                     tempfile.mkdtemp(prefix="ccr-tensorboard-"))
                 self.tb = SummaryWriter(log_dir=str(self.tb_dir))
-            for k, v in scalars.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(k, float(v), step)
+            for k, v, step in points:
+                self.tb.add_scalar(k, v, step)
             self.tb.flush()
             if self.store.local_path is None:  # a study in an object store: its event files go there too
                 self.store.upload_dir(self.tb_dir, "tensorboard")
@@ -190,24 +198,15 @@ class Tracker:
 def sweep_run(uri: str, experiment: str, name: str, store) -> str | None:
     """The sweep's own MLflow run (the parent of its trials' runs), continued when the sweep resumes; None
     (with a warning) where the server cannot be reached."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    _quick_http()
     try:
         from mlflow.tracking import MlflowClient
 
-        client = MlflowClient(tracking_uri=uri)
-        known = (store.read_json(STATE) if store.is_file(STATE) else {}).get("mlflow") or {}
-        if known.get("run_id") and known.get("uri") == uri:
-            client.update_run(known["run_id"], status="RUNNING")
-            return known["run_id"]
-        exp = client.get_experiment_by_name(experiment)
-        exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
-        run = client.create_run(exp_id, tags={"ccr.kind": "sweep", "ccr.storage": store.display()}, run_name=name)
-        store.write_json(STATE, {"mlflow": {"uri": uri, "run_id": run.info.run_id, "experiment_id": exp_id}})
-        return run.info.run_id
+        tags = {"ccr.kind": "sweep", "ccr.storage": store.display()}
+        return open_run(MlflowClient(tracking_uri=uri), uri, store, experiment, name, tags)[0]
     except Exception as e:  # noqa: BLE001
         log.warning("tracking: MLflow at %s: cannot start the sweep's run (%s); the sweep goes on", uri,
-                    str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__)
+                    _first_line(e))
         return None
 
 
@@ -222,5 +221,4 @@ def sweep_finish(uri: str, run_id: str, analysis: Path) -> None:
                 client.log_artifact(run_id, str(analysis / name), "analysis")
         client.set_terminated(run_id, status="FINISHED")
     except Exception as e:  # noqa: BLE001
-        log.warning("tracking: MLflow at %s: cannot log the sweep's analysis (%s)", uri,
-                    str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__)
+        log.warning("tracking: MLflow at %s: cannot log the sweep's analysis (%s)", uri, _first_line(e))

@@ -42,6 +42,12 @@ def _gallery(res: dict[str, Any]) -> tuple[int, float]:
     return n_img, ratio
 
 
+def _throughput(res: dict[str, Any]) -> tuple[float | None, float | None]:
+    """Images and captions embedded per second in the run, on its recorded device."""
+    emb = res.get("embedding") or {}
+    return (emb.get("images") or {}).get("per_second"), (emb.get("captions") or {}).get("per_second")
+
+
 def _count(v: Any) -> int:
     """A count from a results file; 0 where it is not a finite number (a damaged or hand-edited file)."""
     return int(v) if isinstance(v, (int, float)) and np.isfinite(v) else 0
@@ -54,8 +60,7 @@ def cost_rows(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.DataF
     for name, res in runs.items():
         n_img, ratio = _gallery(res)
         emb = res.get("embedding") or {}
-        ips = (emb.get("images") or {}).get("per_second")
-        cps = (emb.get("captions") or {}).get("per_second")
+        ips, cps = _throughput(res)
         if not n_img:
             continue
         alpha = scale.gallery_size / n_img
@@ -153,8 +158,7 @@ def curve_costs(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.Dat
     rows = []
     for name, res in runs.items():
         n_img, ratio = _gallery(res)
-        emb = res.get("embedding") or {}
-        ips, cps = (emb.get("images") or {}).get("per_second"), (emb.get("captions") or {}).get("per_second")
+        ips, cps = _throughput(res)
         curve = [r for r in res.get("backfill_curve") or [] if r["k"] == k and r["direction"] == "t2i"]
         if not curve or not n_img:
             continue

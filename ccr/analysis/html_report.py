@@ -168,7 +168,8 @@ def frame_markdown(df: pd.DataFrame) -> str:
 
 
 def _economics(c, summary: pd.DataFrame, out: Path, scale: Scale | None, k: int) -> tuple[list[str], list]:
-    """The re-indexing section (markdown) and its plots, with cost_at_scale.csv/.md and backfill.csv."""
+    """The re-indexing section's tables (markdown, under their titles) and its plots, with cost_at_scale.csv/.md
+    and backfill.csv."""
     md, figs = [], []
     flips = economics.flips_table(summary, k)
     if not flips.empty:
@@ -194,9 +195,13 @@ def _economics(c, summary: pd.DataFrame, out: Path, scale: Scale | None, k: int)
                                                            if scale.price is not None else "") + ")", "", text, ""]
             figs += [plots.cost_at_scale(table, economics.curve_costs(c.runs, scale, k), out, scale.gallery_size,
                                          k)]
-    if md:
-        md = [f"## {ECON_TITLE}", ECON_INTRO, *md]
     return md, figs
+
+
+def _sections_html(md: list[str]) -> list[str]:
+    """Markdown lines of `## title` and tables as HTML: each title a heading, each table a table."""
+    return [_md_to_html(t) if t.startswith("|") else f"<h3>{html.escape(t.lstrip('# '))}</h3>"
+            for t in md if t.strip()]
 
 
 def _parquet_safe(df: pd.DataFrame) -> pd.DataFrame:
@@ -329,7 +334,8 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool, scale: Scale | 
     md += [EFFECTS_INTRO, "", *effect_md]
     k0 = ks[0] if ks else 1
     econ_md, econ_figs = _economics(c, summary, out, scale, k0)
-    md += econ_md
+    if econ_md:
+        md += [f"## {ECON_TITLE}", ECON_INTRO, *econ_md]
     (out / "summary.md").write_text("\n".join(md))
     (out / "effects.md").write_text("\n".join([EFFECTS_INTRO, "", *effect_md]))
 
@@ -367,12 +373,9 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool, scale: Scale | 
     if initial:
         body += [f"<h2>{INITIAL_TITLE}</h2>", f"<p>{html.escape(INITIAL_INTRO)}</p>", _md_to_html(initial)]
     body += ["<h2>Paired effects: which differences are real</h2>", f"<p>{html.escape(EFFECTS_INTRO)}</p>"]
-    body += [_md_to_html(t) if t.startswith("|") else f"<h3>{html.escape(t.lstrip('# '))}</h3>"
-             for t in effect_md if t.strip()]
+    body += _sections_html(effect_md)
     if econ_md:
-        body += [f"<h2>{ECON_TITLE}</h2>", f"<p>{html.escape(ECON_INTRO)}</p>"]
-        body += [_md_to_html(t) if t.startswith("|") else f"<h3>{html.escape(t.lstrip('# '))}</h3>"
-                 for t in econ_md[2:] if t.strip() and t != ECON_INTRO]
+        body += [f"<h2>{ECON_TITLE}</h2>", f"<p>{html.escape(ECON_INTRO)}</p>", *_sections_html(econ_md)]
     body += ["<h2>Plots</h2>", *[_figure(f) for f in figs]]
     body += ["<h2>Failed, missing and incomplete runs</h2>",
              "<ul class=problems>" + "".join(f"<li>{p}</li>" for p in problems) + "</ul>" if problems
