@@ -42,7 +42,10 @@ class DataConfig:
     num_workers: int = 0  # DataLoader worker processes decoding images ahead of training (0: in the loop)
     prefetch_factor: int = 2  # batches decoded ahead per worker
     in_memory: bool | None = None  # decode every image once into memory (None: when it fits in 2 GiB)
-    image_cache: bool = False  # decode once into a uint8 memory-mapped file under cache_dir, shared by trials
+    # decode once into a uint8 memory-mapped file under cache_dir, shared by the trials of a node (true or node), or
+    # built once per cluster into shared_cache and downloaded by the other nodes instead of decoding (shared)
+    image_cache: bool | str = False
+    shared_cache: str | None = None  # folder or URI of shared caches (default: the sweep's or run's storage, cache/)
     # generated: test images of each shape family the sequence never learns (those after n_tasks), as control
     # data (eval.control); rendered after everything else, so the other images stay as they are
     control_per_task: int = 0
@@ -446,6 +449,8 @@ def _validate_data(d: DataConfig) -> None:
     for key in ("num_workers", "val_per_task", "min_caption_words"):
         if getattr(d, key) < 0:
             raise ConfigError(f"config key 'data.{key}': must be >= 0, got {getattr(d, key)}")
+    if d.image_cache not in (False, True, "node", "shared"):
+        raise ConfigError(f"config key 'data.image_cache': false, true (= node) or shared, got {d.image_cache!r}")
     if d.prefetch_factor < 1:
         raise ConfigError(f"config key 'data.prefetch_factor': must be >= 1, got {d.prefetch_factor}")
     if d.captions_per_image is not None and d.captions_per_image < 1:

@@ -2,8 +2,8 @@
 
 Every process that builds a model (the driver, Ray Train workers, shard actors) resolves the same
 `model.pretrained` / `model.image.pretrained` / `model.text.pretrained` here, so they all read one
-local folder: a local path as it is, a storage URI (`s3://...`) copied once per node into ccr's
-cache (a file lock makes one process copy, a marker written last says the copy is whole), a hub id
+local folder: a local path as it is, a storage URI (`s3://...`) staged once per node and content into
+ccr's cache (`ccr.staging`: a file lock makes one process copy, a marker written last says it is whole), a hub id
 through the Hugging Face cache where the network allows (offline: one line naming the id).
 """
 
@@ -23,35 +23,22 @@ from ccr.errors import ConfigError
 # complete dual encoders ccr loads (config.json's model_type)
 COMPLETE = ("clip", "siglip")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-COMPLETE_MARKER = ".ccr-complete"
 
 
 def _staged(uri: str, what: str) -> Path:
-    """A folder in storage copied to this node's cache once (the next call finds the marker)."""
-    from ccr.storage import Storage, cache_root, node_lock
+    """A folder in storage, staged on this node (ccr.staging: once per node and content)."""
+    from ccr.staging import stage
 
-    dest = cache_root(None) / "weights" / hashlib.sha256(uri.encode()).hexdigest()[:24]
-    if (dest / COMPLETE_MARKER).is_file():
-        return dest
-    with node_lock(dest.with_suffix(".lock")):
-        if not (dest / COMPLETE_MARKER).is_file():
-            store = Storage(uri)
-            try:
-                if not store.files():
-                    raise ConfigError(f"{what}: {uri} holds no files")
-                store.download_dir("", dest)
-            except ConfigError:
-                raise
-            except Exception as e:  # noqa: BLE001 - any storage failure is one line
-                raise ConfigError(f"{what}: cannot read {uri} ({type(e).__name__}: {str(e)[:160]})") from e
-            (dest / COMPLETE_MARKER).write_text(uri)
-    return dest
+    got = stage(uri, what)
+    if got.kind != "folder":
+        raise ConfigError(f"{what}: {got.shown} is an object; give the prefix (folder) that holds config.json")
+    return got.local
 
 
 @lru_cache(maxsize=32)
 def local_folder(spec: str, what: str = "model.pretrained") -> Path:
     """The local folder that holds `spec`'s files (see the module docstring)."""
-    p = Path(spec).expanduser()
+    p = Path(spec.removeprefix("file://")).expanduser()
     if p.is_dir():
         return p.resolve()
     if "://" in spec:
@@ -149,7 +136,7 @@ def fingerprint(spec: str) -> str:
     same path are other weights (caches keyed by it: pretraining)."""
     folder = local_folder(spec)
     h = hashlib.sha256()
-    for f in sorted(x for x in folder.rglob("*") if x.is_file() and x.name != COMPLETE_MARKER):
+    for f in sorted(x for x in folder.rglob("*") if x.is_file()):
         h.update(f"{f.relative_to(folder)}\n".encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 22), b""):

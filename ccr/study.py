@@ -44,7 +44,7 @@ log = logging.getLogger(__name__)
 # CPU the number of torch threads changes reductions, and so the numbers (t2i R@1 after task 1 moved
 # from 47.5 to 43.0 between 1 and 2 threads, same seed); the effective count is checked on resume too
 NON_RESULT_KEYS = {("train", "max_failures"), ("eval", "batch_size"), ("checkpoint", "keep"),
-                   ("tasks", "pretrain_cache")}
+                   ("tasks", "pretrain_cache"), ("data", "shared_cache")}
 
 
 def _comparable(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -48,3 +48,17 @@ def ray_local():
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """moto's S3 on 127.0.0.1 with a bucket 'ccr', shared by the tests of a session."""
+    import logging
+
+    from tests.s3server import S3Server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = S3Server().start()
+    server.make_bucket("ccr")
+    yield server
+    server.stop()

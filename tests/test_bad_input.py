@@ -255,15 +255,16 @@ def test_a_truncated_jpeg_is_named_before_training_and_good_verdicts_are_cached(
 
     paths = make_karpathy(tmp_path)
     over = ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
-            f"data.tasks_file={paths['tasks_file']}", f"data.cache_dir={tmp_path / 'cache'}"]
+            f"data.tasks_file={paths['tasks_file']}", f"data.cache_dir={tmp_path / 'cache'}", "data.in_memory=false"]
     load_dataset(load_config(None, over))  # every image decodes: verdicts cached
     (cache,) = (tmp_path / "cache" / "image_checks").glob("*.json")
     assert len(json.loads(cache.read_text())) == 24
     jpeg = paths["images"] / "sub" / "img_000.jpg"
     data = jpeg.read_bytes()
     jpeg.write_bytes(data[: len(data) // 2])  # Image.verify() accepts this; decoding does not
-    with pytest.raises(DataError, match="unreadable image files.*img_000.jpg"):
-        load_dataset(load_config(None, over))
+    for how in ("data.in_memory=false", "data.in_memory=true", "data.image_cache=true"):  # every pixel store
+        with pytest.raises(DataError, match="unreadable image files.*img_000.jpg"):
+            load_dataset(load_config(None, [*over, how]))
 
 
 def test_an_output_folder_that_cannot_be_written_fails_before_training(tiny_overrides, capsys):

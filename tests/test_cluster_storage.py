@@ -8,7 +8,6 @@ writes must reach the bucket, a trial retried on another node must resume from t
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import threading
 import time
@@ -17,19 +16,9 @@ import pytest
 
 from ccr.storage import Storage
 from tests.conftest import TINY
-from tests.s3server import S3Server
 from tests.trials import wait_for_checkpointed_trial
 
 ray = pytest.importorskip("ray")
-
-
-@pytest.fixture(scope="module")
-def s3():
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = S3Server().start()
-    server.make_bucket("ccr")
-    yield server
-    server.stop()
 
 
 def test_storage_round_trip_on_s3(s3):

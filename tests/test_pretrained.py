@@ -165,21 +165,25 @@ def test_a_hub_id_offline_is_one_line(tmp_path, tiny_overrides, monkeypatch):
         Study(load_config(None, [*tiny_overrides, "model.pretrained=./no/such/folder"]), tmp_path / "a")
 
 
-def test_weights_by_storage_uri_are_staged_once(tmp_path, tiny_overrides, monkeypatch):
+def test_weights_by_storage_uri_are_staged_once(tmp_path, tiny_overrides, monkeypatch, s3):
     """model.pretrained as a URI: copied into the node's cache once (a marker written last), then read."""
     from ccr import pretrained
+    from ccr.storage import Storage
 
     clip = make_complete(tmp_path / "clip", "clip")
     monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
-    uri = f"file://{clip}"
+    uri = s3.uri("ccr", "weights/clip")
+    Storage(uri).upload_dir(clip, "")
     pretrained.local_folder.cache_clear()
     a = pretrained.local_folder(uri)
-    assert (a / ".ccr-complete").is_file() and (a / "config.json").read_bytes() == (clip / "config.json").read_bytes()
+    assert (a.parent / ".ccr-complete").is_file() and not (a / ".ccr-complete").exists()
+    assert (a / "config.json").read_bytes() == (clip / "config.json").read_bytes()
+    assert pretrained.local_folder(f"file://{clip}") == clip.resolve()  # a file:// URI is a local folder
     pretrained.local_folder.cache_clear()
     calls = []
-    import ccr.storage
+    import ccr.staging
 
-    monkeypatch.setattr(ccr.storage, "node_lock", lambda p: calls.append(p))  # a second staging would lock
+    monkeypatch.setattr(ccr.staging, "node_lock", lambda p: calls.append(p))  # a second staging would lock
     assert pretrained.local_folder(uri) == a and not calls
     assert pretrained.fingerprint(uri) == pretrained.fingerprint(str(clip))
 

@@ -10,7 +10,7 @@ from ccr.config import Config
 from ccr.data import registry
 from ccr.data.dataset import DataError, RetrievalDataset
 from ccr.data.generated import FAMILIES, load_generated
-from ccr.data.karpathy import image_store, load_karpathy, verify_images
+from ccr.data.karpathy import checked_images, load_karpathy
 from ccr.data.pixels import Pixels
 from ccr.data.validated import load_validated
 
@@ -27,9 +27,12 @@ def load_dataset(cfg: Config) -> RetrievalDataset:
         if not isinstance(ds, RetrievalDataset):
             raise DataError(f"the loader of data.kind={d.kind!r} returned {type(ds).__name__}, not a RetrievalDataset")
         return ds
-    pixels = pixels_for(cfg)
     if d.kind == "generated":
         return load_generated(d)
+    from ccr.staging import local_data
+
+    d = local_data(d)  # URIs: this node's staged copies (config.yaml keeps the URIs)
+    pixels = pixels_for(cfg)
     if d.kind == "precomp":
         from ccr.data.precomp import load_precomp
 
@@ -43,7 +46,7 @@ def load_dataset(cfg: Config) -> RetrievalDataset:
     else:
         def load():
             return load_karpathy(d, pixels)
-    return load_validated(d, pixels, load, lambda sources: _revive(sources, cfg))
+    return load_validated(d, pixels, load, lambda sources: _revive(sources, d))
 
 
 def pixels_for(cfg: Config) -> Pixels:
@@ -56,15 +59,14 @@ def pixels_for(cfg: Config) -> Pixels:
     return Pixels.square(cfg.model.image.image_size)
 
 
-def _revive(sources: dict, cfg: Config):
+def _revive(sources: dict, d):
     """The image store of a dataset validated before: its files are checked again (exist, decode)."""
     if sources["kind"] == "features":
         from ccr.data.precomp import FeatureStore
 
         return FeatureStore(sources["files"])
     paths = [Path(p) for p in sources["paths"]]
-    verify_images(paths, Path(cfg.data.images or "."), cfg.data.cache_dir)
-    return image_store(paths, Pixels.from_description(sources["pixels"]), cfg.data)
+    return checked_images(paths, Pixels.from_description(sources["pixels"]), d)
 
 
 def sequence_tasks(cfg: Config, ds: RetrievalDataset) -> list[str]:

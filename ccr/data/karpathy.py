@@ -121,12 +121,16 @@ def check_images(paths: list[Path], cache_dir: str | None) -> list[str]:
 
 def verify_images(paths: list[Path], root: Path, cache_dir: str | None) -> None:
     """Every image file exists and decodes (the decode verdicts are cached by size and mtime)."""
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:
-        raise _list_problem(f"missing image files under {root}", missing)
+    _check_present(paths, root)
     unreadable = check_images(paths, cache_dir)
     if unreadable:
         raise _list_problem("unreadable image files", unreadable)
+
+
+def _check_present(paths: list[Path], root: Path) -> None:
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise _list_problem(f"missing image files under {root}", missing)
 
 
 def image_sources(paths: list[Path], pixels: Pixels) -> dict:
@@ -134,21 +138,60 @@ def image_sources(paths: list[Path], pixels: Pixels) -> dict:
     return {"kind": "image_files", "paths": [str(p) for p in paths], "pixels": pixels.describe()}
 
 
-def image_store(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageStore:
-    """Where training and indexing read pixels from: a decoded-image cache file (data.image_cache), all
-    images decoded into memory (data.in_memory; by default when they fit in 2 GiB), or the files."""
-    files = FileImages(paths, pixels)
+def _decode(path: Path, pixels: Pixels) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_image_file(path, pixels), None
+    except Exception as e:  # noqa: BLE001 - any failure means unreadable
+        return None, f"{path} ({type(e).__name__}: {str(e)[:80]})"
+
+
+def decode_all(paths: list[Path], pixels: Pixels, out: np.ndarray, threads: int = 0) -> list[str]:
+    """Decode every image into `out` (N, 3, H, W) on a thread pool (PIL decodes and resizes without the GIL);
+    returns the unreadable files. This pass is also the decode check: nothing decodes the images twice."""
+    threads = threads or max(4, os.cpu_count() or 1)
+    bad: list[str] = []
+    with ThreadPoolExecutor(threads) as pool:
+        for i, (arr, err) in enumerate(pool.map(lambda p: _decode(p, pixels), paths)):
+            if err:
+                bad.append(err)
+            else:
+                out[i] = arr
+    return bad
+
+
+def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageStore:
+    """Every image exists and decodes, and the store training and indexing read pixels from, in one pass over
+    the files: a decoded-image cache (data.image_cache: per node, or shared by the cluster through storage),
+    every image decoded into memory (data.in_memory; by default when they fit in 2 GiB), or the files
+    themselves after a decode check (whose verdicts are cached by size and mtime)."""
+    import time
+
+    from ccr.staging import event
+
+    root = Path(cfg.images or ".")
+    _check_present(paths, root)
     if cfg.image_cache:
         from ccr.data.generated import cache_root
         from ccr.data.pipeline import cached_images
+        from ccr.storage import Storage
 
-        return cached_images(files, cache_root(cfg.cache_dir), cfg.num_workers)
+        shared = Storage(cfg.shared_cache) if cfg.image_cache == "shared" and cfg.shared_cache else None
+        return cached_images(FileImages(paths, pixels), cache_root(cfg.cache_dir), cfg.num_workers,
+                             shared=shared, root=root)
     h, w = pixels.shape
     fits = len(paths) * 3 * h * w <= PRELOAD_BYTES
     if cfg.in_memory if cfg.in_memory is not None else fits:
-        with ThreadPoolExecutor(8) as pool:
-            return ArrayImages(np.stack(list(pool.map(lambda p: load_image_file(p, pixels), paths))))
-    return files
+        started = time.time()
+        out = np.empty((len(paths), 3, h, w), np.uint8)
+        bad = decode_all(paths, pixels, out)
+        if bad:
+            raise _list_problem("unreadable image files", bad)
+        event(cfg.cache_dir, "decoded", images=len(paths), into="memory", seconds=round(time.time() - started, 3))
+        return ArrayImages(out)
+    started, todo = time.time(), len(paths)
+    verify_images(paths, root, cfg.cache_dir)
+    event(cfg.cache_dir, "checked", images=todo, seconds=round(time.time() - started, 3))
+    return FileImages(paths, pixels)
 
 
 def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
@@ -223,10 +266,8 @@ def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
         raise DataError(f"no image of {cfg.path} has a task in the task assignment")
     if unassigned:
         log.warning("%d images have no task in the task assignment and are left out", unassigned)
-    verify_images(paths, root, cfg.cache_dir)
-
     task_names = sorted(set(tasks))
-    store = image_store(paths, pixels, cfg)
+    store = checked_images(paths, pixels, cfg)
     ds = RetrievalDataset(
         name=Path(cfg.path).stem, image_names=names, image_split=np.array(splits), image_task=np.array(tasks),
         captions=captions, caption_image=np.array(cap_img), images=store, task_names=task_names,

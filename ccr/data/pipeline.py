@@ -102,13 +102,33 @@ def cache_key(paths: Sequence[Path], pixels) -> str:
     return h.hexdigest()[:24]
 
 
-def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256) -> MemmapImages:
+def shared_key(paths: Sequence[Path], pixels, root: Path) -> str:
+    """The images' identity on every node: their names under the image root and sizes, what the root was
+    staged from (ccr.staging: the same listing on every node) or, for a shared mount, every file's mtime."""
+    from ccr.staging import identity
+
+    staged = identity(root)
+    h = hashlib.sha256(f"ccr-images-v2 shared {json.dumps(pixels.describe(), sort_keys=True)} {staged}\n".encode())
+    for p in paths:
+        st = os.stat(p)
+        h.update(f"{os.path.relpath(p, root)}\t{st.st_size}\t{'' if staged else st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:24]
+
+
+def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256, shared=None,
+                  root: Path | None = None) -> MemmapImages:
     """`files` (a FileImages) decoded once into `cache_dir/images/<key>.npy`, then memory-mapped.
 
     The file is written under a temporary name and renamed when complete, so a killed build leaves
     nothing that a later study would read; concurrent studies on one node build it once (a file lock).
+    Building it is also the decode check (an unreadable image is a DataError naming it). With `shared` (a
+    Storage: data.image_cache=shared), the first node to need it builds it and uploads it there; every other
+    node downloads it instead of decoding.
     """
-    key = cache_key(files.paths, files.pixels)
+    if shared is not None:
+        key = "shared-" + shared_key(files.paths, files.pixels, root or Path("."))
+    else:
+        key = cache_key(files.paths, files.pixels)
     target = Path(cache_dir) / "images" / f"{key}.npy"
     with node_lock(target.with_suffix(".lock")):
         for old in target.parent.glob(f".{target.name}.*.tmp"):  # builds killed before they renamed
@@ -120,19 +140,66 @@ def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256) ->
             except (OSError, ValueError) as e:  # truncated or overwritten: never trusted, rebuilt
                 log.warning("image cache %s is unreadable (%s); decoding the images again", target, e)
                 target.unlink()
-        _build(files, target, workers, chunk)
+        if shared is not None and shared.is_file(f"images/{key}.done"):
+            _download(shared, f"images/{key}.npy", target, cache_dir)
+        else:
+            _build(files, target, workers, chunk, cache_dir)
+            if shared is not None:
+                _upload(target, shared, f"images/{key}.npy", cache_dir)
     return MemmapImages(target)
 
 
-def _build(files, target: Path, workers: int, chunk: int) -> None:
+def _download(shared, rel: str, target: Path, cache_dir: Path) -> None:
+    import time
+
+    from ccr.staging import copy_file, event
+
+    started = time.time()
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    log.info("downloading the shared image cache %s", shared.display(rel))
+    try:
+        copy_file(shared, rel, tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    event(cache_dir, "downloaded", what="image cache", uri=shared.display(rel), bytes=target.stat().st_size,
+          seconds=round(time.time() - started, 3))
+
+
+def _upload(target: Path, shared, rel: str, cache_dir: Path) -> None:
+    """The cache file, then its `.done` marker: a node that sees the marker downloads a whole file."""
+    import time
+
+    from ccr.staging import event, put_file
+
+    started = time.time()
+    put_file(target, shared, rel)
+    shared.write_text(rel.removesuffix(".npy") + ".done", f"{target.stat().st_size}\n")
+    event(cache_dir, "uploaded", what="image cache", uri=shared.display(rel), bytes=target.stat().st_size,
+          seconds=round(time.time() - started, 3))
+
+
+def _build(files, target: Path, workers: int, chunk: int, cache_dir: Path | None = None) -> None:
+    """Decode every image (the decode check too) into a temporary file, then rename it into place."""
+    import time
+
+    from ccr.data.karpathy import _list_problem, decode_all
+    from ccr.staging import event
+
     n, (h, w) = len(files.paths), files.pixels.shape
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     log.info("decoding %d images once at %dx%d px into %s (%.1f GB)", n, h, w, target, n * 3 * h * w / 1e9)
+    started = time.time()
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, h, w))
     try:
-        plan = [np.arange(lo, min(n, lo + chunk)) for lo in range(0, n, chunk)]
-        for ids, imgs in zip(plan, prefetched(files, plan, workers), strict=True):
-            out[ids[0]:ids[-1] + 1] = imgs.numpy()
+        bad = []
+        for lo in range(0, n, chunk * 16):  # in slices: the pool's results do not pile up in memory
+            ids = slice(lo, min(n, lo + chunk * 16))
+            bad += decode_all(files.paths[ids], files.pixels, out[ids], max(workers, os.cpu_count() or 1, 4))
+        if bad:
+            raise _list_problem("unreadable image files", bad)
         out.flush()
         del out
         with open(tmp, "rb+") as f:
@@ -142,3 +209,4 @@ def _build(files, target: Path, workers: int, chunk: int) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+    event(cache_dir, "decoded", images=n, into="cache", seconds=round(time.time() - started, 3))

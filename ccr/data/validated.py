@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 FORMAT = 2  # 2: images described by their preprocessing (ccr.data.pixels), not one size
 INPUT_KEYS = ("path", "tasks_file", "instances", "task_map", "split_file")
 # DataConfig keys that change how data is read, never what it is (ccr.study's pretraining key uses them too)
-READ_ONLY_KEYS = {"num_workers", "prefetch_factor", "in_memory", "image_cache", "cache_dir"}
+READ_ONLY_KEYS = {"num_workers", "prefetch_factor", "in_memory", "image_cache", "cache_dir", "shared_cache"}
 NOT_SHAPING = READ_ONLY_KEYS | {"images"}  # the image root enters the key resolved, below
 HASH_CONTENT_BELOW = 256 << 20  # bytes: binary files larger than this are identified by size + mtime
 

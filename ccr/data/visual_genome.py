@@ -26,7 +26,7 @@ import numpy as np
 
 from ccr.config import DataConfig
 from ccr.data.dataset import DataError, RetrievalDataset
-from ccr.data.karpathy import _list_problem, _read_json, image_sources, image_store, verify_images
+from ccr.data.karpathy import _list_problem, _read_json, checked_images, image_sources
 from ccr.data.pixels import Pixels
 
 log = logging.getLogger(__name__)
@@ -142,7 +142,6 @@ def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
             absent.append(f"{i}.jpg")
     if absent:
         raise _list_problem(f"missing image files under {img_root} (also searched VG_100K/, VG_100K_2/)", absent)
-    verify_images(paths, img_root, cfg.cache_dir)
     captions, cap_img = [], []
     for n, i in enumerate(kept):
         captions += phrases[i]
@@ -151,7 +150,7 @@ def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     ds = RetrievalDataset(
         name=root.name or "visual_genome", image_names=[str(i) for i in kept],
         image_split=np.array([split_of[i] for i in kept]), image_task=np.array(tasks), captions=captions,
-        caption_image=np.array(cap_img, dtype=np.int64), images=image_store(paths, pixels, cfg),
+        caption_image=np.array(cap_img, dtype=np.int64), images=checked_images(paths, pixels, cfg),
         task_names=sorted(set(tasks)), info={"split": info, "left_out": counts},
         sources=image_sources(paths, pixels))
     log.info("loaded Visual Genome %s: %d images, %d phrases, tasks %s", root, len(kept), len(captions),
