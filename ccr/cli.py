@@ -1,4 +1,4 @@
-"""The `ccr` command: `ccr run`, `ccr sweep`, `ccr analyze`."""
+"""The `ccr` command: `ccr run`, `ccr sweep`, `ccr analyze`, `ccr data`."""
 
 from __future__ import annotations
 
@@ -61,6 +61,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     study, res = run_config(cfg, args.out, progress=not args.quiet)
     print(render(res))
     print(f"\nresults: {study.store.display('results.json')}")
+    return 0
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    """The dataset card; exit 0 when the dataset is valid (a problem raises: exit 2 with one line)."""
+    import json
+
+    from ccr.configure import load_config
+
+    cfg = load_config(args.config, args.set)
+    from ccr.data.card import card, render
+
+    setup_logging(args.verbose, quiet=not args.verbose)
+    c = card(cfg)
+    print(json.dumps(c, indent=1) if args.json else render(c))
     return 0
 
 
@@ -152,6 +167,13 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress lines (for scripts)")
     s.add_argument("-v", "--verbose", action="store_true")
     s.set_defaults(fn=cmd_sweep)
+    d = sub.add_parser("data", help="check a config's dataset and print its card (exit 0: valid, 2: the first "
+                       "problem)")
+    d.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
+    d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    d.add_argument("--json", action="store_true", help="the card as JSON")
+    d.add_argument("-v", "--verbose", action="store_true")
+    d.set_defaults(fn=cmd_data)
     a = sub.add_parser("analyze", help="aggregate results into tables, plots and a report")
     a.add_argument("path", help="a sweep's storage (folder or URI) or any folder of ccr run outputs")
     a.add_argument("--out", default=None, help="output folder or URI (default PATH/analysis)")

@@ -33,6 +33,8 @@ def run_config(cfg: Config, out: str | Path, progress: bool = False):
     from ccr.storage import exclusive, open_storage
 
     store = open_storage(out)
+    if cfg.data.image_cache == "shared" and not cfg.data.shared_cache:  # built once, read by every node
+        cfg.data.shared_cache = store.child("cache").uri
     with exclusive(store, "run"):  # a second run on this --out is refused, not interleaved
         study = make_study(cfg, store, progress=progress)  # all input checks happen here
         with study.logging_to_store():

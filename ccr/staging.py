@@ -32,7 +32,6 @@ import platform
 import shutil
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +136,17 @@ def stage(uri: str, what: str, cache_dir: str | Path | None = None) -> Staged:
                    len(files), total, sig)
     if (folder / MARKER).is_file():
         return found
+    try:
+        return _stage_locked(store, kind, files, found, base, what, cache_dir)
+    except OSError as e:  # the node's cache cannot be written (full, read-only): one line naming it
+        raise DataError(f"{what}: cannot stage {store.display()} into {base} "
+                        f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+
+
+def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: Path, what: str,
+                  cache_dir) -> Staged:
+    folder, sig, total = found.folder, found.signature, found.bytes
+    name = files[0][0] if kind == "file" else ""
     with node_lock(base.with_suffix(".lock")):
         if (folder / MARKER).is_file():  # another process of this node staged it while this one waited
             return found
@@ -158,33 +168,24 @@ def stage(uri: str, what: str, cache_dir: str | Path | None = None) -> Staged:
                       "host": platform.node(), "pid": os.getpid(), "staged": time.time()}
             (tmp / MARKER).write_text(json.dumps(record) + "\n")  # last: the copy is whole
             os.replace(tmp, folder)
-        except DataError:
+        except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        except OSError as e:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise DataError(f"{what}: cannot stage {store.display()} into {base} "
-                            f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
         event(cache_dir, "staged", uri=store.display(), what=what, files=len(files), bytes=total,
               seconds=round(seconds, 3))
     return found
 
 
-@lru_cache(maxsize=64)
-def _staged_once(uri: str, what: str, cache_dir: str | None) -> Staged:
-    return stage(uri, what, cache_dir)
-
-
 def local_data(d):
     """A DataConfig whose URI locations are this node's staged copies (the same object when none is a URI)."""
-    staged = {k: str(_staged_once(v, f"data.{k}", d.cache_dir).local)
+    staged = {k: str(stage(v, f"data.{k}", d.cache_dir).local)
               for k in DATA_LOCATIONS if is_remote(v := getattr(d, k))}
     return dataclasses.replace(d, **staged) if staged else d
 
 
 def staged_of(d) -> dict[str, Staged]:
     """The staged copies of a DataConfig's URI locations (staging them when needed): for the dataset card."""
-    return {k: _staged_once(v, f"data.{k}", d.cache_dir) for k in DATA_LOCATIONS if is_remote(v := getattr(d, k))}
+    return {k: stage(v, f"data.{k}", d.cache_dir) for k in DATA_LOCATIONS if is_remote(v := getattr(d, k))}
 
 
 def identity(path: str | Path) -> str | None:

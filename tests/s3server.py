@@ -45,7 +45,20 @@ class S3Server:
         from werkzeug.serving import make_server
 
         os.environ.update({k: os.environ.get(k, v) for k, v in CREDENTIALS.items()})
-        app = _fix_complete_multipart(DomainDispatcherApplication(create_backend_app))
+        inner = _fix_complete_multipart(DomainDispatcherApplication(create_backend_app))
+        self.get_delay = 0.0  # seconds each GET of an object waits (tests: a staging slow enough to be killed)
+        self.gets = 0  # object GETs served
+
+        def app(environ, start_response):
+            if environ.get("REQUEST_METHOD") == "GET" and environ.get("PATH_INFO", "/").count("/") >= 2 \
+                    and "list-type" not in environ.get("QUERY_STRING", ""):
+                self.gets += 1
+                if self.get_delay:
+                    import time
+
+                    time.sleep(self.get_delay)
+            return inner(environ, start_response)
+
         self.server = make_server("127.0.0.1", port, app, threaded=True)
         self.port = self.server.server_port
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)

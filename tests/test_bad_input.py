@@ -350,14 +350,16 @@ def test_checkpoint_pack_round_trips_numpy_exactly():
 # ---- sweeps and analysis ---------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_a_diverging_trial_is_recorded_as_diverged_and_counted_once(ray_local, tmp_path):
+def test_a_diverging_trial_is_recorded_as_diverged_and_counted_once(ray_local, tmp_path, capsys):
     from ccr.analysis.load import collect
     from ccr.distributed.tune import run_sweep
     from tests.test_sweep import tiny_sets, write
 
     spec = write(tmp_path, {"grid": {"strategy.name": ["finetune"]}, "max_failures": 0})
     sets = [*tiny_sets(tmp_path), "data.n_tasks=2", "train.lr=1e9", "train.grad_clip=0"]
-    assert run_sweep(spec, sets, tmp_path / "out") == 0  # a failed trial does not fail the sweep
+    assert run_sweep(spec, sets, tmp_path / "out") == 1  # a failed trial fails the sweep, saying where
+    err = capsys.readouterr().err
+    assert "ccr: 1 of 1 trials failed; their errors are in:" in err and "/error.txt" in err
     status = json.loads((tmp_path / "out" / "sweep_status.json").read_text())
     assert len(status["failed"]) == 1 and not status["trials"]
     (err,) = (tmp_path / "out" / "runs").glob("*/error.txt")

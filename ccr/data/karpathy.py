@@ -215,7 +215,7 @@ def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
         assign = tasks_from_instances(cfg.instances, tmap)
 
     names, paths, splits, tasks, captions, cap_img = [], [], [], [], [], []
-    no_caption, bad_split, outside, unassigned = [], [], [], 0
+    no_caption, bad_split, outside, unassigned, empty = [], [], [], 0, 0
     base = os.path.normpath(root)
     for entry in data["images"]:
         if not isinstance(entry, dict):
@@ -236,6 +236,7 @@ def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
             raise DataError(f"dataset file {cfg.path}: image {fn}: a caption ('raw') is not a string: "
                             f"{next(r for r in raw if not isinstance(r, str))!r}"[:300])
         sents = [r.strip() for r in raw]
+        empty += sum(1 for s in sents if not s)
         sents = [s for s in sents if s]
         if not sents:
             no_caption.append(fn)
@@ -271,6 +272,7 @@ def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     ds = RetrievalDataset(
         name=Path(cfg.path).stem, image_names=names, image_split=np.array(splits), image_task=np.array(tasks),
         captions=captions, caption_image=np.array(cap_img), images=store, task_names=task_names,
+        info={"left_out": {"without a task": unassigned, "empty captions": empty}},
         sources=image_sources(paths, pixels),
     )
     log.info("loaded %s: %d images, %d captions, tasks %s", cfg.path, len(names), len(captions),

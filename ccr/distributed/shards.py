@@ -53,15 +53,24 @@ class GalleryShard:
         # shard only reads them, so torch's warning about tensors made from them is noise here.
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         self.shard = shard
-        self.cfg: Config = build_config(cfg_dict)
-        self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
-        self.ds = load_dataset(self.cfg)
-        # the tokenizer from storage: this actor may run on any node
-        self.model, _, self.tokens = build_for(self.cfg, self.ds, local_copy(tokenizer), self.device)
-        self.model.eval()
         self.version: int | None = None
         self.embedder = None
         self.galleries: dict[str, Any] = {}
+        self.problem: tuple[str, str, str] | None = None
+        try:
+            self.cfg: Config = build_config(cfg_dict)
+            self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
+            self.ds = load_dataset(self.cfg)  # staged on this actor's node (ccr.staging) when a URI
+            # the tokenizer from storage: this actor may run on any node
+            self.model, _, self.tokens = build_for(self.cfg, self.ds, local_copy(tokenizer), self.device)
+            self.model.eval()
+        except Exception as e:  # noqa: BLE001 - kept for ready(): the driver raises it, once, before task 1
+            self.problem = (type(e).__name__, str(e).splitlines()[0][:600] if str(e) else repr(e),
+                            ray.util.get_node_ip_address())
+
+    def ready(self) -> tuple[str, str, str] | None:
+        """None when this shard could read its inputs and build its model; else (error class, message, node)."""
+        return self.problem
 
     def _gallery(self, ns: str):
         from ccr.index import Gallery
@@ -150,10 +159,26 @@ class ShardPool:
         self.actors = [GalleryShard.options(**opts).remote(i, to_dict(cfg), Storage(tokenizer),
                                                            "cuda" if cfg.index.shard_gpus > 0 else "cpu")
                        for i in range(self.n)]
+        self._check_ready()
         self.journal: list[list[tuple]] = [[] for _ in range(self.n)]
         self.model_refs: dict[int, Any] = {}
         self.snapshot: tuple[Storage, dict[str, Any]] | None = None
         self.recoveries = 0
+
+    def _check_ready(self) -> None:
+        """Every shard read its inputs and built its model, checked before task 1 trains: a node that cannot
+        read the dataset or the weights is one line naming the node and the path, not a poll after training."""
+        from ccr.errors import ConfigError, DataError, StorageError
+
+        problems = ray.get([a.ready.remote() for a in self.actors])
+        bad = [(i, p) for i, p in enumerate(problems) if p]
+        if not bad:
+            return
+        self.shutdown()
+        i, (kind, message, node) = bad[0]
+        cls = {c.__name__: c for c in (ConfigError, DataError, StorageError)}.get(kind, RuntimeError)
+        more = f" (and {len(bad) - 1} more shard(s))" if len(bad) > 1 else ""
+        raise cls(f"gallery shard {i} on node {node} cannot start{more}: {message}")
 
     # ---- calls -------------------------------------------------------------------------------
     def _submit(self, i: int, op: tuple):
@@ -196,6 +221,10 @@ class ShardPool:
                 break
             except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
                 time.sleep(0.2 * (attempt + 1))
+        problem = ray.get(self.actors[i].ready.remote())
+        if problem:  # restarted on a node that cannot read the inputs: one line, now
+            kind, message, node = problem
+            raise RuntimeError(f"gallery shard {i}, restarted on node {node}, cannot start: {message}")
         if self.snapshot:
             ray.get(self.actors[i].load_snapshot.remote(*self.snapshot))
         for op in self.journal[i]:

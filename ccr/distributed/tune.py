@@ -16,7 +16,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ccr.config import ConfigError, set_path
+from ccr.config import ConfigError, set_path, to_dict
 from ccr.configure import build_config
 from ccr.distributed import check_can_ever_run, init_ray
 from ccr.distributed.sweep_spec import SweepSpec, apply_params, load_spec, trial_name
@@ -27,13 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, threads: int = 1,
-              pretrained: str | None = None, cases: dict[str, dict[str, dict[str, Any]]] | None = None) -> None:
+              pretrained: str | None = None, cases: dict[str, dict[str, dict[str, Any]]] | None = None,
+              shared: str | None = None, attempt: str = "") -> None:
     """Tune function trainable: one study with the trial's parameters.
 
     Everything the trial writes goes to `runs/<name>` in the sweep's storage, from whichever node runs
     it; a retried trial (on any node) resumes from its last task checkpointed there. `threads`: the
     CPUs the trial was granted, used as torch's intra-op threads unless the config fixes them. `cases`:
-    the sweep's named axes (what each case name among the parameters sets).
+    the sweep's named axes (what each case name among the parameters sets). `shared`: where shared caches go
+    (data.image_cache=shared). `attempt`: this `ccr sweep` invocation's id: a trial that could not read its
+    inputs is not run again within it (Tune's retries), only by a later `ccr sweep` (after the inputs are fixed).
     """
     import time
 
@@ -49,7 +52,13 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     tree = apply_params(base_tree, params, cases or {})
     if pretrained and not (tree.get("tasks") or {}).get("pretrain_cache"):  # shared by the sweep's trials
         set_path(tree, "tasks.pretrain_cache", pretrained)
+    _shared_cache(tree, shared)
     cfg = build_config(tree)
+    failed = _input_failure(store, attempt)
+    if failed:  # Tune's retry of a trial whose inputs could not be read: the same error, at once
+        from ccr.errors import DataError
+
+        raise DataError(f"not retried (its inputs could not be read on node {failed['node']}): {failed['error']}")
     done = _complete_results(store, cfg)
     if done is not None:  # finished before the driver died (Tune had not recorded it yet): not run again
         tune.report(flat_metrics(done))
@@ -64,15 +73,56 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
             res = run_study(study)
         store.delete("error.txt")
     except Exception as e:
-        from ccr.errors import DivergedError
+        from ccr.errors import ConfigError, DataError, DivergedError, StorageError
 
         store.write_text("error.txt", ("diverged: " if isinstance(e, DivergedError) else "") + traceback.format_exc())
+        if isinstance(e, (DataError, ConfigError, StorageError)) and attempt:  # the inputs: retrying will not help
+            store.write_json("input_error.json", {"attempt": attempt, "node": node, "error": str(e)[:2000]})
         raise
     prov = res["provenance"]  # the study's own time: the rest is the trial's overhead (bench/sweep_efficiency.py)
     store.write_json("trial.json", {**trial, "timing": {
         "entered": entered, "study_seconds": prov["finished"] - prov["started"],
         "done": time.time()}})
     tune.report(flat_metrics(res))
+
+
+def _shared_cache(tree: dict[str, Any], shared: str | None) -> None:
+    """data.image_cache=shared without data.shared_cache: the sweep's own storage holds the shared cache."""
+    data = tree.get("data") or {}
+    if shared and data.get("image_cache") == "shared" and not data.get("shared_cache"):
+        set_path(tree, "data.shared_cache", shared)
+
+
+def _input_failure(store: Storage, attempt: str) -> dict[str, Any] | None:
+    """The input error this trial met earlier in this same `ccr sweep` (None: none, or in another invocation)."""
+    if not attempt:
+        return None
+    try:
+        failed = store.read_json("input_error.json")
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return failed if isinstance(failed, dict) and failed.get("attempt") == attempt else None
+
+
+def check_inputs(spec: SweepSpec, shared: str) -> int:
+    """Stage and load, in the driver, the dataset of every distinct data config the sweep's cells use (built-in
+    real-data kinds): a dataset that cannot be read stops the sweep before any trial starts, and the node-local
+    caches (and a shared image cache) are made once, before the trials need them. Returns how many were loaded."""
+    from ccr.data import load_dataset
+
+    seen, loaded = set(), 0
+    for cell in spec.cells() or [{}]:
+        tree = apply_params(spec.base_tree, cell, spec.cases)
+        _shared_cache(tree, shared)
+        cfg = build_config(tree)
+        if cfg.data.kind not in ("karpathy", "precomp", "visual_genome"):  # generated: nothing to read
+            continue
+        key = json.dumps([to_dict(cfg.data), cfg.model.pretrained, cfg.model.image.image_size], sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            load_dataset(cfg)
+            loaded += 1
+    return loaded
 
 
 def _complete_results(store: Storage, cfg) -> dict[str, Any] | None:
@@ -111,7 +161,7 @@ def trial_resources(spec: SweepSpec) -> dict[str, float]:
 
 
 def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | None, resume: bool,
-           quiet: bool = False):
+           quiet: bool = False, attempt: str = ""):
     from ray import tune
 
     from ccr.distributed.progress import SweepProgress
@@ -119,7 +169,7 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, base_tree=spec.base_tree, runs=storage.child("runs").uri,
                              threads=max(1, int(spec.cpus_per_trial)), pretrained=storage.child("pretrained").uri,
-                             cases=spec.cases),
+                             cases=spec.cases, shared=storage.child("cache").uri, attempt=attempt),
         trial_resources(spec))
     fs = storage.filesystem if storage.remote else None
     path = storage.fs_path(name)
@@ -155,7 +205,8 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
 
 def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | Path | None = None,
               resume: bool = False, quiet: bool = False) -> int:
-    """Run (or resume) a sweep; returns a process exit code (0 even when some trials failed)."""
+    """Run (or resume) a sweep; returns a process exit code: 0 when every trial finished, 1 when some failed
+    (each has an error.txt), 130 when interrupted."""
 
     spec = load_spec(path, overrides)  # every config error before Ray starts
     storage = open_storage(out or Path("runs") / "sweeps" / spec.name)
@@ -174,13 +225,19 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
             log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage.display())
         resume = True
     with exclusive(storage, "sweep"):  # a second `ccr sweep` on this storage is refused, not interleaved
-        finished, total = _run_sweep_locked(spec, storage, same, resume, quiet)
+        finished, total, failed = _run_sweep_locked(spec, storage, same, resume, quiet)
     if finished < total:  # Ctrl-C (SIGINT) or SIGUSR1: Tune stopped after saving its state
         sets = "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
         print(f"ccr: sweep interrupted: {finished} of {total} trials finished. Resume it with: ccr sweep "
               f"{shlex.quote(str(path))}{sets} --out {shlex.quote(storage.uri)} (finished trials are not run again)",
               file=sys.stderr)
         return 130
+    if failed:
+        runs = storage.child("runs")
+        shown = "\n  ".join(runs.display(f"{n}/error.txt") for n in failed[:10])
+        more = f"\n  ... and {len(failed) - 10} more (sweep_status.json lists them)" if len(failed) > 10 else ""
+        print(f"ccr: {len(failed)} of {total} trials failed; their errors are in:\n  {shown}{more}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -214,13 +271,18 @@ def _track_sweep(spec: SweepSpec, storage: Storage) -> tuple[str, str] | None:
 
 
 def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool, quiet: bool
-                      ) -> tuple[int, int]:
-    """Run the sweep's Tune experiments; returns (trials finished or failed, trials in the sweep): fewer
-    finished than the sweep has means it was interrupted, and then nothing is summarised as if it were done."""
+                      ) -> tuple[int, int, list[str]]:
+    """Run the sweep's Tune experiments; returns (trials finished or failed, trials in the sweep, the failed
+    trials' names): fewer finished than the sweep has means it was interrupted, and then nothing is summarised
+    as if it were done."""
+    import uuid
+
 
     init_ray(log_to_driver=False)  # a cluster that does not answer, or resources it can never grant, are
     check_can_ever_run("a trial", "resources.cpus_per_trial / gpus_per_trial",  # refused before the record
                        {"CPU": spec.cpus_per_trial, "GPU": spec.gpus_per_trial})
+    if check_inputs(spec, storage.child("cache").uri):  # a dataset that cannot be read: before any trial
+        log.info("the sweep's datasets are readable, and staged and cached on this node")
     storage.write_text("sweep.yaml", same["sweep"])
     storage.write_json("sweep_input.json", same)
     tracked = _track_sweep(spec, storage)
@@ -228,6 +290,7 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     # configuration box, the results path and a TensorBoard hint at verbose=0. The classic one is silent.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     cells = spec.cells() if (spec.optuna and spec.grid) else [None]
+    attempt = uuid.uuid4().hex[:12]
     summary: dict[str, Any] = {"trials": {}, "failed": {}, "best": {}}
     per_cell = int(spec.optuna.get("num_samples", 8)) if spec.optuna else len(spec.cells())
     total, finished = per_cell * len(cells), 0
@@ -235,14 +298,14 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     for cell in cells:
         name = "tune" if cell is None else "tune-" + _short_name(trial_name(cell))
         try:
-            grid = _tuner(spec, storage, name, cell, resume, quiet).fit()
+            grid = _tuner(spec, storage, name, cell, resume, quiet, attempt).fit()
         except KeyboardInterrupt:  # a second Ctrl-C while Tune was stopping
-            return finished, total
+            return finished, total, []
         done = grid.num_terminated + grid.num_errors
         finished += done
         if done < per_cell:
             storage.write_json("sweep_status.json", {**summary, "interrupted": True})
-            return finished, total
+            return finished, total, []
         for r in grid:
             key = trial_name({k: r.config[k] for k in r.config}) if r.config else "?"
             if r.error:
@@ -268,4 +331,4 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
             sweep_finish(*tracked, Path(tmp))
     print(json.dumps({"storage": storage.display(), "trials": len(summary["trials"]),
                       "failed": len(summary["failed"])}))
-    return finished, total
+    return finished, total, sorted(summary["failed"])

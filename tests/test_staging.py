@@ -1,0 +1,246 @@
+"""Datasets and weights by URI (ccr.staging): staged once per node and content, never read half-staged, read
+by every process from the staged copy; the decode check and the pixel store in one pass; `ccr data`; fail fast
+on inputs that cannot be read (shard actors, sweep trials)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ccr.cli import main
+from ccr.configure import load_config
+from ccr.data import load_dataset
+from ccr.staging import events, stage
+from ccr.storage import Storage
+from tests.karpathy_fixture import make_karpathy
+
+KEYS = ("path", "images", "tasks_file")
+
+
+def _upload(s3, local: dict[str, Path], prefix: str) -> dict[str, str]:
+    """The fixture's files in the bucket (only there): {data key: URI}."""
+    base = Storage(s3.uri("ccr", prefix))
+    base.upload_dir(local["images"], "images")
+    for k in ("path", "tasks_file"):
+        base.write_bytes(local[k].name, local[k].read_bytes())
+    return {"path": base.child(local["path"].name).uri, "images": base.child("images").uri,
+            "tasks_file": base.child(local["tasks_file"].name).uri}
+
+
+def _cfg(where: dict, *extra: str):
+    return load_config(None, ["data.kind=karpathy", *(f"data.{k}={where[k]}" for k in KEYS), *extra])
+
+
+def _same_dataset(a, b) -> None:
+    assert a.image_names == b.image_names and a.captions == b.captions
+    assert np.array_equal(a.image_task, b.image_task) and np.array_equal(a.image_split, b.image_split)
+    ids = np.arange(a.n_images)
+    assert torch.equal(a.images.load(ids), b.images.load(ids))
+
+
+def test_a_dataset_in_a_bucket_is_staged_once_per_content_and_read_from_the_copy(s3, tmp_path, monkeypatch):
+    local = make_karpathy(tmp_path / "src")
+    uris = _upload(s3, local, "staging/one")
+    monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
+    ds = load_dataset(_cfg(uris))
+    _same_dataset(ds, load_dataset(_cfg({k: str(v) for k, v in local.items()},
+                                        f"data.cache_dir={tmp_path / 'local-cache'}")))
+    staged = [e for e in events() if e["event"] == "staged"]
+    assert sorted(e["what"] for e in staged) == ["data.images", "data.path", "data.tasks_file"]
+    assert next(e for e in staged if e["what"] == "data.images")["files"] == 24
+    # every image the dataset reads is in the node's cache, none in the bucket's own namespace
+    assert all(str(tmp_path / "cache" / "staged") in p for p in ds.sources["paths"])
+
+    gets = s3.gets
+    load_dataset(_cfg(uris))  # the next study on this node: listings only, no object read, nothing staged again
+    assert s3.gets == gets and len([e for e in events() if e["event"] == "staged"]) == 3
+    assert len([e for e in events() if e["event"] == "decoded"]) == 2  # one pass per load: check and pixels
+
+    # an object changed in the bucket: its listing differs, so it is staged anew, and the dataset follows it
+    tasks = json.loads(local["tasks_file"].read_text())
+    tasks = {k: ("vehicle" if v == "animal" else "animal") for k, v in tasks.items()}
+    time.sleep(1.1)  # S3 keeps modification times to the second
+    Storage(uris["tasks_file"]).write_text("", json.dumps(tasks))
+    swapped = load_dataset(_cfg(uris))
+    assert len([e for e in events() if e["event"] == "staged"]) == 4
+    assert [str(t) for t in swapped.image_task] == [("vehicle" if t == "animal" else "animal") for t in ds.image_task]
+
+
+def test_nothing_at_a_uri_and_an_unwritable_cache_are_one_line(s3, tmp_path, monkeypatch, capsys):
+    local = make_karpathy(tmp_path / "src")
+    uris = _upload(s3, local, "staging/two")
+    monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
+    sets = [f"--set=data.{k}={v}" for k, v in uris.items()]
+    assert main(["data", "--set=data.kind=karpathy", *sets, f"--set=data.images={s3.uri('ccr', 'staging/two/images-nope')}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ccr: error: data.images: nothing at s3://ccr/staging/two/images-nope") and \
+        "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["data", "--set=data.kind=karpathy", *sets, "--set=data.cache_dir=/proc/ccr-cannot"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot stage s3://ccr/staging/two/" in err and "/proc/ccr-cannot" in err and len(err.splitlines()) == 1
+
+
+STAGER = """
+import sys
+from ccr.staging import stage
+stage(sys.argv[1], "data.images")
+print("staged", flush=True)
+"""
+
+
+def test_a_node_killed_while_staging_leaves_nothing_that_is_read(s3, tmp_path):
+    """kill -9 of the process staging a folder mid-copy: the next staging on the node removes the partial copy
+    and stages it whole; nothing reads a folder without the marker written last."""
+    src = Storage(s3.uri("ccr", "staging/kill"))
+    rng = np.random.default_rng(0)
+    blobs = {f"f{i:03d}.bin": rng.integers(0, 255, 20_000, dtype=np.uint8).tobytes() for i in range(120)}
+    for name, b in blobs.items():
+        src.write_bytes(name, b)
+    env = {**os.environ, "CCR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    s3.get_delay = 0.1  # 120 objects at 0.1 s each on pyarrow's 8 I/O threads: ~1.5 s of copying to interrupt
+    try:
+        proc = subprocess.Popen([sys.executable, "-c", STAGER, src.uri], env=env, stdout=subprocess.PIPE)
+        staged = tmp_path / "cache" / "staged"
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(staged.glob("*/.partial-*/data/*.bin")):
+            time.sleep(0.01)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        partial = list(staged.glob("*/.partial-*"))
+        assert partial and not list(staged.glob("*/*/.ccr-complete")), "the copy was not interrupted"
+        assert len(list(partial[0].glob("data/*.bin"))) < len(blobs)
+    finally:
+        s3.get_delay = 0.0
+    got = stage(src.uri, "data.images", tmp_path / "cache")
+    assert not list(staged.glob("*/.partial-*")) and (got.folder / ".ccr-complete").is_file()
+    assert {p.name: p.read_bytes() for p in got.local.iterdir()} == blobs
+
+
+def test_processes_of_one_node_stage_once(s3, tmp_path):
+    src = Storage(s3.uri("ccr", "staging/race"))
+    for i in range(40):
+        src.write_bytes(f"d/{i}.bin", bytes([i]) * 5000)
+    env = {**os.environ, "CCR_CACHE": str(tmp_path / "cache"), "PYTHONPATH": str(Path(__file__).parents[1])}
+    s3.get_delay = 0.05
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", STAGER, src.uri], env=env, stdout=subprocess.PIPE)
+                 for _ in range(3)]
+        outs = [p.communicate(timeout=120)[0] for p in procs]
+    finally:
+        s3.get_delay = 0.0
+    assert all(o.strip() == b"staged" for o in outs)
+    assert [e["event"] for e in events(tmp_path / "cache")] == ["staged"]
+
+
+def test_a_shared_image_cache_is_decoded_once_and_downloaded_by_other_nodes(s3, tmp_path, monkeypatch):
+    local = make_karpathy(tmp_path / "src")
+    uris = _upload(s3, local, "staging/shared")
+    shared = s3.uri("ccr", "staging/shared-cache")
+    arrays = {}
+    for node in ("a", "b"):  # two nodes: separate caches
+        monkeypatch.setenv("CCR_CACHE", str(tmp_path / f"cache-{node}"))
+        ds = load_dataset(_cfg(uris, "data.image_cache=shared", f"data.shared_cache={shared}"))
+        arrays[node] = ds.images.load(np.arange(ds.n_images))
+    kinds = {n: [e["event"] for e in events(tmp_path / f"cache-{n}") if e["event"] != "staged"] for n in "ab"}
+    assert kinds == {"a": ["decoded", "uploaded"], "b": ["downloaded"]}
+    assert torch.equal(arrays["a"], arrays["b"])
+    local_ds = load_dataset(_cfg({k: str(v) for k, v in local.items()}, f"data.cache_dir={tmp_path / 'c'}"))
+    assert torch.equal(arrays["a"], local_ds.images.load(np.arange(local_ds.n_images)))
+
+
+def card_sizes(folder: Path) -> list[tuple[int, int]]:
+    from PIL import Image
+
+    return [Image.open(p).size for p in sorted(folder.rglob("*.*"))]
+
+
+def test_ccr_data_prints_the_card_of_a_dataset_in_a_bucket(s3, tmp_path, monkeypatch, capsys):
+    local = make_karpathy(tmp_path / "src", per_task=10, test_per_task=3)
+    entries = json.loads(local["path"].read_text())
+    entries["images"].append({"filename": "stray.jpg", "split": "train", "sentences": [{"raw": "x"}]})
+    local["path"].write_text(json.dumps(entries))  # an image no task names: left out, and said so
+    uris = _upload(s3, local, "staging/card")
+    monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
+    sets = ["--set=data.kind=karpathy", *(f"--set=data.{k}={v}" for k, v in uris.items())]
+    assert main(["data", *sets]) == 0
+    out = capsys.readouterr().out
+    assert "dataset dataset (karpathy): 20 images, 40 captions, 2 tasks" in out
+    assert "animal" in out and "left out: 1 without a task" in out
+    assert "captions per image: min 2, median 2, max 2" in out
+    sizes = card_sizes(local["images"])
+    assert f"image sizes: width {min(w for w, _ in sizes)}-{max(w for w, _ in sizes)}" in out
+    assert "data.images: s3://ccr/staging/card/images -> staged at " + str(tmp_path / "cache" / "staged") in out
+    assert main(["data", "--json", *sets]) == 0
+    card = json.loads(capsys.readouterr().out)
+    rows = {r["task"]: r for r in card["tasks"]}
+    assert rows["animal"]["test images"] == 3 and rows["animal"]["train images"] == 7
+    assert rows["animal"]["test captions"] == 6 and card["staged"]["images"]["files"] == 20
+    # the first problem: exit 2, one line
+    assert main(["data", *sets, "--set=eval.min_test_items=5"]) == 2
+    assert "fewer than 5 test images" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_trial_that_cannot_read_its_inputs_fails_once_and_fails_the_sweep(s3, tmp_path, monkeypatch, capsys):
+    """The driver can read the dataset (so the sweep starts) but the trials' node cannot stage it: the trial is
+    recorded failed with that error, Tune's retry does not try again, and `ccr sweep` exits 1 naming error.txt."""
+    import ray
+
+    from ccr.distributed.tune import run_sweep
+    from tests.test_sweep import tiny_sets, write
+
+    local = make_karpathy(tmp_path / "src")
+    uris = _upload(s3, local, "staging/trial")
+    monkeypatch.setenv("CCR_CACHE", str(tmp_path / "driver-cache"))
+    spec = write(tmp_path, {"grid": {"seed": [0]}, "max_failures": 2})
+    sets = [*(s for s in tiny_sets(tmp_path) if not s.startswith("data.")), "data.kind=karpathy",
+            *(f"data.{k}={v}" for k, v in uris.items()), "model.image.image_size=16", "model.image.patch_size=8"]
+    ray.init(num_cpus=2, runtime_env={"env_vars": {"CCR_CACHE": "/proc/ccr-cannot"}}, log_to_driver=False)
+    try:
+        assert run_sweep(spec, sets, tmp_path / "out", quiet=True) == 1
+    finally:
+        ray.shutdown()
+    err = capsys.readouterr().err
+    assert "ccr: 1 of 1 trials failed; their errors are in:" in err and "error.txt" in err
+    (run,) = (tmp_path / "out" / "runs").iterdir()
+    assert "cannot stage s3://ccr/staging/trial" in (run / "error.txt").read_text()
+    assert len((run / "starts.log").read_text().splitlines()) == 1  # retried by Tune, not run again
+    status = json.loads((tmp_path / "out" / "sweep_status.json").read_text())
+    assert "not retried (its inputs could not be read on node" in next(iter(status["failed"].values()))
+
+
+def test_a_gallery_shard_that_cannot_read_its_dataset_fails_before_task_1(ray_local, tmp_path, tiny_cfg):
+    """The shard actors are built and checked when the pool is made: one line naming the node and the path,
+    not a poll of a restarting actor after task 1 has trained."""
+    from ccr.distributed.shards import ShardPool
+    from ccr.errors import DataError
+
+    missing = tmp_path / "nope.json"
+    cfg = tiny_cfg("data.kind=karpathy", f"data.path={missing}", f"data.images={tmp_path}",
+                   f"data.tasks_file={missing}", "index.shards=2", "index.shard_cpus=0.5")
+    started = time.time()
+    with pytest.raises(DataError, match=r"gallery shard \d on node [\d.]+ cannot start \(and 1 more shard\(s\)\): "
+                                        rf"dataset file \(data.path\) not found: {missing}"):
+        ShardPool(cfg, tmp_path / "tokenizer")
+    assert time.time() - started < 60
+
+
+def test_a_sweep_whose_dataset_cannot_be_read_stops_before_any_trial(ray_local, tmp_path, capsys):
+    from tests.test_sweep import tiny_sets, write
+
+    spec = write(tmp_path, {"grid": {"seed": [0, 1]}})
+    sets = [f"--set={s}" for s in tiny_sets(tmp_path)]
+    assert main(["sweep", str(spec), *sets, "--set=data.kind=karpathy", f"--set=data.path={tmp_path}/no.json",
+                 f"--set=data.images={tmp_path}", f"--set=data.tasks_file={tmp_path}/no.json",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "ccr: error: dataset file (data.path) not found" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "sweep.yaml").exists()
