@@ -80,7 +80,8 @@ def test_nothing_at_a_uri_and_an_unwritable_cache_are_one_line(s3, tmp_path, mon
     uris = _upload(s3, local, "staging/two")
     monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
     sets = [f"--set=data.{k}={v}" for k, v in uris.items()]
-    assert main(["data", "--set=data.kind=karpathy", *sets, f"--set=data.images={s3.uri('ccr', 'staging/two/images-nope')}"]) == 2
+    nope = s3.uri("ccr", "staging/two/images-nope")
+    assert main(["data", "--set=data.kind=karpathy", *sets, f"--set=data.images={nope}"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ccr: error: data.images: nothing at s3://ccr/staging/two/images-nope") and \
         "Traceback" not in err and len(err.strip().splitlines()) == 1

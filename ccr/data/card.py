@@ -49,8 +49,8 @@ def _quantiles(a: np.ndarray) -> dict[str, float]:
 def card(cfg: Config) -> dict[str, Any]:
     """Everything the card shows, as data (`ccr data --json`); raises the first problem (DataError, ...)."""
     from ccr.data import check_control, check_tasks, load_dataset, resolve_task_order
-    from ccr.storage import cache_root
     from ccr.staging import is_remote, partials, staged_of
+    from ccr.storage import cache_root
 
     ds = load_dataset(cfg)
     order = resolve_task_order(cfg, ds)
@@ -128,7 +128,8 @@ def render(c: dict[str, Any]) -> str:
     left = c["left out"]
     lines.append("left out: " + (", ".join(f"{n} {why}" for why, n in left.items()) if left else "nothing"))
     for key, s in (c.get("staged") or {}).items():
-        lines.append(f"data.{key}: {s['uri']} -> staged at {s['local']} ({s['files']} files, {s['bytes'] / 1e6:.1f} MB)")
+        lines.append(f"data.{key}: {s['uri']} -> staged at {s['local']} ({s['files']} files, "
+                     f"{s['bytes'] / 1e6:.1f} MB)")
     for key, v in (c.get("local inputs") or {}).items():
         lines.append(f"data.{key}: {v} (local)")
     caches = c.get("caches")
