@@ -51,3 +51,51 @@ def make_karpathy(root: Path, per_task: int = 12, test_per_task: int = 4,
     inst = root / "instances.json"
     inst.write_text(json.dumps({"images": images, "annotations": anns, "categories": cats}))
     return {"path": ds, "images": img_dir, "tasks_file": tf, "instances": inst}
+
+
+PHOTO_TASKS = {"animal": ["dog", "cat"], "vehicle": ["car", "bus"]}
+
+
+def make_photos(root: Path, per_task: int = 100, test_per_task: int = 20, size: tuple[int, int] = (640, 480),
+                seed: int = 0) -> dict[str, Path]:
+    """A Karpathy-layout dataset of real-size JPEG photos (COCO's 640x480): a smooth background and one object
+    whose shape and colour follow its caption, so that a model can learn something. Returns the same keys as
+    `make_karpathy` (path, images, tasks_file)."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    img_dir = root / "images" / "train2014"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    colours = {"red": (200, 40, 40), "blue": (40, 60, 200)}
+    w, h = size
+    entries, tasks, k = [], {}, 0
+    for task, words in PHOTO_TASKS.items():
+        for j in range(per_task):
+            word, colour = words[j % 2], list(colours)[(j // 2) % 2]
+            top = rng.integers(0, 255, 3)
+            ramp = np.linspace(0, 1, h)[:, None, None]
+            arr = (top * (1 - ramp) + rng.integers(0, 255, 3) * ramp).repeat(w, axis=1).astype(np.uint8)
+            im = Image.fromarray(arr)
+            draw = ImageDraw.Draw(im)
+            x, y, r = int(rng.integers(100, w - 100)), int(rng.integers(100, h - 100)), int(rng.integers(40, 90))
+            box = (x - r, y - r, x + r, y + r)
+            shape = {"dog": draw.ellipse, "cat": draw.pieslice, "car": draw.rectangle, "bus": draw.polygon}[word]
+            if word == "cat":
+                shape(box, 30, 330, fill=colours[colour])
+            elif word == "bus":
+                shape([(x - r, y + r), (x, y - r), (x + r, y + r)], fill=colours[colour])
+            else:
+                shape(box, fill=colours[colour])
+            fn = f"COCO_train2014_{k:012d}.jpg"
+            im.save(img_dir / fn, quality=90)
+            split = "test" if j < test_per_task else "train"
+            entries.append({"filename": fn, "filepath": "train2014", "split": split, "imgid": k,
+                            "sentences": [{"raw": f"a photo of a {colour} {word}"},
+                                          {"raw": f"the {word} in {colour}"}]})
+            tasks[fn] = task
+            k += 1
+    ds = root / "dataset_coco.json"
+    ds.write_text(json.dumps({"dataset": "coco", "images": entries}))
+    tf = root / "tasks.json"
+    tf.write_text(json.dumps(tasks))
+    return {"path": ds, "images": root / "images", "tasks_file": tf}

@@ -191,3 +191,81 @@ def test_an_object_store_that_dies_mid_run_is_one_line(tmp_path):
     assert run.returncode == 1, err[-2000:]
     assert err.startswith("ccr: error: cannot write s3://ccr/dies/") and len(err.strip().splitlines()) == 1, err
     assert "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_sweep_on_a_dataset_and_weights_in_the_bucket_stages_once_per_node(s3, tmp_path, monkeypatch):
+    """A Karpathy-layout dataset of real-size JPEGs and a pretrained CLIP folder live in the bucket only. A
+    2-trial sweep on a cluster whose nodes have separate scratch and cache folders reads them by URI: each node
+    stages each input once, the images are decoded once in the whole cluster (data.image_cache=shared: the
+    driver's node decodes and uploads, the trials' nodes download), and the results equal the same sweep on
+    local paths."""
+    from ray.cluster_utils import Cluster
+
+    from ccr.distributed.tune import run_sweep
+    from ccr.staging import events
+    from tests.karpathy_fixture import make_photos
+    from tests.pretrained_fixture import make_complete
+    from tests.test_sweep import write
+
+    files = make_photos(tmp_path / "coco", per_task=100, test_per_task=20)
+    clip = make_complete(tmp_path / "clip", "clip", image_size=16)
+    bucket = Storage(s3.uri("ccr", "datasets/coco"))
+    bucket.upload_dir(files["images"], "images")
+    for k in ("path", "tasks_file"):
+        bucket.write_bytes(files[k].name, files[k].read_bytes())
+    weights = Storage(s3.uri("ccr", "weights/clip-tiny"))
+    weights.upload_dir(clip, "")
+    by_uri = {"path": bucket.child(files["path"].name).uri, "images": bucket.child("images").uri,
+              "tasks_file": bucket.child(files["tasks_file"].name).uri}
+    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"]}, "max_failures": 0})
+    common = ["data.kind=karpathy", "data.image_cache=shared", "train.epochs=2", "train.batch_size=16",
+              "train.warmup_steps=1", "train.threads=1", "eval.anatomy=false"]
+    sets = [*common, *(f"data.{k}={v}" for k, v in by_uri.items()), f"model.pretrained={weights.uri}"]
+    nodes = ("head", "b", "c")
+    env = {n: {"CCR_SCRATCH": str(tmp_path / f"scratch-{n}"), "CCR_CACHE": str(tmp_path / f"cache-{n}")}
+           for n in nodes}
+    for k, v in env["head"].items():  # the driver is on the head
+        monkeypatch.setenv(k, v)
+    uri = s3.uri("ccr", "data-sweep")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "env_vars": env["head"]})
+    try:
+        ray.init(address=cluster.address, log_to_driver=False)
+        ids = {n: cluster.add_node(num_cpus=1, env_vars=env[n]).node_id for n in ("b", "c")}
+        assert run_sweep(spec, sets, uri, quiet=True) == 0
+        runs = Storage(uri).child("runs")
+        res = {f.split("/")[0]: runs.read_json(f) for f in runs.files() if f.endswith("/results.json")}
+        assert len(res) == 2 and all(r["status"] == "complete" for r in res.values())
+        ran = {runs.read_text(f"{n}/starts.log").split()[1] for n in res}
+        # the local-path twin, on the same cluster (its own output; the nodes' caches are reused or extended)
+        local_sets = [*common, *(f"data.{k}={files[k]}" for k in by_uri), f"model.pretrained={clip}"]
+        assert run_sweep(spec, local_sets, tmp_path / "local", quiet=True) == 0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert ran and ran <= set(ids.values())
+
+    def did(node: str, kind: str, what: str | None = None) -> int:
+        return sum(1 for e in events(env[node]["CCR_CACHE"]) if e["event"] == kind and
+                   (what is None or what in (e.get("what"), e.get("uri"))))
+
+    inputs = ["data.path", "data.images", "data.tasks_file", "model.pretrained"]
+    for node in ("head", *(n for n in ("b", "c") if ids[n] in ran)):  # every node that read the data
+        assert [did(node, "staged", w) for w in inputs] == [1, 1, 1, 1], (node, events(env[node]["CCR_CACHE"]))
+    # the images were decoded once in the cluster, by the driver's node, which uploaded the cache to the sweep's
+    # storage; every trial node downloaded it (the local twin's shared cache is its own, under tmp_path/local)
+    uri_decodes = [e for n in nodes for e in events(env[n]["CCR_CACHE"])
+                   if e["event"] == "decoded" and e.get("into") == "cache"]
+    assert did("head", "uploaded") == 2 and len(uri_decodes) == 2  # the bucket sweep's and the local twin's
+    for node in (n for n in ("b", "c") if ids[n] in ran):
+        assert did(node, "decoded") == 0 and did(node, "downloaded") >= 1
+    assert Storage(uri).child("cache").files() and not [p for n in nodes for p in
+                                                         (tmp_path / f"cache-{n}").rglob("*.partial-*")]
+    assert res and all(r["config"]["data"]["images"] == by_uri["images"] for r in res.values())  # URIs kept
+
+    def numbers(r):
+        return {k: v for k, v in r["metrics"].items() if k != "index_cost/seconds" and "seconds" not in k}
+
+    for name, r in res.items():
+        local = json.loads((tmp_path / "local" / "runs" / name / "results.json").read_text())
+        assert r["recall"] == local["recall"] and numbers(r) == numbers(local), name

@@ -122,3 +122,8 @@ class RetrievalDataset:
         for t in self.task_names:
             out[t] = {s: int(len(self.image_ids(t, s))) for s in SPLITS}
         return out
+
+
+def list_problem(msg: str, items: list[str]) -> DataError:
+    shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
+    return DataError(f"{msg}: {shown}")

@@ -19,8 +19,10 @@ import numpy as np
 from PIL import Image
 
 from ccr.config import DataConfig
-from ccr.data.dataset import ArrayImages, DataError, FileImages, ImageStore, RetrievalDataset, load_image_file
-from ccr.data.pixels import Pixels
+from ccr.data.dataset import ArrayImages, DataError, FileImages, ImageStore, RetrievalDataset, list_problem
+from ccr.data.pixels import Pixels, decode_all
+
+_list_problem = list_problem  # the name other loaders import
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,6 @@ def _read_json(path: str | Path, what: str) -> Any:
         return json.loads(p.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{what} {p} is not valid JSON: {e}") from e
-
-
-def _list_problem(msg: str, items: list[str]) -> DataError:
-    shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
-    return DataError(f"{msg}: {shown}")
 
 
 def tasks_from_instances(path: str | Path, task_map: dict[str, str] | None = None) -> dict[str, str]:
@@ -74,7 +71,7 @@ def tasks_from_instances(path: str | Path, task_map: dict[str, str] | None = Non
         names = {c["name"] for c in cats}
         unknown = sorted(set(task_map) - names)
         if unknown:
-            raise _list_problem(f"data.task_map names categories that {path} does not have", unknown)
+            raise list_problem(f"data.task_map names categories that {path} does not have", unknown)
     return out
 
 
@@ -124,39 +121,18 @@ def verify_images(paths: list[Path], root: Path, cache_dir: str | None) -> None:
     _check_present(paths, root)
     unreadable = check_images(paths, cache_dir)
     if unreadable:
-        raise _list_problem("unreadable image files", unreadable)
+        raise list_problem("unreadable image files", unreadable)
 
 
 def _check_present(paths: list[Path], root: Path) -> None:
     missing = [str(p) for p in paths if not p.is_file()]
     if missing:
-        raise _list_problem(f"missing image files under {root}", missing)
+        raise list_problem(f"missing image files under {root}", missing)
 
 
 def image_sources(paths: list[Path], pixels: Pixels) -> dict:
     """How ccr.data.validated finds a dataset's pixels again."""
     return {"kind": "image_files", "paths": [str(p) for p in paths], "pixels": pixels.describe()}
-
-
-def _decode(path: Path, pixels: Pixels) -> tuple[np.ndarray | None, str | None]:
-    try:
-        return load_image_file(path, pixels), None
-    except Exception as e:  # noqa: BLE001 - any failure means unreadable
-        return None, f"{path} ({type(e).__name__}: {str(e)[:80]})"
-
-
-def decode_all(paths: list[Path], pixels: Pixels, out: np.ndarray, threads: int = 0) -> list[str]:
-    """Decode every image into `out` (N, 3, H, W) on a thread pool (PIL decodes and resizes without the GIL);
-    returns the unreadable files. This pass is also the decode check: nothing decodes the images twice."""
-    threads = threads or max(4, os.cpu_count() or 1)
-    bad: list[str] = []
-    with ThreadPoolExecutor(threads) as pool:
-        for i, (arr, err) in enumerate(pool.map(lambda p: _decode(p, pixels), paths)):
-            if err:
-                bad.append(err)
-            else:
-                out[i] = arr
-    return bad
 
 
 def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageStore:
@@ -185,7 +161,7 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
         out = np.empty((len(paths), 3, h, w), np.uint8)
         bad = decode_all(paths, pixels, out)
         if bad:
-            raise _list_problem("unreadable image files", bad)
+            raise list_problem("unreadable image files", bad)
         event(cfg.cache_dir, "decoded", images=len(paths), into="memory", seconds=round(time.time() - started, 3))
         return ArrayImages(out)
     started, todo = time.time(), len(paths)
@@ -255,14 +231,14 @@ def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
         captions.extend(sents)
         cap_img.extend([idx] * len(sents))
     if outside:
-        raise _list_problem(f"image paths that leave data.images ({root}); refused", outside)
+        raise list_problem(f"image paths that leave data.images ({root}); refused", outside)
     twice = [str(p) for p, n in Counter(paths).items() if n > 1]
     if twice:  # the same image twice would sit twice in a gallery
-        raise _list_problem("images listed twice (the same filepath/filename)", twice)
+        raise list_problem("images listed twice (the same filepath/filename)", twice)
     if bad_split:
-        raise _list_problem("images with an unknown split (expected train/restval/val/test)", bad_split)
+        raise list_problem("images with an unknown split (expected train/restval/val/test)", bad_split)
     if no_caption:
-        raise _list_problem("images with no caption", no_caption)
+        raise list_problem("images with no caption", no_caption)
     if not names:
         raise DataError(f"no image of {cfg.path} has a task in the task assignment")
     if unassigned:

@@ -185,7 +185,8 @@ def _build(files, target: Path, workers: int, chunk: int, cache_dir: Path | None
     """Decode every image (the decode check too) into a temporary file, then rename it into place."""
     import time
 
-    from ccr.data.karpathy import _list_problem, decode_all
+    from ccr.data.dataset import list_problem
+    from ccr.data.pixels import decode_all
     from ccr.staging import event
 
     n, (h, w) = len(files.paths), files.pixels.shape
@@ -199,7 +200,7 @@ def _build(files, target: Path, workers: int, chunk: int, cache_dir: Path | None
             ids = slice(lo, min(n, lo + chunk * 16))
             bad += decode_all(files.paths[ids], files.pixels, out[ids], max(workers, os.cpu_count() or 1, 4))
         if bad:
-            raise _list_problem("unreadable image files", bad)
+            raise list_problem("unreadable image files", bad)
         out.flush()
         del out
         with open(tmp, "rb+") as f:

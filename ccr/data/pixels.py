@@ -9,6 +9,8 @@ transformers' PIL backend, so ccr's pixels are the ones the model was trained on
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -116,3 +118,24 @@ def load_image_file(path: str | Path, pixels: Pixels | int) -> np.ndarray:
     p = Pixels.square(pixels) if isinstance(pixels, int) else pixels
     with Image.open(path) as im:
         return p.apply(im)
+
+
+def _decode(path: Path, pixels: Pixels) -> tuple[np.ndarray | None, str | None]:
+    try:
+        return load_image_file(path, pixels), None
+    except Exception as e:  # noqa: BLE001 - any failure means unreadable
+        return None, f"{path} ({type(e).__name__}: {str(e)[:80]})"
+
+
+def decode_all(paths: list[Path], pixels: Pixels, out: np.ndarray, threads: int = 0) -> list[str]:
+    """Decode every image into `out` (N, 3, H, W) on a thread pool (PIL decodes and resizes without the GIL);
+    returns the unreadable files. This pass is also the decode check: nothing decodes the images twice."""
+    threads = threads or max(4, os.cpu_count() or 1)
+    bad: list[str] = []
+    with ThreadPoolExecutor(threads) as pool:
+        for i, (arr, err) in enumerate(pool.map(lambda p: _decode(p, pixels), paths)):
+            if err:
+                bad.append(err)
+            else:
+                out[i] = arr
+    return bad
