@@ -120,8 +120,14 @@ def _copy(store: Storage, kind: str, name: str, dest: Path) -> None:
                     destination_filesystem=pafs.LocalFileSystem(), chunk_size=1 << 20, use_threads=True)
 
 
-def stage(uri: str, what: str, cache_dir: str | Path | None = None) -> Staged:
-    """`uri`'s objects on this node (see the module docstring); `what` names the config key in errors."""
+# folders listed but not copied yet (stage(copy=False)): local path -> what staging them needs
+_PENDING: dict[str, tuple] = {}
+
+
+def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool = True) -> Staged:
+    """`uri`'s objects on this node (see the module docstring); `what` names the config key in errors. With
+    `copy=False` the objects are listed, not copied: `pending_files` answers from the listing until
+    `materialize` copies them (an image folder whose pixels come from a shared cache is never copied)."""
     try:
         store = Storage(uri)
     except StorageError as e:
@@ -136,11 +142,33 @@ def stage(uri: str, what: str, cache_dir: str | Path | None = None) -> Staged:
                    len(files), total, sig)
     if (folder / MARKER).is_file():
         return found
+    if not copy:
+        _PENDING[str(found.local)] = (store, kind, files, found, base, what, cache_dir)
+        return found
+    return _stage(store, kind, files, found, base, what, cache_dir)
+
+
+def _stage(store: Storage, kind: str, files: list, found: Staged, base: Path, what: str, cache_dir) -> Staged:
     try:
         return _stage_locked(store, kind, files, found, base, what, cache_dir)
     except OSError as e:  # the node's cache cannot be written (full, read-only): one line naming it
         raise DataError(f"{what}: cannot stage {store.display()} into {base} "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+
+
+def pending_files(path: str | Path) -> dict[str, int] | None:
+    """{relative name: size} of a folder listed by stage(copy=False) and not copied yet; None otherwise."""
+    p = _PENDING.get(str(path))
+    if p is None or (p[3].folder / MARKER).is_file():
+        return None
+    return {name: size for name, size, _ in p[2]}
+
+
+def materialize(path: str | Path) -> None:
+    """Copy a folder that stage(copy=False) only listed (a no-op for anything else)."""
+    p = _PENDING.pop(str(path), None)
+    if p is not None and not (p[3].folder / MARKER).is_file():
+        _stage(*p)
 
 
 def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: Path, what: str,
@@ -176,22 +204,26 @@ def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: P
     return found
 
 
-def local_data(d):
-    """A DataConfig whose URI locations are this node's staged copies (the same object when none is a URI)."""
-    staged = {k: str(stage(v, f"data.{k}", d.cache_dir).local)
+def local_data(d, listed_only: tuple[str, ...] = ()):
+    """A DataConfig whose URI locations are this node's staged copies (the same object when none is a URI); the
+    keys in `listed_only` are listed, not copied (see `stage(copy=False)`)."""
+    staged = {k: str(stage(v, f"data.{k}", d.cache_dir, copy=k not in listed_only).local)
               for k in DATA_LOCATIONS if is_remote(v := getattr(d, k))}
     return dataclasses.replace(d, **staged) if staged else d
 
 
 def staged_of(d) -> dict[str, Staged]:
-    """The staged copies of a DataConfig's URI locations (staging them when needed): for the dataset card."""
-    return {k: stage(v, f"data.{k}", d.cache_dir) for k in DATA_LOCATIONS if is_remote(v := getattr(d, k))}
+    """Where a DataConfig's URI locations are staged on this node (listed again, nothing copied): for the card."""
+    return {k: stage(v, f"data.{k}", d.cache_dir, copy=False) for k in DATA_LOCATIONS
+            if is_remote(v := getattr(d, k))}
 
 
 def identity(path: str | Path) -> str | None:
     """The listing digest of the staged copy that holds `path`, or None for a path that was not staged: an
     identity of the files that is the same on every node (their local paths and mtimes are not)."""
     p = Path(path)
+    if str(p) in _PENDING:
+        return _PENDING[str(p)][3].signature
     for parent in (p, *p.parents):
         if parent.name == "data" and (parent.parent / MARKER).is_file():
             return parent.parent.name

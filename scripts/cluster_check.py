@@ -1,7 +1,8 @@
 """The cluster path as a user runs it, on one machine: `ray up` -> `ray job submit` a sweep into S3 -> lose
 a node mid-sweep -> `ccr analyze` the bucket -> `ray down`.
 
-    python scripts/cluster_check.py                                  # sweeps/default.yaml
+    python scripts/cluster_check.py                                  # sweeps/default.yaml on data in the bucket
+    python scripts/cluster_check.py --data generated                 # on the embedded default instead
     python scripts/cluster_check.py --set train.epochs=2             # a shorter sweep
 
 It installs ccr's `cluster` extra (ray[default]: the dashboard and job API) and openssh-server and
@@ -10,7 +11,9 @@ rsync if they are missing (Debian/Ubuntu, as root), authorises a key of its own
 already answers there with that key. It starts an S3-compatible server (moto) on 127.0.0.1:9000 with a
 bucket `ccr`, makes a Ray token (`ray get-auth-token --generate`), brings up scripts/cluster-local.yaml
 (Ray's `local` provider: head 127.0.0.3, worker 127.0.0.2, over SSH), submits the sweep through the
-token-protected job API with `ray job submit`, kills the worker's raylet (kill -9) once a trial on it
+token-protected job API with `ray job submit` (by default on a Karpathy-layout dataset of 640x480 JPEGs and
+a tiny CLIP folder that exist only in the bucket: the local copies are deleted before the job starts, and each
+node stages what it reads into its own cache), kills the worker's raylet (kill -9) once a trial on it
 has written its first checkpoint to the bucket, waits for the job, runs `ccr analyze` on the bucket,
 checks that every trial finished and that the interrupted one resumed from the bucket, and takes
 everything down again. Exit code 0 when every check passed.
@@ -154,9 +157,48 @@ def cluster_file(dest: Path) -> Path:
     return dest
 
 
+def data_in_bucket(uri) -> list[str]:
+    """A dataset (Karpathy layout, 4 tasks of 640x480 JPEGs) and a tiny CLIP folder, uploaded to the bucket and
+    deleted here: the config overrides that name them by URI."""
+    from ccr.storage import Storage
+    from tests.karpathy_fixture import make_photos
+    from tests.pretrained_fixture import make_complete
+
+    src = WORK / "src"
+    shutil.rmtree(src, ignore_errors=True)
+    files = make_photos(src / "photos", per_task=60, test_per_task=12, n_tasks=4)
+    clip = make_complete(src / "clip", "clip", image_size=16)
+    data, weights = Storage(uri("datasets/photos")), Storage(uri("models/clip-tiny"))
+    data.upload_dir(files["images"], "images")
+    for k in ("path", "tasks_file"):
+        data.write_bytes(files[k].name, files[k].read_bytes())
+    weights.upload_dir(clip, "")
+    shutil.rmtree(src)  # from here on the data and the weights are in the bucket only
+    log(f"dataset ({len(data.files('images'))} JPEGs) and weights uploaded to {data.display()} and "
+        f"{weights.display()}; the local copies are deleted")
+    return ["data.kind=karpathy", f"data.path={data.child(files['path'].name).uri}",
+            f"data.images={data.child('images').uri}", f"data.tasks_file={data.child(files['tasks_file'].name).uri}",
+            "data.image_cache=shared", f"model.pretrained={weights.uri}", "train.batch_size=16",
+            "train.epochs=20"]
+
+
+def staged_inputs(node: str) -> dict[str, int]:
+    """What a node of the local cluster staged (from its ccr cache's events), by config key."""
+    from ccr.staging import events
+
+    staged: dict[str, int] = {}
+    for e in events(WORK / node / "cache"):
+        if e["event"] == "staged":
+            staged[e["what"]] = staged.get(e["what"], 0) + 1
+    return staged
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", default="sweeps/default.yaml")
+    p.add_argument("--data", choices=("bucket", "generated"), default="bucket",
+                   help="bucket: a JPEG dataset and CLIP weights in the bucket only (default); generated: the "
+                        "embedded default benchmark")
     p.add_argument("--set", action="append", default=[], help="config override for every trial")
     p.add_argument("--timeout", type=float, default=3600, help="seconds to wait for the sweep")
     a = p.parse_args()
@@ -176,6 +218,11 @@ def main() -> int:
             sh(f"{sys.executable} -m pip install -q -e '{REPO}[cluster]'", quiet=True)
         sshd = ensure_ssh()
         s3 = start_s3()
+        for node in ("head", "worker"):  # nodes that have never seen the data
+            shutil.rmtree(WORK / node / "cache", ignore_errors=True)
+        bucket = lambda rel: f"s3://ccr/{rel}?endpoint_override=127.0.0.1:{S3_PORT}&scheme=http"  # noqa: E731
+        if a.data == "bucket":
+            a.set = [*data_in_bucket(bucket), *a.set]
         sh(f"{RAY} get-auth-token --generate > /dev/null", env=env)
         cluster = cluster_file(WORK / "cluster.yaml")
         sh(f"{RAY} up -y --no-config-cache {cluster}", env=env, timeout=900)
@@ -224,6 +271,7 @@ def main() -> int:
         assert pids, "the worker's raylet was not found"
         for pid in pids:
             os.kill(int(pid), signal.SIGKILL)
+        worker_staged = staged_inputs("worker")
         shutil.rmtree(WORK / "worker" / "scratch", ignore_errors=True)  # and its disk is gone with it
         log(f"killed the worker's raylet (pid {', '.join(pids)}) while trial {victim} was running on it, "
             "and deleted its scratch folder")
@@ -248,6 +296,12 @@ def main() -> int:
         assert res and all(r["status"] == "complete" for r in res.values())
         assert len(starts) >= 2 and res[victim]["resumes"], "the interrupted trial did not resume from the bucket"
         assert starts[0].split()[1] == worker_id and starts[-1].split()[1] != worker_id
+        if a.data == "bucket":  # each node staged each input once, from the bucket, into its own cache
+            head_staged = staged_inputs("head")
+            log(f"staged from the bucket: head {head_staged}, worker {worker_staged}")
+            inputs = {"data.path": 1, "data.images": 1, "data.tasks_file": 1, "model.pretrained": 1}
+            assert worker_staged == inputs and head_staged == inputs, "each node stages each input once"
+            assert any(r["config"]["data"]["images"].startswith("s3://") for r in res.values())
         sh(f"{PYTHON} -m ccr.cli analyze {shlex.quote(uri)}", env=env)
         summary = Storage(uri).child("analysis").read_text("summary.md")
         print("\n".join(summary.splitlines()[:25]))

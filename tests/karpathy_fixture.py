@@ -53,11 +53,29 @@ def make_karpathy(root: Path, per_task: int = 12, test_per_task: int = 4,
     return {"path": ds, "images": img_dir, "tasks_file": tf, "instances": inst}
 
 
-PHOTO_TASKS = {"animal": ["dog", "cat"], "vehicle": ["car", "bus"]}
+PHOTO_TASKS = {"animal": ["dog", "cat"], "vehicle": ["car", "bus"], "shape": ["circle", "square"],
+               "mark": ["cross", "ring"]}
+
+
+def _draw(draw, word: str, x: int, y: int, r: int, fill) -> None:
+    box = (x - r, y - r, x + r, y + r)
+    if word in ("dog", "circle"):
+        draw.ellipse(box, fill=fill)
+    elif word == "cat":
+        draw.pieslice(box, 30, 330, fill=fill)
+    elif word in ("car", "square"):
+        draw.rectangle(box if word == "square" else (x - r, y - r // 2, x + r, y + r // 2), fill=fill)
+    elif word == "bus":
+        draw.polygon([(x - r, y + r), (x, y - r), (x + r, y + r)], fill=fill)
+    elif word == "cross":
+        draw.rectangle((x - r, y - r // 4, x + r, y + r // 4), fill=fill)
+        draw.rectangle((x - r // 4, y - r, x + r // 4, y + r), fill=fill)
+    else:  # ring
+        draw.ellipse(box, outline=fill, width=max(4, r // 4))
 
 
 def make_photos(root: Path, per_task: int = 100, test_per_task: int = 20, size: tuple[int, int] = (640, 480),
-                seed: int = 0) -> dict[str, Path]:
+                seed: int = 0, n_tasks: int = 2) -> dict[str, Path]:
     """A Karpathy-layout dataset of real-size JPEG photos (COCO's 640x480): a smooth background and one object
     whose shape and colour follow its caption, so that a model can learn something. Returns the same keys as
     `make_karpathy` (path, images, tasks_file)."""
@@ -69,7 +87,7 @@ def make_photos(root: Path, per_task: int = 100, test_per_task: int = 20, size: 
     colours = {"red": (200, 40, 40), "blue": (40, 60, 200)}
     w, h = size
     entries, tasks, k = [], {}, 0
-    for task, words in PHOTO_TASKS.items():
+    for task, words in list(PHOTO_TASKS.items())[:n_tasks]:
         for j in range(per_task):
             word, colour = words[j % 2], list(colours)[(j // 2) % 2]
             top = rng.integers(0, 255, 3)
@@ -78,14 +96,7 @@ def make_photos(root: Path, per_task: int = 100, test_per_task: int = 20, size: 
             im = Image.fromarray(arr)
             draw = ImageDraw.Draw(im)
             x, y, r = int(rng.integers(100, w - 100)), int(rng.integers(100, h - 100)), int(rng.integers(40, 90))
-            box = (x - r, y - r, x + r, y + r)
-            shape = {"dog": draw.ellipse, "cat": draw.pieslice, "car": draw.rectangle, "bus": draw.polygon}[word]
-            if word == "cat":
-                shape(box, 30, 330, fill=colours[colour])
-            elif word == "bus":
-                shape([(x - r, y + r), (x, y - r), (x + r, y + r)], fill=colours[colour])
-            else:
-                shape(box, fill=colours[colour])
+            _draw(draw, word, x, y, r, colours[colour])
             fn = f"COCO_train2014_{k:012d}.jpg"
             im.save(img_dir / fn, quality=90)
             split = "test" if j < test_per_task else "train"

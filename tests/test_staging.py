@@ -151,8 +151,10 @@ def test_a_shared_image_cache_is_decoded_once_and_downloaded_by_other_nodes(s3, 
         monkeypatch.setenv("CCR_CACHE", str(tmp_path / f"cache-{node}"))
         ds = load_dataset(_cfg(uris, "data.image_cache=shared", f"data.shared_cache={shared}"))
         arrays[node] = ds.images.load(np.arange(ds.n_images))
-    kinds = {n: [e["event"] for e in events(tmp_path / f"cache-{n}") if e["event"] != "staged"] for n in "ab"}
-    assert kinds == {"a": ["decoded", "uploaded"], "b": ["downloaded"]}
+    kinds = {n: [e["event"] for e in events(tmp_path / f"cache-{n}")] for n in "ab"}
+    # node a copies the images to decode them; node b downloads their pixels and never copies the images
+    assert kinds == {"a": ["staged"] * 3 + ["decoded", "uploaded"], "b": ["staged"] * 2 + ["downloaded"]}
+    assert "data.images" not in [e.get("what") for e in events(tmp_path / "cache-b")]
     assert torch.equal(arrays["a"], arrays["b"])
     local_ds = load_dataset(_cfg({k: str(v) for k, v in local.items()}, f"data.cache_dir={tmp_path / 'c'}"))
     assert torch.equal(arrays["a"], local_ds.images.load(np.arange(local_ds.n_images)))

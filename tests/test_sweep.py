@@ -143,6 +143,20 @@ def test_cluster_yaml_validates_against_rays_schema():
     validate_config(prepare_config(cfg))
     assert any("pip install" in c and "/home/ray/ccr" in c for c in cfg["setup_commands"])
     assert not any("[gpu]" in c for c in cfg["setup_commands"])  # faiss-gpu would fight faiss-cpu
+    # data and weights come from a bucket, staged by each node: nothing is copied from the laptop but ccr and the token
+    assert sorted(cfg["file_mounts"].values()) == [".", "~/.ray/auth_token"]
+
+
+def test_the_paper_sweeps_read_data_and_weights_by_uri():
+    from ccr.config import parse_config, read_tree
+    from ccr.staging import DATA_LOCATIONS
+
+    for name in ("paper_base", "clip_base"):  # the sweeps' bases (their task orders read the data: a network)
+        cfg = parse_config(read_tree(REPO / "sweeps" / f"{name}.yaml"))
+        given = [getattr(cfg.data, k) for k in DATA_LOCATIONS if getattr(cfg.data, k)]
+        weights = [w for w in (cfg.model.pretrained, cfg.model.image.pretrained, cfg.model.text.pretrained) if w]
+        assert given and weights and all(v.startswith("s3://") for v in given + weights), (name, given, weights)
+        assert cfg.data.image_cache == "shared"
 
 
 def test_the_cluster_check_runs_the_nodes_commands_with_its_own_interpreter(tmp_path):

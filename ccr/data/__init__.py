@@ -31,7 +31,10 @@ def load_dataset(cfg: Config) -> RetrievalDataset:
         return load_generated(d)
     from ccr.staging import local_data
 
-    d = local_data(d)  # URIs: this node's staged copies (config.yaml keeps the URIs)
+    # URIs: this node's staged copies (config.yaml keeps the URIs); with an image cache shared through storage, the
+    # image folder is only listed: a node that finds the cache there downloads it and never copies the images
+    shared = d.kind == "karpathy" and d.image_cache == "shared" and bool(d.shared_cache)
+    d = local_data(d, listed_only=("images",) if shared else ())
     pixels = pixels_for(cfg)
     if d.kind == "precomp":
         from ccr.data.precomp import load_precomp

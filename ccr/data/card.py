@@ -34,7 +34,10 @@ def image_sizes(paths: list[str]) -> dict[str, Any]:
     pick = paths if len(paths) <= SIZES_AT_MOST else [paths[i] for i in
                                                        np.linspace(0, len(paths) - 1, SIZES_AT_MOST).astype(int)]
     with ThreadPoolExecutor(max(4, os.cpu_count() or 1)) as pool:
-        sizes = np.array([s for s in pool.map(_header_size, pick) if s] or [(0, 0)])
+        found = [s for s in pool.map(_header_size, pick) if s]
+    if not found:  # not on this node: their pixels come from the shared image cache
+        return {"read": 0, "of": len(paths)}
+    sizes = np.array(found)
     common = Counter(map(tuple, sizes.tolist())).most_common(3)
     return {"read": len(pick), "of": len(paths),
             "width": _quantiles(sizes[:, 0]), "height": _quantiles(sizes[:, 1]),
@@ -82,7 +85,8 @@ def card(cfg: Config) -> dict[str, Any]:
         out["features"] = {"files": src["files"], "dims": int(ds.images.load(np.array([0])).shape[-1])}
     if cfg.data.kind != "generated":
         root = cache_root(cfg.data.cache_dir)
-        out["staged"] = {k: {"uri": s.shown, "local": str(s.local), "files": s.files, "bytes": s.bytes}
+        out["staged"] = {k: {"uri": s.shown, "local": str(s.local), "files": s.files, "bytes": s.bytes,
+                             "copied": (s.folder / ".ccr-complete").is_file()}
                          for k, s in staged_of(cfg.data).items()}
         out["local inputs"] = {k: v for k in ("path", "images", "tasks_file", "split_file", "task_map", "instances")
                                if (v := getattr(cfg.data, k)) and not is_remote(v)}
@@ -120,16 +124,21 @@ def render(c: dict[str, Any]) -> str:
     if "image sizes" in c:
         s = c["image sizes"]
         sample = "" if s["read"] == s["of"] else f" (an even sample of {s['read']} of {s['of']})"
-        lines.append(f"image sizes{sample}: width {_n(s['width']['min'])}-{_n(s['width']['max'])} (median "
-                     f"{_n(s['width']['median'])}), height {_n(s['height']['min'])}-{_n(s['height']['max'])} (median "
-                     f"{_n(s['height']['median'])}); most common {', '.join(s['most_common'])}")
+        if not s["read"]:
+            lines.append("image sizes: not read (the image files are not on this node: their pixels come from the "
+                         "shared image cache)")
+        else:
+            w, h = s["width"], s["height"]
+            lines.append(f"image sizes{sample}: width {_n(w['min'])}-{_n(w['max'])} (median {_n(w['median'])}), "
+                         f"height {_n(h['min'])}-{_n(h['max'])} (median {_n(h['median'])}); most common "
+                         f"{', '.join(s['most_common'])}")
     if "features" in c:
         lines.append(f"precomputed features: {c['features']['dims']} dimensions")
     left = c["left out"]
     lines.append("left out: " + (", ".join(f"{n} {why}" for why, n in left.items()) if left else "nothing"))
     for key, s in (c.get("staged") or {}).items():
-        lines.append(f"data.{key}: {s['uri']} -> staged at {s['local']} ({s['files']} files, "
-                     f"{s['bytes'] / 1e6:.1f} MB)")
+        where = f"staged at {s['local']}" if s.get("copied", True) else "listed, not copied (shared image cache)"
+        lines.append(f"data.{key}: {s['uri']} -> {where} ({s['files']} files, {s['bytes'] / 1e6:.1f} MB)")
     for key, v in (c.get("local inputs") or {}).items():
         lines.append(f"data.{key}: {v} (local)")
     caches = c.get("caches")

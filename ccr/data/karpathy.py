@@ -142,10 +142,16 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
     themselves after a decode check (whose verdicts are cached by size and mtime)."""
     import time
 
-    from ccr.staging import event
+    from ccr.staging import event, materialize, pending_files
 
     root = Path(cfg.images or ".")
-    _check_present(paths, root)
+    listed = pending_files(root)  # the image folder in storage, not copied here (yet): its listing says what is there
+    if listed is not None:
+        missing = [str(p) for p in paths if os.path.relpath(p, root) not in listed]
+        if missing:
+            raise list_problem(f"missing image files under {cfg.images} (in storage)", missing)
+    else:
+        _check_present(paths, root)
     if cfg.image_cache:
         from ccr.data.generated import cache_root
         from ccr.data.pipeline import cached_images
@@ -153,7 +159,8 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
 
         shared = Storage(cfg.shared_cache) if cfg.image_cache == "shared" and cfg.shared_cache else None
         return cached_images(FileImages(paths, pixels), cache_root(cfg.cache_dir), cfg.num_workers,
-                             shared=shared, root=root)
+                             shared=shared, root=root, sizes=listed)
+    materialize(root)
     h, w = pixels.shape
     fits = len(paths) * 3 * h * w <= PRELOAD_BYTES
     if cfg.in_memory if cfg.in_memory is not None else fits:
@@ -175,8 +182,10 @@ def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     data = _read_json(cfg.path, "dataset file (data.path)")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise DataError(f"dataset file {cfg.path} must be a JSON object with an 'images' list (Karpathy format)")
+    from ccr.staging import pending_files
+
     root = Path(cfg.images)
-    if not root.is_dir():
+    if not root.is_dir() and pending_files(root) is None:  # (a folder in storage, listed but not copied: is one)
         raise DataError(f"image folder (data.images) not found: {root}")
     if cfg.tasks_file:
         assign = _read_json(cfg.tasks_file, "tasks file (data.tasks_file)")

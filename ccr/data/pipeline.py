@@ -102,31 +102,38 @@ def cache_key(paths: Sequence[Path], pixels) -> str:
     return h.hexdigest()[:24]
 
 
-def shared_key(paths: Sequence[Path], pixels, root: Path) -> str:
+def shared_key(paths: Sequence[Path], pixels, root: Path, sizes: dict[str, int] | None = None) -> str:
     """The images' identity on every node: their names under the image root and sizes, what the root was
-    staged from (ccr.staging: the same listing on every node) or, for a shared mount, every file's mtime."""
+    staged from (ccr.staging: the same listing on every node) or, for a shared mount, every file's mtime.
+    `sizes`: {name: size} from the storage's listing, for images not copied to this node."""
     from ccr.staging import identity
 
     staged = identity(root)
     h = hashlib.sha256(f"ccr-images-v2 shared {json.dumps(pixels.describe(), sort_keys=True)} {staged}\n".encode())
     for p in paths:
+        rel = os.path.relpath(p, root)
+        if sizes is not None and staged:
+            h.update(f"{rel}\t{sizes[rel]}\t\n".encode())
+            continue
         st = os.stat(p)
-        h.update(f"{os.path.relpath(p, root)}\t{st.st_size}\t{'' if staged else st.st_mtime_ns}\n".encode())
+        h.update(f"{rel}\t{st.st_size}\t{'' if staged else st.st_mtime_ns}\n".encode())
     return h.hexdigest()[:24]
 
 
 def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256, shared=None,
-                  root: Path | None = None) -> MemmapImages:
+                  root: Path | None = None, sizes: dict[str, int] | None = None) -> MemmapImages:
     """`files` (a FileImages) decoded once into `cache_dir/images/<key>.npy`, then memory-mapped.
 
     The file is written under a temporary name and renamed when complete, so a killed build leaves
     nothing that a later study would read; concurrent studies on one node build it once (a file lock).
     Building it is also the decode check (an unreadable image is a DataError naming it). With `shared` (a
     Storage: data.image_cache=shared), the first node to need it builds it and uploads it there; every other
-    node downloads it instead of decoding.
+    node downloads it instead of decoding (and, for images in storage, never copies them: `sizes`, their listing).
     """
+    from ccr.staging import materialize
+
     if shared is not None:
-        key = "shared-" + shared_key(files.paths, files.pixels, root or Path("."))
+        key = "shared-" + shared_key(files.paths, files.pixels, root or Path("."), sizes)
     else:
         key = cache_key(files.paths, files.pixels)
     target = Path(cache_dir) / "images" / f"{key}.npy"
@@ -143,6 +150,8 @@ def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256, sh
         if shared is not None and shared.is_file(f"images/{key}.done"):
             _download(shared, f"images/{key}.npy", target, cache_dir)
         else:
+            if root is not None:
+                materialize(root)  # the images, from storage, to decode them here
             _build(files, target, workers, chunk, cache_dir)
             if shared is not None:
                 _upload(target, shared, f"images/{key}.npy", cache_dir)
