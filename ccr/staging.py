@@ -106,8 +106,8 @@ def _listing(store: Storage, what: str) -> tuple[str, list[tuple[str, int, int]]
     return "folder", files
 
 
-def _copy(store: Storage, kind: str, name: str, dest: Path) -> None:
-    """The objects into `dest` (a folder), in parallel on pyarrow's I/O threads."""
+def _copy(store: Storage, kind: str, name: str, dest: Path, only: list[str] | None = None) -> None:
+    """The objects into `dest` (a folder), in parallel on pyarrow's I/O threads (`only`: just these names)."""
     import pyarrow as pa
     import pyarrow.fs as pafs
 
@@ -115,6 +115,11 @@ def _copy(store: Storage, kind: str, name: str, dest: Path) -> None:
     if want > pa.io_thread_count():
         pa.set_io_thread_count(want)
     dest.mkdir(parents=True, exist_ok=True)
+    if only is not None:
+        for rel in only:
+            pafs.copy_files(f"{store.root}/{rel}", str(dest / rel), source_filesystem=store.fs,
+                            destination_filesystem=pafs.LocalFileSystem(), chunk_size=1 << 20, use_threads=True)
+        return
     target = dest / name if kind == "file" else dest
     pafs.copy_files(store.root, str(target), source_filesystem=store.fs,
                     destination_filesystem=pafs.LocalFileSystem(), chunk_size=1 << 20, use_threads=True)
@@ -124,15 +129,23 @@ def _copy(store: Storage, kind: str, name: str, dest: Path) -> None:
 _PENDING: dict[str, tuple] = {}
 
 
-def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool = True) -> Staged:
+def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool = True,
+          top_only: bool = False) -> Staged:
     """`uri`'s objects on this node (see the module docstring); `what` names the config key in errors. With
     `copy=False` the objects are listed, not copied: `pending_files` answers from the listing until
-    `materialize` copies them (an image folder whose pixels come from a shared cache is never copied)."""
+    `materialize` copies them (an image folder whose pixels come from a shared cache is never copied). With
+    `top_only`, a folder's files but not its subfolders (Visual Genome's JSON files, not the images beside them)."""
     try:
         store = Storage(uri)
     except StorageError as e:
         raise ConfigError(f"{what}: {e}") from e
     kind, files = _listing(store, what)
+    only = None  # copy every object of the listing
+    if top_only and kind == "folder" and any("/" in f[0] for f in files):
+        files = [f for f in files if "/" not in f[0]]
+        only = [f[0] for f in files]
+        if not files:
+            raise DataError(f"{what}: {store.display()} holds no files (only folders)")
     sig = hashlib.sha256(json.dumps([kind, files]).encode()).hexdigest()[:20]
     base = cache_root(str(cache_dir) if cache_dir else None) / "staged" / hashlib.sha256(uri.encode()).hexdigest()[:20]
     folder = base / sig
@@ -143,14 +156,15 @@ def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool =
     if (folder / MARKER).is_file():
         return found
     if not copy:
-        _PENDING[str(found.local)] = (store, kind, files, found, base, what, cache_dir)
+        _PENDING[str(found.local)] = (store, kind, files, found, base, what, cache_dir, only)
         return found
-    return _stage(store, kind, files, found, base, what, cache_dir)
+    return _stage(store, kind, files, found, base, what, cache_dir, only)
 
 
-def _stage(store: Storage, kind: str, files: list, found: Staged, base: Path, what: str, cache_dir) -> Staged:
+def _stage(store: Storage, kind: str, files: list, found: Staged, base: Path, what: str, cache_dir,
+           only: list[str] | None = None) -> Staged:
     try:
-        return _stage_locked(store, kind, files, found, base, what, cache_dir)
+        return _stage_locked(store, kind, files, found, base, what, cache_dir, only)
     except OSError as e:  # the node's cache cannot be written (full, read-only): one line naming it
         raise DataError(f"{what}: cannot stage {store.display()} into {base} "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
@@ -172,7 +186,7 @@ def materialize(path: str | Path) -> None:
 
 
 def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: Path, what: str,
-                  cache_dir) -> Staged:
+                  cache_dir, only: list[str] | None) -> Staged:
     folder, sig, total = found.folder, found.signature, found.bytes
     name = files[0][0] if kind == "file" else ""
     with node_lock(base.with_suffix(".lock")):
@@ -185,7 +199,7 @@ def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: P
         started = time.time()
         log.info("staging %s (%d files, %.1f MB) into %s", store.display(), len(files), total / 1e6, folder)
         try:
-            _copy(store, kind, name, tmp / "data")
+            _copy(store, kind, name, tmp / "data", only)
             short = [f for f, size, _ in files if not (tmp / "data" / f).is_file()
                      or (tmp / "data" / f).stat().st_size != size]
             if short:
@@ -207,14 +221,16 @@ def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: P
 def local_data(d, listed_only: tuple[str, ...] = ()):
     """A DataConfig whose URI locations are this node's staged copies (the same object when none is a URI); the
     keys in `listed_only` are listed, not copied (see `stage(copy=False)`)."""
-    staged = {k: str(stage(v, f"data.{k}", d.cache_dir, copy=k not in listed_only).local)
+    # a folder data.path (precomputed features, Visual Genome's JSON files) holds its files at the top: the
+    # subfolders beside them (Visual Genome's images, staged through data.images) are not copied twice
+    staged = {k: str(stage(v, f"data.{k}", d.cache_dir, copy=k not in listed_only, top_only=k == "path").local)
               for k in DATA_LOCATIONS if is_remote(v := getattr(d, k))}
     return dataclasses.replace(d, **staged) if staged else d
 
 
 def staged_of(d) -> dict[str, Staged]:
     """Where a DataConfig's URI locations are staged on this node (listed again, nothing copied): for the card."""
-    return {k: stage(v, f"data.{k}", d.cache_dir, copy=False) for k in DATA_LOCATIONS
+    return {k: stage(v, f"data.{k}", d.cache_dir, copy=False, top_only=k == "path") for k in DATA_LOCATIONS
             if is_remote(v := getattr(d, k))}
 
 

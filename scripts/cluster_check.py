@@ -166,7 +166,7 @@ def data_in_bucket(uri) -> list[str]:
 
     src = WORK / "src"
     shutil.rmtree(src, ignore_errors=True)
-    files = make_photos(src / "photos", per_task=60, test_per_task=12, n_tasks=4)
+    files = make_photos(src / "photos", per_task=150, test_per_task=30, n_tasks=4)
     clip = make_complete(src / "clip", "clip", image_size=16)
     data, weights = Storage(uri("datasets/photos")), Storage(uri("models/clip-tiny"))
     data.upload_dir(files["images"], "images")
@@ -179,7 +179,7 @@ def data_in_bucket(uri) -> list[str]:
     return ["data.kind=karpathy", f"data.path={data.child(files['path'].name).uri}",
             f"data.images={data.child('images').uri}", f"data.tasks_file={data.child(files['tasks_file'].name).uri}",
             "data.image_cache=shared", f"model.pretrained={weights.uri}", "train.batch_size=16",
-            "train.epochs=20"]
+            "train.epochs=50"]
 
 
 def staged_inputs(node: str) -> dict[str, int]:
@@ -191,6 +191,13 @@ def staged_inputs(node: str) -> dict[str, int]:
         if e["event"] == "staged":
             staged[e["what"]] = staged.get(e["what"], 0) + 1
     return staged
+
+
+def worker_cache_events() -> list[str]:
+    """The worker's decoding passes and image-cache downloads (from its ccr cache's events)."""
+    from ccr.staging import events
+
+    return [e["event"] for e in events(WORK / "worker" / "cache") if e["event"] in ("decoded", "downloaded")]
 
 
 def main() -> int:
@@ -212,9 +219,9 @@ def main() -> int:
     sshd = s3 = None
     ok = False
     try:
-        try:
-            import aiohttp  # noqa: F401  (the dashboard and job API need ray[default])
-        except ImportError:
+        import ray._private.utils
+
+        if ray._private.utils.get_dashboard_dependency_error():  # the dashboard and job API need ray[default]
             sh(f"{sys.executable} -m pip install -q -e '{REPO}[cluster]'", quiet=True)
         sshd = ensure_ssh()
         s3 = start_s3()
@@ -271,7 +278,7 @@ def main() -> int:
         assert pids, "the worker's raylet was not found"
         for pid in pids:
             os.kill(int(pid), signal.SIGKILL)
-        worker_staged = staged_inputs("worker")
+        worker_staged, worker_events = staged_inputs("worker"), worker_cache_events()
         shutil.rmtree(WORK / "worker" / "scratch", ignore_errors=True)  # and its disk is gone with it
         log(f"killed the worker's raylet (pid {', '.join(pids)}) while trial {victim} was running on it, "
             "and deleted its scratch folder")
@@ -300,7 +307,13 @@ def main() -> int:
             head_staged = staged_inputs("head")
             log(f"staged from the bucket: head {head_staged}, worker {worker_staged}")
             inputs = {"data.path": 1, "data.images": 1, "data.tasks_file": 1, "model.pretrained": 1}
-            assert worker_staged == inputs and head_staged == inputs, "each node stages each input once"
+            # the head (the sweep's driver) copies the images, decodes them once and uploads the shared cache; the
+            # worker downloads that cache and never copies the images
+            assert head_staged == inputs, "the head stages each input once"
+            assert worker_staged == {k: v for k, v in inputs.items() if k != "data.images"}, \
+                "the worker stages each input once, and not the images"
+            log(f"the worker's image pixels: {worker_events}")
+            assert worker_events == ["downloaded"], "the worker downloads the shared image cache, decodes nothing"
             assert any(r["config"]["data"]["images"].startswith("s3://") for r in res.values())
         sh(f"{PYTHON} -m ccr.cli analyze {shlex.quote(uri)}", env=env)
         summary = Storage(uri).child("analysis").read_text("summary.md")

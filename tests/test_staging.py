@@ -247,3 +247,38 @@ def test_a_sweep_whose_dataset_cannot_be_read_stops_before_any_trial(ray_local, 
                  "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "ccr: error: dataset file (data.path) not found" in capsys.readouterr().err
     assert not (tmp_path / "out" / "sweep.yaml").exists()
+
+
+def test_precomputed_features_and_visual_genome_from_a_bucket_equal_their_local_loads(s3, tmp_path, monkeypatch):
+    """Every data.* location of the other layouts takes a URI: the precomp folder, Visual Genome's JSON folder,
+    image folder and task map; what is loaded equals the local load."""
+    from tests.data_fixtures import make_precomp, make_visual_genome
+
+    monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
+    pc = make_precomp(tmp_path / "pc")
+    vg = make_visual_genome(tmp_path / "vg")
+    pc_store, vg_store = Storage(s3.uri("ccr", "layouts/pc")), Storage(s3.uri("ccr", "layouts/vg"))
+    pc_store.upload_dir(pc["path"], "")
+    vg_store.upload_dir(vg["path"], "")
+    cases = {
+        "precomp": ({"path": pc["path"], "tasks_file": pc["tasks_file"]},
+                    {"path": pc_store.uri, "tasks_file": pc_store.child("tasks.json").uri}),
+        "visual_genome": ({"path": vg["path"], "images": vg["images"], "task_map": vg["task_map"]},
+                          {"path": vg_store.uri, "images": vg_store.child("images").uri,
+                           "task_map": vg_store.child("task_map.json").uri}),
+    }
+    for kind, (local, remote) in cases.items():
+        common = [f"data.kind={kind}", "data.test_per_task=3", "data.val_per_task=2", "model.image.image_size=16",
+                  "model.image.patch_size=4"]
+        a = load_dataset(load_config(None, [*common, *(f"data.{k}={v}" for k, v in local.items()),
+                                            f"data.cache_dir={tmp_path / 'local-cache'}"]))
+        b = load_dataset(load_config(None, [*common, *(f"data.{k}={v}" for k, v in remote.items())]))
+        _same_dataset(a, b)
+        prefix = Storage(remote["path"]).display()
+        staged = {e["what"] for e in events() if e["event"] == "staged" and e["uri"].startswith(prefix)}
+        assert staged == {f"data.{k}" for k in remote}, (kind, staged)
+    # Visual Genome's data.path holds the JSON files and, beside them, the images: only the files are staged
+    # through it (the images come through data.images), not the images twice
+    (vg_path,) = [e for e in events() if e["event"] == "staged" and e["what"] == "data.path"
+                  and e["uri"].endswith("layouts/vg")]
+    assert vg_path["files"] == 4 == len([f for f in vg["path"].iterdir() if f.is_file()])
