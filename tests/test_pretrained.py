@@ -270,5 +270,5 @@ def test_the_clip_sweep_files_are_valid_configs():
     repo = Path(__file__).resolve().parents[1]
     sweep = yaml.safe_load((repo / "sweeps" / "clip.yaml").read_text())
     cfg = load_config(repo / "sweeps" / sweep["base"], [f"{k}={json.dumps(v)}" for k, v in sweep["set"].items()])
-    assert cfg.model.pretrained == "openai/clip-vit-base-patch16" and cfg.model.embed_dim is None
+    assert cfg.model.pretrained == "s3://BUCKET/models/clip-vit-base-patch16" and cfg.model.embed_dim is None
     assert cfg.index.compare == ["no_reindex"] and cfg.eval.transfer and cfg.eval.control == ["kitchen", "furniture"]
