@@ -72,6 +72,7 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
         with study.logging_to_store():
             res = run_study(study)
         store.delete("error.txt")
+        store.delete("input_error.json")
     except Exception as e:
         from ccr.errors import ConfigError, DataError, DivergedError, StorageError
 
