@@ -64,10 +64,14 @@ class Staged:
     signature: str  # the listing digest: the identity of what was staged
 
 
+def _root(cache_dir: str | Path | None) -> Path:
+    return cache_root(str(cache_dir) if cache_dir else None)
+
+
 def event(cache_dir: str | Path | None, kind: str, **fields: Any) -> None:
     """One line in this node's `CACHE/events.jsonl` (appended whole: lines of processes do not interleave)."""
     line = json.dumps({"event": kind, "host": platform.node(), "pid": os.getpid(), "time": time.time(), **fields})
-    path = cache_root(str(cache_dir) if cache_dir else None) / "events.jsonl"
+    path = _root(cache_dir) / "events.jsonl"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -81,7 +85,7 @@ def event(cache_dir: str | Path | None, kind: str, **fields: Any) -> None:
 
 def events(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """This node's recorded stagings and decoding passes, oldest first."""
-    path = cache_root(str(cache_dir) if cache_dir else None) / "events.jsonl"
+    path = _root(cache_dir) / "events.jsonl"
     try:
         return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
     except (OSError, ValueError):
@@ -106,27 +110,37 @@ def _listing(store: Storage, what: str) -> tuple[str, list[tuple[str, int, int]]
     return "folder", files
 
 
-def _copy(store: Storage, kind: str, name: str, dest: Path, only: list[str] | None = None) -> None:
-    """The objects into `dest` (a folder), in parallel on pyarrow's I/O threads (`only`: just these names)."""
+def _copy(store: Storage, dest: Path, only: list[str] | None = None) -> None:
+    """The objects into `dest` (the file's name, or a folder that exists), in parallel on pyarrow's I/O threads
+    (`only`: just these names of a folder)."""
     import pyarrow as pa
     import pyarrow.fs as pafs
 
     want = int(os.environ.get("CCR_STAGE_THREADS") or 0)
     if want > pa.io_thread_count():
         pa.set_io_thread_count(want)
-    dest.mkdir(parents=True, exist_ok=True)
     if only is not None:
         for rel in only:
-            pafs.copy_files(f"{store.root}/{rel}", str(dest / rel), source_filesystem=store.fs,
-                            destination_filesystem=pafs.LocalFileSystem(), chunk_size=1 << 20, use_threads=True)
+            copy_file(store, rel, dest / rel)
         return
-    target = dest / name if kind == "file" else dest
-    pafs.copy_files(store.root, str(target), source_filesystem=store.fs,
+    pafs.copy_files(store.root, str(dest), source_filesystem=store.fs,
                     destination_filesystem=pafs.LocalFileSystem(), chunk_size=1 << 20, use_threads=True)
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """What staging one URI needs: its store, its listing, where it goes, and what to copy."""
+
+    store: Storage
+    files: list  # [(relative name, size, mtime ns)]
+    found: Staged
+    what: str
+    cache_dir: str | Path | None
+    only: list[str] | None  # a folder's top-level files only (top_only), else None: every object
+
+
 # folders listed but not copied yet (stage(copy=False)): local path -> what staging them needs
-_PENDING: dict[str, tuple] = {}
+_PENDING: dict[str, _Plan] = {}
 
 
 def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool = True,
@@ -147,7 +161,7 @@ def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool =
         if not files:
             raise DataError(f"{what}: {store.display()} holds no files (only folders)")
     sig = hashlib.sha256(json.dumps([kind, files]).encode()).hexdigest()[:20]
-    base = cache_root(str(cache_dir) if cache_dir else None) / "staged" / hashlib.sha256(uri.encode()).hexdigest()[:20]
+    base = _root(cache_dir) / "staged" / hashlib.sha256(uri.encode()).hexdigest()[:20]
     folder = base / sig
     name = files[0][0] if kind == "file" else ""
     total = sum(f[1] for f in files)
@@ -155,40 +169,39 @@ def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool =
                    len(files), total, sig)
     if (folder / MARKER).is_file():
         return found
+    plan = _Plan(store, files, found, what, cache_dir, only)
     if not copy:
-        _PENDING[str(found.local)] = (store, kind, files, found, base, what, cache_dir, only)
+        _PENDING[str(found.local)] = plan
         return found
-    return _stage(store, kind, files, found, base, what, cache_dir, only)
+    return _stage(plan)
 
 
-def _stage(store: Storage, kind: str, files: list, found: Staged, base: Path, what: str, cache_dir,
-           only: list[str] | None = None) -> Staged:
+def _stage(plan: _Plan) -> Staged:
     try:
-        return _stage_locked(store, kind, files, found, base, what, cache_dir, only)
+        return _stage_locked(plan)
     except OSError as e:  # the node's cache cannot be written (full, read-only): one line naming it
-        raise DataError(f"{what}: cannot stage {store.display()} into {base} "
+        raise DataError(f"{plan.what}: cannot stage {plan.store.display()} into {plan.found.folder.parent} "
                         f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
 
 
 def pending_files(path: str | Path) -> dict[str, int] | None:
     """{relative name: size} of a folder listed by stage(copy=False) and not copied yet; None otherwise."""
-    p = _PENDING.get(str(path))
-    if p is None or (p[3].folder / MARKER).is_file():
+    plan = _PENDING.get(str(path))
+    if plan is None or (plan.found.folder / MARKER).is_file():
         return None
-    return {name: size for name, size, _ in p[2]}
+    return {name: size for name, size, _ in plan.files}
 
 
 def materialize(path: str | Path) -> None:
     """Copy a folder that stage(copy=False) only listed (a no-op for anything else)."""
-    p = _PENDING.pop(str(path), None)
-    if p is not None and not (p[3].folder / MARKER).is_file():
-        _stage(*p)
+    plan = _PENDING.pop(str(path), None)
+    if plan is not None and not (plan.found.folder / MARKER).is_file():
+        _stage(plan)
 
 
-def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: Path, what: str,
-                  cache_dir, only: list[str] | None) -> Staged:
-    folder, sig, total = found.folder, found.signature, found.bytes
-    name = files[0][0] if kind == "file" else ""
+def _stage_locked(plan: _Plan) -> Staged:
+    store, files, found, what = plan.store, plan.files, plan.found, plan.what
+    folder, sig, total, base = found.folder, found.signature, found.bytes, found.folder.parent
     with node_lock(base.with_suffix(".lock")):
         if (folder / MARKER).is_file():  # another process of this node staged it while this one waited
             return found
@@ -199,7 +212,8 @@ def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: P
         started = time.time()
         log.info("staging %s (%d files, %.1f MB) into %s", store.display(), len(files), total / 1e6, folder)
         try:
-            _copy(store, kind, name, tmp / "data", only)
+            (tmp / "data").mkdir(parents=True, exist_ok=True)
+            _copy(store, tmp / "data" / found.local.name if found.kind == "file" else tmp / "data", plan.only)
             short = [f for f, size, _ in files if not (tmp / "data" / f).is_file()
                      or (tmp / "data" / f).stat().st_size != size]
             if short:
@@ -213,7 +227,7 @@ def _stage_locked(store: Storage, kind: str, files: list, found: Staged, base: P
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        event(cache_dir, "staged", uri=store.display(), what=what, files=len(files), bytes=total,
+        event(plan.cache_dir, "staged", uri=store.display(), what=what, files=len(files), bytes=total,
               seconds=round(seconds, 3))
     return found
 
@@ -239,7 +253,7 @@ def identity(path: str | Path) -> str | None:
     identity of the files that is the same on every node (their local paths and mtimes are not)."""
     p = Path(path)
     if str(p) in _PENDING:
-        return _PENDING[str(p)][3].signature
+        return _PENDING[str(p)].found.signature
     for parent in (p, *p.parents):
         if parent.name == "data" and (parent.parent / MARKER).is_file():
             return parent.parent.name
@@ -248,7 +262,7 @@ def identity(path: str | Path) -> str | None:
 
 def partials(cache_dir: str | Path | None = None) -> list[Path]:
     """Leftovers of killed stagings (for `ccr data`): listed, never read."""
-    root = cache_root(str(cache_dir) if cache_dir else None) / "staged"
+    root = _root(cache_dir) / "staged"
     with contextlib.suppress(OSError):
         return sorted(root.glob("*/.partial-*"))
     return []

@@ -161,7 +161,7 @@ def data_in_bucket(uri) -> list[str]:
     """A dataset (Karpathy layout, 4 tasks of 640x480 JPEGs) and a tiny CLIP folder, uploaded to the bucket and
     deleted here: the config overrides that name them by URI."""
     from ccr.storage import Storage
-    from tests.karpathy_fixture import make_photos
+    from tests.karpathy_fixture import make_photos, upload_karpathy
     from tests.pretrained_fixture import make_complete
 
     src = WORK / "src"
@@ -169,17 +169,13 @@ def data_in_bucket(uri) -> list[str]:
     files = make_photos(src / "photos", per_task=150, test_per_task=30, n_tasks=4)
     clip = make_complete(src / "clip", "clip", image_size=16)
     data, weights = Storage(uri("datasets/photos")), Storage(uri("models/clip-tiny"))
-    data.upload_dir(files["images"], "images")
-    for k in ("path", "tasks_file"):
-        data.write_bytes(files[k].name, files[k].read_bytes())
+    by_uri = upload_karpathy(files, data)
     weights.upload_dir(clip, "")
     shutil.rmtree(src)  # from here on the data and the weights are in the bucket only
     log(f"dataset ({len(data.files('images'))} JPEGs) and weights uploaded to {data.display()} and "
         f"{weights.display()}; the local copies are deleted")
-    return ["data.kind=karpathy", f"data.path={data.child(files['path'].name).uri}",
-            f"data.images={data.child('images').uri}", f"data.tasks_file={data.child(files['tasks_file'].name).uri}",
-            "data.image_cache=shared", f"model.pretrained={weights.uri}", "train.batch_size=16",
-            "train.epochs=50"]
+    return ["data.kind=karpathy", *(f"data.{k}={v}" for k, v in by_uri.items()), "data.image_cache=shared",
+            f"model.pretrained={weights.uri}", "train.batch_size=16", "train.epochs=50"]
 
 
 def staged_inputs(node: str) -> dict[str, int]:

@@ -35,10 +35,7 @@ def make_karpathy(root: Path, per_task: int = 12, test_per_task: int = 4,
                             "sentences": [{"raw": f"a {word} number {j}"}, {"raw": f"photo of a {word}"}]})
             tasks[fn] = task
             k += 1
-    ds = root / "dataset.json"
-    ds.write_text(json.dumps({"dataset": "tiny", "images": entries}))
-    tf = root / "tasks.json"
-    tf.write_text(json.dumps(tasks))
+    ds, tf = _write_split_and_tasks(root, "tiny", entries, tasks)
     # COCO-style instances: supercategory by the largest object
     cats = [{"id": c + 1, "name": words[0], "supercategory": task} for c, (task, words) in enumerate(shapes.items())]
     cat_of = {c["supercategory"]: c["id"] for c in cats}
@@ -105,8 +102,24 @@ def make_photos(root: Path, per_task: int = 100, test_per_task: int = 20, size: 
                                           {"raw": f"the {word} in {colour}"}]})
             tasks[fn] = task
             k += 1
-    ds = root / "dataset_coco.json"
-    ds.write_text(json.dumps({"dataset": "coco", "images": entries}))
+    ds, tf = _write_split_and_tasks(root, "coco", entries, tasks)
+    return {"path": ds, "images": root / "images", "tasks_file": tf}
+
+
+def _write_split_and_tasks(root: Path, dataset: str, entries: list[dict], tasks: dict[str, str]) -> tuple[Path, Path]:
+    """Karpathy's split file (dataset.json, or dataset_coco.json for 'coco') and the tasks file beside it."""
+    ds = root / ("dataset_coco.json" if dataset == "coco" else "dataset.json")
+    ds.write_text(json.dumps({"dataset": dataset, "images": entries}))
     tf = root / "tasks.json"
     tf.write_text(json.dumps(tasks))
-    return {"path": ds, "images": root / "images", "tasks_file": tf}
+    return ds, tf
+
+
+def upload_karpathy(files: dict[str, Path], store) -> dict[str, str]:
+    """A Karpathy-layout dataset's image folder, split file and tasks file into `store` (a ccr Storage), as `aws
+    s3 sync` of its folder would put them: {data key: URI}."""
+    store.upload_dir(files["images"], "images")
+    for k in ("path", "tasks_file"):
+        store.write_bytes(files[k].name, files[k].read_bytes())
+    return {"path": store.child(files["path"].name).uri, "images": store.child("images").uri,
+            "tasks_file": store.child(files["tasks_file"].name).uri}

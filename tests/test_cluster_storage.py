@@ -204,20 +204,15 @@ def test_a_sweep_on_a_dataset_and_weights_in_the_bucket_stages_once_per_node(s3,
 
     from ccr.distributed.tune import run_sweep
     from ccr.staging import events
-    from tests.karpathy_fixture import make_photos
+    from tests.karpathy_fixture import make_photos, upload_karpathy
     from tests.pretrained_fixture import make_complete
     from tests.test_sweep import write
 
     files = make_photos(tmp_path / "coco", per_task=100, test_per_task=20)
     clip = make_complete(tmp_path / "clip", "clip", image_size=16)
-    bucket = Storage(s3.uri("ccr", "datasets/coco"))
-    bucket.upload_dir(files["images"], "images")
-    for k in ("path", "tasks_file"):
-        bucket.write_bytes(files[k].name, files[k].read_bytes())
+    by_uri = upload_karpathy(files, Storage(s3.uri("ccr", "datasets/coco")))
     weights = Storage(s3.uri("ccr", "weights/clip-tiny"))
     weights.upload_dir(clip, "")
-    by_uri = {"path": bucket.child(files["path"].name).uri, "images": bucket.child("images").uri,
-              "tasks_file": bucket.child(files["tasks_file"].name).uri}
     spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"]}, "max_failures": 0})
     common = ["data.kind=karpathy", "data.image_cache=shared", "train.epochs=2", "train.batch_size=16",
               "train.warmup_steps=1", "train.threads=1", "eval.anatomy=false"]

@@ -89,14 +89,14 @@ def test_cache_is_built_once_and_keyed_by_the_files(kp, tmp_path, monkeypatch):
 
 
 def test_a_killed_cache_build_leaves_nothing_to_read(kp, tmp_path, monkeypatch):
-    import ccr.data.pixels as pixels
+    import ccr.data.dataset as dataset
 
     files = load_dataset(_cfg(kp, tmp_path, "data.in_memory=false")).images
 
     def dies(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(pixels, "decode_all", dies)
+    monkeypatch.setattr(dataset, "decode_checked", dies)
     with pytest.raises(KeyboardInterrupt):
         cached_images(files, tmp_path / "c")
     assert [p.name for p in (tmp_path / "c" / "images").iterdir() if not p.name.endswith(".lock")] == []

@@ -21,19 +21,14 @@ from ccr.configure import load_config
 from ccr.data import load_dataset
 from ccr.staging import events, stage
 from ccr.storage import Storage
-from tests.karpathy_fixture import make_karpathy
+from tests.karpathy_fixture import make_karpathy, upload_karpathy
 
 KEYS = ("path", "images", "tasks_file")
 
 
 def _upload(s3, local: dict[str, Path], prefix: str) -> dict[str, str]:
-    """The fixture's files in the bucket (only there): {data key: URI}."""
-    base = Storage(s3.uri("ccr", prefix))
-    base.upload_dir(local["images"], "images")
-    for k in ("path", "tasks_file"):
-        base.write_bytes(local[k].name, local[k].read_bytes())
-    return {"path": base.child(local["path"].name).uri, "images": base.child("images").uri,
-            "tasks_file": base.child(local["tasks_file"].name).uri}
+    """The fixture's files in the bucket: {data key: URI}."""
+    return upload_karpathy(local, Storage(s3.uri("ccr", prefix)))
 
 
 def _cfg(where: dict, *extra: str):

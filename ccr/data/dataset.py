@@ -127,3 +127,13 @@ class RetrievalDataset:
 def list_problem(msg: str, items: list[str]) -> DataError:
     shown = ", ".join(items[:5]) + (f", ... ({len(items)} in all)" if len(items) > 5 else "")
     return DataError(f"{msg}: {shown}")
+
+
+def decode_checked(paths: list[Path], pixels: Pixels, out: np.ndarray, threads: int = 0) -> None:
+    """Decode every image into `out` (ccr.data.pixels.decode_all); the unreadable ones are one DataError naming
+    them. The one pass that both checks the images and makes their pixels (in memory or in the image cache)."""
+    from ccr.data import pixels as _pixels
+
+    bad = _pixels.decode_all(paths, pixels, out, threads)
+    if bad:
+        raise list_problem("unreadable image files", bad)

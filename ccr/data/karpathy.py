@@ -19,10 +19,16 @@ import numpy as np
 from PIL import Image
 
 from ccr.config import DataConfig
-from ccr.data.dataset import ArrayImages, DataError, FileImages, ImageStore, RetrievalDataset, list_problem
-from ccr.data.pixels import Pixels, decode_all
-
-_list_problem = list_problem  # the name other loaders import
+from ccr.data.dataset import (
+    ArrayImages,
+    DataError,
+    FileImages,
+    ImageStore,
+    RetrievalDataset,
+    decode_checked,
+    list_problem,
+)
+from ccr.data.pixels import Pixels
 
 log = logging.getLogger(__name__)
 
@@ -166,14 +172,12 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
     if cfg.in_memory if cfg.in_memory is not None else fits:
         started = time.time()
         out = np.empty((len(paths), 3, h, w), np.uint8)
-        bad = decode_all(paths, pixels, out)
-        if bad:
-            raise list_problem("unreadable image files", bad)
+        decode_checked(paths, pixels, out)
         event(cfg.cache_dir, "decoded", images=len(paths), into="memory", seconds=round(time.time() - started, 3))
         return ArrayImages(out)
-    started, todo = time.time(), len(paths)
+    started = time.time()
     verify_images(paths, root, cfg.cache_dir)
-    event(cfg.cache_dir, "checked", images=todo, seconds=round(time.time() - started, 3))
+    event(cfg.cache_dir, "checked", images=len(paths), seconds=round(time.time() - started, 3))
     return FileImages(paths, pixels)
 
 

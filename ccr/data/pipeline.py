@@ -120,7 +120,7 @@ def shared_key(paths: Sequence[Path], pixels, root: Path, sizes: dict[str, int] 
     return h.hexdigest()[:24]
 
 
-def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256, shared=None,
+def cached_images(files, cache_dir: Path, workers: int = 0, shared=None,
                   root: Path | None = None, sizes: dict[str, int] | None = None) -> MemmapImages:
     """`files` (a FileImages) decoded once into `cache_dir/images/<key>.npy`, then memory-mapped.
 
@@ -152,7 +152,7 @@ def cached_images(files, cache_dir: Path, workers: int = 0, chunk: int = 256, sh
         else:
             if root is not None:
                 materialize(root)  # the images, from storage, to decode them here
-            _build(files, target, workers, chunk, cache_dir)
+            _build(files, target, workers, cache_dir)
             if shared is not None:
                 _upload(target, shared, f"images/{key}.npy", cache_dir)
     return MemmapImages(target)
@@ -190,12 +190,11 @@ def _upload(target: Path, shared, rel: str, cache_dir: Path) -> None:
           seconds=round(time.time() - started, 3))
 
 
-def _build(files, target: Path, workers: int, chunk: int, cache_dir: Path | None = None) -> None:
+def _build(files, target: Path, workers: int, cache_dir: Path | None = None) -> None:
     """Decode every image (the decode check too) into a temporary file, then rename it into place."""
     import time
 
-    from ccr.data.dataset import list_problem
-    from ccr.data.pixels import decode_all
+    from ccr.data.dataset import decode_checked
     from ccr.staging import event
 
     n, (h, w) = len(files.paths), files.pixels.shape
@@ -204,12 +203,7 @@ def _build(files, target: Path, workers: int, chunk: int, cache_dir: Path | None
     started = time.time()
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, 3, h, w))
     try:
-        bad = []
-        for lo in range(0, n, chunk * 16):  # in slices: the pool's results do not pile up in memory
-            ids = slice(lo, min(n, lo + chunk * 16))
-            bad += decode_all(files.paths[ids], files.pixels, out[ids], max(workers, os.cpu_count() or 1, 4))
-        if bad:
-            raise list_problem("unreadable image files", bad)
+        decode_checked(files.paths, files.pixels, out, max(workers, os.cpu_count() or 1, 4))
         out.flush()
         del out
         with open(tmp, "rb+") as f:

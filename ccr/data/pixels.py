@@ -127,15 +127,19 @@ def _decode(path: Path, pixels: Pixels) -> tuple[np.ndarray | None, str | None]:
         return None, f"{path} ({type(e).__name__}: {str(e)[:80]})"
 
 
-def decode_all(paths: list[Path], pixels: Pixels, out: np.ndarray, threads: int = 0) -> list[str]:
-    """Decode every image into `out` (N, 3, H, W) on a thread pool (PIL decodes and resizes without the GIL);
-    returns the unreadable files. This pass is also the decode check: nothing decodes the images twice."""
+def decode_all(paths: list[Path], pixels: Pixels, out: np.ndarray, threads: int = 0, slice_size: int = 4096
+               ) -> list[str]:
+    """Decode every image into `out` (N, 3, H, W) on a thread pool (PIL decodes and resizes without the GIL),
+    `slice_size` images at a time (the pool's pending results stay bounded); returns the unreadable files. This
+    pass is also the decode check: nothing decodes the images twice."""
     threads = threads or max(4, os.cpu_count() or 1)
     bad: list[str] = []
     with ThreadPoolExecutor(threads) as pool:
-        for i, (arr, err) in enumerate(pool.map(lambda p: _decode(p, pixels), paths)):
-            if err:
-                bad.append(err)
-            else:
-                out[i] = arr
+        for lo in range(0, len(paths), slice_size):
+            part = paths[lo:lo + slice_size]
+            for i, (arr, err) in enumerate(pool.map(lambda p: _decode(p, pixels), part), start=lo):
+                if err:
+                    bad.append(err)
+                else:
+                    out[i] = arr
     return bad

@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ccr.config import DataConfig
-from ccr.data.dataset import DataError, RetrievalDataset
-from ccr.data.karpathy import _list_problem, _read_json, checked_images, image_sources
+from ccr.data.dataset import DataError, RetrievalDataset, list_problem
+from ccr.data.karpathy import _read_json, checked_images, image_sources
 from ccr.data.pixels import Pixels
 
 log = logging.getLogger(__name__)
@@ -110,13 +110,13 @@ def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     ids = _each(images, root / FILES[0], lambda im: int(im["image_id"]))
     twice = [str(i) for i, n in Counter(ids).items() if n > 1]
     if twice:
-        raise _list_problem(f"image ids listed twice in {root / FILES[0]}", twice)
+        raise list_problem(f"image ids listed twice in {root / FILES[0]}", twice)
 
     if cfg.tasks_file:
         assigned = _load_map(cfg.tasks_file, "tasks file (data.tasks_file)")
         strange = [k for k in assigned if not k.isdigit() or int(k) not in set(ids)]
         if strange:
-            raise _list_problem(f"tasks file {cfg.tasks_file} names image ids that are not in {FILES[0]}", strange)
+            raise list_problem(f"tasks file {cfg.tasks_file} names image ids that are not in {FILES[0]}", strange)
         task_of = {int(k): v for k, v in assigned.items()}
     else:
         tmap = {" ".join(k.lower().split()): v for k, v in _load_map(cfg.task_map, "task map (data.task_map)").items()}
@@ -141,7 +141,7 @@ def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
         if found is None:
             absent.append(f"{i}.jpg")
     if absent:
-        raise _list_problem(f"missing image files under {img_root} (also searched VG_100K/, VG_100K_2/)", absent)
+        raise list_problem(f"missing image files under {img_root} (also searched VG_100K/, VG_100K_2/)", absent)
     captions, cap_img = [], []
     for n, i in enumerate(kept):
         captions += phrases[i]
@@ -163,7 +163,7 @@ def _splits(cfg: DataConfig, kept: list[int], task_of: dict[int, str]) -> tuple[
         raw = _load_map(cfg.split_file, "split file (data.split_file)")
         bad = [f"{k} ({v!r})" for k, v in raw.items() if v not in ("train", "val", "test")]
         if bad:
-            raise _list_problem(f"split file {cfg.split_file}: splits must be train, val or test", bad)
+            raise list_problem(f"split file {cfg.split_file}: splits must be train, val or test", bad)
         return {int(k): v for k, v in raw.items() if k.isdigit()}, {"kind": "file", "file": str(cfg.split_file)}
     rng = np.random.default_rng(cfg.generator_seed)
     split_of: dict[int, str] = {}
@@ -178,7 +178,7 @@ def _splits(cfg: DataConfig, kept: list[int], task_of: dict[int, str]) -> tuple[
         for j, i in enumerate(members.tolist()):
             split_of[i] = "test" if j < n_test else "val" if j < n_test + n_val else "train"
     if short:
-        raise _list_problem(f"tasks too small for data.test_per_task={cfg.test_per_task} and "
+        raise list_problem(f"tasks too small for data.test_per_task={cfg.test_per_task} and "
                             f"data.val_per_task={cfg.val_per_task} with training images left", short)
     return split_of, {"kind": "seeded", "seed": cfg.generator_seed, "test_per_task": cfg.test_per_task,
                       "val_per_task": cfg.val_per_task}
