@@ -28,9 +28,8 @@ from ccr import results
 from ccr.checkpoint import from_bytes, to_bytes
 from ccr.config import Config, ConfigError, to_dict
 from ccr.context import task_label
-from ccr.data import check_control, check_tasks, load_dataset, resolve_task_order
+from ccr.data import checked_order, load_dataset
 from ccr.embed import Embedder
-from ccr.errors import DataError
 from ccr.evaluation import Evaluator
 from ccr.models import attach_adapter, build_for, build_tokenizer, resolve_model
 from ccr.models.adapters import load_trainable_state, trainable_state
@@ -133,12 +132,7 @@ class Study:
         self._check_out_dir()
         self._clean_leftovers()
         self.ds = load_dataset(cfg)
-        self.order = resolve_task_order(cfg, self.ds)
-        check_tasks(self.ds, self.order, cfg.eval.min_test_items, cfg.train.workers)
-        check_control(self.ds, self.order, cfg)
-        few = [f"{t} ({n})" for t in cfg.tasks.pretrain if (n := len(self.ds.image_ids(t, "train"))) < 2]
-        if few:
-            raise DataError(f"tasks.pretrain: tasks with fewer than 2 training images: {', '.join(few)}")
+        self.order = checked_order(cfg, self.ds)
         self.strategy = build_strategy(cfg.strategy)
         self.strategy.validate(cfg, self.ds, self.order)
         self.device = device if device is not None else resolve_device(cfg.train.device)

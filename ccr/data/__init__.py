@@ -15,7 +15,7 @@ from ccr.data.pixels import Pixels
 from ccr.data.validated import load_validated
 
 __all__ = ["DataError", "RetrievalDataset", "load_dataset", "resolve_task_order", "sequence_tasks", "check_tasks",
-           "check_control"]
+           "check_control", "checked_order"]
 
 
 def load_dataset(cfg: Config) -> RetrievalDataset:
@@ -144,3 +144,15 @@ def check_control(ds: RetrievalDataset, order: list[str], cfg: Config) -> None:
     if few:
         raise DataError(f"eval.control: tasks with fewer than {cfg.eval.min_test_items} test images "
                         f"(eval.min_test_items): {', '.join(few)}")
+
+
+def checked_order(cfg: Config, ds: RetrievalDataset) -> list[str]:
+    """The task order, with every check a study makes of its data before anything trains (tasks, splits, control
+    data, pretraining tasks): the study and `ccr data` run the same ones."""
+    order = resolve_task_order(cfg, ds)
+    check_tasks(ds, order, cfg.eval.min_test_items, cfg.train.workers)
+    check_control(ds, order, cfg)
+    few = [f"{t} ({n})" for t in cfg.tasks.pretrain if (n := len(ds.image_ids(t, "train"))) < 2]
+    if few:
+        raise DataError(f"tasks.pretrain: tasks with fewer than 2 training images: {', '.join(few)}")
+    return order

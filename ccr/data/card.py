@@ -51,14 +51,12 @@ def _quantiles(a: np.ndarray) -> dict[str, float]:
 
 def card(cfg: Config) -> dict[str, Any]:
     """Everything the card shows, as data (`ccr data --json`); raises the first problem (DataError, ...)."""
-    from ccr.data import check_control, check_tasks, load_dataset, resolve_task_order
-    from ccr.staging import is_remote, partials, staged_of
+    from ccr.data import checked_order, load_dataset
+    from ccr.staging import DATA_LOCATIONS, MARKER, is_remote, partials, staged_of
     from ccr.storage import cache_root
 
     ds = load_dataset(cfg)
-    order = resolve_task_order(cfg, ds)
-    check_tasks(ds, order, cfg.eval.min_test_items, cfg.train.workers)
-    check_control(ds, order, cfg)
+    order = checked_order(cfg, ds)
     per = []
     for t in ds.task_names:
         row: dict[str, Any] = {"task": t, "in sequence": t in order,
@@ -86,10 +84,9 @@ def card(cfg: Config) -> dict[str, Any]:
     if cfg.data.kind != "generated":
         root = cache_root(cfg.data.cache_dir)
         out["staged"] = {k: {"uri": s.shown, "local": str(s.local), "files": s.files, "bytes": s.bytes,
-                             "copied": (s.folder / ".ccr-complete").is_file()}
+                             "copied": (s.folder / MARKER).is_file()}
                          for k, s in staged_of(cfg.data).items()}
-        out["local inputs"] = {k: v for k in ("path", "images", "tasks_file", "split_file", "task_map", "instances")
-                               if (v := getattr(cfg.data, k)) and not is_remote(v)}
+        out["local inputs"] = {k: v for k in DATA_LOCATIONS if (v := getattr(cfg.data, k)) and not is_remote(v)}
         caches = {"datasets": sorted(str(p) for p in (root / "datasets").glob(f"{cfg.data.kind}-*.json")),
                   "image caches": sorted(str(p) for p in (root / "images").glob("*.npy")),
                   "cache root": str(root)}
