@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from common import synthetic_dataset, timed
 
-from ccr.configure import load_config
-from ccr.context import autocast_for
-from ccr.embed import Embedder
 from ccr.models import build_model, resolve_model
+from ccr.models.embed import Embedder
+from ccr.models.precision import autocast_for
 from ccr.strategies import Strategy, TaskContext
+from ccr.study.configure import load_config
 from ccr.train import train_task
 
 PRESETS = {  # (vision, text) sizes of CLIPConfig

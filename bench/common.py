@@ -13,9 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1, not the network address
 
-from ccr.configure import load_config  # noqa: E402
 from ccr.data.dataset import ArrayImages, RetrievalDataset  # noqa: E402
 from ccr.models import TokenizedCaptions  # noqa: E402
+from ccr.study.configure import load_config  # noqa: E402
 
 PRESETS = {
     # the embedded default's model

@@ -27,10 +27,10 @@ from common import preset_config  # noqa: F401  (puts the repository on sys.path
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from ccr.configure import load_config
 from ccr.data.dataset import FileImages
 from ccr.data.pipeline import prefetched
-from ccr.study import Study
+from ccr.study.configure import load_config
+from ccr.study.runner import Study
 
 
 def make_jpegs(root: Path, n: int, w: int = 640, h: int = 480, tasks: int = 5) -> dict[str, Path]:

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from common import preset_config, synthetic_dataset, timed
 
-from ccr.embed import Embedder
 from ccr.models import build_model
+from ccr.models.embed import Embedder
 from ccr.train import autocast_for
 
 

@@ -20,11 +20,11 @@ import torch
 from clip_throughput import PRESETS, arguments, save_clip
 from common import synthetic_dataset, timed
 
-from ccr.checkpoint import to_bytes
-from ccr.configure import load_config
+from ccr.io.checkpoint import to_bytes
 from ccr.models import attach_adapter, build_model, resolve_model
 from ccr.models.adapters import trainable_state
 from ccr.strategies import Strategy, TaskContext
+from ccr.study.configure import load_config
 from ccr.train import train_task
 
 VOCAB, LENGTH = 1000, 32

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from common import best_of, unit
 
-from ccr.search import FlatIndex
+from ccr.index.search import FlatIndex
 
 
 def main() -> None:

@@ -15,27 +15,19 @@ import numpy as np
 import ray
 from common import best_of, unit
 
-from ccr.configure import load_config
-from ccr.study import Study
+from ccr.study.configure import load_config
+from ccr.study.runner import Study
 
 TINY_MODEL = ["data.n_tasks=5"]
 
 
-def main() -> None:
+def search_rates(args, tmp: Path) -> None:
+    """Exact top-10 search over n x d unit vectors: raw faiss, then ccr's pool with 1 and 2 shards."""
     import faiss
 
-    from ccr.distributed.shards import ShardedGallery, ShardPool
+    from ccr.distributed.sharded import ShardedGallery
+    from ccr.distributed.shards import ShardPool
 
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, nargs="+", default=[100_000])
-    ap.add_argument("--d", type=int, default=256)
-    ap.add_argument("--nq", type=int, default=2000)
-    ap.add_argument("--skip-cost", action="store_true")
-    args = ap.parse_args()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    tmp = Path(tempfile.mkdtemp())
-    base = Study(load_config(None, TINY_MODEL), tmp / "base", progress=False)
-    base.prepare_out()
     rng = np.random.default_rng(0)
     q = unit(rng, args.nq, args.d)
     for n in args.n:
@@ -45,7 +37,7 @@ def main() -> None:
         t_raw = best_of(lambda raw=raw: raw.search(q, 10))
         line = f"search n={n:,} d={args.d} nq={args.nq}: raw faiss {args.nq / t_raw:,.0f} q/s"
         for shards in (1, 2):
-            cfg = load_config(None, [*TINY_MODEL, f"index.shards={shards}", "index.shard_cpus=0.5"])
+            cfg = load_config(None, [*TINY_MODEL, f"resources.shards={shards}", "resources.shard_cpus=0.5"])
             pool = ShardPool(cfg, tmp / "base" / "tokenizer")
             sg = ShardedGallery("b/images", "images", pool)
             sg.load_state_dict({"all": {"ids": np.arange(n), "emb": g, "version": np.zeros(n, np.int64)}})
@@ -55,13 +47,18 @@ def main() -> None:
             pool.shutdown()
         print(line, flush=True)
 
-    # embedding throughput with 1 and 2 actors (the default model, every image of the benchmark)
+
+def embed_rates(base: Study, tmp: Path) -> None:
+    """Embedding throughput with 1 and 2 actors (the default model, every image of the benchmark)."""
+    from ccr.distributed.sharded import ShardedGallery
+    from ccr.distributed.shards import ShardPool
+
     ids = np.arange(base.ds.n_images)
     base.build()
     state = base.model.state_dict()
     rates = {}
     for shards in (1, 2):
-        cfg = load_config(None, [*TINY_MODEL, f"index.shards={shards}", "index.shard_cpus=1"])
+        cfg = load_config(None, [*TINY_MODEL, f"resources.shards={shards}", "resources.shard_cpus=1"])
         pool = ShardPool(cfg, tmp / "base" / "tokenizer")
         pool.set_model(0, state)
         sg = ShardedGallery("e/images", "images", pool)
@@ -72,8 +69,22 @@ def main() -> None:
         pool.shutdown()
     print(f"embed images with actors: 1 actor {rates[1]:,.0f}/s | 2 actors {rates[2]:,.0f}/s | "
           f"efficiency {rates[2] / (2 * rates[1]):.2f}", flush=True)
-    ray.shutdown()
 
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, nargs="+", default=[100_000])
+    ap.add_argument("--d", type=int, default=256)
+    ap.add_argument("--nq", type=int, default=2000)
+    ap.add_argument("--skip-cost", action="store_true")
+    args = ap.parse_args()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    tmp = Path(tempfile.mkdtemp())
+    base = Study(load_config(None, TINY_MODEL), tmp / "base", progress=False)
+    base.prepare_out()
+    search_rates(args, tmp)
+    embed_rates(base, tmp)
+    ray.shutdown()
     if args.skip_cost:
         return
     # indexing cost of reindex vs no_reindex over a 5-task study (each policy alone, so seconds are its own)

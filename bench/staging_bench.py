@@ -3,7 +3,7 @@
     python bench/staging_bench.py                 # 600 real-size JPEGs (640x480, ~150 KB) on a local S3 server
 
 Measured in one run, against the same server (moto, started as its own process on 127.0.0.1):
-- staging throughput: `ccr.staging.stage` of the image folder against pyarrow's plain `copy_files` of the same
+- staging throughput: `ccr.io.staging.stage` of the image folder against pyarrow's plain `copy_files` of the same
   objects into an empty folder (the floor: what staging adds is a listing, a size check and a rename);
 - decoding: images per second through `decode_all` at 224 px (the one pass that checks and makes pixels), on
   the threads this machine has;
@@ -56,12 +56,87 @@ def _server(port: int) -> subprocess.Popen:
     return proc
 
 
+def staging_rate(store, work: Path, n: int, total: int, repeats: int) -> float:
+    """MB/s of ccr's stage against pyarrow's plain copy_files of the same objects (best of `repeats` each)."""
+    import pyarrow.fs as pafs
+
+    from ccr.io.staging import stage
+
+    plain, ccr = [], []
+    for r in range(repeats):  # alternate, keep the best of each: the server warms up in the first round
+        dest = work / f"plain-{r}"
+        dest.mkdir()  # copy_files does not make it
+        t = time.perf_counter()
+        pafs.copy_files(store.fs_path(), str(dest), source_filesystem=store.fs,
+                        destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
+        plain.append(time.perf_counter() - t)
+        cache = work / f"cache-{r}"
+        t = time.perf_counter()
+        got = stage(store.uri, "data.images", cache)
+        ccr.append(time.perf_counter() - t)
+        assert got.files == n and got.bytes == total
+        shutil.rmtree(dest)
+        shutil.rmtree(cache)
+    rate_plain, rate_ccr = total / min(plain) / 1e6, total / min(ccr) / 1e6
+    print(f"staging: plain copy_files {rate_plain:.1f} MB/s, ccr stage {rate_ccr:.1f} MB/s: "
+          f"{rate_ccr / rate_plain:.2f}x")
+    return rate_ccr
+
+
+def decode_rate(src: Path) -> tuple[float, np.ndarray]:
+    """Images/s decoded into the cache's pixels, on every core; and the pixels."""
+    from ccr.io.images import Pixels, decode_all
+
+    paths = sorted(src.iterdir())
+    out = np.empty((len(paths), 3, CACHE_SIDE, CACHE_SIDE), np.uint8)
+    threads = os.cpu_count() or 1
+    t = time.perf_counter()
+    bad = decode_all(paths, Pixels.square(CACHE_SIDE), out, threads)
+    rate = len(paths) / (time.perf_counter() - t)
+    assert not bad
+    print(f"decoding at {CACHE_SIDE} px: {rate:.0f} images/s on {threads} threads")
+    return rate, out
+
+
+def cache_rates(uri, work: Path, out: np.ndarray) -> tuple[float, float]:
+    """MB/s of uploading and downloading ~200 MB of decoded pixels (a shared image cache)."""
+    from ccr.io.staging import copy_file, put_file
+    from ccr.io.storage import Storage
+
+    blob = work / "cache.npy"
+    np.save(blob, np.concatenate([out] * max(1, 200_000_000 // out.nbytes)))
+    t = time.perf_counter()
+    put_file(blob, Storage(uri("cache")), "images/x.npy")
+    up = blob.stat().st_size / (time.perf_counter() - t) / 1e6
+    t = time.perf_counter()
+    copy_file(Storage(uri("cache")), "images/x.npy", work / "back.npy")
+    down = blob.stat().st_size / (time.perf_counter() - t) / 1e6
+    print(f"shared cache: upload {up:.0f} MB/s, download {down:.0f} MB/s ({blob.stat().st_size / 1e6:.0f} MB)")
+    return up, down
+
+
+def project(rate_ccr: float, decode: float, upload_rate: float, dl_rate: float) -> None:
+    """What these rates mean for COCO: the time to a node's first training step, per image-cache mode."""
+    cache_bytes = COCO_IMAGES * 3 * CACHE_SIDE * CACHE_SIDE
+    stage_s = COCO_JPEG_BYTES / (rate_ccr * 1e6)
+    decode_s = COCO_IMAGES / decode
+    download_s = cache_bytes / (dl_rate * 1e6)
+    print(f"\nprojected for COCO ({COCO_IMAGES:,} images, {COCO_JPEG_BYTES / 1e9:.1f} GB JPEG; cache "
+          f"{cache_bytes / 1e9:.1f} GB), at these rates:")
+    print(f"  staging the images:             {stage_s / 60:6.1f} min")
+    print(f"  image_cache node   (decode):    {decode_s / 60:6.1f} min -> first step after "
+          f"{(stage_s + decode_s) / 60:.1f} min on every node")
+    # with a shared cache a node that finds it downloads it and never copies the images (ccr.io.staging)
+    print(f"  image_cache shared (download):  {download_s / 60:6.1f} min -> first step after "
+          f"{download_s / 60:.1f} min on every node but the first, which stages, decodes and uploads "
+          f"({(stage_s + decode_s) / 60:.1f} min, plus {cache_bytes / (upload_rate * 1e6) / 60:.1f} min "
+          "of upload)")
+
+
 def main() -> None:
     import pyarrow.fs as pafs
 
-    from ccr.data.pixels import Pixels, decode_all
-    from ccr.staging import copy_file, put_file, stage
-    from ccr.storage import Storage
+    from ccr.io.storage import Storage
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--n", type=int, default=600)
@@ -83,61 +158,10 @@ def main() -> None:
                         destination_filesystem=store.fs, use_threads=True)
         print(f"{a.n} JPEGs, {total / 1e6:.1f} MB ({total / a.n / 1e3:.0f} KB each) on a local S3 server "
               f"(moto, its own process); pyarrow I/O threads: {__import__('pyarrow').io_thread_count()}")
-
-        plain, ccr = [], []
-        for r in range(a.repeats):  # alternate, keep the best of each: the server warms up in the first round
-            dest = work / f"plain-{r}"
-            dest.mkdir()  # copy_files does not make it
-            t = time.perf_counter()
-            pafs.copy_files(store.fs_path(), str(dest), source_filesystem=store.fs,
-                            destination_filesystem=pafs.LocalFileSystem(), use_threads=True)
-            plain.append(time.perf_counter() - t)
-            cache = work / f"cache-{r}"
-            t = time.perf_counter()
-            got = stage(store.uri, "data.images", cache)
-            ccr.append(time.perf_counter() - t)
-            assert got.files == a.n and got.bytes == total
-            shutil.rmtree(dest)
-            shutil.rmtree(cache)
-        rate_plain, rate_ccr = total / min(plain) / 1e6, total / min(ccr) / 1e6
-        print(f"staging: plain copy_files {rate_plain:.1f} MB/s, ccr stage {rate_ccr:.1f} MB/s: "
-              f"{rate_ccr / rate_plain:.2f}x")
-
-        pixels = Pixels.square(CACHE_SIDE)
-        paths = sorted(src.iterdir())
-        out = np.empty((len(paths), 3, CACHE_SIDE, CACHE_SIDE), np.uint8)
-        threads = os.cpu_count() or 1
-        t = time.perf_counter()
-        bad = decode_all(paths, pixels, out, threads)
-        decode_rate = len(paths) / (time.perf_counter() - t)
-        assert not bad
-        print(f"decoding at {CACHE_SIDE} px: {decode_rate:.0f} images/s on {threads} threads")
-
-        blob = work / "cache.npy"
-        np.save(blob, np.concatenate([out] * max(1, 200_000_000 // out.nbytes)))  # ~200 MB of decoded pixels
-        t = time.perf_counter()
-        put_file(blob, Storage(uri("cache")), "images/x.npy")
-        upload_rate = blob.stat().st_size / (time.perf_counter() - t) / 1e6
-        t = time.perf_counter()
-        copy_file(Storage(uri("cache")), "images/x.npy", work / "back.npy")
-        dl_rate = blob.stat().st_size / (time.perf_counter() - t) / 1e6
-        print(f"shared cache: upload {upload_rate:.0f} MB/s, download {dl_rate:.0f} MB/s "
-              f"({blob.stat().st_size / 1e6:.0f} MB)")
-
-        cache_bytes = COCO_IMAGES * 3 * CACHE_SIDE * CACHE_SIDE
-        stage_s = COCO_JPEG_BYTES / (rate_ccr * 1e6)
-        decode_s = COCO_IMAGES / decode_rate
-        download_s = cache_bytes / (dl_rate * 1e6)
-        print(f"\nprojected for COCO ({COCO_IMAGES:,} images, {COCO_JPEG_BYTES / 1e9:.1f} GB JPEG; cache "
-              f"{cache_bytes / 1e9:.1f} GB), at these rates:")
-        print(f"  staging the images:             {stage_s / 60:6.1f} min")
-        print(f"  image_cache node   (decode):    {decode_s / 60:6.1f} min -> first step after "
-              f"{(stage_s + decode_s) / 60:.1f} min on every node")
-        # with a shared cache a node that finds it downloads it and never copies the images (ccr.staging)
-        print(f"  image_cache shared (download):  {download_s / 60:6.1f} min -> first step after "
-              f"{download_s / 60:.1f} min on every node but the first, which stages, decodes and uploads "
-              f"({(stage_s + decode_s) / 60:.1f} min, plus {cache_bytes / (upload_rate * 1e6) / 60:.1f} min "
-              "of upload)")
+        rate_ccr = staging_rate(store, work, a.n, total, a.repeats)
+        decode, out = decode_rate(src)
+        up, down = cache_rates(uri, work, out)
+        project(rate_ccr, decode, up, down)
     finally:
         server.terminate()
         shutil.rmtree(work, ignore_errors=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 import common  # noqa: F401  (path set-up)
 import ray
 
-from ccr.configure import load_config
 from ccr.distributed.runner import make_study, run_study
+from ccr.study.configure import load_config
 
 
 def main() -> None:
@@ -22,8 +22,8 @@ def main() -> None:
     rates = {}
     for w in (1, 2):
         # global batch 64 in both runs: 1 x 64 or 2 x 32
-        cfg = load_config(None, ["data.n_tasks=1", "train.epochs=10", "train.threads=1", "train.use_ray=true",
-                                 f"train.workers={w}", f"train.batch_size={64 // w}", "eval.anatomy=false"])
+        cfg = load_config(None, ["data.n_tasks=1", "train.epochs=10", "train.threads=1", "resources.use_ray=true",
+                                 f"resources.workers={w}", f"train.batch_size={64 // w}", "eval.anatomy=false"])
         res = run_study(make_study(cfg, tmp / f"w{w}", progress=False))
         rates[w] = res["train"][0]["pairs_per_s"]
     print(f"train scaling [default model, global batch 64, CPU, 1 thread per worker]: 1 worker {rates[1]:,.0f} "

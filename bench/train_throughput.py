@@ -13,8 +13,7 @@ import numpy as np
 import torch
 from common import preset_config, synthetic_dataset, timed
 
-from ccr import losses
-from ccr.models import build_model
+from ccr.models import build_model, losses
 from ccr.strategies import Strategy, TaskContext
 from ccr.train import autocast_for, train_task
 

@@ -15,15 +15,16 @@ with their signatures and docstrings; an indexing policy overrides `IndexPolicy.
 
 from __future__ import annotations
 
-from ccr.context import Batch, TaskContext, task_seed
 from ccr.data.dataset import ArrayImages, RetrievalDataset
 from ccr.data.registry import register_loader
 from ccr.errors import ConfigError, DataError
-from ccr.index import MODALITIES, Gallery, IndexState
-from ccr.policies import IndexPolicy, StepInput, register_policy
+from ccr.index.gallery import MODALITIES, Gallery, IndexState
+from ccr.index.policies import IndexPolicy, StepInput, register_policy
+from ccr.seeds import task_seed
 from ccr.strategies.base import HOOKS as STRATEGY_HOOKS
 from ccr.strategies.base import NoParams, Strategy
 from ccr.strategies.base import register as register_strategy
+from ccr.strategies.context import Batch, TaskContext
 
 __all__ = ["ArrayImages", "Batch", "ConfigError", "DataError", "Gallery", "IndexPolicy", "IndexState", "MODALITIES",
            "NoParams", "RetrievalDataset", "STRATEGY_HOOKS", "StepInput", "Strategy", "TaskContext",

@@ -50,12 +50,12 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ccr.configure import load_config
+    from ccr.study.configure import load_config
 
     cfg = load_config(args.config, args.set)  # a config error is reported before torch is imported
 
+    from ccr.measure.tables import render
     from ccr.notebook import run_config
-    from ccr.run_tables import render
 
     setup_logging(args.verbose, args.quiet)
     study, res = run_config(cfg, args.out, progress=not args.quiet)
@@ -68,13 +68,15 @@ def cmd_data(args: argparse.Namespace) -> int:
     """The dataset card; exit 0 when the dataset is valid (a problem raises: exit 2 with one line)."""
     import json
 
-    from ccr.configure import load_config
+    from ccr.study.configure import load_config
 
     cfg = load_config(args.config, args.set)
     from ccr.data.card import card, render
 
     setup_logging(args.verbose, quiet=not args.verbose)
-    c = card(cfg)
+    from ccr.models import pixels_for
+
+    c = card(cfg, pixels_for(cfg))
     print(json.dumps(c, indent=1) if args.json else render(c))
     return 0
 
@@ -88,7 +90,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_analyze(args: argparse.Namespace) -> int:
     from ccr.analysis.html_report import analyze
-    from ccr.storage import Storage
+    from ccr.io.storage import Storage
 
     setup_logging(args.verbose)
     scale = _scale(args)

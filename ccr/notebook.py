@@ -9,14 +9,15 @@ from typing import Any
 
 import pandas as pd
 
-from ccr.config import Config, parse_override, set_path
-from ccr.configure import build_config, load_config
+from ccr.config.files import parse_override, set_path
+from ccr.config.schema import Config
+from ccr.study.configure import build_config, load_config
 
 
 def config_from(config: str | Path | dict[str, Any] | Config | None, overrides: list[str] | None = None) -> Config:
     """A checked Config from a YAML file, a nested dict, a Config, or None (the embedded default)."""
     if isinstance(config, Config):
-        from ccr.config import to_dict
+        from ccr.config.schema import to_dict
 
         config = to_dict(config)
     if isinstance(config, dict):
@@ -30,7 +31,8 @@ def config_from(config: str | Path | dict[str, Any] | Config | None, overrides: 
 def run_config(cfg: Config, out: str | Path, progress: bool = False):
     """Run (or resume) the study of `cfg` in `out` under its lock; returns (study, results)."""
     from ccr.distributed.runner import make_study, run_study
-    from ccr.storage import exclusive, open_storage
+    from ccr.io.locks import exclusive
+    from ccr.io.storage import open_storage
 
     store = open_storage(out)
     if cfg.data.image_cache == "shared" and not cfg.data.shared_cache:  # built once, read by every node
@@ -43,6 +45,8 @@ def run_config(cfg: Config, out: str | Path, progress: bool = False):
 
 def run(config: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | None = None,
         out: str | Path = "runs/default", progress: bool = False) -> dict[str, Any]:
+    """Run (or resume) one study, as `ccr run` does; returns the results also written to OUT/results.json.
+    `config`: a YAML file, a nested dict, or None for the embedded default; `overrides`: `KEY=VALUE` strings."""
     return run_config(config_from(config, overrides), out, progress)[1]
 
 
@@ -60,6 +64,7 @@ class LoadedResults:
 
 
 def load_results(path: str | Path) -> LoadedResults:
+    """Every ccr result under a folder or storage URI, as the pandas tables `ccr analyze` builds."""
     from ccr.analysis.aggregate import aggregate
     from ccr.analysis.economics import curve_frame
     from ccr.analysis.load import collect, per_run_summary, provenance_frame, tidy
@@ -73,6 +78,8 @@ def load_results(path: str | Path) -> LoadedResults:
 def analyze(path: str | Path, out: str | Path | None = None, gallery_size: int | None = None,
             price: float | None = None, images_per_second: float | None = None,
             captions_per_second: float | None = None, by_order: bool = False) -> Path | str:
+    """Write the analysis of every result under `path` (tables, plots, report.html), as `ccr analyze`;
+    `gallery_size` (with `price`, `images_per_second`, `captions_per_second`) adds the cost at that size."""
     from ccr.analysis.economics import Scale
     from ccr.analysis.html_report import analyze as _analyze
 

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ccr import losses
-from ccr.context import TaskContext, autocast_for, make_batch, sample_captions, task_seed
+from ccr import seeds
 from ccr.data.pipeline import prefetched
 from ccr.errors import ConfigError, DivergedError
-from ccr.models import DualEncoder
+from ccr.models import DualEncoder, losses
+from ccr.models.precision import autocast_for
+from ccr.seeds import task_seed
 from ccr.strategies import Strategy
+from ccr.strategies.context import TaskContext, make_batch, sample_captions
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,78 @@ def plan_batches(ctx: TaskContext, strategy: Strategy, items: np.ndarray, rng: n
     return plan
 
 
+def _schedule(ctx: TaskContext, strategy: Strategy, model: DualEncoder, total_steps: int
+              ) -> tuple[torch.optim.Optimizer, list[torch.nn.Parameter], Callable[[int], float]]:
+    """(optimizer, trained parameters, learning-rate scale per optimizer step): warmup, then cosine to 10 % of
+    each group's peak, per task."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = strategy.configure_optimizer(ctx, model, params)
+    for g in opt.param_groups:
+        g.setdefault("initial_lr", g["lr"])  # each group's peak: the schedule scales it
+    warm = min(ctx.cfg.train.warmup_steps, max(1, total_steps // 5))
+
+    def lr_scale(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        p = (step - warm) / max(1, total_steps - warm)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+
+    return opt, params, lr_scale
+
+
+def _loss(ctx: TaskContext, model: DualEncoder, forward: torch.nn.Module, strategy: Strategy, batch,
+          dist: DistInfo) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The batch's total loss and its named terms (the contrastive loss over the global batch, the strategy's)."""
+    with autocast_for(ctx.device, ctx.cfg.train.amp):
+        img, txt = forward(batch.images, batch.input_ids, batch.attention_mask)
+        batch.img_emb, batch.txt_emb = img, txt
+        gi, gt = (dist.gather(img), dist.gather(txt)) if dist.gather else (img, txt)
+        batch.global_img_emb, batch.global_txt_emb = gi, gt
+        terms = losses.contrastive(ctx.cfg.train, gi, gt, model)
+        terms.update(strategy.loss_terms(ctx, model, batch))
+        return losses.total(terms), terms
+
+
+def _diverged(ctx: TaskContext, first_bad: int, last: dict[str, float]) -> DivergedError:
+    terms_now = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
+    return DivergedError(
+        f"training diverged on task {ctx.task!r} (task {ctx.index + 1} of {len(ctx.order)}): the loss "
+        f"became non-finite at batch {first_bad + 1} of the task ({terms_now}); the study stops "
+        "here and keeps the checkpoint of the last finished task. Lower train.lr or set train.grad_clip")
+
+
+class _LossTally:
+    """The task's losses summed on the device (no host sync per batch), the first non-finite one, and the mean of
+    each epoch, read where an epoch ends (the one sync)."""
+
+    def __init__(self, device: torch.device):
+        self.sum = torch.zeros((), device=device)
+        self.first_bad = torch.full((), -1, device=device)  # first batch whose loss was not finite
+        self.n, self.epoch_loss, self.last = 0, [], {}
+        self._summed, self._counted = 0.0, 0
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.sum += loss.detach().float()
+        self.first_bad = torch.where((self.first_bad < 0) & ~torch.isfinite(loss.detach()), self.n, self.first_bad)
+        self.n += 1
+
+    def end_epoch(self, terms: dict[str, torch.Tensor]) -> int:
+        """Record the epoch's mean loss and the last batch's terms; the first non-finite batch, or -1."""
+        self.last = {k: float(v.detach()) for k, v in terms.items()}
+        total_now = float(self.sum)
+        self.epoch_loss.append((total_now - self._summed) / max(1, self.n - self._counted))
+        self._summed, self._counted = total_now, self.n
+        return int(self.first_bad)
+
+
+def _steps_per_epoch(ctx: TaskContext, items: np.ndarray, dist: DistInfo) -> int:
+    gb = rank_batch_size(ctx.cfg.train.batch_size, len(items), dist.world_size) * dist.world_size  # global batch
+    steps = max(1, len(items) // gb) if len(items) >= 2 * dist.world_size else 0
+    if steps == 0:
+        raise ValueError(f"task {ctx.task!r} has {len(items)} training images: too few for a batch")
+    return steps
+
+
 def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forward: torch.nn.Module | None = None,
                dist: DistInfo | None = None, progress: bool = True,
                on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
@@ -81,97 +155,55 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
 
     `forward` is the module to call (a DDP wrapper of `model` under data parallelism).
     """
-    cfg, dev = ctx.cfg.train, ctx.device
-    dist = dist or DistInfo()
+    cfg, dev, dist = ctx.cfg.train, ctx.device, dist or DistInfo()
     forward = forward or model
     items = strategy.train_items(ctx, ctx.dataset.image_ids(ctx.task, "train"))
-    salt = 1000 if ctx.pretraining else 0  # the pretraining stage draws from seeds of its own
-    rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, salt))
-    torch.manual_seed(task_seed(ctx.cfg.seed, ctx.index, 1 + salt))
-    gb = rank_batch_size(cfg.batch_size, len(items), dist.world_size) * dist.world_size  # global batch
-    steps_per_epoch = max(1, len(items) // gb) if len(items) >= 2 * dist.world_size else 0
-    if steps_per_epoch == 0:
-        raise ValueError(f"task {ctx.task!r} has {len(items)} training images: too few for a batch")
+    pre = ctx.pretraining  # the pretraining stage draws from seeds of its own
+    plan_salt, gen = (seeds.PRETRAIN_PLAN, seeds.PRETRAIN_TORCH) if pre else (seeds.TRAIN_PLAN, seeds.TRAIN_TORCH)
+    rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, plan_salt))
+    torch.manual_seed(task_seed(ctx.cfg.seed, ctx.index, gen))
+    steps_per_epoch = _steps_per_epoch(ctx, items, dist)
     n_batches = cfg.epochs * steps_per_epoch
     # optimizer steps: one per train.grad_accum batches counted over the whole task (not per epoch, which would
     # never step when an epoch has fewer batches), the last one over what remains
-    total_steps = -(-n_batches // cfg.grad_accum)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = strategy.configure_optimizer(ctx, model, params)
-    for g in opt.param_groups:
-        g.setdefault("initial_lr", g["lr"])  # each group's peak: the schedule scales it
-    warm = min(cfg.warmup_steps, max(1, total_steps // 5))
-
-    def lr_scale(step: int) -> float:  # warmup, then cosine to 10 % of the peak, per task
-        if step < warm:
-            return (step + 1) / warm
-        p = (step - warm) / max(1, total_steps - warm)
-        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
-
+    opt, params, lr_scale = _schedule(ctx, strategy, model, -(-n_batches // cfg.grad_accum))
     model.train()
-    t0, n_pairs, step, n_loss = time.perf_counter(), 0, 0, 0
-    loss_sum = torch.zeros((), device=dev)  # summed on the device: no host sync per step
-    first_bad = torch.full((), -1, device=dev)  # first batch whose loss was not finite (checked per epoch)
-    last: dict[str, float] = {}
-    epoch_loss: list[float] = []  # the mean loss of each epoch (read where the epoch syncs anyway)
-    summed, counted = 0.0, 0
-    bar = tqdm(total=cfg.epochs * steps_per_epoch, desc=f"train {ctx.task}", leave=False,
+    t0, n_pairs, step, tally = time.perf_counter(), 0, 0, _LossTally(dev)
+    bar = tqdm(total=n_batches, desc=f"train {ctx.task}", leave=False,
                disable=None if (progress and dist.rank == 0) else True)
     plan = plan_batches(ctx, strategy, items, rng, steps_per_epoch, dist)
-    dc = ctx.cfg.data
-    images = prefetched(ctx.dataset.images, [p[0] for p in plan], dc.num_workers, dc.prefetch_factor,
-                        pin_memory=dev.type == "cuda")
-    for epoch in range(cfg.epochs):
-        for b in range(steps_per_epoch):
-            if on_batch is not None:
-                on_batch(b)
-            img_ids, cap_ids, n_cur = plan[epoch * steps_per_epoch + b]
-            batch = make_batch(ctx, img_ids, cap_ids, n_cur, dev, next(images))
-            with autocast_for(dev, cfg.amp):
-                img, txt = forward(batch.images, batch.input_ids, batch.attention_mask)
-                batch.img_emb, batch.txt_emb = img, txt
-                gi, gt = (dist.gather(img), dist.gather(txt)) if dist.gather else (img, txt)
-                batch.global_img_emb, batch.global_txt_emb = gi, gt
-                terms = losses.contrastive(cfg, gi, gt, model)
-                terms.update(strategy.loss_terms(ctx, model, batch))
-                loss = losses.total(terms)
-            i = epoch * steps_per_epoch + b  # this batch's index in the task
-            group = min(cfg.grad_accum, n_batches - i // cfg.grad_accum * cfg.grad_accum)  # batches in its step
-            (loss / group).backward()
-            if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
-                strategy.after_backward(ctx, model, batch)
-                for g in opt.param_groups:
-                    g["lr"] = g["initial_lr"] * lr_scale(step)
-                if cfg.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                step += 1
-            n_pairs += n_cur * dist.world_size
-            loss_sum += loss.detach().float()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss.detach()), n_loss, first_bad)
-            n_loss += 1
-            bar.update(1)
-            if not bar.disable and n_loss % 25 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
-        last = {k: float(v.detach()) for k, v in terms.items()}
-        total_now = float(loss_sum)
-        epoch_loss.append((total_now - summed) / max(1, n_loss - counted))
-        summed, counted = total_now, n_loss
-        if int(first_bad) >= 0:
+    images = prefetched(ctx.dataset.images, [p[0] for p in plan], ctx.cfg.data.num_workers,
+                        ctx.cfg.data.prefetch_factor, pin_memory=dev.type == "cuda")
+    for i, (img_ids, cap_ids, n_cur) in enumerate(plan):  # i: this batch's index in the task
+        if on_batch is not None:
+            on_batch(i % steps_per_epoch)
+        batch = make_batch(ctx, img_ids, cap_ids, n_cur, dev, next(images))
+        loss, terms = _loss(ctx, model, forward, strategy, batch, dist)
+        group = min(cfg.grad_accum, n_batches - i // cfg.grad_accum * cfg.grad_accum)  # batches in its step
+        (loss / group).backward()
+        if (i + 1) % cfg.grad_accum == 0 or i + 1 == n_batches:
+            strategy.after_backward(ctx, model, batch)
+            for g in opt.param_groups:
+                g["lr"] = g["initial_lr"] * lr_scale(step)
+            if cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            step += 1
+        n_pairs += n_cur * dist.world_size
+        tally.add(loss)
+        bar.update(1)
+        if not bar.disable and tally.n % 25 == 0:
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        if (i + 1) % steps_per_epoch == 0 and (bad := tally.end_epoch(terms)) >= 0:
             bar.close()
-            terms_now = ", ".join(f"{k}={v:.4g}" for k, v in last.items())
-            raise DivergedError(
-                f"training diverged on task {ctx.task!r} (task {ctx.index + 1} of {len(ctx.order)}): the loss "
-                f"became non-finite at batch {int(first_bad) + 1} of the task ({terms_now}); the study stops "
-                "here and keeps the checkpoint of the last finished task. Lower train.lr or set train.grad_clip")
+            raise _diverged(ctx, bad, tally.last)
     bar.close()
-    mean_loss = float(loss_sum) / max(1, n_loss)  # synchronises: the timing below includes all queued work
+    mean_loss = float(tally.sum) / max(1, tally.n)  # synchronises: the timing below includes all queued work
     secs = time.perf_counter() - t0
     stats = {"steps": step, "mean_loss": mean_loss, "seconds": secs,
              "pairs_per_s": n_pairs / secs if secs > 0 else 0.0, "train_images": int(len(items)),
-             "epoch_loss": epoch_loss,
-             **{f"last/{k}": v for k, v in last.items()}}
+             "epoch_loss": tally.epoch_loss, **{f"last/{k}": v for k, v in tally.last.items()}}
     (log.info if ctx.rank == 0 else log.debug)(  # every rank trains; one reports
         "task %s: %d steps, mean loss %.4f, %.0f pairs/s", ctx.task, step, stats["mean_loss"], stats["pairs_per_s"])
     return stats

@@ -1,5 +1,5 @@
 """Typed dataclasses from plain mappings (YAML), strictly: unknown keys and wrong types are errors
-that name the dotted key. Below `ccr.config` so that strategies can check their own `Params` with it
+that name the dotted key. Below `ccr.config.schema` so that strategies can check their own `Params` with it
 without importing the config (which imports the strategy registry to validate names).
 """
 

@@ -160,7 +160,7 @@ def cluster_file(dest: Path) -> Path:
 def data_in_bucket(uri) -> list[str]:
     """A dataset (Karpathy layout, 4 tasks of 640x480 JPEGs) and a tiny CLIP folder, uploaded to the bucket and
     deleted here: the config overrides that name them by URI."""
-    from ccr.storage import Storage
+    from ccr.io.storage import Storage
     from tests.karpathy_fixture import make_photos, upload_karpathy
     from tests.pretrained_fixture import make_complete
 
@@ -180,7 +180,7 @@ def data_in_bucket(uri) -> list[str]:
 
 def staged_inputs(node: str) -> dict[str, int]:
     """What a node of the local cluster staged (from its ccr cache's events), by config key."""
-    from ccr.staging import events
+    from ccr.io.staging import events
 
     staged: dict[str, int] = {}
     for e in events(WORK / node / "cache"):
@@ -191,7 +191,7 @@ def staged_inputs(node: str) -> dict[str, int]:
 
 def worker_cache_events() -> list[str]:
     """The worker's decoding passes and image-cache downloads (from its ccr cache's events)."""
-    from ccr.staging import events
+    from ccr.io.staging import events
 
     return [e["event"] for e in events(WORK / "worker" / "cache") if e["event"] in ("decoded", "downloaded")]
 
@@ -246,7 +246,7 @@ def main() -> int:
            f"{PYTHON} -m ccr.cli sweep {a.sweep} --out {shlex.quote(uri)} {sets}", env=env)
         t_sub = time.time()
 
-        from ccr.storage import Storage
+        from ccr.io.storage import Storage
         from tests.trials import wait_for_checkpointed_trial
 
         def job_status() -> str:

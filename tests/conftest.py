@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ccr.configure import load_config
+from ccr.study.configure import load_config
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Ray nodes started by tests (ray.init, cluster_utils, and the processes they spawn) take 127.0.0.1 as

@@ -12,6 +12,8 @@ import ccr
 from ccr.analysis.aggregate import aggregate, markdown_table
 from ccr.analysis.html_report import analyze, load_tidy
 from ccr.analysis.load import collect, per_run_summary, tidy
+from ccr.cli import main
+from ccr.study.runner import checkpoint_path
 
 
 def fake_result(strategy, seed, final, forget, cost=100, order=("a", "b")):
@@ -32,7 +34,7 @@ def test_old_and_new_results_read_the_same(tmp_path):
     schema for the same recall matrices give the same records, tables and Tune metrics."""
     import numpy as np
 
-    from ccr import results
+    from ccr.measure import results
 
     old = fake_result("finetune", 0, 20.0, 10.0)
     mats = {d: {1: results_matrix(old["recall"][d]["1"])} for d in ("i2t", "t2i")}
@@ -137,11 +139,30 @@ def test_swept_keys_become_columns(tmp_path):
     assert "cfg.train.lr" in agg.columns and sorted(agg["cfg.train.lr"].unique()) == [0.1, 0.2]
 
 
+def test_results_under_old_and_new_key_names_are_one_study(tmp_path):
+    """A run written before the `resources` section (train.workers, index.shards) and one written after it are
+    the same study in an analysis: no column for the renamed keys, one group. Keys that change no number
+    (declared result=False) are never columns either."""
+    old = fake_result("finetune", 0, 10.0, 1.0)
+    old["config"]["train"].update({"workers": 1, "max_failures": 2})
+    old["config"]["index"] = {"shards": 1}
+    new = fake_result("finetune", 1, 12.0, 1.0)
+    new["config"]["resources"] = {"workers": 1, "shards": 1, "max_failures": 0}
+    new["config"]["eval"] = {"batch_size": 64}
+    for name, r in (("old", old), ("new", new)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(r))
+    c = collect(tmp_path)
+    assert c.runs["old"]["config"]["resources"] == {"workers": 1, "max_failures": 2, "shards": 1}
+    agg = aggregate(per_run_summary(c))
+    assert not [col for col in agg.columns if col.startswith("cfg.")] and set(agg["avg_final_recall_count"]) == {2}
+
+
 @pytest.fixture(scope="module")
 def tiny_analysis(tmp_path_factory):
     """Two strategies x two seeds of a real 2-task study with both policies, analysed."""
-    from ccr.configure import load_config
-    from ccr.study import Study
+    from ccr.study.configure import load_config
+    from ccr.study.runner import Study
     from tests.conftest import TINY
 
     root = tmp_path_factory.mktemp("an")
@@ -341,17 +362,17 @@ def test_t_quantiles_and_one_pair():
 def test_stability_was_named_drift_before_schema_3(tiny_cfg, tmp_path):
     """The anatomy's cosine (higher = less drift) was called `drift` in schema 2 and in checkpoints of that
     release: both read as `stability`, in records, tables and a resumed study."""
-    from ccr import results
-    from ccr.checkpoint import from_bytes, to_bytes
-    from ccr.run_tables import anatomy_table
-    from ccr.study import Study, checkpoint_path
+    from ccr.io.checkpoint import from_bytes, to_bytes
+    from ccr.measure import results, results_check
+    from ccr.measure.tables import anatomy_table
+    from ccr.study.runner import Study
 
     cfg = tiny_cfg("data.n_tasks=2", "train.epochs=1")
     new = Study(cfg, tmp_path / "a", progress=False).run()
     old = json.loads(json.dumps(new))
     old["schema_version"] = 2
     old["anatomy"]["drift"] = old["anatomy"].pop("stability")
-    assert results.problem(old) is None
+    assert results_check.problem(old) is None
     assert results.upgrade(old)["anatomy"] == new["anatomy"]
     assert list(results.matrix_records(old)) == list(results.matrix_records(new))
     assert {r["metric"] for r in results.matrix_records(old)} >= {"stability", "alignment"}
@@ -365,3 +386,123 @@ def test_stability_was_named_drift_before_schema_3(tiny_cfg, tmp_path):
     (tmp_path / "a" / "results.json").unlink()
     again = Study(cfg, tmp_path / "a", progress=False).run()
     assert again["resumes"] == [0] and again["anatomy"] == new["anatomy"]
+
+
+def test_analyze_of_a_missing_path_is_an_error_and_creates_nothing(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err and not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("mutate, why", [
+    (lambda r: r["by_policy"].__setitem__("reindex", None), "policy 'reindex' is NoneType, not an object"),
+    (lambda r: r["by_policy"]["reindex"]["recall"]["t2i"].__setitem__("1", [["x", None], [1.0, 2.0]]),
+     "recall t2i@1 is not a matrix of numbers"),
+    (lambda r: r["by_policy"]["reindex"].pop("summary"), "policy 'reindex' has no 'summary'"),
+    (lambda r: r.__setitem__("task_order", ["a"]), "recall i2t@1 is not a matrix of numbers over the 1 tasks"),
+    (lambda r: r.__setitem__("task_order", "a>b"), "'task_order' is not a list of task names"),
+    (lambda r: r["by_policy"]["reindex"]["summary"]["bwt"]["t2i"].pop("1"), "metrics t2i@1 are incomplete"),
+])
+def test_json_that_is_not_a_ccr_result_is_named_and_skipped(tmp_path, mutate, why):
+    from ccr.analysis.html_report import analyze
+
+    for name, final in (("finetune", 10.0), ("ewc", 20.0)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(fake_result(name, 0, final, 5.0)))
+    bad = fake_result("lwf", 9, 1.0, 1.0)
+    mutate(bad)
+    (tmp_path / "odd").mkdir()
+    (tmp_path / "odd" / "results.json").write_text(json.dumps(bad))
+    out = analyze(tmp_path)  # never aborts
+    status = json.loads((out / "status.json").read_text())
+    assert status["runs"] == 2 and [p.split("/")[-2] for p, _ in status["corrupt"]] == ["odd"]
+    assert why in status["corrupt"][0][1]
+
+
+def test_report_escapes_every_field_of_a_result(tmp_path):
+    """report.html is made from results.json files anyone could have written: strategy, policy, device,
+    versions and thread counts reach the page as text, never as markup."""
+    from ccr.analysis.html_report import analyze
+
+    bad = "<script>alert(1)</script>"
+    res = fake_result(bad, 0, 20.0, 5.0)
+    res["provenance"] = {"device": bad, "torch_threads": 1, "versions": {"ccr": bad, "torch": bad}, "host": bad,
+                         "git": {"commit": bad}}
+    res["by_policy"][bad] = res["by_policy"]["reindex"]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps(res))
+    res["provenance"]["torch_threads"] = bad  # not a number: this one is named and skipped, in escaped text
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "results.json").write_text(json.dumps(res))
+    analyze(tmp_path)
+    page = (tmp_path / "analysis" / "report.html").read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page and "torch_threads" in page
+
+
+def test_analysis_of_runs_of_mixed_configs_and_versions(tiny_cfg, tmp_path):
+    """A config key some results lack (written by another ccr version or source) is a missing value in the
+    tables and plots, never a crash: the analysis completes and writes its report."""
+    from ccr.analysis.html_report import analyze
+    from ccr.study.runner import Study
+
+    for name, lr in (("a", 0.003), ("b", 0.004), ("c", 0.005)):
+        Study(tiny_cfg("data.n_tasks=2", "train.epochs=1", f"train.lr={lr}"), tmp_path / "runs" / name,
+              progress=False).run()
+    res = json.loads((tmp_path / "runs" / "a" / "results.json").read_text())
+    del res["config"]["train"]["lr"], res["config"]["tasks"]["pretrain_cache"]
+    (tmp_path / "runs" / "a" / "results.json").write_text(json.dumps(res))
+    analyze(tmp_path / "runs")
+    an = tmp_path / "runs" / "analysis"
+    assert (an / "report.html").is_file() and (an / "stability_vs_forgetting.png").is_file()
+    assert "cfg.train.lr" in (an / "per_run.csv").read_text()
+
+
+def test_a_study_under_a_folder_named_analysis_is_analysed(tiny_cfg, tmp_path):
+    from ccr.analysis.load import collect
+    from ccr.study.runner import Study
+
+    Study(tiny_cfg("data.n_tasks=1", "train.epochs=1"), tmp_path / "runs" / "analysis" / "one", progress=False).run()
+    assert list(collect(tmp_path / "runs").runs) == ["analysis/one"]
+
+
+def test_no_crafted_results_file_aborts_an_analysis(tiny_cfg, tmp_path, capsys):
+    """Every field of a real results.json (anatomy, zero-shot, transfer, control, flips, backfill curve and the
+    config included) replaced by a value of another type, one at a time: each file is either named and skipped
+    as not a ccr result, or analysed; the analysis of all of them together completes."""
+    import copy
+    import math
+
+    from ccr.analysis.load import collect
+    from ccr.measure.results_check import problem
+    from ccr.study.runner import Study
+
+    cfg = tiny_cfg("data.n_tasks=3", "train.epochs=1", "eval.transfer=true", "eval.backfill_curve=[0,1]",
+                   "eval.backfill_orders=[oldest]", "index.compare=[no_reindex]", "eval.ks=[1,5]")
+    good = Study(cfg, tmp_path / "study", progress=False).run()
+
+    def paths(o, pre=(), depth=0):  # every field to depth 2; below, the first 3 keys of each object (the rest
+        yield pre                      # repeat their shape: more tasks, K, policies) and the first list item
+        if depth < (3 if pre[:1] == ("config",) else 6):
+            if isinstance(o, dict):
+                for k in list(o) if depth < 2 else list(o)[:3]:
+                    yield from paths(o[k], (*pre, k), depth + 1)
+            elif isinstance(o, list) and o:
+                yield from paths(o[0], (*pre, 0), depth + 1)
+
+    bad = [None, "x", [], {"x": 1}, True, math.nan]
+    runs, skipped = tmp_path / "runs", 0
+    for i, path in enumerate(p for p in paths(good) if p):
+        for j, value in enumerate(bad):
+            res = copy.deepcopy(good)
+            node = res
+            for key in path[:-1]:
+                node = node[key]
+            node[path[-1]] = value
+            text = json.dumps(res)
+            skipped += bool(problem(json.loads(text)))
+            (runs / f"m{i}_{j}").mkdir(parents=True)
+            (runs / f"m{i}_{j}" / "results.json").write_text(text)
+    c = collect(runs)
+    assert len(c.corrupt) == skipped and len(c.runs) + skipped == len(list(runs.glob("*/results.json")))
+    assert all(why and len(why) < 200 for _, why in c.corrupt)
+    assert main(["analyze", str(runs), "--gallery-size", "1000000", "--device-hour-price", "2"]) == 0
+    assert (runs / "analysis" / "report.html").is_file() and (runs / "analysis" / "cost_at_scale.md").is_file()

@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from ccr.configure import load_config
-from ccr.evaluation import Evaluator
-from ccr.metrics import first_hit, negative_flips
-from ccr.study import Study
+from ccr.measure.evaluation import Evaluator
+from ccr.measure.metrics import first_hit, negative_flips
+from ccr.study.configure import load_config
+from ccr.study.runner import Study
 from tests.test_policies import Drifting
 from tests.test_query import make_dataset
 
@@ -81,7 +81,7 @@ def test_negative_flips_and_backfill_endpoints_against_brute_force():
                         len(w) for w in was)
                     assert flips[d][str(k)][s] == pytest.approx(expect, abs=1e-9), (policy, d, k, s)
     recall = {p: ev.policy_results(p, 3)["recall"] for p in ("reindex", "no_reindex")}
-    curve = ev.backfill_results(3)
+    curve = ev.curve.results(3)
     assert {r["order"] for r in curve} == {"oldest", "random", "drift", "ambiguity"}
     for r in curve:
         d, k, s = r["direction"], str(r["k"]), r["step"]
@@ -96,7 +96,7 @@ def test_negative_flips_and_backfill_endpoints_against_brute_force():
 
 
 def test_the_orders_pick_what_they_say():
-    from ccr.backfill import backfill_rank, chosen
+    from ccr.index.backfill import backfill_rank, chosen
 
     ids = np.array([5, 3, 9, 1])
     version = np.array([1, 0, 1, 0])

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from ccr.storage import Storage
+from ccr.io.storage import Storage
 from tests.conftest import TINY
 from tests.trials import wait_for_checkpointed_trial
 
@@ -122,7 +122,7 @@ def test_sweep_to_s3_survives_a_lost_node_and_uses_an_added_one(s3, tmp_path):
 
 def test_an_object_as_out_and_an_unreachable_analyze_are_one_line(s3, tmp_path, capsys):
     from ccr.cli import main
-    from ccr.storage import StorageError, open_storage
+    from ccr.io.storage import StorageError, open_storage
 
     Storage(s3.uri("ccr", "")).write_text("an-object", "not a folder")
     with pytest.raises(StorageError, match="is an object, not a prefix"):
@@ -143,7 +143,7 @@ def test_two_starts_at_the_same_moment_on_an_object_store_one_proceeds(s3, tmp_p
 
     uri = s3.uri("ccr", "locked")
     # both processes start contending at the same instant (a time given to both), after their imports
-    code = ("import sys, time; from ccr.storage import Storage, exclusive, LockedError\n"
+    code = ("import sys, time; from ccr.io.storage import Storage; from ccr.io.locks import exclusive, LockedError\n"
             "time.sleep(max(0.0, float(sys.argv[2]) - time.time()))\n"
             "try:\n    with exclusive(Storage(sys.argv[1]), 'run'):\n        time.sleep(3)\n"
             "except LockedError as e:\n    print(e); sys.exit(3)\n")
@@ -203,7 +203,7 @@ def test_a_sweep_on_a_dataset_and_weights_in_the_bucket_stages_once_per_node(s3,
     from ray.cluster_utils import Cluster
 
     from ccr.distributed.tune import run_sweep
-    from ccr.staging import events
+    from ccr.io.staging import events
     from tests.karpathy_fixture import make_photos, upload_karpathy
     from tests.pretrained_fixture import make_complete
     from tests.test_sweep import write

@@ -9,9 +9,9 @@ import torch
 
 ray = pytest.importorskip("ray")
 
-from ccr.config import ConfigError  # noqa: E402
-from ccr.configure import load_config  # noqa: E402
-from ccr.study import Study  # noqa: E402
+from ccr.config.schema import ConfigError  # noqa: E402
+from ccr.study.configure import load_config  # noqa: E402
+from ccr.study.runner import Study  # noqa: E402
 from tests.conftest import TINY, counts  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -32,8 +32,8 @@ def _loss_worker(config):
     import ray.train
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from ccr import losses
     from ccr.distributed.train import gather_with_grad
+    from ccr.models import losses
 
     cfg, model, img, ids, mask = _model_and_batch()
     rank = ray.train.get_context().get_world_rank()
@@ -52,7 +52,7 @@ def test_two_workers_batch_b_equal_one_worker_batch_2b(ray_local, tmp_path):
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ccr import losses
+    from ccr.models import losses
 
     TorchTrainer(_loss_worker, train_loop_config={"out": str(tmp_path)}, scaling_config=ScalingConfig(num_workers=2),
                  run_config=RunConfig(storage_path=str(tmp_path), name="eq")).fit()
@@ -81,7 +81,7 @@ def test_unsafe_strategy_is_refused_before_start(tmp_path):
 
     try:
         with pytest.raises(ConfigError, match="does not support data-parallel"):
-            make_study(load_config(None, [*TINY, "strategy.name=unsafe_for_test", "train.workers=2"]), tmp_path)
+            make_study(load_config(None, [*TINY, "strategy.name=unsafe_for_test", "resources.workers=2"]), tmp_path)
     finally:
         REGISTRY.pop("unsafe_for_test")
     assert not (tmp_path / "ray").exists()
@@ -90,7 +90,7 @@ def test_unsafe_strategy_is_refused_before_start(tmp_path):
 def _run(tmp_path, name, *extra, on_batch=None):
     from ccr.distributed.runner import make_study, run_study
 
-    cfg = load_config(None, [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", "train.workers=2",
+    cfg = load_config(None, [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", "resources.workers=2",
                              "train.epochs=3", *extra])
     return run_study(make_study(cfg, tmp_path / name, progress=False, on_batch=on_batch))
 
@@ -114,7 +114,7 @@ def test_worker_killed_in_task_2_resumes_from_task_1(ray_local, tmp_path):
     for key in ("recall", "metrics", "index_cost", "by_policy", "anatomy", "provenance"):
         assert key in clean
     marker = tmp_path / "killed.marker"
-    hurt = _run(tmp_path, "hurt", "strategy.name=[replay,ewc]", "train.max_failures=2",
+    hurt = _run(tmp_path, "hurt", "strategy.name=[replay,ewc]", "resources.max_failures=2",
                 on_batch=kill_once(marker, step=1, rank=1))
     assert marker.read_text() == "killed"  # the fault really fired
     assert hurt["recall"] == clean["recall"]
@@ -128,15 +128,15 @@ def test_cli_run_with_two_workers(ray_local, tmp_path, capsys):
 
     # A-GEM: its reference gradient is averaged over the two ranks (its after_task checks that both ranks
     # still hold the same parameters, which fails if it is not)
-    sets = [x for o in [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", "train.workers=2",
+    sets = [x for o in [*TINY, f"data.cache_dir={tmp_path / 'cache'}", "data.n_tasks=2", "resources.workers=2",
                         "strategy.name=agem"] for x in ("--set", o)]
     assert main(["run", "--out", str(tmp_path / "o"), "--quiet", *sets]) == 0
     assert "t2i R@1" in capsys.readouterr().out
     res = json.loads((tmp_path / "o" / "results.json").read_text())
-    assert res["status"] == "complete" and res["config"]["train"]["workers"] == 2
+    assert res["status"] == "complete" and res["config"]["resources"]["workers"] == 2
 
 
-@pytest.mark.parametrize("sets", [["train.workers=2"], ["index.shards=2"]], ids=["workers", "shards"])
+@pytest.mark.parametrize("sets", [["resources.workers=2"], ["resources.shards=2"]], ids=["workers", "shards"])
 def test_cli_run_on_its_own_ray_prints_only_ccr_lines(tmp_path, sets):
     """What a user sees from `ccr run` with Ray (output to a file, as in CI or `| tee`): one line per
     event from rank 0, no terminal colour codes, none of Ray's notices, reports or resource lines,
@@ -192,8 +192,8 @@ def test_pretrained_models_two_workers_equal_one_worker_global_batch(ray_local, 
             f"data.tasks_file={files['tasks_file']}", f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=2",
             "train.warmup_steps=1", "train.threads=1", "tasks.order=[animal]", "eval.val=false", *weights]
     one = run_study(make_study(load_config(None, [*base, "train.batch_size=8"]), tmp_path / "one", progress=False))
-    two = run_study(make_study(load_config(None, [*base, "train.batch_size=4", "train.workers=2",
-                                                  "train.cpus_per_worker=0.5"]), tmp_path / "two", progress=False))
+    two = run_study(make_study(load_config(None, [*base, "train.batch_size=4", "resources.workers=2",
+                                                  "resources.cpus_per_worker=0.5"]), tmp_path / "two", progress=False))
     assert one["train"][0]["steps"] == two["train"][0]["steps"] >= 4
     assert two["train"][0]["mean_loss"] == pytest.approx(one["train"][0]["mean_loss"], rel=1e-5)
 
@@ -223,7 +223,7 @@ def test_every_strategy_trains_the_same_objective_on_two_workers(ray_local, tmp_
             "eval.anatomy=false", *common]
     doubled = [f"{k}={int(v) * 2}" for k, v in (s.split("=") for s in per_worker)]
     one = Study(load_config(None, [*base, "train.batch_size=32", *doubled]), tmp_path / "one", progress=False).run()
-    two = run_study(make_study(load_config(None, [*base, "train.batch_size=16", "train.workers=2", *per_worker]),
+    two = run_study(make_study(load_config(None, [*base, "train.batch_size=16", "resources.workers=2", *per_worker]),
                                tmp_path / "two", progress=False))
     assert one["train"][1]["steps"] == two["train"][1]["steps"] > 0
     assert two["train"][1]["mean_loss"] == pytest.approx(one["train"][1]["mean_loss"], rel=1e-5), case

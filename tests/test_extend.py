@@ -13,40 +13,22 @@ import textwrap
 import pytest
 
 from ccr.cli import main
-from tests.test_bad_input import REPO, _sets
+from tests.cli import REPO, _sets
 
 API = ["ArrayImages", "Batch", "ConfigError", "DataError", "Gallery", "IndexPolicy", "IndexState", "MODALITIES",
        "NoParams", "RetrievalDataset", "STRATEGY_HOOKS", "StepInput", "Strategy", "TaskContext", "register_loader",
        "register_policy", "register_strategy", "task_seed"]
+EXAMPLE = REPO / "examples" / "l2_anchor.py"  # the README's example strategy, tested as it stands
 
 PLUGIN = '''
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
-from ccr.api import MODALITIES, IndexPolicy, Strategy, register_loader, register_policy, register_strategy
+from ccr.api import MODALITIES, IndexPolicy, register_loader, register_policy
 
 marks = Path(__file__).with_name("marks")  # every process that imports this plugin leaves its pid here
 marks.mkdir(exist_ok=True)
 (marks / str(os.getpid())).write_text("imported")
-
-
-@register_strategy
-class L2Anchor(Strategy):
-    name = "l2_anchor_test"
-
-    @dataclass
-    class Params:
-        weight: float = 0.01
-
-    def before_task(self, ctx, model):
-        self.anchor = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    def loss_terms(self, ctx, model, batch):
-        if ctx.index == 0:
-            return {}
-        pull = sum(((p - self.anchor[n]) ** 2).sum() for n, p in model.named_parameters() if n in self.anchor)
-        return {"anchor_loss": self.params.weight * pull}
 
 
 @register_policy
@@ -76,8 +58,8 @@ def load(cfg):
 def test_the_public_api_keeps_its_names():
     """A name that disappears from ccr.api breaks users' plugins: this list changes only on purpose."""
     import ccr.api
-    from ccr import context, policies
-    from ccr.strategies import base
+    from ccr.index import policies
+    from ccr.strategies import base, context
 
     assert sorted(ccr.api.__all__) == sorted(API)
     assert all(hasattr(ccr.api, n) for n in API)
@@ -97,8 +79,9 @@ def plugin_file(tmp_path, name="myplugin.py"):
 def _plugins_env(monkeypatch):
     """Importing a plugin records where it was found for child processes (CCR_PLUGINS) and adds to ccr's
     registries: all restored after each test, so no later test sees a test plugin's names."""
-    from ccr import plugins, policies
+    from ccr.config import plugins
     from ccr.data import registry
+    from ccr.index import policies
     from ccr.strategies import base
 
     monkeypatch.setenv("CCR_PLUGINS", "{}")
@@ -108,17 +91,17 @@ def _plugins_env(monkeypatch):
 
 def test_a_plugin_strategy_policy_and_loader_run_in_a_study(tiny_overrides, tmp_path, capsys):
     plug = plugin_file(tmp_path)
-    sets = [*tiny_overrides, f"plugins=[{plug}]", "data.n_tasks=2", "train.epochs=2"]
+    sets = [*tiny_overrides, f"plugins=[{EXAMPLE},{plug}]", "data.n_tasks=2", "train.epochs=2"]
     # its names are valid everywhere a config is checked, and listed among the valid choices
     assert main(["run", "--quiet", "--out", str(tmp_path / "x"), *_sets([*sets, "strategy.name=nope"])]) == 2
-    assert "l2_anchor_test" in capsys.readouterr().err
+    assert "l2_anchor" in capsys.readouterr().err
     out = tmp_path / "o"
-    assert main(["run", "--quiet", "--out", str(out), *_sets([*sets, "strategy.name=l2_anchor_test",
+    assert main(["run", "--quiet", "--out", str(out), *_sets([*sets, "strategy.name=l2_anchor",
                                                               "index.compare=[reindex_first_task]",
                                                               "data.kind=generated_copy"])]) == 0
     res = json.loads((out / "results.json").read_text())
-    assert res["strategy"] == "l2_anchor_test" and res["config"]["plugins"] == [str(plug)]
-    assert res["config"]["strategy"]["params"] == {"l2_anchor_test": {"weight": 0.01}}
+    assert res["strategy"] == "l2_anchor" and res["config"]["plugins"] == [str(EXAMPLE), str(plug)]
+    assert res["config"]["strategy"]["params"] == {"l2_anchor": {"weight": 0.01}}
     first = res["by_policy"]["reindex_first_task"]["index_cost"]["per_step"]
     assert first[1]["images"] == 2 * first[0]["images"]  # the new task's images and the first task's again
     assert any("anchor_loss" in k for s in res["train"] for k in s)  # the strategy's term was trained
@@ -150,9 +133,9 @@ def test_a_sweep_of_a_plugin_strategy_imports_it_in_every_trial(tmp_path):
     folder = plug.parent
     (folder / "sweep.yaml").write_text(textwrap.dedent(f"""\
         name: plug
-        plugins: [{plug.name}]
+        plugins: [{EXAMPLE}, {plug.name}]
         set: {{train.threads: 1}}
-        grid: {{strategy.name: [l2_anchor_test], seed: [0, 1]}}
+        grid: {{strategy.name: [l2_anchor], seed: [0, 1]}}
         resources: {{cpus_per_trial: 1, gpus_per_trial: 0}}
         """))
     from tests.test_sweep import tiny_sets
@@ -163,7 +146,7 @@ def test_a_sweep_of_a_plugin_strategy_imports_it_in_every_trial(tmp_path):
                           "--quiet", *sets], cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     results = [json.loads(p.read_text()) for p in (tmp_path / "out" / "runs").glob("*/results.json")]
-    assert len(results) == 2 and {r["strategy"] for r in results} == {"l2_anchor_test"}
+    assert len(results) == 2 and {r["strategy"] for r in results} == {"l2_anchor"}
     pids = {int(p.name) for p in (folder / "marks").iterdir()}
     assert len(pids) >= 3, (pids, run.stderr[-2000:])  # the sweep's driver and the two trials' processes
 
@@ -188,19 +171,19 @@ def test_the_python_api_runs_loads_and_analyses(tiny_overrides, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("sets, processes", [
-    (["train.workers=2"], 3),  # the driver and 2 Ray Train workers
-    (["index.shards=2"], 3),  # the driver and 2 shard actors
+    (["resources.workers=2"], 3),  # the driver and 2 Ray Train workers
+    (["resources.shards=2"], 3),  # the driver and 2 shard actors
 ])
 def test_ray_train_workers_and_shard_actors_import_the_plugin(sets, processes, tiny_overrides, tmp_path):
     """Every process that builds the study's config (Ray Train workers, shard actors) imports its plugin, whose
     strategy it trains."""
     plug = plugin_file(tmp_path)
-    sets = [*tiny_overrides, f"plugins=[{plug}]", "strategy.name=l2_anchor_test", "data.n_tasks=2",
+    sets = [*tiny_overrides, f"plugins=[{EXAMPLE},{plug}]", "strategy.name=l2_anchor", "data.n_tasks=2",
             "train.epochs=1", *sets]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--quiet", "--out", str(tmp_path / "o"),
                           *_sets(sets)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((tmp_path / "o" / "results.json").read_text())["strategy"] == "l2_anchor_test"
+    assert json.loads((tmp_path / "o" / "results.json").read_text())["strategy"] == "l2_anchor"
     pids = {int(p.name) for p in (plug.parent / "marks").iterdir()}
     assert len(pids) >= processes, pids

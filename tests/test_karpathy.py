@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from ccr.configure import load_config
 from ccr.data import DataError, check_tasks, load_dataset, resolve_task_order
-from ccr.study import Study
+from ccr.study.configure import load_config
+from ccr.study.runner import Study
 from tests.karpathy_fixture import make_karpathy
 
 
@@ -150,11 +150,11 @@ def test_every_strategy_and_policy_on_karpathy_data(kp, tmp_path, strategy):
 def test_a_dataset_is_validated_once_per_content(kp, tmp_path, monkeypatch, caplog):
     """The driver, each Train worker, each shard actor and each trial load the dataset: the first parses
     and checks it, the others read the verdict, until an input file's content changes."""
-    import ccr.data
+    import ccr.data.load
 
     calls = []
-    real = ccr.data.load_karpathy
-    monkeypatch.setattr(ccr.data, "load_karpathy", lambda *a: (calls.append(1), real(*a))[1])
+    real = ccr.data.load.load_karpathy
+    monkeypatch.setattr(ccr.data.load, "load_karpathy", lambda *a: (calls.append(1), real(*a))[1])
     cfg = kcfg(kp, f"data.cache_dir={tmp_path / 'cache'}")
     first = load_dataset(cfg)
     again = load_dataset(kcfg(kp, f"data.cache_dir={tmp_path / 'cache'}", "data.num_workers=2"))  # not shaping
@@ -180,3 +180,62 @@ def test_a_dataset_is_validated_once_per_content(kp, tmp_path, monkeypatch, capl
     with caplog.at_level("WARNING"), pytest.raises(DataError, match="missing image files"):
         load_dataset(cfg)
     assert "ignoring the dataset cache" in caplog.text and len(calls) == 5
+
+
+@pytest.mark.parametrize("filepath", ["../../outside", "/etc", "sub/../../.."])
+def test_image_paths_outside_the_image_root_are_refused(filepath, tmp_path):
+    from ccr.data import DataError, load_dataset
+    from ccr.study.configure import load_config
+    from tests.karpathy_fixture import make_karpathy
+
+    paths = make_karpathy(tmp_path)
+    data = json.loads(paths["path"].read_text())
+    data["images"][3]["filepath"] = filepath
+    data["images"][3]["filename"] = "passwd"
+    paths["path"].write_text(json.dumps(data))
+    tasks = json.loads(paths["tasks_file"].read_text())
+    paths["tasks_file"].write_text(json.dumps({**tasks, "passwd": "animal"}))
+    cfg = load_config(None, ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
+                             f"data.tasks_file={paths['tasks_file']}"])
+    with pytest.raises(DataError, match="leave data.images") as e:
+        load_dataset(cfg)
+    assert "passwd" in str(e.value) and "exist" not in str(e.value)
+
+
+@pytest.mark.parametrize("mutate, needle", [
+    (lambda d: d["images"].append(dict(d["images"][5])), "images listed twice"),
+    (lambda d: d["images"].__setitem__(2, "img_002.png"), "an image entry is not an object: img_002.png"),
+    (lambda d: d["images"][2]["sentences"].append({"raw": 42}), "a caption ('raw') is not a string: 42"),
+])
+def test_malformed_karpathy_entries_are_named(mutate, needle, tmp_path):
+    from ccr.data import DataError, load_dataset
+    from ccr.study.configure import load_config
+    from tests.karpathy_fixture import make_karpathy
+
+    paths = make_karpathy(tmp_path)
+    data = json.loads(paths["path"].read_text())
+    mutate(data)
+    paths["path"].write_text(json.dumps(data))
+    cfg = load_config(None, ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
+                             f"data.tasks_file={paths['tasks_file']}"])
+    with pytest.raises(DataError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        load_dataset(cfg)
+
+
+def test_a_truncated_jpeg_is_named_before_training_and_good_verdicts_are_cached(tmp_path):
+    from ccr.data import DataError, load_dataset
+    from ccr.study.configure import load_config
+    from tests.karpathy_fixture import make_karpathy
+
+    paths = make_karpathy(tmp_path)
+    over = ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
+            f"data.tasks_file={paths['tasks_file']}", f"data.cache_dir={tmp_path / 'cache'}", "data.in_memory=false"]
+    load_dataset(load_config(None, over))  # every image decodes: verdicts cached
+    (cache,) = (tmp_path / "cache" / "image_checks").glob("*.json")
+    assert len(json.loads(cache.read_text())) == 24
+    jpeg = paths["images"] / "sub" / "img_000.jpg"
+    data = jpeg.read_bytes()
+    jpeg.write_bytes(data[: len(data) // 2])  # Image.verify() accepts this; decoding does not
+    for how in ("data.in_memory=false", "data.in_memory=true", "data.image_cache=true"):  # every pixel store
+        with pytest.raises(DataError, match="unreadable image files.*img_000.jpg"):
+            load_dataset(load_config(None, [*over, how]))

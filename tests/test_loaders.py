@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from ccr.config import ConfigError
-from ccr.configure import load_config
+from ccr.config.schema import ConfigError
 from ccr.data import DataError, load_dataset
 from ccr.data.visual_genome import phrases_for, task_by_objects
+from ccr.study.configure import load_config
 from tests.conftest import TINY
 from tests.data_fixtures import make_precomp, make_visual_genome
 
@@ -50,7 +50,7 @@ def test_precomp_layout_splits_captions_and_features(tmp_path, regions):
 @pytest.mark.slow
 @pytest.mark.parametrize("regions", [0, 3])
 def test_precomp_study_runs_three_tasks_with_an_mlp_on_the_features(tmp_path, regions):
-    from ccr.study import Study
+    from ccr.study.runner import Study
 
     pc = make_precomp(tmp_path / "pc", regions=regions)
     cfg = pcfg(pc, tmp_path, "model.image.layers=1", "train.epochs=3", "strategy.name=replay",
@@ -144,7 +144,7 @@ def test_visual_genome_layout_tasks_phrases_and_seeded_split(tmp_path, caplog):
 
 @pytest.mark.slow
 def test_visual_genome_study_runs_three_tasks_and_records_its_split(tmp_path):
-    from ccr.study import Study
+    from ccr.study.runner import Study
 
     vg = make_visual_genome(tmp_path / "vg")
     res = Study(vcfg(vg, tmp_path, "data.captions_per_image=3"), tmp_path / "out", progress=False, threads=1).run()
@@ -193,3 +193,46 @@ def test_visual_genome_bad_inputs_are_one_clear_error(tmp_path):
     tasks.write_text(json.dumps({"999999": "a"}))
     with pytest.raises(DataError, match="names image ids that are not in image_data.json: 999999"):
         load_dataset(vcfg(vg, tmp_path, f"data.tasks_file={tasks}"))
+
+
+def test_precomputed_features_that_are_not_finite_and_captions_with_unicode_separators(tmp_path):
+    from ccr.data import DataError, load_dataset
+    from ccr.study.configure import load_config
+    from tests.data_fixtures import make_precomp
+
+    paths = make_precomp(tmp_path / "p")
+    caps = (paths["path"] / "train_caps.txt").read_text().split("\n")
+    caps[0] = caps[0] + " \u2028 and \x85 more \x0c"  # separators str.splitlines would split on
+    (paths["path"] / "train_caps.txt").write_text("\n".join(caps))
+    cfg = load_config(None, ["data.kind=precomp", f"data.path={paths['path']}",
+                             f"data.tasks_file={paths['tasks_file']}", f"data.cache_dir={tmp_path / 'c'}"])
+    ds = load_dataset(cfg)
+    assert "\u2028" in ds.captions[0] and len(ds.captions) == 5 * ds.n_images
+    test = np.load(paths["path"] / "test_ims.npy")
+    test[3, 1] = np.nan
+    test[7, 0] = np.inf
+    np.save(paths["path"] / "test_ims.npy", test)
+    with pytest.raises(DataError, match=r"test_ims.npy: 2 image\(s\) have NaN or infinite values \(rows 3, 7\)"):
+        load_dataset(cfg)
+
+
+@pytest.mark.parametrize("file, change, needle", [
+    ("image_data.json", lambda d: d[2].update(image_id="x7"), r"image_data.json: record 3 is malformed \(ValueError"),
+    ("objects.json", lambda d: d[0].update(objects=["dog"]),
+     r"objects.json: record 1 is malformed \(TypeError: 'objects'"),
+    ("region_descriptions.json", lambda d: d[1].update(regions="a phrase"), r"record 2 is malformed \(TypeError"),
+])
+def test_malformed_visual_genome_records_are_named(file, change, needle, tmp_path):
+    from ccr.data import DataError, load_dataset
+    from ccr.study.configure import load_config
+    from tests.data_fixtures import make_visual_genome
+
+    paths = make_visual_genome(tmp_path / "vg")
+    data = json.loads((paths["path"] / file).read_text())
+    change(data)
+    (paths["path"] / file).write_text(json.dumps(data))
+    cfg = load_config(None, ["data.kind=visual_genome", f"data.path={paths['path']}",
+                             f"data.images={paths['images']}", f"data.task_map={paths['task_map']}",
+                             f"data.cache_dir={tmp_path / 'c'}"])
+    with pytest.raises(DataError, match=needle):
+        load_dataset(cfg)

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from ccr.metrics import (
+from ccr.measure.metrics import (
     bwt,
     final_average,
     forgetting,
@@ -47,7 +47,7 @@ def test_recall_at_k_counts_first_hit():
 
 
 def test_metric_names_and_json_roundtrip():
-    from ccr.results import policy_metrics
+    from ccr.measure.results import policy_metrics
 
     s = policy_metrics({"i2t": {1: A}, "t2i": {1: A}}, {"images_embedded": 3, "captions_embedded": 4, "seconds": 0.5})
     assert s["forgetting/t2i/R@1"] == pytest.approx(17.5) and s["bwt/t2i/R@1"] == pytest.approx(-17.5)

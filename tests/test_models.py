@@ -2,7 +2,7 @@
 
 import torch
 
-from ccr.config import ModelConfig, TextEncoderConfig
+from ccr.config.schema import ModelConfig, TextEncoderConfig
 from ccr.models import build_model, build_tokenizer, tokenize_all
 from ccr.models.tokenizer import load_tokenizer
 
@@ -54,7 +54,7 @@ def test_cls_pooling_reads_the_cls_token():
 def test_pixel_normalisation_is_exactly_mean_and_std_times_255():
     """(x - 255·mean) / (255·std): multiplied by 255.0, not divided by 1/255 (127.49999 for 0.5 in float32,
     which moved every number of the embedded default in its last bits)."""
-    from ccr.configure import load_config
+    from ccr.study.configure import load_config
 
     model = build_model(load_config(None, []).model, 50)
     assert model.pixel_mean.flatten().tolist() == [127.5] * 3 and model.pixel_std.flatten().tolist() == [127.5] * 3

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
 import pytest
 import torch
 
-from ccr.configure import load_config
 from ccr.data import load_dataset
 from ccr.data.dataset import FileImages
 from ccr.data.pipeline import MemmapImages, cached_images, prefetched
+from ccr.study.configure import load_config
 from tests.conftest import TINY
 from tests.karpathy_fixture import make_karpathy
 
@@ -44,7 +45,7 @@ def test_prefetched_batches_equal_direct_loads_in_order(kp, tmp_path):
 def test_same_seed_same_numbers_with_0_2_4_loader_workers_and_the_cache(kp, tmp_path):
     """Batch composition stays in the training process: the number of workers that decode images, or
     reading them from the decoded-image cache instead, does not change a single number."""
-    from ccr.study import Study
+    from ccr.study.runner import Study
 
     runs = {}
     for name, extra in {"w0": ["data.num_workers=0"], "w2": ["data.num_workers=2"], "w4": ["data.num_workers=4"],
@@ -106,7 +107,7 @@ def test_ranks_get_equal_disjoint_slices_even_of_a_task_smaller_than_a_global_ba
     """Under data parallelism every rank's slice has the same number of rows (the embeddings' all-gather
     needs it), also when a task has fewer training items than one global batch; one process is unchanged."""
     from ccr.strategies import Strategy
-    from ccr.study import Study
+    from ccr.study.runner import Study
     from ccr.train import DistInfo, plan_batches
 
     study = Study(tiny_cfg("data.n_tasks=2", "train.epochs=1"), tmp_path / "o", progress=False)
@@ -120,3 +121,24 @@ def test_ranks_get_equal_disjoint_slices_even_of_a_task_smaller_than_a_global_ba
         single = plan_batches(study.context(0), Strategy(), items, np.random.default_rng(0), max(1, n // 16),
                               DistInfo())
         assert [len(p[0]) for p in single] == [min(16, n)] * len(single)
+
+
+def test_damaged_caches_are_rebuilt_not_trusted(tmp_path):
+    """A truncated decoded-image cache, a killed build's temporary file, a validated-dataset record of the
+    wrong shape: each is noticed and rebuilt, never a traceback."""
+    from ccr.data import load_dataset
+    from ccr.study.configure import load_config
+    from tests.karpathy_fixture import make_karpathy
+
+    paths = make_karpathy(tmp_path / "d")
+    cfg = load_config(None, ["data.kind=karpathy", f"data.path={paths['path']}", f"data.images={paths['images']}",
+                             f"data.tasks_file={paths['tasks_file']}", f"data.cache_dir={tmp_path / 'c'}",
+                             "data.image_cache=true", "model.image.image_size=16"])
+    first = load_dataset(cfg).images.load(np.arange(4)).numpy()
+    (npy,) = (tmp_path / "c" / "images").glob("*.npy")
+    npy.write_bytes(npy.read_bytes()[:200])  # truncated
+    (npy.parent / f".{npy.name}.999999.tmp").write_bytes(b"\0" * 1000)  # a killed build's leftover
+    (record,) = (tmp_path / "c" / "datasets").glob("*.json")
+    record.write_text(json.dumps({"name": "x", "sources": []}))  # valid JSON, wrong shape
+    again = load_dataset(cfg).images.load(np.arange(4)).numpy()
+    assert np.array_equal(first, again) and not list(npy.parent.glob(".*.tmp"))

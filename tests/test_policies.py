@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from ccr.config import IndexConfig
-from ccr.index import IndexState
-from ccr.policies import StepInput, build_policy, fit_linear_map
+from ccr.config.schema import IndexConfig
+from ccr.index.gallery import IndexState
+from ccr.index.policies import StepInput, build_policy, fit_linear_map
 from tests.test_query import TableEmbedder, make_dataset
 
 
@@ -23,7 +23,7 @@ class Drifting:
         return self.table[modality][np.asarray(ids)]
 
 
-def run_policy(name, n_steps=3, **cfg):
+def run_policy(name, n_steps=3, seed=0, **cfg):
     ds = make_dataset(n_tasks=n_steps, per_task=20)
     order = ds.task_names
     icfg = IndexConfig(**cfg)
@@ -35,7 +35,7 @@ def run_policy(name, n_steps=3, **cfg):
         models.append(Drifting(ds, step))
         prev = models[step - 1] if step else None
         fit = {"images": ds.image_ids(order[step], "train"), "captions": ds.caption_ids(order[step], "train")}
-        pol.update(state, StepInput(step, order, models[step], test_ids, prev, fit))
+        pol.update(state, StepInput(step, order, models[step], test_ids, prev, fit, seed))
     return ds, order, state, models, test_ids
 
 
@@ -90,7 +90,41 @@ def test_fit_linear_map_is_least_squares():
 @pytest.mark.parametrize("name", ["reindex", "no_reindex", "reindex_images", "reindex_captions", "backfill",
                                   "drift_map"])
 def test_every_policy_runs_end_to_end(name, tiny_cfg, tmp_path):
-    from ccr.study import Study
+    from ccr.study.runner import Study
 
     res = Study(tiny_cfg(f"index.policy={name}", "data.n_tasks=2"), tmp_path, progress=False).run()
     assert res["policy"] == name and res["index_cost"]["images_embedded"] > 0
+
+
+def _refreshed(state, task, step):
+    g = state.galleries["images"]
+    return set(g.ids(task)[g.versions(task) == step].tolist())
+
+
+def test_backfill_takes_the_curve_orders_ambiguity_and_random_against_brute_force():
+    """index.backfill_order takes the four orders of eval.backfill_orders: `ambiguity` re-embeds the old entries
+    whose old embedding has the nearest other entry (brute force here), `random` a seeded draw of its own."""
+    ds, order, state, models, test_ids = run_policy("backfill", n_steps=2, backfill_budget=4,
+                                                    backfill_order="ambiguity")
+    ids = np.sort(test_ids[order[0]]["images"])
+    emb = models[0].embed("images", ids)
+    emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    sims = emb @ emb.T
+    np.fill_diagonal(sims, -np.inf)
+    nearest = sims.max(axis=1)
+    expect = set(ids[np.lexsort((ids, -nearest))[:4]].tolist())
+    assert _refreshed(state, order[0], 1) == expect
+    from ccr import seeds
+
+    picks = {}
+    for seed in (0, 1):
+        ds, order, state, _, test_ids = run_policy("backfill", n_steps=2, seed=seed, backfill_budget=4,
+                                                   backfill_order="random")
+        ids = np.sort(test_ids[order[0]]["images"])
+        rng = np.random.default_rng(seeds.task_seed(seed, 1, seeds.BACKFILL_POLICY))  # images: the policy's stream
+        picks[seed] = _refreshed(state, order[0], 1)
+        assert picks[seed] == set(ids[rng.permutation(len(ids))[:4]].tolist())
+    assert picks[0] != picks[1]  # another study seed, another draw
+    for o in ("oldest", "random", "drift", "ambiguity"):  # a budget of everything is reindex, in any order
+        ds, order, state, _, test_ids = run_policy("backfill", backfill_budget=1.0, backfill_order=o)
+        assert (state.galleries["images"].versions(order[0]) == 2).all(), o

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ccr.config import ConfigError
-from ccr.configure import load_config
-from ccr.study import Study
+from ccr.config.schema import ConfigError
+from ccr.study.configure import load_config
+from ccr.study.runner import Study
 from tests.karpathy_fixture import make_karpathy
 from tests.pretrained_fixture import make_complete, make_vit_with_pooler
 
@@ -96,13 +96,12 @@ def test_embeddings_and_loss_equal_transformers(tmp_path, kind):
     tokenizer), and ccr's loss (infonce for CLIP, siglip for SigLIP) equals the model's own return_loss."""
     import transformers as T
 
-    from ccr import losses
     from ccr.data import load_dataset
-    from ccr.models import build_for, build_tokenizer
+    from ccr.models import build_for, build_tokenizer, losses, pixels_for
 
     folder = make_complete(tmp_path / kind, kind)
     cfg, files = karpathy_cfg(tmp_path, folder, *(["train.loss=siglip"] if kind == "siglip" else []))
-    ds = load_dataset(cfg)
+    ds = load_dataset(cfg, pixels_for(cfg))
     build_tokenizer(cfg.model.text, [], str(folder)).save_pretrained(tmp_path / "tok")
     from ccr.models import resolve_model
 
@@ -140,7 +139,8 @@ def test_embeddings_and_loss_equal_transformers(tmp_path, kind):
 
 def test_image_size_mismatch_is_refused_before_anything_trains(tmp_path, tiny_overrides):
     clip = make_complete(tmp_path / "clip", "clip", image_size=16)
-    with pytest.raises(ConfigError, match=r"data.image_size.*takes 16 px images: set data.image_size=16"):
+    with pytest.raises(ConfigError, match=r"data.image_size.*takes 16 px images: leave data.image_size unset, or "
+                                          r"set it to 16"):
         Study(load_config(None, [*tiny_overrides, "data.image_size=32", f"model.pretrained={clip}"]), tmp_path / "a")
     vit = make_vit_with_pooler(tmp_path / "vit", image_size=16)
     with pytest.raises(ConfigError, match=r"model.image.image_size.*takes 16 px images"):
@@ -153,10 +153,30 @@ def test_image_size_mismatch_is_refused_before_anything_trains(tmp_path, tiny_ov
     assert not any((tmp_path / x).exists() for x in "abcd")  # refused before anything was written
 
 
+def test_model_pretrained_is_read_once_and_handed_down(tmp_path, tiny_overrides, monkeypatch):
+    """A study reads its complete model's folder once (ccr.models.model_source) and hands the description to the
+    data (pixels), the tokenizer, the model and the pretraining key, instead of resolving the string again; with
+    data.image_size unset the generated images take the model's size."""
+    import ccr.models.build
+    import ccr.models.dual_encoder
+    import ccr.models.pretrained
+
+    clip = make_complete(tmp_path / "clip", "clip", image_size=16)
+    calls = []
+    real = ccr.models.pretrained.describe.__wrapped__
+    monkeypatch.setattr(ccr.models.pretrained, "describe", lambda spec: (calls.append(spec), real(spec))[1])
+    sets = [s for s in tiny_overrides if not s.startswith(("data.image_size", "model.image."))]
+    study = Study(load_config(None, [*sets, f"model.pretrained={clip}"]), tmp_path / "out", progress=False)
+    study.prepare_out()
+    study.build()
+    assert calls == [str(clip)] and study.cfg.data.image_size == 16 and study.source.complete.folder == clip
+    assert study.ds.images.load([0]).shape[-1] == 16
+
+
 def test_a_hub_id_offline_is_one_line(tmp_path, tiny_overrides, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    from ccr.pretrained import local_folder
+    from ccr.models.pretrained import local_folder
 
     local_folder.cache_clear()
     with pytest.raises(ConfigError, match=r"'someone/no-such-clip' is no local folder, and the hub id could not"):
@@ -167,8 +187,8 @@ def test_a_hub_id_offline_is_one_line(tmp_path, tiny_overrides, monkeypatch):
 
 def test_weights_by_storage_uri_are_staged_once(tmp_path, tiny_overrides, monkeypatch, s3):
     """model.pretrained as a URI: copied into the node's cache once (a marker written last), then read."""
-    from ccr import pretrained
-    from ccr.storage import Storage
+    from ccr.io.storage import Storage
+    from ccr.models import pretrained
 
     clip = make_complete(tmp_path / "clip", "clip")
     monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
@@ -181,9 +201,9 @@ def test_weights_by_storage_uri_are_staged_once(tmp_path, tiny_overrides, monkey
     assert pretrained.local_folder(f"file://{clip}") == clip.resolve()  # a file:// URI is a local folder
     pretrained.local_folder.cache_clear()
     calls = []
-    import ccr.staging
+    import ccr.io.staging
 
-    monkeypatch.setattr(ccr.staging, "node_lock", lambda p: calls.append(p))  # a second staging would lock
+    monkeypatch.setattr(ccr.io.staging, "node_lock", lambda p: calls.append(p))  # a second staging would lock
     assert pretrained.local_folder(uri) == a and not calls
     assert pretrained.fingerprint(uri) == pretrained.fingerprint(str(clip))
 
@@ -191,6 +211,7 @@ def test_weights_by_storage_uri_are_staged_once(tmp_path, tiny_overrides, monkey
 def test_preprocessing_is_part_of_the_image_cache_key(tmp_path):
     """Two models whose processors resize differently decode into two image caches; the pixels differ."""
     from ccr.data import load_dataset
+    from ccr.models import pixels_for
 
     a = make_complete(tmp_path / "a", "clip", resample=3)
     b = make_complete(tmp_path / "b", "clip", resample=0)  # nearest
@@ -198,7 +219,7 @@ def test_preprocessing_is_part_of_the_image_cache_key(tmp_path):
     cb = load_config(None, [*(f"data.{k}={getattr(ca.data, k)}" for k in ("kind", "path", "images", "tasks_file",
                                                                          "cache_dir")),
                             "data.image_cache=true", f"model.pretrained={b}"])
-    da, db = load_dataset(ca), load_dataset(cb)
+    da, db = load_dataset(ca, pixels_for(ca)), load_dataset(cb, pixels_for(cb))
     caches = sorted((tmp_path / "cache" / "images").glob("*.npy"))
     assert len(caches) == 2
     assert not np.array_equal(da.images.load(np.arange(4)).numpy(), db.images.load(np.arange(4)).numpy())

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from ccr.config import IndexConfig
+from ccr.config.schema import IndexConfig
 from ccr.data.dataset import ArrayImages, RetrievalDataset
-from ccr.index import IndexState
-from ccr.policies import StepInput, build_policy
-from ccr.query import evaluate_step
-from ccr.search import FlatIndex, merge_topk
+from ccr.index.gallery import IndexState
+from ccr.index.policies import StepInput, build_policy
+from ccr.index.search import FlatIndex, merge_topk
+from ccr.measure.query import evaluate_step
 
 
 class TableEmbedder:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-import ccr.study
-from ccr.checkpoint import from_bytes
-from ccr.configure import load_config
+import ccr.study.pretraining
+import ccr.study.runner
 from ccr.data import DataError, load_dataset, resolve_task_order
-from ccr.study import Study
+from ccr.io.checkpoint import from_bytes
+from ccr.study.configure import load_config
+from ccr.study.runner import Study
 from tests.conftest import TINY
 
 
@@ -39,13 +40,14 @@ def test_the_pool_holds_every_family_in_a_neutral_palette_and_is_not_in_the_sequ
 
 def test_pretraining_is_outside_the_sequence_and_trained_once_per_key(tmp_path, monkeypatch):
     calls = []
-    real = ccr.study.train_task
+    real = ccr.study.runner.train_task
 
     def counting(model, ctx, *a, **k):
         calls.append(ctx.pretraining)
         return real(model, ctx, *a, **k)
 
-    monkeypatch.setattr(ccr.study, "train_task", counting)
+    monkeypatch.setattr(ccr.study.runner, "train_task", counting)
+    monkeypatch.setattr(ccr.study.pretraining, "train_task", counting)  # the pretraining stage trains there
     plain = Study(_cfg(tmp_path), tmp_path / "plain", progress=False, threads=1).run()
     a = Study(_cfg(tmp_path, "tasks.pretrain=[pool]"), tmp_path / "a", progress=False, threads=1)
     res = a.run()
@@ -91,8 +93,8 @@ def test_the_regimes_sweep_runs_the_values_chosen_on_val():
 
     import yaml
 
+    from analysis.findings_tables import REGIMES
     from ccr.distributed.sweep_spec import load_spec
-    from experiments.findings_tables import REGIMES
 
     repo = Path(__file__).resolve().parent.parent
     chosen = yaml.safe_load((repo / "sweeps" / "tuned" / "chosen.yaml").read_text())

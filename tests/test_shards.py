@@ -6,16 +6,16 @@ import time
 import numpy as np
 import pytest
 
-from ccr.config import IndexConfig
+from ccr.config.schema import IndexConfig
 
 ray = pytest.importorskip("ray")
 
-from ccr.configure import load_config  # noqa: E402
 from ccr.distributed.runner import make_study  # noqa: E402
-from ccr.index import IndexState  # noqa: E402
-from ccr.search import FlatIndex  # noqa: E402
-from ccr.snapshots import SnapshotError  # noqa: E402
-from ccr.study import Study  # noqa: E402
+from ccr.index.gallery import IndexState  # noqa: E402
+from ccr.index.search import FlatIndex  # noqa: E402
+from ccr.index.snapshots import SnapshotError  # noqa: E402
+from ccr.study.configure import load_config  # noqa: E402
+from ccr.study.runner import Study  # noqa: E402
 from tests.conftest import TINY, counts  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -34,7 +34,7 @@ def pools():
 def make_pool(pools, over, n, root):
     from ccr.distributed.shards import ShardPool
 
-    p = ShardPool(load_config(None, [*over, f"index.shards={n}"]), root / "base" / "tokenizer")
+    p = ShardPool(load_config(None, [*over, f"resources.shards={n}"]), root / "base" / "tokenizer")
     pools.append(p)
     return p
 
@@ -43,7 +43,7 @@ def make_pool(pools, over, n, root):
 def base(tmp_path_factory, ray_local):
     """A tokenizer and cached data that shard actors can load."""
     root = tmp_path_factory.mktemp("shards")
-    over = [*TINY, f"data.cache_dir={root / 'cache'}", "data.n_tasks=2", "index.shard_cpus=0.25"]
+    over = [*TINY, f"data.cache_dir={root / 'cache'}", "data.n_tasks=2", "resources.shard_cpus=0.25"]
     s = Study(load_config(None, over), root / "base", progress=False)
     s.out.mkdir(parents=True, exist_ok=True)
     s.build()
@@ -63,7 +63,7 @@ def random_state(n=300, d=16, ties=True):
 
 @pytest.mark.parametrize("n_shards", [1, 2, 3])
 def test_sharded_search_equals_one_flat_index(base, pools, n_shards):
-    from ccr.distributed.shards import ShardedGallery
+    from ccr.distributed.sharded import ShardedGallery
 
     root, over = base
     pool = make_pool(pools, over, n_shards, root)
@@ -88,14 +88,14 @@ def test_full_run_two_shards_equals_one(base, tmp_path):
     root, over = base
     extra = ["index.compare=[no_reindex,backfill]", "data.n_tasks=2"]
     one = Study(load_config(None, [*over, *extra]), tmp_path / "one", progress=False).run()
-    two = make_study(load_config(None, [*over, *extra, "index.shards=2"]), tmp_path / "two", progress=False).run()
+    two = make_study(load_config(None, [*over, *extra, "resources.shards=2"]), tmp_path / "two", progress=False).run()
     for p in ("reindex", "no_reindex", "backfill"):
         assert two["by_policy"][p]["recall"] == one["by_policy"][p]["recall"], p
         assert counts(two["by_policy"][p]["index_cost"]) == counts(one["by_policy"][p]["index_cost"]), p
 
 
 def test_killed_actor_is_rebuilt_with_the_same_answers(base, pools):
-    from ccr.distributed.shards import ShardedGallery
+    from ccr.distributed.sharded import ShardedGallery
 
     root, over = base
     pool = make_pool(pools, over, 2, root)
@@ -121,12 +121,12 @@ def test_pool_keeps_one_model_and_a_short_journal(base, tmp_path):
     """After every step the pool holds only the current model (not one per step for ever) and each shard's
     journal is its state plus that model; a shard lost afterwards is rebuilt with the same answers."""
     root, over = base
-    s = make_study(load_config(None, [*over, "index.shards=2", "index.compare=[no_reindex]"]), tmp_path,
+    s = make_study(load_config(None, [*over, "resources.shards=2", "index.compare=[no_reindex]"]), tmp_path,
                    progress=False)
     s.prepare_out()
     s.build()
     try:
-        pool = s.evaluator.pool
+        pool = s.evaluator.galleries.pool
         for step in range(2):
             s.run_task(step)
             assert list(pool.model_refs) == [step]
@@ -147,7 +147,7 @@ def test_pool_keeps_one_model_and_a_short_journal(base, tmp_path):
 
 
 def test_snapshots_round_trip_and_reject_bad_ones(base, pools, tmp_path):
-    from ccr.distributed.shards import ShardedGallery
+    from ccr.distributed.sharded import ShardedGallery
 
     root, over = base
     pool = make_pool(pools, over, 2, root)
@@ -213,7 +213,7 @@ def test_approximate_index_reports_recall_against_exact(kind, tiny_cfg, tmp_path
 
 def test_approx_on_shards(base, tmp_path):
     root, over = base
-    res = make_study(load_config(None, [*over, "index.approx=ivf", "index.nlist=4", "index.shards=2"]), tmp_path,
+    res = make_study(load_config(None, [*over, "index.approx=ivf", "index.nlist=4", "resources.shards=2"]), tmp_path,
                      progress=False).run()
     assert 0 < res["index_quality"]["recall_at_10_vs_exact"]["images"] <= 1
 
@@ -232,7 +232,7 @@ def test_complete_clip_on_shards_with_loader_workers_equals_one_process(base, tm
             f"model.pretrained={clip}", "train.epochs=1", "train.batch_size=8", "train.threads=1",
             "index.compare=[no_reindex]", "model.adapter.kind=lora", "model.adapter.r=4"]
     one = Study(load_config(None, over), tmp_path / "one", progress=False).run()
-    two = make_study(load_config(None, [*over, "index.shards=2", "data.num_workers=2"]), tmp_path / "two",
+    two = make_study(load_config(None, [*over, "resources.shards=2", "data.num_workers=2"]), tmp_path / "two",
                      progress=False).run()
     assert two["zero_shot"] == one["zero_shot"]
     for p in ("reindex", "no_reindex"):

@@ -1,4 +1,4 @@
-"""Datasets and weights by URI (ccr.staging): staged once per node and content, never read half-staged, read
+"""Datasets and weights by URI (ccr.io.staging): staged once per node and content, never read half-staged, read
 by every process from the staged copy; the decode check and the pixel store in one pass; `ccr data`; fail fast
 on inputs that cannot be read (shard actors, sweep trials)."""
 
@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from ccr.cli import main
-from ccr.configure import load_config
 from ccr.data import load_dataset
-from ccr.staging import events, stage
-from ccr.storage import Storage
+from ccr.io.staging import events, stage
+from ccr.io.storage import Storage
+from ccr.study.configure import load_config
 from tests.karpathy_fixture import make_karpathy, upload_karpathy
 
 KEYS = ("path", "images", "tasks_file")
@@ -87,7 +87,7 @@ def test_nothing_at_a_uri_and_an_unwritable_cache_are_one_line(s3, tmp_path, mon
 
 STAGER = """
 import sys
-from ccr.staging import stage
+from ccr.io.staging import stage
 stage(sys.argv[1], "data.images")
 print("staged", flush=True)
 """
@@ -224,7 +224,7 @@ def test_a_gallery_shard_that_cannot_read_its_dataset_fails_before_task_1(ray_lo
 
     missing = tmp_path / "nope.json"
     cfg = tiny_cfg("data.kind=karpathy", f"data.path={missing}", f"data.images={tmp_path}",
-                   f"data.tasks_file={missing}", "index.shards=2", "index.shard_cpus=0.5")
+                   f"data.tasks_file={missing}", "resources.shards=2", "resources.shard_cpus=0.5")
     started = time.time()
     with pytest.raises(DataError, match=r"gallery shard \d on node [\d.]+ cannot start \(and 1 more shard\(s\)\): "
                                         rf"dataset file \(data.path\) not found: {missing}"):

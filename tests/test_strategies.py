@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from ccr.config import ConfigError
-from ccr.configure import load_config
+from ccr.config.schema import ConfigError
 from ccr.strategies import REGISTRY, Strategy, build_strategy, register
 from ccr.strategies.distill import embedding_distillation, similarity_distillation
 from ccr.strategies.replay import herding
-from ccr.study import Study
+from ccr.study.configure import load_config
+from ccr.study.runner import Study
 
 
 def make_study(tiny_cfg, tmp_path, *extra):
@@ -58,7 +58,7 @@ def test_online_ewc_keeps_one_running_term(tiny_cfg, tmp_path):
 def test_ewc_state_does_not_grow_and_equals_the_sum_of_per_task_penalties(tiny_cfg, tmp_path):
     """Three tasks' penalties folded into one quadratic: the same value and gradient as the sum of the
     three (Kirkpatrick et al.'s form), with a state the size of two models after any number of tasks."""
-    from ccr.checkpoint import to_bytes
+    from ccr.io.checkpoint import to_bytes
 
     s = make_study(tiny_cfg, tmp_path, "strategy.name=ewc", "data.n_tasks=3")
     ewc, gen = s.strategy, torch.Generator().manual_seed(0)
@@ -267,8 +267,8 @@ def test_agem_after_backward_on_the_model(tiny_cfg, tmp_path):
     conflict with it is projected."""
     import copy
 
-    from ccr import losses
-    from ccr.context import make_batch, sample_captions
+    from ccr.models import losses
+    from ccr.strategies.context import make_batch, sample_captions
 
     s = make_study(tiny_cfg, tmp_path, "strategy.name=agem", "data.n_tasks=2", "strategy.params.agem.memory=40")
     agem = s.strategy

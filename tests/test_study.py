@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from ccr import results
-from ccr.checkpoint import from_bytes
 from ccr.cli import main
-from ccr.config import ConfigError
-from ccr.study import Study, checkpoint_path
+from ccr.config.schema import ConfigError
+from ccr.io.checkpoint import from_bytes
+from ccr.measure import results
+from ccr.study.runner import Study, checkpoint_path
+from tests.cli import _sets
 from tests.conftest import counts
 
 
@@ -22,7 +23,7 @@ def two_policy_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     # every task's checkpoint kept, to compare galleries after each task with the final ones
     over = [*TINY, f"data.cache_dir={out / 'cache'}", "index.compare=[no_reindex]", "checkpoint.keep=10"]
-    from ccr.configure import load_config
+    from ccr.study.configure import load_config
 
     study = Study(load_config(None, over), out / "study", progress=False)
     res = study.run()
@@ -36,7 +37,7 @@ def test_results_schema(two_policy_run):
     for key in ("config", "task_order", "recall", "metrics", "index_cost", "seed", "provenance", "by_policy"):
         assert key in on_disk
     assert on_disk["schema_version"] == results.SCHEMA_VERSION
-    # one list of names: what the study wrote is exactly what ccr.results says a study reports
+    # one list of names: what the study wrote is exactly what ccr.measure.results says a study reports
     assert set(results.flat_metrics(on_disk)) == set(results.metric_names([1, 5, 10], ["no_reindex"]))
     n = len(on_disk["task_order"])
     for d in ("i2t", "t2i"):
@@ -178,7 +179,7 @@ def test_seen_scope_and_vsepp_and_random_order(tiny_cfg, tmp_path):
 
 
 def test_karpathy_study_end_to_end(tmp_path):
-    from ccr.configure import load_config
+    from ccr.study.configure import load_config
     from tests.conftest import TINY
     from tests.karpathy_fixture import make_karpathy
 
@@ -194,7 +195,7 @@ def test_pretrained_encoders_load_from_local_paths(tmp_path):
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, ViTConfig, ViTModel
 
-    from ccr.configure import load_config
+    from ccr.study.configure import load_config
     from tests.conftest import TINY
 
     words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "the", "in", "red", "circle", "ring", "square",
@@ -225,7 +226,7 @@ def test_pretrained_encoders_load_from_local_paths(tmp_path):
 
 
 def test_printed_tables_show_task_names_in_full():
-    from ccr.run_tables import matrix_table
+    from ccr.measure.tables import matrix_table
 
     tasks = ["round", "a_task_with_a_long_name"]
     out = matrix_table("t2i R@1", [[40.0, None], [10.0, 35.5]], tasks)
@@ -238,8 +239,8 @@ def test_val_split_results_for_selection_leave_test_numbers_unchanged(tiny_cfg, 
     """data.val_per_task adds val items after all others: training and test numbers are bit-identical with
     and without them; every policy also gets the recall matrix on val items (val/ metrics), the one that
     HPO reads; a resumed study continues its val galleries."""
-    from ccr.index import IndexState
-    from ccr.query import evaluate_step
+    from ccr.index.gallery import IndexState
+    from ccr.measure.query import evaluate_step
 
     plain = Study(tiny_cfg("data.n_tasks=2", "index.compare=[no_reindex]"), tmp_path / "a", progress=False,
                   threads=1).run()
@@ -268,3 +269,48 @@ def test_val_split_results_for_selection_leave_test_numbers_unchanged(tiny_cfg, 
     (tmp_path / "b" / "results.json").unlink()
     again = Study(cfg, tmp_path / "b", progress=False, threads=1).run()
     assert again["by_policy"]["no_reindex"]["val_recall"] == res["by_policy"]["no_reindex"]["val_recall"]
+
+
+def test_leftovers_of_killed_writes_are_removed(tiny_overrides, tmp_path):
+    out = tmp_path / "out"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / ".ccr-results.json.k2j3.tmp").write_text("{half")
+    (out / "checkpoints" / ".ccr-01_round.pt.x81.tmp").write_bytes(b"PK\x03")
+    (out / ".ccr-tokenizer.a1.tmp").mkdir()
+    (out / ".ccr-tokenizer.a1.tmp" / "tokenizer.json").write_text("{")
+    assert main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, "data.n_tasks=2"])]) == 0
+    assert not list(out.glob(".*.tmp")) and not list((out / "checkpoints").glob(".*.tmp"))
+    assert (out / "tokenizer" / "tokenizer_config.json").is_file()
+    assert oct((out / "tokenizer").stat().st_mode)[-3:] == "755"  # shared, not 0700
+
+
+def test_a_checkpoint_of_another_study_is_refused_and_an_older_config_is_the_same_study(tiny_overrides, tmp_path,
+                                                                                       capsys):
+    """Resume checks the config a checkpoint was made with (config.yaml deleted, or a checkpoint copied in); a
+    config.yaml written before keys existed (they are absent, at their defaults) is the same study."""
+    import yaml
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    base = [*tiny_overrides, "data.n_tasks=2", "train.threads=1"]
+    assert main(["run", "--quiet", "--out", str(a), *_sets(base)]) == 0
+    assert main(["run", "--quiet", "--out", str(b), *_sets([*base, "train.lr=0.01"])]) == 0
+    order = json.loads((a / "results.json").read_text())["task_order"]
+    # b's first checkpoint copied into a, whose own last checkpoint and results are gone
+    checkpoint_path(a, 1, order).unlink()
+    (a / "results.json").unlink()
+    checkpoint_path(a, 0, order).write_bytes(checkpoint_path(b, 0, order).read_bytes())
+    assert main(["run", "--quiet", "--out", str(a), *_sets(base)]) == 2
+    assert "made by a study with a different config (train.lr)" in capsys.readouterr().err
+    # an older ccr's config.yaml: without keys added since (at their defaults here)
+    cfg = yaml.safe_load((b / "config.yaml").read_text())
+    for sec, key in (("model", "pretrained"), ("model", "adapter"), ("eval", "transfer"), ("eval", "control"),
+                     ("data", "control_per_task")):
+        del cfg[sec][key]
+    (b / "config.yaml").write_text(yaml.safe_dump(cfg))
+    (b / "results.json").unlink()
+    checkpoint_path(b, 1, order).unlink()
+    assert main(["run", "--quiet", "--out", str(b), *_sets([*base, "train.lr=0.01"])]) == 0
+    assert json.loads((b / "results.json").read_text())["resumes"] == [0]
+    # a key that differs is named
+    assert main(["run", "--quiet", "--out", str(b), *_sets([*base, "train.lr=0.02"])]) == 2
+    assert "holds a study with a different config (train.lr)" in capsys.readouterr().err

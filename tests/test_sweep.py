@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ccr.config import ConfigError
+from ccr.cli import main
+from ccr.config.schema import ConfigError
 from ccr.distributed.sweep_spec import load_spec, trial_name
+from tests.cli import REPO
 from tests.conftest import TINY
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path, spec, name="s.yaml"):
@@ -148,8 +148,9 @@ def test_cluster_yaml_validates_against_rays_schema():
 
 
 def test_the_paper_sweeps_read_data_and_weights_by_uri():
-    from ccr.config import parse_config, read_tree
-    from ccr.staging import DATA_LOCATIONS
+    from ccr.config.files import read_tree
+    from ccr.config.schema import parse_config
+    from ccr.io.staging import DATA_LOCATIONS
 
     for name in ("paper_base", "clip_base"):  # the sweeps' bases (their task orders read the data: a network)
         cfg = parse_config(read_tree(REPO / "sweeps" / f"{name}.yaml"))
@@ -358,3 +359,69 @@ def test_progress_estimate_does_not_jump_when_a_trial_ends():
     ends, starts = [re.search(r"about (\d+) s left", ln) for ln in out.getvalue().splitlines()[2:4]]
     # 5 left at 10 s each, trial 1 done with 10 s of its share: (50 - 10) / 2 = 20 s; then trial 2 starts
     assert int(ends.group(1)) == 20 and int(starts.group(1)) == 20
+
+
+@pytest.mark.parametrize("resources, needle", [
+    ({"cpus_per_trial": "two"}, "resources.cpus_per_trial must be a number >= 0, got 'two'"),
+    ({"cpus_per_trial": 0}, "a trial must request some CPU or GPU"),
+    ({"cpu": 1}, "resources takes cpus_per_trial and gpus_per_trial"),
+])
+def test_bad_sweep_resources(resources, needle, tmp_path):
+    import yaml
+
+    from ccr.distributed.sweep_spec import load_spec
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump({"grid": {"seed": [0]}, "resources": resources}))
+    with pytest.raises(ConfigError, match=needle):
+        load_spec(spec)
+
+
+def test_a_second_sweep_on_the_same_storage_is_refused_before_ray_starts(tmp_path, capsys):
+    import platform
+
+    import yaml
+
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        spec = tmp_path / "s.yaml"
+        spec.write_text(yaml.safe_dump({"grid": {"seed": [0]}}))
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / ".ccr.lock").write_text(json.dumps(
+            {"pid": holder.pid, "host": platform.node(), "what": "sweep", "command": "ccr sweep s.yaml"}))
+        assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 1
+        assert "is in use by another ccr sweep" in capsys.readouterr().err
+        assert not (tmp_path / "out" / "sweep.yaml").exists()
+    finally:
+        holder.kill()
+
+
+@pytest.mark.slow
+def test_a_diverging_trial_is_recorded_as_diverged_and_counted_once(ray_local, tmp_path, capsys):
+    from ccr.analysis.load import collect
+    from ccr.distributed.tune import run_sweep
+    from tests.test_sweep import tiny_sets, write
+
+    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune"]}, "max_failures": 0})
+    sets = [*tiny_sets(tmp_path), "data.n_tasks=2", "train.lr=1e9", "train.grad_clip=0"]
+    assert run_sweep(spec, sets, tmp_path / "out") == 1  # a failed trial fails the sweep, saying where
+    err = capsys.readouterr().err
+    assert "ccr: 1 of 1 trials failed; their errors are in:" in err and "/error.txt" in err
+    status = json.loads((tmp_path / "out" / "sweep_status.json").read_text())
+    assert len(status["failed"]) == 1 and not status["trials"]
+    (err,) = (tmp_path / "out" / "runs").glob("*/error.txt")
+    assert err.read_text().startswith("diverged: ") and "training diverged on task 'round'" in err.read_text()
+    assert list((tmp_path / "out").glob("tune/**/error.txt"))  # Ray's own record of the same failure...
+    assert len(collect(tmp_path / "out").failed) == 1  # ...is not counted as a second failed run
+
+
+def test_trial_names_never_collide_and_case_names_yaml_reads_as_booleans_are_refused(tmp_path):
+    from ccr.distributed.sweep_spec import load_spec, trial_name
+
+    assert trial_name({"tags.x": "a/b"}) != trial_name({"tags.x": "a_b"})
+    assert trial_name({"train.lr": 0.1234567}) != trial_name({"train.lr": 0.12345671})
+    assert trial_name({"seed": 1, "train.lr": 0.001}) == "seed=1,train.lr=0.001"  # exact: readable, unchanged
+    spec = tmp_path / "s.yaml"
+    spec.write_text("grid:\n  flag:\n    yes: {train.lr: 0.1}\n    no: {train.lr: 0.2}\n")
+    with pytest.raises(ConfigError, match="has a case named True, which YAML reads from yes/no"):
+        load_spec(spec)

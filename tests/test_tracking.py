@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ccr.cli import main
-from tests.test_bad_input import REPO, _sets
+from tests.cli import REPO, _sets
 
 mlflow = pytest.importorskip("mlflow")
 
@@ -74,7 +74,7 @@ def study_runs(client, experiment: str):
 def test_a_tracked_sweep_is_two_mlflow_runs_with_metrics_per_task_and_artifacts(server, tmp_path):
     from mlflow.tracking import MlflowClient
 
-    from ccr.tracking import mlflow_name
+    from ccr.io.tracking import mlflow_name
     from tests.test_sweep import tiny_sets, write
 
     spec = write(tmp_path, {"name": "tracked", "grid": {"strategy.name": ["finetune", "lwf"]}})
@@ -89,7 +89,7 @@ def test_a_tracked_sweep_is_two_mlflow_runs_with_metrics_per_task_and_artifacts(
     runs = study_runs(client, "tracked")
     assert len(runs) == 2
     for r in runs:
-        res = json.loads(Path(r.data.tags["ccr.storage"], "results.json").read_text())
+        res = json.loads(Path(r.data.tags["ccr.io.storage"], "results.json").read_text())
         assert r.data.tags["strategy"] == res["strategy"] and r.data.tags["task_order"] == ">".join(res["task_order"])
         assert r.data.params["train.epochs"] == "2" and r.info.status == "FINISHED"
         for name, value in res["metrics"].items():
@@ -112,7 +112,7 @@ def test_a_resumed_study_continues_its_run_and_a_dead_server_costs_nothing(serve
                                                                           caplog):
     from mlflow.tracking import MlflowClient
 
-    from ccr.study import checkpoint_path
+    from ccr.study.runner import checkpoint_path
 
     out = tmp_path / "study"
     sets = [*tiny_overrides, "data.n_tasks=3", "train.epochs=1", f"tracking.mlflow={server.uri}",

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from ccr.checkpoint import to_bytes as checkpoint_bytes
-from ccr.config import ConfigError
+from ccr.config.schema import ConfigError
+from ccr.io.checkpoint import to_bytes as checkpoint_bytes
 from ccr.models import build_for
-from ccr.study import Study, checkpoint_path
+from ccr.study.runner import Study, checkpoint_path
 
 LORA = ["model.adapter.kind=lora", "model.adapter.r=4", "model.adapter.alpha=8", "train.threads=1"]
 
@@ -170,3 +170,14 @@ def test_lora_on_a_complete_clip(tmp_path):
     assert torch.equal(got["text_encoder.encoder.layers.0.self_attn.q_proj.base_layer.weight"],
                        start["text_model.encoder.layers.0.self_attn.q_proj.weight"])
     assert np.isfinite(res["train"][-1]["mean_loss"])
+
+
+def test_optuna_on_the_index_cost_is_allowed_and_test_only_metrics_point_to_a_val_one(tmp_path):
+    from ccr.distributed.sweep_spec import load_spec
+
+    base = "set: {data.val_per_task: 4}\noptuna:\n  space: {train.lr: {type: loguniform, low: 0.001, high: 0.01}}\n"
+    (tmp_path / "cost.yaml").write_text(base + "  metric: index_cost/embedded\n  mode: min\n")
+    assert load_spec(tmp_path / "cost.yaml").optuna["metric"] == "index_cost/embedded"
+    (tmp_path / "zs.yaml").write_text(base + "  metric: zero_shot/t2i/R@1\n  mode: max\n")
+    with pytest.raises(ConfigError, match="Select on the val split: 'val/t2i/R@1'"):
+        load_spec(tmp_path / "zs.yaml")

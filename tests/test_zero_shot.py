@@ -8,11 +8,11 @@ import json
 import numpy as np
 import pytest
 
-from ccr.config import ConfigError
+from ccr.config.schema import ConfigError
 from ccr.data import DataError, load_dataset
-from ccr.index import IndexState
-from ccr.query import evaluate_step
-from ccr.study import Study, checkpoint_path
+from ccr.index.gallery import IndexState
+from ccr.measure.query import evaluate_step
+from ccr.study.runner import Study, checkpoint_path
 
 EXTRA = ["data.control_per_task=12", "eval.control=[triangles]", "eval.transfer=true", "data.n_tasks=2",
          "tasks.order=[round,boxes]", "train.threads=1"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ccr.storage import Storage
+from ccr.io.storage import Storage
 
 
 def checkpointed_trial_on(runs: Storage, node_id: str) -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ccr.results import BETTER, INITIAL  # BETTER: what each question prefers (the best is highlighted)
+from ccr.measure.results import BETTER, INITIAL  # BETTER: what each question prefers (the best is highlighted)
 
 METRICS = ["avg_final_recall", "forgetting", "bwt", "rsum", "index_cost"]
 

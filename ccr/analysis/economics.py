@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ccr.results import metric
+from ccr.measure.results import metric
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Find ccr results under a folder and turn them into one tidy table.
 
 One row per (run, policy, trained-up-to step, evaluated task, direction, K, metric), made by
-`ccr.results` (which defines the schema and reads every version of it). Corrupt result files are
+`ccr.measure.results` (which defines the schema and reads every version of it). Corrupt result files are
 reported by name and skipped; runs still going (or that left no results) are listed.
 """
 
@@ -15,8 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from ccr.results import matrix_records, problem, summary_records, upgrade
-from ccr.storage import Storage
+from ccr.config.schema import non_result_keys
+from ccr.io.storage import Storage
+from ccr.measure.results import matrix_records, summary_records, upgrade
+from ccr.measure.results_check import problem
 
 log = logging.getLogger(__name__)
 ID_COLUMNS = ["run", "strategy", "policy", "task_order", "seed", "scope"]
@@ -43,7 +45,7 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def collect(root: str | Path | Storage) -> Collected:
-    """Every ccr result below `root`: a local folder or a storage URI (s3://..., see ccr.storage)."""
+    """Every ccr result below `root`: a local folder or a storage URI (s3://..., see ccr.io.storage)."""
     store = Storage(root)
     c = Collected()
     if not store.exists():
@@ -90,8 +92,11 @@ def swept_keys(runs: dict[str, dict[str, Any]]) -> list[str]:
     """
     flat = [_flatten(r["config"]) for r in runs.values()]
     keys = sorted(set().union(*flat)) if flat else []
-    skip = {"seed", "tasks.order", "eval.batch_size", "train.max_failures", "checkpoint.keep"}
-    swept = [k for k in keys if k not in skip
+    # keys that change no number (declared so at their fields) are never what a comparison is about; tags are
+    # labels, read below
+    quiet = [k for k in non_result_keys() if k != "tags"]
+    skip = {"seed", "tasks.order"}
+    swept = [k for k in keys if k not in skip and not any(k == q or k.startswith(q + ".") for q in quiet)
              and len({json.dumps(f[k], default=str) for f in flat if k in f}) > 1]
     tags = [k for k in swept if k.startswith("tags.")]
     if not tags:

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ccr.config import Config
+from ccr.config.schema import Config
+from ccr.io.images import Pixels
 
 SIZES_AT_MOST = 20_000  # image headers read for the sizes: all of them up to this many, else an even sample
 
@@ -49,13 +50,14 @@ def _quantiles(a: np.ndarray) -> dict[str, float]:
     return dict(zip(("min", "p5", "median", "p95", "max"), (float(x) for x in q), strict=True))
 
 
-def card(cfg: Config) -> dict[str, Any]:
-    """Everything the card shows, as data (`ccr data --json`); raises the first problem (DataError, ...)."""
+def card(cfg: Config, pixels: Pixels | None = None) -> dict[str, Any]:
+    """Everything the card shows, as data (`ccr data --json`); raises the first problem (DataError, ...).
+    `pixels`: as for `load_dataset` (the model's preprocessing: `ccr.models.pixels_for`)."""
     from ccr.data import checked_order, load_dataset
-    from ccr.staging import DATA_LOCATIONS, MARKER, is_remote, partials, staged_of
-    from ccr.storage import cache_root
+    from ccr.io.staging import DATA_LOCATIONS, MARKER, is_remote, partials, staged_of
+    from ccr.io.storage import cache_root
 
-    ds = load_dataset(cfg)
+    ds = load_dataset(cfg, pixels)
     order = checked_order(cfg, ds)
     per = []
     for t in ds.task_names:

@@ -15,8 +15,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from ccr.data.pixels import Pixels, load_image_file  # noqa: F401  (load_image_file: re-exported)
 from ccr.errors import DataError  # noqa: F401  (defined there, raised and re-exported here)
+from ccr.io.images import Pixels, load_image_file  # noqa: F401  (load_image_file: re-exported)
 
 SPLITS = ("train", "val", "test")
 
@@ -130,9 +130,9 @@ def list_problem(msg: str, items: list[str]) -> DataError:
 
 
 def decode_checked(paths: list[Path], pixels: Pixels, out: np.ndarray, threads: int = 0) -> None:
-    """Decode every image into `out` (ccr.data.pixels.decode_all); the unreadable ones are one DataError naming
+    """Decode every image into `out` (ccr.io.images.decode_all); the unreadable ones are one DataError naming
     them. The one pass that both checks the images and makes their pixels (in memory or in the image cache)."""
-    from ccr.data import pixels as _pixels
+    from ccr.io import images as _pixels
 
     bad = _pixels.decode_all(paths, pixels, out, threads)
     if bad:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ccr.config import DataConfig
+from ccr.config.schema import DataConfig
 from ccr.data.dataset import ArrayImages, DataError, RetrievalDataset
-from ccr.storage import cache_root, cache_write  # noqa: F401  (cache_root re-exported from here)
+from ccr.io.storage import cache_root, cache_write  # noqa: F401  (cache_root re-exported from here)
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,14 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from ccr.config import DataConfig
+from ccr.config.schema import DataConfig
 from ccr.data.dataset import (
     ArrayImages,
     DataError,
@@ -28,7 +29,7 @@ from ccr.data.dataset import (
     decode_checked,
     list_problem,
 )
-from ccr.data.pixels import Pixels
+from ccr.io.images import Pixels
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def check_images(paths: list[Path], cache_dir: str | None) -> list[str]:
     size and modification time (under the data cache), so the next study, or the next trial of a sweep
     on this node, checks only what changed. Returns the unreadable files."""
     from ccr.data.generated import cache_root
-    from ccr.storage import cache_write
+    from ccr.io.storage import cache_write
 
     key = hashlib.sha256("\n".join(map(str, paths)).encode()).hexdigest()[:16]
     cache = cache_root(cache_dir) / "image_checks" / f"{key}.json"
@@ -148,7 +149,7 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
     themselves after a decode check (whose verdicts are cached by size and mtime)."""
     import time
 
-    from ccr.staging import event, materialize, pending_files
+    from ccr.io.staging import event, materialize, pending_files
 
     root = Path(cfg.images or ".")
     listed = pending_files(root)  # the image folder in storage, not copied here (yet): its listing says what is there
@@ -161,7 +162,7 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
     if cfg.image_cache:
         from ccr.data.generated import cache_root
         from ccr.data.pipeline import cached_images
-        from ccr.storage import Storage
+        from ccr.io.storage import Storage
 
         shared = Storage(cfg.shared_cache) if cfg.image_cache == "shared" and cfg.shared_cache else None
         return cached_images(FileImages(paths, pixels), cache_root(cfg.cache_dir), cfg.num_workers,
@@ -181,32 +182,49 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
     return FileImages(paths, pixels)
 
 
-def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
-    """Load a Karpathy-format dataset; tasks from `tasks_file` or COCO supercategories."""
-    data = _read_json(cfg.path, "dataset file (data.path)")
-    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise DataError(f"dataset file {cfg.path} must be a JSON object with an 'images' list (Karpathy format)")
-    from ccr.staging import pending_files
-
-    root = Path(cfg.images)
-    if not root.is_dir() and pending_files(root) is None:  # (a folder in storage, listed but not copied: is one)
-        raise DataError(f"image folder (data.images) not found: {root}")
+def _task_assignment(cfg: DataConfig) -> dict[str, str]:
+    """Image filename -> task: from data.tasks_file, or by COCO instances (largest object; data.task_map)."""
     if cfg.tasks_file:
         assign = _read_json(cfg.tasks_file, "tasks file (data.tasks_file)")
         if not isinstance(assign, dict) or not all(isinstance(v, str) for v in assign.values()):
             raise DataError(f"tasks file {cfg.tasks_file} must be a JSON object: image filename -> task name")
-    else:
-        tmap = None
-        if cfg.task_map:
-            tmap = _read_json(cfg.task_map, "task map (data.task_map)")
-            if not isinstance(tmap, dict) or not all(isinstance(v, str) and v for v in tmap.values()):
-                raise DataError(f"task map {cfg.task_map} must be a JSON object: category name -> task name")
-        assign = tasks_from_instances(cfg.instances, tmap)
+        return assign
+    tmap = None
+    if cfg.task_map:
+        tmap = _read_json(cfg.task_map, "task map (data.task_map)")
+        if not isinstance(tmap, dict) or not all(isinstance(v, str) and v for v in tmap.values()):
+            raise DataError(f"task map {cfg.task_map} must be a JSON object: category name -> task name")
+    return tasks_from_instances(cfg.instances, tmap)
 
-    names, paths, splits, tasks, captions, cap_img = [], [], [], [], [], []
-    no_caption, bad_split, outside, unassigned, empty = [], [], [], 0, 0
-    base = os.path.normpath(root)
-    for entry in data["images"]:
+
+@dataclass
+class _Entries:
+    """What the entries of a Karpathy file hold, and what is wrong with them (refused together, by name)."""
+
+    names: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    captions: list[str] = field(default_factory=list)
+    cap_img: list[int] = field(default_factory=list)
+    no_caption: list[str] = field(default_factory=list)
+    bad_split: list[str] = field(default_factory=list)
+    outside: list[str] = field(default_factory=list)
+    unassigned: int = 0
+    empty: int = 0
+
+
+def _entry_captions(entry: dict, fn: str, where: str) -> list[str]:
+    raw = [s.get("raw", "") for s in entry.get("sentences") or [] if isinstance(s, dict)]
+    if any(not isinstance(r, str) for r in raw):
+        raise DataError(f"dataset file {where}: image {fn}: a caption ('raw') is not a string: "
+                        f"{next(r for r in raw if not isinstance(r, str))!r}"[:300])
+    return [r.strip() for r in raw]
+
+
+def _parse_entries(images: list, cfg: DataConfig, root: Path, assign: dict[str, str]) -> _Entries:
+    e, base = _Entries(), os.path.normpath(root)
+    for entry in images:
         if not isinstance(entry, dict):
             raise DataError(f"dataset file {cfg.path}: an image entry is not an object: {str(entry)[:120]}")
         fn = entry.get("filename")
@@ -214,56 +232,68 @@ def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
             raise DataError(f"dataset file {cfg.path}: an image entry has no 'filename': {str(entry)[:120]}")
         task = assign.get(fn)
         if task is None:
-            unassigned += 1
+            e.unassigned += 1
             continue
         split = SPLIT_MAP.get(entry.get("split", ""))
         if split is None:
-            bad_split.append(f"{fn} ({entry.get('split')!r})")
+            e.bad_split.append(f"{fn} ({entry.get('split')!r})")
             continue
-        raw = [s.get("raw", "") for s in entry.get("sentences") or [] if isinstance(s, dict)]
-        if any(not isinstance(r, str) for r in raw):
-            raise DataError(f"dataset file {cfg.path}: image {fn}: a caption ('raw') is not a string: "
-                            f"{next(r for r in raw if not isinstance(r, str))!r}"[:300])
-        sents = [r.strip() for r in raw]
-        empty += sum(1 for s in sents if not s)
+        sents = _entry_captions(entry, fn, cfg.path)
+        e.empty += sum(1 for s in sents if not s)
         sents = [s for s in sents if s]
         if not sents:
-            no_caption.append(fn)
+            e.no_caption.append(fn)
             continue
         rel = os.path.join(str(entry.get("filepath") or ""), str(fn))
         # lexically, before anything is opened: `../` or an absolute path must not reach outside the image
         # root (symlinks inside the root may point anywhere: datasets use them)
         if os.path.isabs(rel) or not os.path.normpath(os.path.join(base, rel)).startswith(base + os.sep):
-            outside.append(rel)
+            e.outside.append(rel)
             continue
-        idx = len(names)
-        names.append(fn)
-        paths.append(root / rel)
-        splits.append(split)
-        tasks.append(task)
-        captions.extend(sents)
-        cap_img.extend([idx] * len(sents))
-    if outside:
-        raise list_problem(f"image paths that leave data.images ({root}); refused", outside)
-    twice = [str(p) for p, n in Counter(paths).items() if n > 1]
+        e.cap_img.extend([len(e.names)] * len(sents))
+        e.names.append(fn)
+        e.paths.append(root / rel)
+        e.splits.append(split)
+        e.tasks.append(task)
+        e.captions.extend(sents)
+    return e
+
+
+def _refuse(e: _Entries, cfg: DataConfig, root: Path) -> None:
+    if e.outside:
+        raise list_problem(f"image paths that leave data.images ({root}); refused", e.outside)
+    twice = [str(p) for p, n in Counter(e.paths).items() if n > 1]
     if twice:  # the same image twice would sit twice in a gallery
         raise list_problem("images listed twice (the same filepath/filename)", twice)
-    if bad_split:
-        raise list_problem("images with an unknown split (expected train/restval/val/test)", bad_split)
-    if no_caption:
-        raise list_problem("images with no caption", no_caption)
-    if not names:
+    if e.bad_split:
+        raise list_problem("images with an unknown split (expected train/restval/val/test)", e.bad_split)
+    if e.no_caption:
+        raise list_problem("images with no caption", e.no_caption)
+    if not e.names:
         raise DataError(f"no image of {cfg.path} has a task in the task assignment")
-    if unassigned:
-        log.warning("%d images have no task in the task assignment and are left out", unassigned)
-    task_names = sorted(set(tasks))
-    store = checked_images(paths, pixels, cfg)
+
+
+def load_karpathy(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
+    """Load a Karpathy-format dataset; tasks from `tasks_file` or COCO supercategories."""
+    data = _read_json(cfg.path, "dataset file (data.path)")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise DataError(f"dataset file {cfg.path} must be a JSON object with an 'images' list (Karpathy format)")
+    from ccr.io.staging import pending_files
+
+    root = Path(cfg.images)
+    if not root.is_dir() and pending_files(root) is None:  # (a folder in storage, listed but not copied: is one)
+        raise DataError(f"image folder (data.images) not found: {root}")
+    e = _parse_entries(data["images"], cfg, root, _task_assignment(cfg))
+    _refuse(e, cfg, root)
+    if e.unassigned:
+        log.warning("%d images have no task in the task assignment and are left out", e.unassigned)
+    store = checked_images(e.paths, pixels, cfg)
     ds = RetrievalDataset(
-        name=Path(cfg.path).stem, image_names=names, image_split=np.array(splits), image_task=np.array(tasks),
-        captions=captions, caption_image=np.array(cap_img), images=store, task_names=task_names,
-        info={"left_out": {"without a task": unassigned, "empty captions": empty}},
-        sources=image_sources(paths, pixels),
+        name=Path(cfg.path).stem, image_names=e.names, image_split=np.array(e.splits),
+        image_task=np.array(e.tasks), captions=e.captions, caption_image=np.array(e.cap_img), images=store,
+        task_names=sorted(set(e.tasks)), sources=image_sources(e.paths, pixels),
+        info={"left_out": {"without a task": e.unassigned, "empty captions": e.empty}},
     )
-    log.info("loaded %s: %d images, %d captions, tasks %s", cfg.path, len(names), len(captions),
-             dict(Counter(tasks)))
+    log.info("loaded %s: %d images, %d captions, tasks %s", cfg.path, len(e.names), len(e.captions),
+             dict(Counter(e.tasks)))
     return ds

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ccr.storage import node_lock
+from ccr.io.storage import node_lock
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +91,8 @@ class MemmapImages:
 
 def cache_key(paths: Sequence[Path], pixels) -> str:
     """The images' identity: every path with its size and modification time, and the preprocessing that
-    decodes them (a `ccr.data.pixels.Pixels`: size, resize mode, crop, resampling)."""
-    from ccr.data.pixels import Pixels
+    decodes them (a `ccr.io.images.Pixels`: size, resize mode, crop, resampling)."""
+    from ccr.io.images import Pixels
 
     p = Pixels.square(pixels) if isinstance(pixels, int) else pixels
     h = hashlib.sha256(f"ccr-images-v2 {json.dumps(p.describe(), sort_keys=True)}\n".encode())
@@ -104,9 +104,9 @@ def cache_key(paths: Sequence[Path], pixels) -> str:
 
 def shared_key(paths: Sequence[Path], pixels, root: Path, sizes: dict[str, int] | None = None) -> str:
     """The images' identity on every node: their names under the image root and sizes, what the root was
-    staged from (ccr.staging: the same listing on every node) or, for a shared mount, every file's mtime.
+    staged from (ccr.io.staging: the same listing on every node) or, for a shared mount, every file's mtime.
     `sizes`: {name: size} from the storage's listing, for images not copied to this node."""
-    from ccr.staging import identity
+    from ccr.io.staging import identity
 
     staged = identity(root)
     h = hashlib.sha256(f"ccr-images-v2 shared {json.dumps(pixels.describe(), sort_keys=True)} {staged}\n".encode())
@@ -130,7 +130,7 @@ def cached_images(files, cache_dir: Path, workers: int = 0, shared=None,
     Storage: data.image_cache=shared), the first node to need it builds it and uploads it there; every other
     node downloads it instead of decoding (and, for images in storage, never copies them: `sizes`, their listing).
     """
-    from ccr.staging import materialize
+    from ccr.io.staging import materialize
 
     if shared is not None:
         key = "shared-" + shared_key(files.paths, files.pixels, root or Path("."), sizes)
@@ -161,7 +161,7 @@ def cached_images(files, cache_dir: Path, workers: int = 0, shared=None,
 def _download(shared, rel: str, target: Path, cache_dir: Path) -> None:
     import time
 
-    from ccr.staging import copy_file, event
+    from ccr.io.staging import copy_file, event
 
     started = time.time()
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
@@ -181,7 +181,7 @@ def _upload(target: Path, shared, rel: str, cache_dir: Path) -> None:
     """The cache file, then its `.done` marker: a node that sees the marker downloads a whole file."""
     import time
 
-    from ccr.staging import event, put_file
+    from ccr.io.staging import event, put_file
 
     started = time.time()
     put_file(target, shared, rel)
@@ -195,7 +195,7 @@ def _build(files, target: Path, workers: int, cache_dir: Path | None = None) -> 
     import time
 
     from ccr.data.dataset import decode_checked
-    from ccr.staging import event
+    from ccr.io.staging import event
 
     n, (h, w) = len(files.paths), files.pixels.shape
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ccr.config import DataConfig
+from ccr.config.schema import DataConfig
 from ccr.data.dataset import DataError, RetrievalDataset
 
 log = logging.getLogger(__name__)
@@ -97,6 +97,20 @@ def _captions(path: Path) -> list[str]:
     return [ln.strip() for ln in lines]
 
 
+def _tasks(tf: Path, present: list[str]) -> dict[str, list]:
+    """The tasks file: {split: [task of image 0, task of image 1, ...]} for each split present."""
+    try:
+        tasks = json.loads(tf.read_text())
+    except FileNotFoundError:
+        raise DataError(f"tasks file (data.tasks_file) not found: {tf}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"tasks file {tf} is not valid JSON: {e}") from e
+    if not isinstance(tasks, dict) or any(s not in tasks for s in present):
+        raise DataError(f"tasks file {tf} must be a JSON object with a list of task names for each split "
+                        f"{present} (one per image, in image order)")
+    return tasks
+
+
 def load_precomp(cfg: DataConfig) -> RetrievalDataset:
     root = Path(cfg.path)
     if not root.is_dir():
@@ -110,15 +124,7 @@ def load_precomp(cfg: DataConfig) -> RetrievalDataset:
             if not (root / f).is_file():
                 raise DataError(f"{root}: {f} is missing (each split needs {s}_ims.npy and {s}_caps.txt)")
     tf = Path(cfg.tasks_file)
-    try:
-        tasks = json.loads(tf.read_text())
-    except FileNotFoundError:
-        raise DataError(f"tasks file (data.tasks_file) not found: {tf}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"tasks file {tf} is not valid JSON: {e}") from e
-    if not isinstance(tasks, dict) or any(s not in tasks for s in present):
-        raise DataError(f"tasks file {tf} must be a JSON object with a list of task names for each split "
-                        f"{present} (one per image, in image order)")
+    tasks = _tasks(tf, present)
 
     arrays, names, image_task, image_split, captions, cap_img, shape = [], [], [], [], [], [], None
     for s in present:

@@ -22,14 +22,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ccr.config import DataConfig
+from ccr.config.schema import DataConfig
 from ccr.data.dataset import DataError, RetrievalDataset
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 2: images described by their preprocessing (ccr.data.pixels), not one size
+FORMAT = 2  # 2: images described by their preprocessing (ccr.io.images), not one size
 INPUT_KEYS = ("path", "tasks_file", "instances", "task_map", "split_file")
-# DataConfig keys that change how data is read, never what it is (ccr.study's pretraining key uses them too)
+# DataConfig keys that change how data is read, never what it is (ccr.study.runner's pretraining key uses them too)
 READ_ONLY_KEYS = {"num_workers", "prefetch_factor", "in_memory", "image_cache", "cache_dir", "shared_cache"}
 NOT_SHAPING = READ_ONLY_KEYS | {"images"}  # the image root enters the key resolved, below
 HASH_CONTENT_BELOW = 256 << 20  # bytes: binary files larger than this are identified by size + mtime
@@ -70,7 +70,7 @@ def load_validated(cfg: DataConfig, pixels, load: Callable[[], RetrievalDataset]
     """`load()` once per content; later calls rebuild the dataset from the cache, with its image store
     from `revive_images(sources)` (which checks the image files again)."""
     from ccr.data.generated import cache_root
-    from ccr.storage import cache_write
+    from ccr.io.storage import cache_write
 
     key = dataset_key(cfg, pixels)
     cached = cache_root(cfg.cache_dir) / "datasets" / f"{cfg.kind}-{key}.json" if key else None

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ccr.config import DataConfig
+from ccr.config.schema import DataConfig
 from ccr.data.dataset import DataError, RetrievalDataset, list_problem
 from ccr.data.karpathy import _read_json, checked_images, image_sources
-from ccr.data.pixels import Pixels
+from ccr.io.images import Pixels
 
 log = logging.getLogger(__name__)
 
@@ -112,15 +112,7 @@ def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     if twice:
         raise list_problem(f"image ids listed twice in {root / FILES[0]}", twice)
 
-    if cfg.tasks_file:
-        assigned = _load_map(cfg.tasks_file, "tasks file (data.tasks_file)")
-        strange = [k for k in assigned if not k.isdigit() or int(k) not in set(ids)]
-        if strange:
-            raise list_problem(f"tasks file {cfg.tasks_file} names image ids that are not in {FILES[0]}", strange)
-        task_of = {int(k): v for k, v in assigned.items()}
-    else:
-        tmap = {" ".join(k.lower().split()): v for k, v in _load_map(cfg.task_map, "task map (data.task_map)").items()}
-        task_of = {i: t for i in ids if (t := task_by_objects(objs.get(i, []), tmap)) is not None}
+    task_of = _task_of(cfg, ids, objs)
 
     kept = [i for i in ids if i in task_of and phrases.get(i)]
     counts = {"without a task": sum(i not in task_of for i in ids),
@@ -134,14 +126,7 @@ def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     if not kept:
         raise DataError(f"no image of {root / FILES[0]} has a task, a split and a region phrase")
 
-    paths, absent = [], []
-    for i in kept:
-        found = next((p for sub in SUBFOLDERS if (p := img_root / sub / f"{i}.jpg").is_file()), None)
-        paths.append(found)
-        if found is None:
-            absent.append(f"{i}.jpg")
-    if absent:
-        raise list_problem(f"missing image files under {img_root} (also searched VG_100K/, VG_100K_2/)", absent)
+    paths = _image_files(img_root, kept)
     captions, cap_img = [], []
     for n, i in enumerate(kept):
         captions += phrases[i]
@@ -156,6 +141,31 @@ def load_visual_genome(cfg: DataConfig, pixels: Pixels) -> RetrievalDataset:
     log.info("loaded Visual Genome %s: %d images, %d phrases, tasks %s", root, len(kept), len(captions),
              dict(Counter(tasks)))
     return ds
+
+
+def _task_of(cfg: DataConfig, ids: list[int], objs: dict[int, list]) -> dict[int, str]:
+    """Image id -> task: from data.tasks_file ({image_id: task}), or by its objects (data.task_map)."""
+    if cfg.tasks_file:
+        assigned = _load_map(cfg.tasks_file, "tasks file (data.tasks_file)")
+        strange = [k for k in assigned if not k.isdigit() or int(k) not in set(ids)]
+        if strange:
+            raise list_problem(f"tasks file {cfg.tasks_file} names image ids that are not in {FILES[0]}", strange)
+        return {int(k): v for k, v in assigned.items()}
+    tmap = {" ".join(k.lower().split()): v for k, v in _load_map(cfg.task_map, "task map (data.task_map)").items()}
+    return {i: t for i in ids if (t := task_by_objects(objs.get(i, []), tmap)) is not None}
+
+
+def _image_files(img_root: Path, kept: list[int]) -> list[Path]:
+    """Each kept image's file (VG_100K/ and VG_100K_2/ searched too); the missing ones refused by name."""
+    paths, absent = [], []
+    for i in kept:
+        found = next((p for sub in SUBFOLDERS if (p := img_root / sub / f"{i}.jpg").is_file()), None)
+        paths.append(found)
+        if found is None:
+            absent.append(f"{i}.jpg")
+    if absent:
+        raise list_problem(f"missing image files under {img_root} (also searched VG_100K/, VG_100K_2/)", absent)
+    return paths
 
 
 def _splits(cfg: DataConfig, kept: list[int], task_of: dict[int, str]) -> tuple[dict[int, str], dict]:

@@ -1,10 +1,9 @@
 """Sharded galleries on Ray actors.
 
 Each `GalleryShard` actor owns one shard of every gallery (items assigned by a stable hash of their
-global id), receives the model of each step, embeds its own items, and holds its indexes. The
-driver-side `ShardedGallery` has the interface of `ccr.index.Gallery`, so indexing policies run
-unchanged on top; queries fan out to every shard and per-shard top-k merge into the global top-k
-(largest scores first, ties by smaller id). Every operation sent to a shard is journaled; a lost
+global id), receives the model of each step, embeds its own items, and holds its indexes; `ShardPool` is the
+driver's handle on them (the driver-side galleries on top are ccr.distributed.sharded). Every operation sent
+to a shard is journaled; a lost
 actor is restarted by Ray and rebuilt from the last snapshot plus the journal (or the journal alone),
 so its answers are the same as before.
 """
@@ -21,22 +20,13 @@ import numpy as np
 import ray
 import torch
 
-from ccr.config import Config, to_dict
-from ccr.context import task_label
-from ccr.distributed import check_can_ever_run, init_ray
-from ccr.evaluation import Evaluator
-from ccr.index import MODALITIES, IndexState
-from ccr.search import merge_topk, overlap_at_k, train_template
-from ccr.snapshots import read_manifest, read_shard, write_manifest, write_shard
-from ccr.storage import Storage
+from ccr.config.schema import Config, to_dict
+from ccr.distributed.cluster import check_can_ever_run, init_ray
+from ccr.index.snapshots import read_manifest, read_shard, write_manifest, write_shard
+from ccr.io.storage import Storage
 
 log = logging.getLogger(__name__)
 
-
-def shard_of(ids: np.ndarray, n: int) -> np.ndarray:
-    """Stable shard of each global id (Fibonacci hashing: spreads consecutive ids, same on every run)."""
-    h = (np.asarray(ids, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(33)
-    return (h % np.uint64(n)).astype(np.int64)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
@@ -44,10 +34,10 @@ class GalleryShard:
     """One shard of every gallery (keyed by namespace, e.g. 'reindex/images')."""
 
     def __init__(self, shard: int, cfg_dict: dict[str, Any], tokenizer: Storage, device: str):
-        from ccr.configure import build_config
         from ccr.data import load_dataset
-        from ccr.models import build_for
-        from ccr.study import local_copy
+        from ccr.models import build_for, model_source
+        from ccr.study.configure import build_config
+        from ccr.study.outputs import local_copy
 
         # Arrays that reach an actor through Ray's object store are read-only views (zero copy); the
         # shard only reads them, so torch's warning about tensors made from them is noise here.
@@ -60,9 +50,11 @@ class GalleryShard:
         try:
             self.cfg: Config = build_config(cfg_dict)
             self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
-            self.ds = load_dataset(self.cfg)  # staged on this actor's node (ccr.staging) when a URI
+            # staged on this actor's node (ccr.io.staging) when a URI
+            source = model_source(self.cfg)  # model.pretrained read once on this actor's node
+            self.ds = load_dataset(self.cfg, source.pixels)
             # the tokenizer from storage: this actor may run on any node
-            self.model, _, self.tokens = build_for(self.cfg, self.ds, local_copy(tokenizer), self.device)
+            self.model, _, self.tokens = build_for(source, self.ds, local_copy(tokenizer), self.device)
             self.model.eval()
         except Exception as e:  # noqa: BLE001 - kept for ready(): the driver raises it, once, before task 1
             self.problem = (type(e).__name__, str(e).splitlines()[0][:600] if str(e) else repr(e),
@@ -73,7 +65,7 @@ class GalleryShard:
         return self.problem
 
     def _gallery(self, ns: str):
-        from ccr.index import Gallery
+        from ccr.index.gallery import Gallery
 
         if ns not in self.galleries:
             self.galleries[ns] = Gallery(ns.split("/")[-1], self.cfg.index, str(self.device))
@@ -85,7 +77,7 @@ class GalleryShard:
         return os.getpid()
 
     def set_model(self, version: int, state: dict[str, torch.Tensor]) -> None:
-        from ccr.embed import Embedder
+        from ccr.models.embed import Embedder
 
         self.model.load_state_dict(state)
         self.version = version
@@ -150,14 +142,14 @@ class ShardPool:
 
     RETRIES = 5
 
-    def __init__(self, cfg: Config, tokenizer: str | Path | Storage, device: str = "cpu"):
+    def __init__(self, cfg: Config, tokenizer: str | Path | Storage):
         init_ray()
-        self.cfg, self.n = cfg, cfg.index.shards
-        opts = {"num_cpus": cfg.index.shard_cpus, "num_gpus": cfg.index.shard_gpus}
-        check_can_ever_run(f"{self.n} gallery shards", "index.shards x index.shard_cpus / shard_gpus",
-                           {"CPU": self.n * cfg.index.shard_cpus, "GPU": self.n * cfg.index.shard_gpus})
+        self.cfg, self.n = cfg, cfg.resources.shards
+        opts = {"num_cpus": cfg.resources.shard_cpus, "num_gpus": cfg.resources.shard_gpus}
+        check_can_ever_run(f"{self.n} gallery shards", "resources.shards x resources.shard_cpus / shard_gpus",
+                           {"CPU": self.n * cfg.resources.shard_cpus, "GPU": self.n * cfg.resources.shard_gpus})
         self.actors = [GalleryShard.options(**opts).remote(i, to_dict(cfg), Storage(tokenizer),
-                                                           "cuda" if cfg.index.shard_gpus > 0 else "cpu")
+                                                           "cuda" if cfg.resources.shard_gpus > 0 else "cpu")
                        for i in range(self.n)]
         self._check_ready()
         self.journal: list[list[tuple]] = [[] for _ in range(self.n)]
@@ -267,135 +259,3 @@ class ShardPool:
         self.call_all("load_snapshot", folder, man, journal=False)
         self.snapshot = (folder, man)
         self.journal = [[] for _ in range(self.n)]
-
-
-class ShardedGallery:
-    """Driver-side view of one gallery spread over a ShardPool (the interface of ccr.index.Gallery)."""
-
-    def __init__(self, ns: str, modality: str, pool: ShardPool):
-        self.ns, self.modality, self.pool = ns, modality, pool
-        self.cfg = pool.cfg.index
-        self.manifest: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (sorted ids, versions)
-        self.quality: list[float] = []
-        self.trainings: list[dict[str, float]] = []
-        self.template_sent = False
-
-    def tasks(self) -> list[str]:
-        return list(self.manifest)
-
-    def ids(self, task: str) -> np.ndarray:
-        return self.manifest[task][0]
-
-    def versions(self, task: str) -> np.ndarray:
-        return self.manifest[task][1]
-
-    def _split(self, ids: np.ndarray) -> dict[int, np.ndarray]:
-        owner = shard_of(ids, self.pool.n)
-        return {i: ids[owner == i] for i in range(self.pool.n)}
-
-    def embed(self, task: str, ids: np.ndarray, version: int, embedder=None) -> None:
-        ids = np.asarray(ids, np.int64)
-        parts = self._split(ids)
-        self.pool.call({i: ("embed", self.ns, task, part, version) for i, part in parts.items()})
-        if task not in self.manifest:
-            order = np.argsort(ids)
-            self.manifest[task] = (ids[order], np.full(len(ids), version, np.int64))
-        else:
-            all_ids, ver = self.manifest[task]
-            ver = ver.copy()
-            ver[np.searchsorted(all_ids, ids)] = version
-            self.manifest[task] = (all_ids, ver)
-
-    def apply_map(self, task: str, mat: np.ndarray) -> None:
-        self.pool.call_all("apply_map", self.ns, task, mat)
-
-    def movement(self, task: str, mat: np.ndarray) -> np.ndarray:
-        res = self.pool.call_all("movement", self.ns, task, mat)
-        ids = np.concatenate([r[0] for r in res])
-        moved = np.concatenate([r[1] for r in res])
-        out = np.empty(len(ids))
-        out[np.searchsorted(self.ids(task), ids)] = moved
-        return out
-
-    def retrain_template(self) -> None:
-        """Train the approximate index again at the next search (ccr.index.Gallery.retrain_template)."""
-        self.template_sent = False
-
-    def _search(self, queries: np.ndarray, k: int, tasks: list[str], approx: bool):
-        q = ray.put(np.ascontiguousarray(queries, np.float32))
-        return merge_topk(self.pool.call_all("search", self.ns, q, k, tasks, approx, journal=False), k)
-
-    def search(self, queries: np.ndarray, k: int, tasks: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        if self.cfg.approx == "none":
-            return self._search(queries, k, tasks, False)
-        if not self.template_sent:  # trained once on a sample from every shard, shared by all shards
-            import faiss
-
-            t0 = time.perf_counter()
-            sample = np.concatenate(self.pool.call_all("sample", self.ns, self.tasks(), 20000 // self.pool.n + 1,
-                                                       journal=False))
-            blob = faiss.serialize_index(train_template(self.cfg.approx, sample, self.cfg.nlist, self.cfg.hnsw_m))
-            self.trainings.append({"vectors": len(sample), "seconds": round(time.perf_counter() - t0, 4)})
-            self.pool.call_all("set_template", self.ns, blob)
-            self.template_sent = True
-        res = self._search(queries, k, tasks, True)
-        exact = self._search(queries, 10, tasks, False)
-        self.quality.append(overlap_at_k(self._search(queries, 10, tasks, True)[1], exact[1], 10))
-        return res
-
-    def entries(self, task: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        p = self.state_dict()[task]
-        return p["ids"], p["emb"], p["version"]
-
-    def state_dict(self) -> dict[str, Any]:
-        """The same layout as Gallery.state_dict: checkpoints do not depend on the shard count.
-
-        One fetch of this gallery's entries from each shard, merged per task in id order.
-        """
-        shards = self.pool.call_all("parts", self.ns, journal=False)
-        out = {}
-        for t in self.manifest:
-            held = [p[t] for p in shards if t in p]
-            ids = np.concatenate([h["ids"] for h in held])
-            order = np.argsort(ids)
-            out[t] = {"ids": ids[order], "emb": np.concatenate([h["emb"] for h in held])[order],
-                      "version": np.concatenate([h["version"] for h in held])[order]}
-        return out
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        per_shard: dict[int, dict[str, Any]] = {i: {} for i in range(self.pool.n)}
-        for t, p in state.items():
-            owner = shard_of(p["ids"], self.pool.n)
-            for i in range(self.pool.n):
-                m = owner == i
-                per_shard[i][t] = {"ids": p["ids"][m], "emb": p["emb"][m], "version": p["version"][m]}
-            self.manifest[t] = (np.asarray(p["ids"]), np.asarray(p["version"]))
-        self.pool.call({i: ("load", {self.ns: parts}) for i, parts in per_shard.items()})
-
-
-class ShardedEvaluator(Evaluator):
-    """The Evaluator with every policy's galleries on one pool of shard actors."""
-
-    shards_galleries = True
-
-    def __init__(self, cfg: Config, ds, order: list[str], device: str = "cpu", tokenizer: Storage | None = None):
-        if tokenizer is None:
-            raise ValueError("ShardedEvaluator needs the tokenizer's storage: its actors embed on other nodes")
-        self.pool = ShardPool(cfg, tokenizer, device)
-        super().__init__(cfg, ds, order, device, tokenizer)
-
-    def make_state(self, policy: str, cfg: Config, device: str) -> IndexState:
-        return IndexState({m: ShardedGallery(f"{policy}/{m}", m, self.pool) for m in MODALITIES})
-
-    def before_index(self, step: int, embedder) -> None:
-        self.pool.set_model(step, embedder.model.state_dict())
-
-    def step(self, step: int, embedder, prev_embedder=None) -> None:
-        super().step(step, embedder, prev_embedder)
-        self.pool.compact()
-
-    def save_snapshots(self, folder: Storage, step: int) -> None:
-        self.pool.save_snapshot(folder.child(task_label(step, self.order)), step)
-
-    def close(self) -> None:
-        self.pool.shutdown()

@@ -13,7 +13,7 @@
                                # and tags.regime = the case's name, which results and analysis carry
     optuna:                    # optional: one Optuna search per grid cell
       space: {train.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}}
-      metric: t2i/R@1              # a name from ccr.results (t2i/R@1, forgetting/t2i/R@1, rsum, ...)
+      metric: t2i/R@1              # a name from ccr.measure.results (t2i/R@1, forgetting/t2i/R@1, rsum, ...)
       mode: max
       num_samples: 8
     resources: {cpus_per_trial: 1, gpus_per_trial: 0}
@@ -35,9 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from ccr.config import Config, ConfigError, read_yaml, set_path
-from ccr.configure import build_config
-from ccr.results import QUANTITIES, metric, metric_names
+from ccr.config.files import read_yaml, set_path
+from ccr.config.schema import Config, ConfigError
+from ccr.measure.results import QUANTITIES, metric, metric_names
+from ccr.study.configure import build_config
 
 SECTIONS = {f.name for f in dataclasses.fields(Config)}
 SPEC_KEYS = {"base", "set", "grid", "optuna", "resources", "max_concurrent_trials", "max_failures", "name",
@@ -115,7 +116,7 @@ def _field_type(key: str) -> Any:
 
 
 def valid_metrics(cfg: Config) -> set[str]:
-    """The metric names a trial of this config reports (`ccr.results` defines them)."""
+    """The metric names a trial of this config reports (`ccr.measure.results` defines them)."""
     return set(metric_names(cfg.eval.ks, cfg.index.compare, val=cfg.eval.val, transfer=cfg.eval.transfer,
                             control=bool(cfg.eval.control)))
 
@@ -132,7 +133,7 @@ def _old_metric_name(name: str) -> str | None:
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec:
     """Read and check a sweep file: every trial's config is built (and so validated) here."""
-    from ccr.config import parse_override
+    from ccr.config.files import parse_override
 
     path = Path(path)
     raw = read_yaml(path)
@@ -141,7 +142,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> SweepSpec
         raise ConfigError(f"sweep {path}: unknown key(s) {sorted(unknown)} (valid: {', '.join(sorted(SPEC_KEYS))})")
     base = raw.get("base")
     tree: dict[str, Any] = read_yaml(path.parent / base) if base else {}
-    if "plugins" in raw:  # the user's modules, as the config key of every trial (ccr.plugins)
+    if "plugins" in raw:  # the user's modules, as the config key of every trial (ccr.config.plugins)
         set_path(tree, "plugins", raw["plugins"])
     for k, v in (raw.get("set") or {}).items():
         set_path(tree, k, v)
@@ -236,8 +237,9 @@ def _optional_int(path: Path, key: str, value: Any) -> int | None:
 
 def _permutations(cfg: Config, n: int) -> list[list[str]]:
     from ccr.data import load_dataset, sequence_tasks
+    from ccr.models import pixels_for
 
-    tasks = sequence_tasks(cfg, load_dataset(cfg))
+    tasks = sequence_tasks(cfg, load_dataset(cfg, pixels_for(cfg)))
     rng = np.random.default_rng(cfg.seed)
     return [[tasks[i] for i in rng.permutation(len(tasks))] for _ in range(n)]
 

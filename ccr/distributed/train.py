@@ -17,10 +17,10 @@ from typing import Any
 import torch
 import torch.distributed as tdist
 
-from ccr.config import Config, ConfigError, to_dict
-from ccr.configure import build_config
-from ccr.distributed import check_can_ever_run, init_ray
-from ccr.study import Study
+from ccr.config.schema import Config, ConfigError, to_dict
+from ccr.distributed.cluster import check_can_ever_run, init_ray
+from ccr.study.configure import build_config
+from ccr.study.runner import Study
 from ccr.train import DistInfo
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def check_distributed(cfg: Config) -> None:
     strategy = build_strategy(cfg.strategy)
     if not strategy.supports_distributed:
         raise ConfigError(f"strategy {cfg.strategy.name!r} does not support data-parallel training "
-                          f"(train.workers={cfg.train.workers}); use train.workers=1")
+                          f"(resources.workers={cfg.resources.workers}); use resources.workers=1")
 
 
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
     device = torch.device("cuda", ctx_train.get_local_rank()) if config["use_gpu"] else torch.device("cpu")
     study = Study(cfg, config["out"], progress=config.get("progress", False) and rank == 0,
-                  threads=config.get("threads"), evaluator=config["evaluator"], device=device,
+                  threads=config.get("threads"), galleries=config["galleries"], device=device,
                   on_batch=config.get("on_batch"))
     study.build()
     done = study.resume()
@@ -125,7 +125,7 @@ def _trainer_class():
     2-worker run. Should Ray rename its private hook, the plain TorchTrainer is used."""
     from ray.train.torch import TorchTrainer
 
-    from ccr.distributed import OWN_RAY
+    from ccr.distributed.cluster import OWN_RAY
 
     if not OWN_RAY["local"] or not hasattr(TorchTrainer, "_create_default_callbacks"):
         return TorchTrainer
@@ -139,10 +139,10 @@ def _trainer_class():
 
 
 def run_distributed(study: Study) -> dict[str, Any]:
-    """Run (or resume) `study` with `train.workers` Ray Train workers; returns its results.
+    """Run (or resume) `study` with `resources.workers` Ray Train workers; returns its results.
 
     `study` (already checked: every input error before Ray starts) gives the config, the storage (a
-    folder or URI; Ray Train's own run state goes to `ray/` in it), the evaluator class, the torch
+    folder or URI; Ray Train's own run state goes to `ray/` in it), how its galleries are made, the torch
     threads and the per-batch callback, which every worker receives.
     """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -151,20 +151,21 @@ def run_distributed(study: Study) -> dict[str, Any]:
     check_distributed(cfg)
     study.prepare_out()  # config.yaml and the tokenizer, shared by all workers
     study.prepare_pretrained()  # tasks.pretrain: trained once here and cached, not once per worker
-    use_gpu = cfg.train.use_gpu if cfg.train.use_gpu is not None else torch.cuda.is_available()
+    use_gpu = cfg.resources.use_gpu if cfg.resources.use_gpu is not None else torch.cuda.is_available()
     init_ray()
-    per_worker = {"CPU": cfg.train.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    check_can_ever_run(f"{cfg.train.workers} training workers", "train.workers x train.cpus_per_worker",
-                       {k: v * cfg.train.workers for k, v in per_worker.items()})
+    per_worker = {"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
+    check_can_ever_run(f"{cfg.resources.workers} training workers", "resources.workers x resources.cpus_per_worker",
+                       {k: v * cfg.resources.workers for k, v in per_worker.items()})
     trainer = _trainer_class()(
         train_fn_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "out": store.uri, "use_gpu": use_gpu, "progress": study.progress,
-                           "threads": study.threads or max(1, int(cfg.train.cpus_per_worker)),
-                           "evaluator": study.evaluator_cls, "on_batch": study.on_batch},
-        scaling_config=ScalingConfig(num_workers=cfg.train.workers, use_gpu=use_gpu, resources_per_worker=per_worker),
+                           "threads": study.threads or max(1, int(cfg.resources.cpus_per_worker)),
+                           "galleries": study.galleries, "on_batch": study.on_batch},
+        scaling_config=ScalingConfig(num_workers=cfg.resources.workers, use_gpu=use_gpu,
+                                     resources_per_worker=per_worker),
         run_config=RunConfig(name="train", storage_path=store.fs_path("ray"),
                              storage_filesystem=store.filesystem if store.remote else None,
-                             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+                             failure_config=FailureConfig(max_failures=cfg.resources.max_failures),
                              **_quiet_train_logs()),
     )
     trainer.fit()

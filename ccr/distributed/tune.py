@@ -16,12 +16,14 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from ccr.config import ConfigError, set_path, to_dict
-from ccr.configure import build_config
-from ccr.distributed import check_can_ever_run, init_ray
+from ccr.config.files import set_path
+from ccr.config.schema import ConfigError, to_dict
+from ccr.distributed.cluster import check_can_ever_run, init_ray
 from ccr.distributed.sweep_spec import SweepSpec, apply_params, load_spec, trial_name
-from ccr.results import flat_metrics
-from ccr.storage import Storage, exclusive, open_storage
+from ccr.io.locks import exclusive
+from ccr.io.storage import Storage, open_storage
+from ccr.measure.results import flat_metrics
+from ccr.study.configure import build_config
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +112,7 @@ def check_inputs(spec: SweepSpec, shared: str) -> int:
     real-data kinds): a dataset that cannot be read stops the sweep before any trial starts, and the node-local
     caches (and a shared image cache) are made once, before the trials need them. Returns how many were loaded."""
     from ccr.data import load_dataset
+    from ccr.models import pixels_for
 
     seen, loaded = set(), 0
     for cell in spec.cells() or [{}]:
@@ -121,15 +124,15 @@ def check_inputs(spec: SweepSpec, shared: str) -> int:
         key = json.dumps([to_dict(cfg.data), cfg.model.pretrained, cfg.model.image.image_size], sort_keys=True)
         if key not in seen:
             seen.add(key)
-            load_dataset(cfg)
+            load_dataset(cfg, pixels_for(cfg))
             loaded += 1
     return loaded
 
 
 def _complete_results(store: Storage, cfg) -> dict[str, Any] | None:
-    from ccr.config import to_dict
+    from ccr.config.schema import to_dict
     from ccr.models import resolve_model
-    from ccr.study import config_differences
+    from ccr.study.resume import config_differences
 
     try:
         res = store.read_json("results.json")
@@ -261,7 +264,7 @@ def _track_sweep(spec: SweepSpec, storage: Storage) -> tuple[str, str] | None:
     t = spec.base_tree.get("tracking") or {}
     if not t.get("mlflow"):
         return None
-    from ccr.tracking import sweep_run
+    from ccr.io.tracking import sweep_run
 
     t = spec.base_tree.setdefault("tracking", {})
     t.setdefault("experiment", spec.name)
@@ -269,6 +272,24 @@ def _track_sweep(spec: SweepSpec, storage: Storage) -> tuple[str, str] | None:
     if run_id:
         t["parent"] = run_id
     return (t["mlflow"], run_id) if run_id else None
+
+
+def _record_grid(grid, spec: SweepSpec, name: str, summary: dict[str, Any]) -> None:
+    """One Tune experiment's trials into the sweep's summary: each finished trial's metric (or "complete"), each
+    failed trial's error, and the best trial where Optuna searched."""
+    for r in grid:
+        key = trial_name({k: r.config[k] for k in r.config}) if r.config else "?"
+        if r.error:
+            summary["failed"][key] = str(r.error)[-500:]
+        else:
+            summary["trials"][key] = r.metrics.get(spec.optuna["metric"]) if spec.optuna else "complete"
+    if spec.optuna:
+        try:
+            best = grid.get_best_result(spec.optuna["metric"], spec.optuna["mode"])
+            metric = spec.optuna["metric"]
+            summary["best"][name] = {"config": best.config, metric: best.metrics[metric]}
+        except RuntimeError as e:
+            summary["best"][name] = {"error": str(e)}
 
 
 def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool, quiet: bool
@@ -307,25 +328,13 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
         if done < per_cell:
             storage.write_json("sweep_status.json", {**summary, "interrupted": True})
             return finished, total, []
-        for r in grid:
-            key = trial_name({k: r.config[k] for k in r.config}) if r.config else "?"
-            if r.error:
-                summary["failed"][key] = str(r.error)[-500:]
-            else:
-                summary["trials"][key] = r.metrics.get(spec.optuna["metric"]) if spec.optuna else "complete"
-        if spec.optuna:
-            try:
-                best = grid.get_best_result(spec.optuna["metric"], spec.optuna["mode"])
-                metric = spec.optuna["metric"]
-                summary["best"][name] = {"config": best.config, metric: best.metrics[metric]}
-            except RuntimeError as e:
-                summary["best"][name] = {"error": str(e)}
+        _record_grid(grid, spec, name, summary)
     storage.write_json("sweep_status.json", summary)
     if spec.optuna:
         storage.write_json("best.json", summary["best"])
     if tracked:  # the report of the finished sweep, to its MLflow run
         from ccr.analysis.html_report import analyze
-        from ccr.tracking import sweep_finish
+        from ccr.io.tracking import sweep_finish
 
         with tempfile.TemporaryDirectory() as tmp:
             analyze(storage.uri, tmp)

@@ -17,7 +17,7 @@ import torch
 from ccr.errors import ConfigError
 
 if TYPE_CHECKING:
-    from ccr.config import AdapterConfig
+    from ccr.config.schema import AdapterConfig
     from ccr.models.dual_encoder import DualEncoder
 
 ENCODERS = ("image_encoder", "text_encoder")

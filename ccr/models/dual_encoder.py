@@ -20,7 +20,8 @@ from torch import nn
 from transformers import AutoModel, BertConfig, BertModel, ViTConfig, ViTModel
 
 if TYPE_CHECKING:
-    from ccr.config import ModelConfig, TrainConfig
+    from ccr.config.schema import ModelConfig, TrainConfig
+    from ccr.models.pretrained import Complete
 
 
 
@@ -28,7 +29,7 @@ def _tower(path: str, side: str) -> nn.Module:
     """One tower from a pretrained folder: the right class for what the folder holds. A complete CLIP or
     SigLIP folder gives its vision or text transformer; any other model loads without a pooler (ccr
     pools the last hidden states itself, and a pooler no loss reaches would break DDP)."""
-    from ccr.pretrained import local_folder, model_type
+    from ccr.models.pretrained import local_folder, model_type
 
     what = f"model.{side}.pretrained"
     folder = local_folder(path, what)
@@ -218,13 +219,10 @@ class PretrainedDualEncoder(DualEncoder):
     text_proj; SigLIP reads its padding as it was trained (padded to max length, no attention mask).
     """
 
-    def __init__(self, spec: str):
+    def __init__(self, info: Complete):
         super().__init__()
         import transformers
 
-        from ccr.pretrained import describe
-
-        info = describe(spec)
         self.kind = info.model_type
         cls = transformers.CLIPModel if self.kind == "clip" else transformers.SiglipModel
         hf = cls.from_pretrained(info.folder, local_files_only=True)
@@ -262,9 +260,12 @@ class PretrainedDualEncoder(DualEncoder):
 
 
 def build_model(cfg: ModelConfig, vocab_size: int, train_cfg: TrainConfig | None = None,
-                image_features: int | None = None) -> DualEncoder:
-    """The dual encoder `cfg` describes: a complete pretrained one (model.pretrained), or towers with heads;
+                image_features: int | None = None, complete: Complete | None = None) -> DualEncoder:
+    """The dual encoder `cfg` describes: a complete pretrained one (model.pretrained; `complete`: its description
+    where the caller has read it already, see ccr.models.build.ModelSource), or towers with heads;
     `image_features` (the dataset's feature size) when images are precomputed features."""
     if cfg.pretrained:
-        return PretrainedDualEncoder(cfg.pretrained)
+        from ccr.models.pretrained import describe
+
+        return PretrainedDualEncoder(complete or describe(cfg.pretrained))
     return TowerDualEncoder(cfg, vocab_size, train_cfg, image_features)

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processor
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 if TYPE_CHECKING:
-    from ccr.config import TextEncoderConfig
+    from ccr.config.schema import TextEncoderConfig
 
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
@@ -33,7 +33,7 @@ def build_tokenizer(cfg: TextEncoderConfig, train_captions: list[str], complete:
     `text.pool=cls` pools a token that exists for that purpose.
     """
     if complete or cfg.pretrained:
-        from ccr.pretrained import local_folder
+        from ccr.models.pretrained import local_folder
 
         what = "model.pretrained" if complete else "model.text.pretrained"
         return AutoTokenizer.from_pretrained(local_folder(complete or cfg.pretrained, what), local_files_only=True)

@@ -1,7 +1,6 @@
 """Strategies, registered by name: `finetune`, `joint` and the continual-learning methods (the registry
 lives in `ccr.strategies.base`, with the class it registers)."""
 
-from ccr.context import Batch, TaskContext
 from ccr.strategies import anchored, basic, distill, gradient, regularize, replay  # noqa: F401  (registers)
 from ccr.strategies.base import (
     REGISTRY,
@@ -12,6 +11,7 @@ from ccr.strategies.base import (
     register,
     strategy_params,
 )
+from ccr.strategies.context import Batch, TaskContext
 
 __all__ = ["REGISTRY", "Batch", "Composite", "Strategy", "TaskContext", "build_strategy",
            "check_strategy_config", "register", "strategy_params"]

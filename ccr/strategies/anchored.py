@@ -13,9 +13,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ccr.context import autocast_for, make_batch, sample_captions, task_seed
+from ccr import seeds
 from ccr.errors import ConfigError, DataError
+from ccr.models.precision import autocast_for
+from ccr.seeds import task_seed
 from ccr.strategies.base import Strategy, register
+from ccr.strategies.context import make_batch, sample_captions
 
 
 class _Anchored(Strategy):
@@ -152,7 +155,8 @@ class ZSCL(_Anchored):
     def before_task(self, ctx, model):
         super().before_task(ctx, model)
         self.ref = self.initial_model(model)
-        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 50))  # the same draws on every rank
+        # the same draws on every rank
+        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, seeds.ZSCL_REFERENCE))
         self.items = ctx.dataset.image_ids(self.reference_tasks(ctx.cfg), "train")
         self.mean, self.count, self.steps = {}, 0, 0
 

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
-from ccr.context import Batch, TaskContext
 from ccr.errors import ConfigError
+from ccr.strategies.context import Batch, TaskContext
 from ccr.typed import from_dict
 
 if TYPE_CHECKING:

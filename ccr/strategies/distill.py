@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ccr import losses
 from ccr.errors import ConfigError
+from ccr.models import losses
 from ccr.strategies.base import Batch, Strategy, register
 
 

@@ -9,10 +9,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ccr import losses
-from ccr.context import autocast_for, make_batch, task_seed
+from ccr import seeds
 from ccr.errors import ConfigError
+from ccr.models import losses
+from ccr.models.precision import autocast_for
+from ccr.seeds import task_seed
 from ccr.strategies.base import Strategy, register
+from ccr.strategies.context import make_batch
 from ccr.strategies.replay import EpisodicMemory
 
 log = logging.getLogger(__name__)
@@ -57,7 +60,8 @@ class AGEM(Strategy):
         self.steps = self.projected = 0  # this task's optimizer steps, and how many were projected
 
     def before_task(self, ctx, model):
-        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 40))  # the same draws on every rank
+        # the same draws on every rank
+        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, seeds.AGEM_REFERENCE))
         self.steps = self.projected = 0
 
     def reference_gradient(self, ctx, model, params: list[torch.nn.Parameter]) -> torch.Tensor:
@@ -103,7 +107,7 @@ class AGEM(Strategy):
             if not torch.isclose(mean, total, rtol=1e-9, atol=1e-12):
                 raise RuntimeError(f"agem: rank {ctx.rank}'s parameters differ from the other ranks' after task "
                                    f"{ctx.task!r}: the reference gradient was not averaged over ranks")
-        imgs, caps, rng = self.memory.candidates(ctx, 41)
+        imgs, caps, rng = self.memory.candidates(ctx, seeds.AGEM_CANDIDATES)
         order = rng.permutation(len(imgs))[:self.memory.share()]
         self.memory.add(ctx.task, imgs[order], caps[order])
 

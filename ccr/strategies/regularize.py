@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ccr import losses
-from ccr.context import make_batch, sample_captions, task_seed
+from ccr import seeds
 from ccr.errors import ConfigError
+from ccr.models import losses
+from ccr.seeds import task_seed
 from ccr.strategies.base import Strategy, TaskContext, register
+from ccr.strategies.context import make_batch, sample_captions
 
 
 @dataclass
@@ -65,7 +67,7 @@ class EWC(Strategy):
         drawn the same on every rank and shared out among them (rank r computes batches r, r+W, ...); the
         sums are all-reduced, so W workers estimate exactly what one process does."""
         p = self.params
-        rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 10))
+        rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, seeds.EWC_FISHER))
         items = ctx.dataset.image_ids(ctx.task, "train")
         named = {n: q for n, q in model.named_parameters() if q.requires_grad}
         fisher = {n: torch.zeros_like(q) for n, q in named.items()}

@@ -8,9 +8,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ccr.context import sample_captions, task_seed
+from ccr import seeds
 from ccr.errors import ConfigError
+from ccr.seeds import task_seed
 from ccr.strategies.base import Strategy, TaskContext, register
+from ccr.strategies.context import sample_captions
 
 
 @dataclass
@@ -110,7 +112,8 @@ class Replay(Strategy):
         return self.memory.pairs()
 
     def before_task(self, ctx, model):
-        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, 20))  # the same draws on every rank
+        # the same draws on every rank
+        self.rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, seeds.REPLAY_MEMORY))
 
     def augment_batch(self, ctx, image_ids, caption_ids):
         """`batch` memory rows per rank: one draw for the global batch, each rank its slice (so W workers
@@ -126,14 +129,14 @@ class Replay(Strategy):
                          rng: np.random.Generator) -> np.ndarray:
         if self.params.selection == "reservoir":
             return rng.permutation(len(imgs))
-        from ccr.embed import Embedder
+        from ccr.models.embed import Embedder
 
         emb = Embedder(model, ctx.dataset, ctx.tokens, ctx.device, amp=ctx.cfg.train.amp)
         feats = np.concatenate([emb.embed("images", imgs), emb.embed("captions", caps)], axis=1)
         return herding(feats, len(imgs))
 
     def after_task(self, ctx, model):
-        imgs, caps, rng = self.memory.candidates(ctx, 30)
+        imgs, caps, rng = self.memory.candidates(ctx, seeds.REPLAY_CANDIDATES)
         order = self._rank_candidates(ctx, model, imgs, caps, rng)[:self.memory.share()]
         self.memory.add(ctx.task, imgs[order], caps[order])
 

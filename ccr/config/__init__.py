@@ -1,0 +1,1 @@
+"""Typed, strict configuration: dataclasses loaded from YAML, each key's rules declared at its field."""

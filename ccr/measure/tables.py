@@ -1,0 +1,107 @@
+"""Plain-text tables of a study's results, printed at the end of `ccr run`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ccr.measure.results import metric, smallest_k
+
+
+def _fmt(v: float | None, width: int = 5) -> str:
+    return f"{'-':>{width}}" if v is None else f"{v:{width}.1f}"
+
+
+def matrix_table(title: str, m: list[list[float | None]], tasks: list[str],
+                 first: list[float | None] | None = None, rows: list[str] | None = None) -> str:
+    """Rows: after learning task s (and `first`, θ0's zero-shot row, above them); columns: evaluated task.
+    Task names in full, never cut."""
+    labels = (["θ0 (zero-shot)"] if first is not None else []) + (rows or [f"after {t}" for t in tasks])
+    body = ([first] if first is not None else []) + list(m)
+    w = max(len(r) for r in labels)
+    cw = max(5, *(len(t) for t in tasks))
+    lines = [title, " " * (w + 1) + " ".join(f"{t:>{cw}}" for t in tasks)]
+    for label, row in zip(labels, body, strict=False):
+        lines.append(f"{label:<{w}} " + " ".join(_fmt(v, cw) for v in row))
+    return "\n".join(lines)
+
+
+def initial_table(res: dict[str, Any]) -> str:
+    """Transfer (tasks before they were learned) and control data (never learned), where measured."""
+    k, tasks, out = first_k(res), res["task_order"], []
+    m = res.get("metrics", {})
+    if res.get("transfer"):
+        out.append(matrix_table(f"t2i R@{k} of tasks not learned yet (transfer; row: trained up to)",
+                                res["transfer"]["recall"]["t2i"][k], tasks))
+    ctl = res.get("control")
+    if ctl:
+        out.append(matrix_table(f"t2i R@{k} on control data (never trained)", ctl["recall"]["t2i"][k][1:], ctl["tasks"],
+                                first=ctl["recall"]["t2i"][k][0], rows=[f"after {t}" for t in tasks]))
+    names = [f"{q}/{d}/R@{k}" for q in ("zero_shot", "transfer", "control", "retention") for d in ("i2t", "t2i")]
+    have = [(n, m[n]) for n in names if n in m]
+    if have:
+        out.append("  ".join(f"{n} {v:.1f}" for n, v in have))
+    return "\n\n".join(out)
+
+
+def first_k(res: dict[str, Any]) -> str:
+    """The smallest K measured (1 unless eval.ks says otherwise), as results.json spells it."""
+    return str(smallest_k(res))
+
+
+def summary_table(res: dict[str, Any]) -> str:
+    k = first_k(res)
+    cols = [metric(q, d, k) for d in ("i2t", "t2i") for q in ("avg_final_recall", "forgetting")]
+    flips = metric("negative_flips", "t2i", k)
+    lines = [f"{'policy':<18} {'cost(img+cap)':>14} " + " ".join(f"{c:>19}" for c in cols) + f" {'rsum':>7}"
+             + f" {flips:>23}"]
+    one_task = len(res["task_order"]) == 1  # forgetting (and a flip) needs a task after the one forgotten
+    for name, r in res["by_policy"].items():
+        m = r["metrics"]
+        rsum = f"{m['rsum']:7.1f}" if m.get("rsum") is not None else f"{'-':>7}"
+        flip = f"{m[flips]:23.1f}" if m.get(flips) is not None else f"{'-':>23}"
+        lines.append(f"{name:<18} {m['index_cost/embedded']:>14} "
+                     + " ".join(f"{'-':>19}" if one_task and c.startswith("forgetting") else f"{m[c]:19.1f}"
+                                for c in cols)
+                     + f" {rsum} {flip}")
+    return "\n".join(lines)
+
+
+def anatomy_table(res: dict[str, Any]) -> str:
+    a = res.get("anatomy")
+    if not a:
+        return ""
+    n = len(res["task_order"])
+    last = n - 1
+    k = first_k(res)
+    tw = max(4, *(len(t) for t in res["task_order"]))
+    scope = a.get("scope", "task")
+    other = f"; the recall matrix above is in {res['scope']} scope" if res.get("scope") != scope else ""
+    lines = [f"anatomy after the last task (t2i R@{k} by query/gallery model, {scope} scope: each task in its own "
+             f"gallery{other}; stability = cosine θ_i vs θ_n, 1 = no drift"
+             + (", since θ0 in parentheses" if a.get("stability_from_init") else "") + "):",
+             f"{'task':<{tw}} {'new/old':>8} {'new/new':>8} {'old/old':>8} {'old/new':>8} "
+             f"{'stab img':>9} {'stab cap':>9} {'align':>6}"]
+    g = a["grid"]
+    for i, t in enumerate(res["task_order"]):
+        vals = [g[c]["t2i"][k][last][i] for c in ("new_q/old_g", "new_q/new_g", "old_q/old_g", "old_q/new_g")]
+        d0 = a.get("stability_from_init")
+        lines.append(f"{t:<{tw}} " + " ".join(f"{v:8.1f}" for v in vals)
+                     + f" {a['stability']['images'][last][i]:9.3f} {a['stability']['captions'][last][i]:9.3f}"
+                     + f" {a['alignment'][last][i]:6.3f}"
+                     + (f"  ({d0['images'][last][i]:.3f} / {d0['captions'][last][i]:.3f})" if d0 else ""))
+    return "\n".join(lines)
+
+
+def render(res: dict[str, Any]) -> str:
+    tasks, k = res["task_order"], first_k(res)
+    zs = (res.get("zero_shot") or {}).get("recall")
+    parts = [
+        f"strategy {res['strategy']}, policy {res['policy']}, scope {res['scope']}, seed {res['seed']}",
+        matrix_table(f"t2i R@{k} (row: trained up to, column: evaluated task)", res["recall"]["t2i"][k], tasks,
+                     first=zs["t2i"][k] if zs else None),
+        matrix_table(f"i2t R@{k}", res["recall"]["i2t"][k], tasks, first=zs["i2t"][k] if zs else None),
+        initial_table(res),
+        summary_table(res),
+        anatomy_table(res),
+    ]
+    return "\n\n".join(p for p in parts if p)
