@@ -13,15 +13,18 @@ bucket `ccr`, makes a Ray token (`ray get-auth-token --generate`), brings up scr
 (Ray's `local` provider: head 127.0.0.3, worker 127.0.0.2, over SSH), submits the sweep through the
 token-protected job API with `ray job submit` (by default on a Karpathy-layout dataset of 640x480 JPEGs and
 a tiny CLIP folder that exist only in the bucket: the local copies are deleted before the job starts, and each
-node stages what it reads into its own cache), kills the worker's raylet (kill -9) once a trial on it
-has written its first checkpoint to the bucket, waits for the job, runs `ccr analyze` on the bucket,
-checks that every trial finished and that the interrupted one resumed from the bucket, and takes
-everything down again. Exit code 0 when every check passed.
+node stages what it reads into its own cache), loses the worker node (every process of it kill -9'd, its
+disk deleted) while a trial on it has checkpointed a task to the bucket and has one still to learn (the node is
+frozen first, so that however short the trials none can finish in between), waits for the job, runs
+`ccr analyze` on the bucket, checks that every trial finished and that the interrupted one resumed from the
+bucket, and takes everything down again, in bounded time, whatever failed (scripts/cluster_teardown.py). Exit
+code 0 when every check passed.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -43,6 +46,7 @@ PYTHON = shlex.quote(sys.executable)  # and its interpreter, for ccr itself
 S3_PORT = 9000
 HOSTS = ("127.0.0.3", "127.0.0.2")  # head, worker (see cluster-local.yaml)
 sys.path.insert(0, str(REPO))
+from cluster_teardown import cluster_processes, teardown  # noqa: E402  (this folder's sibling: run as a script)
 
 
 def log(msg: str) -> None:
@@ -196,6 +200,131 @@ def worker_cache_events() -> list[str]:
     return [e["event"] for e in events(WORK / "worker" / "cache") if e["event"] in ("decoded", "downloaded")]
 
 
+def bring_up(a: argparse.Namespace, env: dict) -> tuple[Path, str]:
+    """Data in the bucket (unless --data generated), a Ray token, the two-node cluster; (its file, worker id)."""
+    for node in ("head", "worker"):  # nodes that have never seen the data
+        shutil.rmtree(WORK / node / "cache", ignore_errors=True)
+    bucket = lambda rel: f"s3://ccr/{rel}?endpoint_override=127.0.0.1:{S3_PORT}&scheme=http"  # noqa: E731
+    if a.data == "bucket":
+        a.set = [*data_in_bucket(bucket), *a.set]
+    sh(f"{RAY} get-auth-token --generate > /dev/null", env=env)
+    cluster = cluster_file(WORK / "cluster.yaml")
+    sh(f"{RAY} up -y --no-config-cache {cluster}", env=env, timeout=900)
+    deadline = time.time() + 300
+    while len(nodes := alive_nodes(env)) < 2 and time.time() < deadline:
+        time.sleep(5)
+    log(f"nodes alive: {nodes}")
+    assert len(nodes) == 2, "the worker node did not join"
+    assert port_open(8265, "127.0.0.1"), "the job API should listen on 127.0.0.1:8265"
+    return cluster, next(n["id"] for n in nodes if n["ip"] == "127.0.0.2")
+
+
+class Job:
+    """The sweep, submitted through the token-protected job API, and its status."""
+
+    def __init__(self, a: argparse.Namespace, uri: str, env: dict, creds: dict):
+        self.env, self.id = env, f"ccr-check-{int(time.time())}"
+        runtime = {"env_vars": creds, "excludes": [".git", "runs", "*.egg-info"]}
+        sets = " ".join(f"--set {shlex.quote(s)}" for s in a.set)
+        # the job's shell on the head node has no virtual environment on its PATH: run ccr with the
+        # interpreter that runs this check (as the nodes' own commands do), not whatever `ccr` is found there
+        sh(f"{RAY} job submit --address http://127.0.0.1:8265 --no-wait --submission-id {self.id} --working-dir . "
+           f"--runtime-env-json {shlex.quote(json.dumps(runtime))} -- "
+           f"{PYTHON} -m ccr.cli sweep {a.sweep} --out {shlex.quote(uri)} {sets}", env=env)
+        self.started, self._last_look = time.time(), 0.0
+
+    def status(self) -> str:
+        r = sh(f"{RAY} job status --address http://127.0.0.1:8265 {self.id}", env=self.env, check=False, quiet=True)
+        return (r.stdout + r.stderr).lower()
+
+    @staticmethod
+    def ended(status: str) -> bool:
+        return any(f"' {s}" in status for s in ("succeeded", "failed", "stopped"))
+
+    def running(self) -> bool:  # a job that ended (a wrong entrypoint, say) ends a wait, not its timeout
+        if time.time() - self._last_look < 10:
+            return True
+        self._last_look = time.time()
+        return not self.ended(self.status())
+
+    def wait(self, timeout: float) -> str:
+        status = ""
+        while time.time() - self.started < timeout:
+            status = self.status()
+            if self.ended(status):
+                break
+            time.sleep(10)
+        return status
+
+    def tail(self, n: int) -> None:
+        sh(f"{RAY} job logs --address http://127.0.0.1:8265 {self.id} | tail -n {n}", env=self.env, check=False)
+
+
+def _signal(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def lose_the_worker(runs, worker_id: str, job: Job, timeout: float) -> tuple[str, dict, list]:
+    """Lose the worker node (every process of it killed, its disk deleted) while a trial on it has checkpointed a
+    task and has one or more still to learn, so that it must resume elsewhere from the bucket; (the trial, what
+    the worker had staged, its cache events).
+
+    However short the trials (train.epochs=2: a few seconds each), there is no race between seeing such a trial
+    and losing the node: the node is frozen (SIGSTOP) first and the trial's progress read again while nothing
+    moves; a trial that finished just before the freeze lets the node go on, and the next candidate is taken."""
+    from tests.trials import checkpointed_trial_on, tasks_left
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and job.running():
+        victim = checkpointed_trial_on(runs, worker_id, min_left=1)
+        node = cluster_processes(WORK / "worker") if victim else []
+        if node:
+            _signal(node, signal.SIGSTOP)
+            left = tasks_left(runs, victim)
+            if left:
+                staged, events = staged_inputs("worker"), worker_cache_events()
+                _signal(node, signal.SIGKILL)
+                shutil.rmtree(WORK / "worker" / "scratch", ignore_errors=True)  # and its disk is gone with it
+                log(f"lost the worker node ({len(node)} processes killed, its raylet among them) while trial "
+                    f"{victim} was running on it with {left} task(s) still to learn; deleted its scratch folder")
+                return victim, staged, events
+            _signal(node, signal.SIGCONT)  # it finished before the freeze: take the next one
+        time.sleep(0.2)
+    job.tail(20)
+    raise AssertionError("no trial on the worker checkpointed a task with one still to learn before the sweep ended")
+
+
+def verify(a: argparse.Namespace, uri: str, worker_id: str, victim: str, worker_staged: dict,
+           worker_events: list) -> None:
+    """Every trial complete, the lost one resumed elsewhere from the bucket, each input staged once per node."""
+    from ccr.io.storage import Storage
+
+    runs = Storage(uri).child("runs")
+    res = {f.split("/")[0]: runs.read_json(f) for f in runs.files() if f.endswith("/results.json")}
+    starts = runs.read_text(f"{victim}/starts.log").splitlines()
+    log(f"{len(res)} results in {Storage(uri).display()}; complete: "
+        f"{sum(r['status'] == 'complete' for r in res.values())}")
+    log(f"interrupted trial {victim}: started {len(starts)} times (trial id, node): {starts}; "
+        f"resumed after task(s) {res[victim]['resumes']}")
+    assert res and all(r["status"] == "complete" for r in res.values())
+    assert len(starts) >= 2 and res[victim]["resumes"], "the interrupted trial did not resume from the bucket"
+    assert starts[0].split()[1] == worker_id and starts[-1].split()[1] != worker_id
+    if a.data == "bucket":  # each node staged each input once, from the bucket, into its own cache
+        head_staged = staged_inputs("head")
+        log(f"staged from the bucket: head {head_staged}, worker {worker_staged}")
+        inputs = {"data.path": 1, "data.images": 1, "data.tasks_file": 1, "model.pretrained": 1}
+        # the head (the sweep's driver) copies the images, decodes them once and uploads the shared cache; the
+        # worker downloads that cache and never copies the images
+        assert head_staged == inputs, "the head stages each input once"
+        assert worker_staged == {k: v for k, v in inputs.items() if k != "data.images"}, \
+            "the worker stages each input once, and not the images"
+        log(f"the worker's image pixels: {worker_events}")
+        assert worker_events == ["downloaded"], "the worker downloads the shared image cache, decodes nothing"
+        assert any(r["config"]["data"]["images"].startswith("s3://") for r in res.values())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sweep", default="sweeps/default.yaml")
@@ -212,7 +341,7 @@ def main() -> int:
     env = {**os.environ, **creds, "RAY_AUTH_MODE": "token"}
     os.environ.update(creds)
     uri = f"s3://ccr/{Path(a.sweep).stem}?endpoint_override=127.0.0.1:{S3_PORT}&scheme=http"
-    sshd = s3 = None
+    sshd = s3 = cluster = None
     ok = False
     try:
         import ray._private.utils
@@ -221,105 +350,23 @@ def main() -> int:
             sh(f"{sys.executable} -m pip install -q -e '{REPO}[cluster]'", quiet=True)
         sshd = ensure_ssh()
         s3 = start_s3()
-        for node in ("head", "worker"):  # nodes that have never seen the data
-            shutil.rmtree(WORK / node / "cache", ignore_errors=True)
-        bucket = lambda rel: f"s3://ccr/{rel}?endpoint_override=127.0.0.1:{S3_PORT}&scheme=http"  # noqa: E731
-        if a.data == "bucket":
-            a.set = [*data_in_bucket(bucket), *a.set]
-        sh(f"{RAY} get-auth-token --generate > /dev/null", env=env)
-        cluster = cluster_file(WORK / "cluster.yaml")
-        sh(f"{RAY} up -y --no-config-cache {cluster}", env=env, timeout=900)
-        deadline = time.time() + 300
-        while len(nodes := alive_nodes(env)) < 2 and time.time() < deadline:
-            time.sleep(5)
-        log(f"nodes alive: {nodes}")
-        assert len(nodes) == 2, "the worker node did not join"
-        worker_id = next(n["id"] for n in nodes if n["ip"] == "127.0.0.2")
-        assert port_open(8265, "127.0.0.1"), "the job API should listen on 127.0.0.1:8265"
-        sub_id = f"ccr-check-{int(time.time())}"
-        runtime = {"env_vars": creds, "excludes": [".git", "runs", "*.egg-info"]}
-        sets = " ".join(f"--set {shlex.quote(s)}" for s in a.set)
-        # the job's shell on the head node has no virtual environment on its PATH: run ccr with the
-        # interpreter that runs this check (as the nodes' own commands do), not whatever `ccr` is found there
-        sh(f"{RAY} job submit --address http://127.0.0.1:8265 --no-wait --submission-id {sub_id} --working-dir . "
-           f"--runtime-env-json {shlex.quote(json.dumps(runtime))} -- "
-           f"{PYTHON} -m ccr.cli sweep {a.sweep} --out {shlex.quote(uri)} {sets}", env=env)
-        t_sub = time.time()
-
+        cluster = WORK / "cluster.yaml"
+        cluster, worker_id = bring_up(a, env)
+        job = Job(a, uri, env, creds)
         from ccr.io.storage import Storage
-        from tests.trials import wait_for_checkpointed_trial
 
-        def job_status() -> str:
-            r = sh(f"{RAY} job status --address http://127.0.0.1:8265 {sub_id}", env=env, check=False, quiet=True)
-            return (r.stdout + r.stderr).lower()
-
-        def ended(status: str) -> bool:
-            return any(f"' {s}" in status for s in ("succeeded", "failed", "stopped"))
-
-        last_look = [0.0]
-
-        def job_running() -> bool:  # a job that ended (a wrong entrypoint, say) ends the wait, not the timeout
-            if time.time() - last_look[0] < 10:
-                return True
-            last_look[0] = time.time()
-            return not ended(job_status())
-
-        runs = Storage(uri).child("runs")
-        victim = wait_for_checkpointed_trial(runs, worker_id, timeout=a.timeout, poll=1, still_running=job_running)
-        if not victim:
-            sh(f"{RAY} job logs --address http://127.0.0.1:8265 {sub_id} | tail -n 20", env=env, check=False)
-        assert victim, "no trial on the worker reached its first checkpoint"
-        pids = subprocess.run(["pgrep", "-f", "raylet.*node_ip_address=127.0.0.2"], capture_output=True,
-                              text=True).stdout.split()
-        assert pids, "the worker's raylet was not found"
-        for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
-        worker_staged, worker_events = staged_inputs("worker"), worker_cache_events()
-        shutil.rmtree(WORK / "worker" / "scratch", ignore_errors=True)  # and its disk is gone with it
-        log(f"killed the worker's raylet (pid {', '.join(pids)}) while trial {victim} was running on it, "
-            "and deleted its scratch folder")
-
-        status = ""
-        while time.time() - t_sub < a.timeout:
-            status = job_status()
-            if ended(status):
-                break
-            time.sleep(10)
-        sweep_s = time.time() - t_sub
-        sh(f"{RAY} job logs --address http://127.0.0.1:8265 {sub_id} | tail -n 5", env=env, check=False)
+        victim, staged, events = lose_the_worker(Storage(uri).child("runs"), worker_id, job, a.timeout)
+        status = job.wait(a.timeout)
+        job.tail(5)
         assert "' succeeded" in status, f"the sweep job did not succeed: {status.strip()[-500:]}"
-        log(f"sweep job succeeded in {sweep_s:.0f} s")
-
-        res = {f.split("/")[0]: runs.read_json(f) for f in runs.files() if f.endswith("/results.json")}
-        starts = runs.read_text(f"{victim}/starts.log").splitlines()
-        log(f"{len(res)} results in {Storage(uri).display()}; complete: "
-            f"{sum(r['status'] == 'complete' for r in res.values())}")
-        log(f"interrupted trial {victim}: started {len(starts)} times (trial id, node): {starts}; "
-            f"resumed after task(s) {res[victim]['resumes']}")
-        assert res and all(r["status"] == "complete" for r in res.values())
-        assert len(starts) >= 2 and res[victim]["resumes"], "the interrupted trial did not resume from the bucket"
-        assert starts[0].split()[1] == worker_id and starts[-1].split()[1] != worker_id
-        if a.data == "bucket":  # each node staged each input once, from the bucket, into its own cache
-            head_staged = staged_inputs("head")
-            log(f"staged from the bucket: head {head_staged}, worker {worker_staged}")
-            inputs = {"data.path": 1, "data.images": 1, "data.tasks_file": 1, "model.pretrained": 1}
-            # the head (the sweep's driver) copies the images, decodes them once and uploads the shared cache; the
-            # worker downloads that cache and never copies the images
-            assert head_staged == inputs, "the head stages each input once"
-            assert worker_staged == {k: v for k, v in inputs.items() if k != "data.images"}, \
-                "the worker stages each input once, and not the images"
-            log(f"the worker's image pixels: {worker_events}")
-            assert worker_events == ["downloaded"], "the worker downloads the shared image cache, decodes nothing"
-            assert any(r["config"]["data"]["images"].startswith("s3://") for r in res.values())
+        log(f"sweep job succeeded in {time.time() - job.started:.0f} s")
+        verify(a, uri, worker_id, victim, staged, events)
         sh(f"{PYTHON} -m ccr.cli analyze {shlex.quote(uri)}", env=env)
         summary = Storage(uri).child("analysis").read_text("summary.md")
         print("\n".join(summary.splitlines()[:25]))
         ok = True
     finally:
-        sh(f"{RAY} down -y {cluster_file(WORK / 'cluster.yaml')}", env=env, check=False, timeout=300, quiet=True)
-        for proc in (s3, sshd):
-            if proc is not None:
-                os.killpg(proc.pid, signal.SIGTERM)
+        teardown(cluster, env, [s3, sshd])
         log(f"cluster check {'passed' if ok else 'FAILED'} in {time.time() - t0:.0f} s")
     return 0 if ok else 1
 
