@@ -1,5 +1,6 @@
-"""scripts/cluster_check.py's teardown, against stand-in processes: it ends in bounded time and stops every process
-of the cluster it brought up (and nothing else), whatever `ray down` does."""
+"""The cluster check (scripts/cluster_check.py) and the cluster files: its teardown, against stand-in processes, ends in
+bounded time and stops every process of the cluster it brought up (and nothing else), whatever `ray down` does;
+the cluster files validate against Ray's schema and lock down the head."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+import yaml
 
 from tests.cli import REPO
 
@@ -91,3 +95,51 @@ def test_a_ray_down_that_never_returns_is_stopped_at_its_limit(tmp_path):
                               grace=1.0)
     assert time.time() - t < 10 and (tmp_path / "called").read_text() == "started\n"
     assert not subprocess.run(["pgrep", "-f", f"{tmp_path}/ray"], capture_output=True, text=True).stdout.strip()
+
+
+def test_cluster_yaml_validates_against_rays_schema():
+    pytest.importorskip("ray")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    validate_config(prepare_config(cfg))
+    assert any("pip install" in c and "/home/ray/ccr" in c for c in cfg["setup_commands"])
+    assert not any("[gpu]" in c for c in cfg["setup_commands"])  # faiss-gpu would fight faiss-cpu
+    # data and weights come from a bucket, staged by each node: nothing is copied from the laptop but ccr and the token
+    assert sorted(cfg["file_mounts"].values()) == [".", "~/.ray/auth_token"]
+
+
+def test_the_cluster_check_runs_the_nodes_commands_with_its_own_interpreter(tmp_path):
+    """Over SSH a login shell finds another python3 and ray on PATH than the virtual environment running the
+    check: the cluster file it uses names this interpreter and its environment's ray."""
+    pytest.importorskip("ray")
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import cluster_check
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    cfg = yaml.safe_load(cluster_check.cluster_file(tmp_path / "c.yaml").read_text())
+    validate_config(prepare_config(cfg))
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    assert cfg["setup_commands"][0].startswith(f"{sys.executable} -c ")
+    starts = [c for c in cfg["head_start_ray_commands"] + cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert starts and all(f"{ray_bin} start" in c for c in starts)
+    assert all(" ray stop" not in f" {c}" for c in cfg["head_start_ray_commands"])
+
+
+@pytest.mark.parametrize("name", ["cluster.yaml", "scripts/cluster-local.yaml"])
+def test_cluster_files_lock_down_the_head(name):
+    """Token authentication on every node; the dashboard (job API) on the head's loopback only."""
+    cfg = yaml.safe_load((REPO / name).read_text())
+    head = [c for c in cfg["head_start_ray_commands"] if "ray start" in c]
+    workers = [c for c in cfg["worker_start_ray_commands"] if "ray start" in c]
+    assert head and workers
+    for c in head + workers:
+        assert "RAY_AUTH_MODE=token" in c, c
+    for c in head:
+        host = c.split("--dashboard-host=")[1].split()[0]
+        assert host in ("127.0.0.1", "localhost"), c
+    assert "0.0.0.0" not in (REPO / name).read_text()
+    assert any("auth_token" in str(k) for k in (cfg.get("file_mounts") or {})) or name != "cluster.yaml"

@@ -110,10 +110,9 @@ def _input_failure(store: Storage, attempt: str) -> dict[str, Any] | None:
 def check_inputs(spec: SweepSpec, shared: str) -> int:
     """Stage and load, in the driver, the dataset of every distinct data config the sweep's cells use (built-in
     real-data kinds): a dataset that cannot be read stops the sweep before any trial starts, and the node-local
-    caches (and a shared image cache) are made once, before the trials need them. Returns how many were loaded."""
-    from ccr.data import load_dataset
-    from ccr.models import pixels_for
-
+    caches (and a shared image cache) are made once, before the trials need them. Returns how many were loaded.
+    The generated benchmark has nothing to read: a sweep of it imports no dataset loader or model code here (the
+    driver's start-up; each trial imports them anyway)."""
     seen, loaded = set(), 0
     for cell in spec.cells() or [{}]:
         tree = apply_params(spec.base_tree, cell, spec.cases)
@@ -123,6 +122,9 @@ def check_inputs(spec: SweepSpec, shared: str) -> int:
             continue
         key = json.dumps([to_dict(cfg.data), cfg.model.pretrained, cfg.model.image.image_size], sort_keys=True)
         if key not in seen:
+            from ccr.data import load_dataset
+            from ccr.models import pixels_for
+
             seen.add(key)
             load_dataset(cfg, pixels_for(cfg))
             loaded += 1
