@@ -7,6 +7,7 @@ and still be the same study. Rules that tie several fields together are each sec
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -74,17 +75,12 @@ def non_result_keys(cls: type, path: str = "") -> list[str]:
         where = f"{path}.{f.name}" if path else f.name
         if not f.metadata.get("result", True):
             out.append(where)
-        elif dataclasses.is_dataclass(f.type) or (isinstance(f.type, type) and dataclasses.is_dataclass(f.type)):
-            out += non_result_keys(f.type, where)
-        else:
-            sub = _section_type(cls, f.name)
-            if sub is not None:
-                out += non_result_keys(sub, where)
+        elif (sub := _section_type(cls, f.name)) is not None:
+            out += non_result_keys(sub, where)
     return out
 
 
 def _section_type(cls: type, name: str) -> type | None:
-    import typing
-
+    """The dataclass of field `name` of `cls`, if it is a section (annotations are strings: resolved here)."""
     tp = typing.get_type_hints(cls).get(name)
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None

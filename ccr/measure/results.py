@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from ccr.config.schema import RENAMED, upgrade_tree
 from ccr.measure.metrics import DIRECTIONS, bwt, final_average, forgetting, rsum_matrix, to_json_matrix
 
 SCHEMA_VERSION = 3
@@ -244,8 +245,6 @@ def upgrade(res: dict[str, Any]) -> dict[str, Any]:
 def _config_upgraded(res: dict[str, Any]) -> dict[str, Any]:
     """`res` with its config's renamed keys under their new names (ccr.config.schema.RENAMED), so that results
     written before and after a rename compare as the same study and analyse in the same columns."""
-    from ccr.config.schema import RENAMED, upgrade_tree
-
     cfg = res.get("config")
     if not isinstance(cfg, dict) or not any(isinstance(cfg.get(o.split(".")[0]), dict)
                                             and o.split(".")[1] in cfg[o.split(".")[0]] for o in RENAMED):

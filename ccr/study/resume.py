@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ccr.config.schema import Config, non_result_keys, to_dict
+from ccr.config.schema import Config, non_result_keys, to_dict, upgrade_tree
 from ccr.errors import ConfigError
 from ccr.io.checkpoint import task_label
 from ccr.io.storage import Storage
@@ -34,8 +34,6 @@ def config_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The dotted keys in which two configs differ in a way that changes results. A key one side lacks counts
     only when the other holds a value other than its default: a config written by an earlier ccr, before
     the key existed, is the same study."""
-    from ccr.config.schema import upgrade_tree
-
     defaults = to_dict(Config())
     out: list[str] = []
 
