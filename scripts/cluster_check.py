@@ -24,7 +24,6 @@ code 0 when every check passed.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -40,17 +39,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CLUSTER_TEMPLATE = REPO / "scripts" / "cluster-local.yaml"
 KEY = Path.home() / ".ssh" / "ccr_cluster_key"
-WORK = Path("/tmp/ccr-cluster")
-RAY = shlex.quote(str(Path(sys.executable).parent / "ray"))  # the `ray` of the environment running this check
-PYTHON = shlex.quote(sys.executable)  # and its interpreter, for ccr itself
+PYTHON = shlex.quote(sys.executable)  # the interpreter running this check, for ccr itself
 S3_PORT = 9000
 HOSTS = ("127.0.0.3", "127.0.0.2")  # head, worker (see cluster-local.yaml)
 sys.path.insert(0, str(REPO))
-from cluster_teardown import cluster_processes, teardown  # noqa: E402  (this folder's sibling: run as a script)
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+from cluster_teardown import RAY, WORK, cluster_processes, log, signal_all, teardown  # noqa: E402  (a sibling)
 
 
 def sh(cmd: str, check: bool = True, env: dict | None = None, timeout: float | None = None,
@@ -260,12 +253,6 @@ class Job:
         sh(f"{RAY} job logs --address http://127.0.0.1:8265 {self.id} | tail -n {n}", env=self.env, check=False)
 
 
-def _signal(pids: list[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
 def lose_the_worker(runs, worker_id: str, job: Job, timeout: float) -> tuple[str, dict, list]:
     """Lose the worker node (every process of it killed, its disk deleted) while a trial on it has checkpointed a
     task and has one or more still to learn, so that it must resume elsewhere from the bucket; (the trial, what
@@ -281,16 +268,16 @@ def lose_the_worker(runs, worker_id: str, job: Job, timeout: float) -> tuple[str
         victim = checkpointed_trial_on(runs, worker_id, min_left=1)
         node = cluster_processes(WORK / "worker") if victim else []
         if node:
-            _signal(node, signal.SIGSTOP)
+            signal_all(node, signal.SIGSTOP)
             left = tasks_left(runs, victim)
             if left:
                 staged, events = staged_inputs("worker"), worker_cache_events()
-                _signal(node, signal.SIGKILL)
+                signal_all(node, signal.SIGKILL)
                 shutil.rmtree(WORK / "worker" / "scratch", ignore_errors=True)  # and its disk is gone with it
                 log(f"lost the worker node ({len(node)} processes killed, its raylet among them) while trial "
                     f"{victim} was running on it with {left} task(s) still to learn; deleted its scratch folder")
                 return victim, staged, events
-            _signal(node, signal.SIGCONT)  # it finished before the freeze: take the next one
+            signal_all(node, signal.SIGCONT)  # it finished before the freeze: take the next one
         time.sleep(0.2)
     job.tail(20)
     raise AssertionError("no trial on the worker checkpointed a task with one still to learn before the sweep ended")

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 WORK = Path("/tmp/ccr-cluster")
-RAY = shlex.quote(str(Path(sys.executable).parent / "ray"))
+RAY = shlex.quote(str(Path(sys.executable).parent / "ray"))  # the `ray` of the environment running the check
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -41,18 +41,21 @@ def cluster_processes(work: Path = WORK) -> list[int]:
     return found
 
 
-def stop(pids: list[int], grace: float = 10.0) -> list[int]:
-    """SIGTERM, then SIGKILL what is left after `grace` seconds; returns the pids that had to be killed."""
+def signal_all(pids: list[int], sig: int) -> None:
+    """`sig` to each of `pids`, those already gone (or not ours) skipped."""
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
+
+
+def stop(pids: list[int], grace: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL what is left after `grace` seconds; returns the pids that had to be killed."""
+    signal_all(pids, signal.SIGTERM)
     deadline = time.time() + grace
     while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in pids):
         time.sleep(0.2)
     left = [p for p in pids if Path(f"/proc/{p}").exists()]
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, signal.SIGKILL)
+    signal_all(left, signal.SIGKILL)
     return left
 
 

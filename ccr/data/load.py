@@ -1,7 +1,6 @@
 """Loading a study's dataset (staged, parsed, checked once per content and node), and its task order with every
 check a study makes before anything trains."""
 
-
 from __future__ import annotations
 
 import dataclasses
@@ -55,7 +54,6 @@ def load_dataset(cfg: Config, pixels: Pixels | None = None) -> RetrievalDataset:
         def load():
             return load_karpathy(d, pixels)
     return load_validated(d, pixels, load, lambda sources: _revive(sources, d))
-
 
 
 def default_pixels(cfg: Config) -> Pixels:

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ccr.config.schema import RENAMED, upgrade_tree
+from ccr.config.schema import upgrade_tree
 from ccr.measure.metrics import DIRECTIONS, bwt, final_average, forgetting, rsum_matrix, to_json_matrix
 
 SCHEMA_VERSION = 3
@@ -246,13 +246,13 @@ def _config_upgraded(res: dict[str, Any]) -> dict[str, Any]:
     """`res` with its config's renamed keys under their new names (ccr.config.schema.RENAMED), so that results
     written before and after a rename compare as the same study and analyse in the same columns."""
     cfg = res.get("config")
-    if not isinstance(cfg, dict) or not any(isinstance(cfg.get(o.split(".")[0]), dict)
-                                            and o.split(".")[1] in cfg[o.split(".")[0]] for o in RENAMED):
+    if not isinstance(cfg, dict):
         return res
     try:
-        return {**res, "config": upgrade_tree(cfg)}
+        new = upgrade_tree(cfg)
     except ValueError:  # both names with different values: a crafted file; its config is left as written
         return res
+    return res if new == cfg else {**res, "config": new}
 
 
 def _v1_to_v2(res: dict[str, Any]) -> dict[str, Any]:

@@ -116,8 +116,8 @@ def pixels_for(cfg: Config) -> Pixels:
     if cfg.model.pretrained:
         from ccr.models.pretrained import describe
 
-        return describe(cfg.model.pretrained).pixels
-    return Pixels.square(cfg.model.image.image_size)
+        return ModelSource(cfg, describe(cfg.model.pretrained)).pixels
+    return ModelSource(cfg).pixels
 
 
 def build_for(source: ModelSource | Config, ds: RetrievalDataset, tokenizer: str | Path,
