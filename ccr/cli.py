@@ -17,6 +17,7 @@ from ccr.errors import (
     StorageError,
     StorageWriteError,
 )
+from ccr.io.redact import SafeFormatter, safe
 
 log = logging.getLogger("ccr")
 
@@ -38,7 +39,7 @@ def setup_logging(verbose: bool = False, quiet: bool = False) -> None:
     INFO line whatever the console shows); `quiet`: only warnings and errors on the console."""
     root = logging.getLogger("ccr")
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    fmt = SafeFormatter()
     console = [h for h in root.handlers
                if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
     if not console:
@@ -71,6 +72,13 @@ def cmd_data(args: argparse.Namespace) -> int:
     from ccr.study.configure import load_config
 
     cfg = load_config(args.config, args.set)
+    if args.clean:
+        from ccr.io.staging import clean
+
+        setup_logging(args.verbose)
+        removed, freed = clean(cfg.data.cache_dir)
+        print(f"removed {removed} staged copies and leftovers no process reads ({freed / 1e6:.1f} MB)")
+        return 0
     from ccr.data.card import card, render
 
     setup_logging(args.verbose, quiet=not args.verbose)
@@ -118,13 +126,7 @@ def _scale(args: argparse.Namespace):
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --gallery-size N (the gallery to cost)")
         return None
-    if args.gallery_size < 1:
-        raise ConfigError(f"--gallery-size must be >= 1, got {args.gallery_size}")
-    for o in given:
-        if not getattr(args, o) > 0:
-            raise ConfigError(f"--{o.replace('_', '-')} must be > 0, got {getattr(args, o)}")
-    if (args.images_per_second is None) != (args.captions_per_second is None):
-        raise ConfigError("--images-per-second and --captions-per-second go together (each modality has its own)")
+    # Scale checks the values themselves: the same checks for ccr.analyze() from Python
     return Scale(args.gallery_size, args.device_hour_price, args.images_per_second, args.captions_per_second)
 
 
@@ -174,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
     d.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
     d.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     d.add_argument("--json", action="store_true", help="the card as JSON")
+    d.add_argument("--clean", action="store_true", help="remove this node's staged copies of data and weights that "
+                   "no running process reads, and what killed stagings left (the card is not printed)")
     d.add_argument("-v", "--verbose", action="store_true")
     d.set_defaults(fn=cmd_data)
     a = sub.add_parser("analyze", help="aggregate results into tables, plots and a report")
@@ -198,10 +202,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except (CheckpointError, DivergedError, LockedError, StorageWriteError) as e:  # runtime, not usage
-        print(f"ccr: error: {e}", file=sys.stderr)
+        print(f"ccr: error: {safe(e)}", file=sys.stderr)
         return 1
     except (ConfigError, DataError, StorageError) as e:
-        print(f"ccr: error: {e}", file=sys.stderr)
+        print(f"ccr: error: {safe(e)}", file=sys.stderr)
         return 2
 
 

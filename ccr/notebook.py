@@ -37,10 +37,16 @@ def run_config(cfg: Config, out: str | Path, progress: bool = False):
     store = open_storage(out)
     if cfg.data.image_cache == "shared" and not cfg.data.shared_cache:  # built once, read by every node
         cfg.data.shared_cache = store.child("cache").uri
-    with exclusive(store, "run"):  # a second run on this --out is refused, not interleaved
-        study = make_study(cfg, store, progress=progress)  # all input checks happen here
-        with study.logging_to_store():
-            return study, run_study(study)
+    study = None
+    try:
+        with exclusive(store, "run"):  # a second run on this --out is refused, not interleaved
+            study = make_study(cfg, store, progress=progress)  # all input checks happen here
+            with study.logging_to_store():
+                return study, run_study(study)
+    except BaseException:
+        if study is None:  # refused before it began: no folder left behind (the lock is gone by now)
+            store.remove_created()
+        raise
 
 
 def run(config: str | Path | dict[str, Any] | Config | None = None, overrides: list[str] | None = None,

@@ -8,7 +8,8 @@
    a neutral palette) for `--steps` steps; saves it with `save_pretrained`.
 2. Runs a ccr study from that folder (`model.pretrained`, 3 tasks, 2 epochs each).
 3. Prints the study's zero-shot row and the same row computed with transformers alone (the folder's processor,
-   tokenizer and get_image_features / get_text_features), per task, t2i and i2t R@1.
+   tokenizer and get_image_features / get_text_features), per task, t2i and i2t R@1; then the study's own tables,
+   as `ccr run` prints them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccr.data import load_dataset  # noqa: E402
+from ccr.measure.tables import render  # noqa: E402
 from ccr.study.configure import load_config  # noqa: E402
 from ccr.study.runner import Study  # noqa: E402
 from tests.pretrained_fixture import make_complete  # noqa: E402
@@ -87,8 +89,8 @@ def main() -> None:
         i2t = recall_at_1(fi, ft, np.arange(len(imgs))[:, None] == owner[None, :])
         zs = res["zero_shot"]["recall"]
         print(f"{task:<10} {zs['t2i']['1'][i]:8.2f} {t2i:17.2f} {zs['i2t']['1'][i]:8.2f} {i2t:17.2f}")
-    print(f"\nccr's printed tables: {out / 'study'}/results.json; after the sequence t2i R@1 "
-          f"{res['metrics']['t2i/R@1']:.1f} (zero-shot {res['metrics']['zero_shot/t2i/R@1']:.1f})")
+    print(f"\nthe study's tables, as `ccr run` prints them (results: {out / 'study' / 'results.json'}):\n")
+    print(render(res))
 
 
 if __name__ == "__main__":

@@ -351,3 +351,16 @@ def test_a_study_under_a_folder_named_analysis_is_analysed(tiny_cfg, tmp_path):
     assert list(collect(tmp_path / "runs").runs) == ["analysis/one"]
 
 
+
+
+def test_a_saved_figure_keeps_labels_longer_than_itself(tmp_path):
+    """A y label taller than its figure (stability.png's was) is in the file whole: the saved bounds grow to it."""
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    from ccr.analysis.plots import DPI, _save
+
+    fig, ax = plt.subplots(figsize=(3, 1.5))
+    ax.set_ylabel("a label far longer than the figure is tall, which would be cut")
+    with Image.open(_save(fig, tmp_path / "f.png")) as im:
+        assert im.height > 1.5 * DPI * 1.2

@@ -4,6 +4,7 @@ against a brute-force reference and a hand-computed case, and the approximate in
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -160,14 +161,39 @@ def test_cost_at_scale_is_linear_in_n_and_in_proportion_to_what_each_policy_embe
     assert big.loc["reindex", "device_hours"] > big.loc["no_reindex", "device_hours"]
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--device-hour-price", "3"], "--device-hour-price needs --gallery-size N"),
-    (["--gallery-size", "0"], "--gallery-size must be >= 1"),
-    (["--gallery-size", "10", "--images-per-second", "5"], "--images-per-second and --captions-per-second go"),
-    (["--gallery-size", "10", "--device-hour-price", "-1"], "--device-hour-price must be > 0"),
-])
-def test_cost_options_are_checked_before_anything_is_read(argv, needle, tmp_path, capsys):
+def test_cost_options_need_a_gallery_size(tmp_path, capsys):
     from ccr.cli import main
 
+    assert main(["analyze", str(tmp_path / "nothing"), "--device-hour-price", "3"]) == 2
+    assert "--device-hour-price needs --gallery-size N" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kwargs, needle", [
+    ({"gallery_size": 0}, "gallery size must be a whole number from 1 to 1e+13, got 0"),
+    ({"gallery_size": -5}, "got -5"),
+    ({"gallery_size": float("nan")}, "gallery size must be a whole number"),
+    ({"gallery_size": 10**400}, "characters)"),
+    ({"gallery_size": 10, "price": -3.5}, "device-hour price must be a finite number above 0 up to 1e+06, got -3.5"),
+    ({"gallery_size": 10, "price": float("inf")}, "device-hour price must be a finite number"),
+    ({"gallery_size": 10, "images_per_second": 5.0}, "images per second and captions per second go together"),
+    ({"gallery_size": 10, "images_per_second": float("inf"), "captions_per_second": 5.0}, "images per second must"),
+    ({"gallery_size": 10, "images_per_second": 1e308, "captions_per_second": 5.0}, "up to 1e+12, got 1e+308"),
+    ({"gallery_size": 10, "images_per_second": 5.0, "captions_per_second": 1e-300}, "from 0.001 up to"),
+])
+def test_cost_values_are_checked_in_one_place_for_the_cli_and_python(kwargs, needle, tmp_path, capsys):
+    """The same refusal, before anything is read, whether the user runs `ccr analyze` or `ccr.analyze()`."""
+    import ccr
+    from ccr.cli import main
+    from ccr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        ccr.analyze(tmp_path / "nothing", **kwargs)
+    flags = {"gallery_size": "--gallery-size", "price": "--device-hour-price",
+             "images_per_second": "--images-per-second", "captions_per_second": "--captions-per-second"}
+    if isinstance(kwargs["gallery_size"], float):
+        return  # argparse itself refuses a gallery size that is no whole number
+    argv = [x for k, v in kwargs.items() for x in (flags[k], str(v))]
     assert main(["analyze", str(tmp_path / "nothing"), *argv]) == 2
-    assert needle in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "nothing").exists()

@@ -32,6 +32,10 @@ def test_overrides_parse_yaml_values():
     ("train.batch_size=0", "config key 'train.batch_size': must be >= 1"),
     ("data.kind=karpathy", "config key 'data.path'"),
     ("train", "KEY=VALUE"),
+    ("eval.backfill_curve=[0, 0.5, 0.5, 1]", "config key 'eval.backfill_curve': [0.5] named twice"),
+    ("eval.backfill_orders=[random, random]", "config key 'eval.backfill_orders': ['random'] named twice"),
+    (f"eval.backfill_curve=[{', '.join(str(i / 2000) for i in range(2000))}]",
+     "config key 'eval.backfill_curve': at most 101 fractions"),
 ])
 def test_config_errors_name_the_key(override, needle):
     with pytest.raises(ConfigError, match=None) as e:

@@ -66,6 +66,9 @@ def test_the_public_api_keeps_its_names():
     assert ccr.api.Strategy is base.Strategy and ccr.api.register_strategy is base.register
     assert ccr.api.IndexPolicy is policies.IndexPolicy and ccr.api.TaskContext is context.TaskContext
     assert set(ccr.api.STRATEGY_HOOKS) <= set(dir(ccr.api.Strategy))
+    import ccr
+
+    assert dir(ccr) == ["__version__", "analyze", "load_results", "run"]  # not typing's Any, TYPE_CHECKING, ...
 
 
 def plugin_file(tmp_path, name="myplugin.py"):
@@ -85,7 +88,9 @@ def _plugins_env(monkeypatch):
     from ccr.strategies import base
 
     monkeypatch.setenv("CCR_PLUGINS", "{}")
-    for holder, name in ((base, "REGISTRY"), (policies, "POLICIES"), (registry, "LOADERS"), (plugins, "_LOADED")):
+    monkeypatch.setenv("CCR_PLUGINS_SHOWN", "")
+    for holder, name in ((base, "REGISTRY"), (policies, "POLICIES"), (registry, "LOADERS"), (plugins, "_LOADED"),
+                         (plugins, "IMPORTED"), (plugins, "OVERRIDES")):
         monkeypatch.setattr(holder, name, type(getattr(holder, name))(getattr(holder, name)))
 
 
@@ -112,7 +117,17 @@ def test_a_plugin_strategy_policy_and_loader_run_in_a_study(tiny_overrides, tmp_
     ("1 / 0\n", "bad.py", "plugin 'bad.py' failed to import: ZeroDivisionError: division by zero"),
     (None, "no_such_module_here", "plugin 'no_such_module_here' failed to import: ModuleNotFoundError"),
     ("from ccr.api import Strategy, register_strategy\n@register_strategy\nclass X(Strategy):\n    pass\n",
-     "noname.py", "plugin 'noname.py' failed to import: TypeError: X needs a `name`"),
+     "noname.py", "plugin 'noname.py' failed to import: TypeError: X: a strategy needs a `name` that is a non-empty "
+     "string, not ''"),
+    ("from ccr.api import Strategy, register_strategy\n@register_strategy\nclass X(Strategy):\n    name = 3\n",
+     "intname.py", "X: a strategy needs a `name` that is a non-empty string, not 3"),
+    ("from ccr.api import Strategy, register_strategy\n@register_strategy\nclass F(Strategy):\n"
+     "    name = 'finetune'\n", "shadow.py", "F: 'finetune' is ccr's own strategy (strategy.name); choose another "
+     "name, or set `replaces_builtin = True`"),
+    ("from ccr.api import IndexPolicy, register_policy\n@register_policy\nclass R(IndexPolicy):\n"
+     "    name = 'reindex'\n", "shadowp.py", "R: 'reindex' is ccr's own indexing policy (index.policy)"),
+    ("import sys\nsys.exit(0)\n", "exits.py", "plugin 'exits.py' called sys.exit(0) while being imported"),
+    ("raise KeyboardInterrupt\n", "ki.py", "plugin 'ki.py' was interrupted while being imported"),
 ])
 def test_a_plugin_that_fails_to_import_is_one_line(content, spec, needle, tiny_overrides, tmp_path, capsys,
                                                    monkeypatch):
@@ -123,6 +138,26 @@ def test_a_plugin_that_fails_to_import_is_one_line(content, spec, needle, tiny_o
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "o").exists()
+    # a later config error still names the valid strategies (a bad registration left nothing behind)
+    assert main(["run", "--quiet", "--out", str(tmp_path / "o"), *_sets([*tiny_overrides, "strategy.name=nope"])]) == 2
+    assert "unknown strategy 'nope' (valid: " in capsys.readouterr().err
+
+
+def test_a_plugin_replaces_a_builtin_only_when_it_says_so_and_results_record_it(tiny_overrides, tmp_path, capsys):
+    plug = tmp_path / "mine.py"
+    plug.write_text("from ccr.api import Strategy, register_strategy\n@register_strategy\nclass MyFinetune(Strategy):"
+                    "\n    name = 'finetune'\n    replaces_builtin = True\n")
+    out = tmp_path / "o"
+    assert main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, f"plugins=[{plug}]",
+                                                              "data.n_tasks=2", "train.epochs=1"])]) == 0
+    err = capsys.readouterr().err
+    # plugins, like any import, run code: each is named with where it was read from
+    assert f"ccr: plugin '{plug}' imported from {plug.resolve()}" in err
+    prov = json.loads((out / "results.json").read_text())["provenance"]["plugins"]
+    assert list(prov["overrides"]) == ["strategy finetune"]
+    assert prov["overrides"]["strategy finetune"].endswith(".MyFinetune")
+    found = prov["imported"][str(plug)]
+    assert found["path"] == str(plug.resolve()) and len(found["sha256"]) == 64
 
 
 @pytest.mark.slow

@@ -293,3 +293,108 @@ def test_the_clip_sweep_files_are_valid_configs():
     cfg = load_config(repo / "sweeps" / sweep["base"], [f"{k}={json.dumps(v)}" for k, v in sweep["set"].items()])
     assert cfg.model.pretrained == "s3://BUCKET/models/clip-vit-base-patch16" and cfg.model.embed_dim is None
     assert cfg.index.compare == ["no_reindex"] and cfg.eval.transfer and cfg.eval.control == ["kitchen", "furniture"]
+
+
+def _partial_tokenizer(folder: Path, case: str) -> None:
+    """A folder copied in part, as a user meets it: the tokenizer files gone, or a hub-style tokenizer
+    whose vocabulary holds only its special tokens, or a tokenizer of other words."""
+    if case == "no tokenizer files":
+        (folder / "tokenizer.json").unlink()
+    elif case == "empty vocabulary":  # what transformers builds from a CLIP folder without its vocabulary
+        (folder / "tokenizer.json").unlink()
+        tc = json.loads((folder / "tokenizer_config.json").read_text())
+        (folder / "tokenizer_config.json").write_text(json.dumps({**tc, "tokenizer_class": "CLIPTokenizer",
+                                                                  "unk_token": "<|endoftext|>"}))
+        (folder / "vocab.json").write_text(json.dumps({"<|startoftext|>": 0, "<|endoftext|>": 1}))
+        (folder / "merges.txt").write_text("#version: 0.2\n")
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("no tokenizer files", "has no tokenizer (none of: tokenizer.json, vocab.json + merges.txt"),
+    ("empty vocabulary", "cannot encode this dataset: 100% of the training captions' tokens are unknown"),
+    ("other words", "of the training captions' tokens are unknown (<unk>)"),
+])
+def test_a_model_folder_without_its_tokenizer_is_one_line_before_training(case, needle, tmp_path, tiny_overrides,
+                                                                          capsys):
+    from ccr.cli import main
+    from tests.cli import _sets
+
+    corpus = ["zebra quartz violin meadow"] if case == "other words" else None
+    folder = make_complete(tmp_path / "clip", "clip", corpus=corpus)
+    _partial_tokenizer(folder, case)
+    capsys.readouterr()  # the fixture's own output
+    out = tmp_path / "out"
+    rc = main(["run", "--quiet", "--out", str(out), *_sets([*tiny_overrides, f"model.pretrained={folder}"])])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and str(folder) in err and "Traceback" not in err, err[-1500:]
+    assert len(err.strip().splitlines()) == 1, err
+    assert not list(out.glob("checkpoints/*")) and not (out / "results.json").exists()  # nothing trained
+
+
+def test_a_text_tower_without_its_vocabulary_is_refused(tmp_path, tiny_overrides, capsys):
+    from ccr.cli import main
+    from tests.cli import _sets
+
+    folder = make_complete(tmp_path / "siglip", "siglip")
+    (folder / "tokenizer.json").unlink()
+    capsys.readouterr()
+    assert main(["run", "--quiet", "--out", str(tmp_path / "a"),
+                 *_sets([*tiny_overrides, f"model.text.pretrained={folder}"])]) == 2
+    assert f"model.text.pretrained: {folder} has no tokenizer" in capsys.readouterr().err
+
+
+def test_loading_a_complete_model_prints_no_progress_bars(tmp_path, tiny_overrides, capfd):
+    from ccr.models import build_model
+    from ccr.models.pretrained import describe
+
+    folder = make_complete(tmp_path / "clip", "clip")
+    capfd.readouterr()
+    cfg = load_config(None, [*tiny_overrides, f"model.pretrained={folder}"])
+    build_model(cfg.model, 0, complete=describe(str(folder)))
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s]" not in err, err
+
+
+def _edit_json(path: Path, **changes) -> None:
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("file, changes, needle", [
+    ("config.json", {"projection_dim": "abc"}, "projection_dim must be a positive whole number, got 'abc'"),
+    ("config.json", {"vision_config": [1, 2]}, "vision_config must be an object, got list"),
+    ("preprocessor_config.json", {"image_mean": "abc"}, "image_mean must be 3 numbers (one per channel), got 'abc'"),
+    ("preprocessor_config.json", {"image_mean": [0.5]}, "image_mean must be 3 numbers"),
+    ("preprocessor_config.json", {"image_std": [0, 0, 0]}, "image_std must be above 0 for every channel"),
+    ("config.json", "deep", "is nested too deeply to be a config"),
+])
+def test_malformed_values_in_a_model_folder_are_one_line(file, changes, needle, tmp_path, tiny_overrides, capsys):
+    from ccr.cli import main
+    from ccr.models.pretrained import describe
+    from tests.cli import _sets
+
+    folder = make_complete(tmp_path / "clip", "clip")
+    if changes == "deep":
+        (folder / file).write_text("[" * 100_000 + "]" * 100_000)
+    else:
+        _edit_json(folder / file, **changes)
+    describe.cache_clear()
+    capsys.readouterr()
+    assert main(["run", "--quiet", "--out", str(tmp_path / "o"),
+                 *_sets([*tiny_overrides, f"model.pretrained={folder}"])]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_tower_folder_transformers_cannot_read_is_one_line(tmp_path, tiny_overrides, capsys):
+    from ccr.cli import main
+    from tests.cli import _sets
+
+    vit = make_vit_with_pooler(tmp_path / "vit", image_size=16)
+    _edit_json(vit / "config.json", hidden_size="abc")
+    capsys.readouterr()
+    assert main(["run", "--quiet", "--out", str(tmp_path / "o"),
+                 *_sets([*tiny_overrides, f"model.image.pretrained={vit}"])]) == 2
+    err = capsys.readouterr().err
+    assert "model.image.pretrained:" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

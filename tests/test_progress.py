@@ -1,4 +1,4 @@
-"""A sweep's progress lines (ccr/distributed/progress.py): the time-left estimate."""
+"""A sweep's progress lines (ccr/distributed/progress.py): the time-left estimate, a line per task learned."""
 
 from __future__ import annotations
 
@@ -39,3 +39,26 @@ def test_progress_estimate_does_not_jump_when_a_trial_ends():
     ends, starts = [re.search(r"about (\d+) s left", ln) for ln in out.getvalue().splitlines()[2:4]]
     # 5 left at 10 s each, trial 1 done with 10 s of its share: (50 - 10) / 2 = 20 s; then trial 2 starts
     assert int(ends.group(1)) == 20 and int(starts.group(1)) == 20
+
+
+def test_a_line_for_each_task_a_running_trial_learns(tiny_cfg, tmp_path):
+    """What a study writes after each task (its results.json, status running) becomes one progress line per task
+    per trial on the sweep's console; a task is said once."""
+    import io
+    from types import SimpleNamespace
+
+    from ccr.distributed.progress import SweepProgress
+    from ccr.io.storage import Storage
+    from ccr.study.runner import Study
+
+    study = Study(tiny_cfg("data.n_tasks=2", "train.epochs=1"), tmp_path / "runs" / "seed=0", progress=False)
+    study.build()
+    study.run_task(0)  # the study after its first task, as a running trial's is
+    out = io.StringIO()
+    p = SweepProgress(2, label=lambda t: t.name, stream=out, runs=Storage(tmp_path / "runs"), every=0.0)
+    trial = SimpleNamespace(trial_id="a", name="seed=0", last_result={})
+    p.on_trial_start(0, [trial], trial)
+    p.on_step_end(0, [trial])
+    p.on_step_end(0, [trial])
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2 and "seed=0: task 1/2 (round) learned, loss " in lines[1] and "t2i/R@1" in lines[1], lines

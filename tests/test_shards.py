@@ -164,15 +164,15 @@ def test_snapshots_round_trip_and_reject_bad_ones(base, pools, tmp_path):
     np.testing.assert_array_equal(after[1], before[1])
     np.testing.assert_array_equal(after[0], before[0])
     pool.shutdown()
+    f = tmp_path / "snap" / "shard_001.npz"
+    f.write_bytes(f.read_bytes()[:-10] + b"0123456789")
+    with pytest.raises(Exception, match="checksum"):
+        fresh.load_snapshot(tmp_path / "snap")
     fresh.shutdown()
     three = make_pool(pools, over, 3, root)
     with pytest.raises(SnapshotError, match="2 shards; this index has 3"):
         three.load_snapshot(tmp_path / "snap")
     three.shutdown()
-    f = tmp_path / "snap" / "shard_001.npz"
-    f.write_bytes(f.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(Exception, match="checksum"):
-        make_pool(pools, over, 2, root).load_snapshot(tmp_path / "snap")
 
 
 def test_local_snapshot_round_trip_and_corruption(tmp_path):

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,6 +156,156 @@ def test_a_shared_image_cache_is_decoded_once_and_downloaded_by_other_nodes(s3, 
     assert torch.equal(arrays["a"], local_ds.images.load(np.arange(local_ds.n_images)))
 
 
+def _damage(store: Storage, case: str) -> None:
+    """The shared cache in the bucket, damaged as a user or a fault would: replaced, truncated, of another
+    dataset (with a marker to match), its object gone, or marked by an older ccr."""
+    import io
+
+    from ccr.data.pipeline import file_digest
+
+    npy = next(f for f in store.files("images") if f.endswith(".npy"))
+    rel = f"images/{npy}" if not npy.startswith("images/") else npy
+    good = np.load(io.BytesIO(store.read_bytes(rel)))
+    bad = {"white": np.full_like(good, 255), "too few rows": good[:-3], "4x4 images": good[:, :, :4, :4],
+           "object dtype": good.astype(object)}.get(case)
+    if case == "truncated":
+        store.write_bytes(rel, store.read_bytes(rel)[: len(store.read_bytes(rel)) // 2])
+    elif case == "marker without its object":
+        store.delete(rel)
+    elif case == "old marker":
+        store.write_text(rel.removesuffix(".npy") + ".done", f"{len(store.read_bytes(rel))}\n")
+    else:
+        buf = io.BytesIO()
+        np.save(buf, bad, allow_pickle=True)
+        store.write_bytes(rel, buf.getvalue())
+        if case != "white":  # a marker that matches the bad object: only the dataset's own needs refuse it
+            tmp = Path(tempfile.mkdtemp()) / "x.npy"
+            tmp.write_bytes(buf.getvalue())
+            store.write_text(rel.removesuffix(".npy") + ".done", json.dumps(
+                {"bytes": tmp.stat().st_size, "sha256": file_digest(tmp), "shape": list(bad.shape)}))
+
+
+@pytest.mark.parametrize("case", ["white", "truncated", "too few rows", "4x4 images", "object dtype",
+                                  "marker without its object", "old marker"])
+def test_a_damaged_shared_image_cache_is_decoded_again_and_replaced(case, s3, tmp_path, monkeypatch, caplog):
+    local = make_karpathy(tmp_path / "src", per_task=6, test_per_task=2)
+    uris = _upload(s3, local, f"staging/damaged-{case.replace(' ', '-')}")
+    shared = s3.uri("ccr", f"staging/damaged-cache-{case.replace(' ', '-')}")
+    arrays = {}
+    for node in ("a", "b", "c"):  # a builds it; then it is damaged; b decodes and replaces it; c downloads that
+        monkeypatch.setenv("CCR_CACHE", str(tmp_path / f"cache-{node}"))
+        ds = load_dataset(_cfg(uris, "data.image_cache=shared", f"data.shared_cache={shared}"))
+        arrays[node] = ds.images.load(np.arange(ds.n_images))
+        if node == "a":
+            _damage(Storage(shared), case)
+            caplog.clear()
+    kinds = {n: [e["event"] for e in events(tmp_path / f"cache-{n}") if e["event"] != "staged"] for n in "abc"}
+    assert kinds == {"a": ["decoded", "uploaded"], "b": ["decoded", "uploaded"], "c": ["downloaded"]}, kinds
+    assert torch.equal(arrays["a"], arrays["b"]) and torch.equal(arrays["a"], arrays["c"])
+    if case != "old marker":
+        assert "cannot be used" in caplog.text or case == "marker without its object", caplog.text
+
+
+@pytest.mark.parametrize("where", ["missing bucket", "dead endpoint", "unwritable path"])
+def test_a_shared_cache_where_nothing_can_be_written_is_a_warning(where, s3, tmp_path, monkeypatch, caplog):
+    local = make_karpathy(tmp_path / "src", per_task=6, test_per_task=2)
+    (tmp_path / "file").write_text("not a folder")
+    shared = {"missing bucket": s3.uri("no-such-bucket", "cache"),
+              "dead endpoint": "s3://ccr/cache?endpoint_override=127.0.0.1:1&scheme=http",
+              "unwritable path": str(tmp_path / "file" / "cache")}[where]
+    monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
+    ds = load_dataset(_cfg({k: str(v) for k, v in local.items()}, "data.image_cache=shared",
+                           f"data.shared_cache={shared}"))
+    assert ds.images.load(np.arange(ds.n_images)).shape[0] == ds.n_images
+    assert "decoded" in [e["event"] for e in events(tmp_path / "cache")]
+    assert "shared image cache" in caplog.text or "cannot upload the image cache" in caplog.text
+
+
+def test_a_changed_object_is_staged_alone_and_the_copies_nothing_reads_are_removed(s3, tmp_path):
+    """One object of a folder changes, three times: each staging copies that object only (the others are linked
+    from the previous copy), and the previous copies, which no process reads any more, are removed."""
+    src = Storage(s3.uri("ccr", "staging/changes"))
+    for i in range(60):
+        src.write_bytes(f"img/{i:03d}.bin", bytes([i]) * 3000)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "CCR_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).parents[1])}
+    for change in range(4):  # each staging in a process of its own, as each `ccr run` is
+        if change:
+            time.sleep(0.01)
+            src.write_bytes(f"img/{change:03d}.bin", bytes([200 + change]) * 3000)
+        out = subprocess.run([sys.executable, "-c", STAGER, src.uri], env=env, capture_output=True, timeout=120)
+        assert out.stdout.strip() == b"staged", out.stderr[-2000:]
+    copied = [e["copied"] for e in events(cache) if e["event"] == "staged"]
+    assert copied == [60, 1, 1, 1]
+    (base,) = [d for d in (cache / "staged").iterdir() if d.is_dir()]
+    copies = [d for d in base.iterdir() if d.is_dir()]
+    assert len(copies) == 1  # the earlier three are gone
+    files = list(copies[0].rglob("*.bin"))
+    assert len(files) == 60 and (copies[0] / "data" / "img" / "003.bin").read_bytes() == bytes([203]) * 3000
+
+
+def test_a_file_deleted_from_a_staged_copy_is_staged_again(s3, tmp_path, monkeypatch, caplog):
+    local = make_karpathy(tmp_path / "src", per_task=6, test_per_task=2)
+    uris = _upload(s3, local, "staging/deleted")
+    monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
+    first = load_dataset(_cfg(uris))
+    staged = stage(uris["images"], "data.images").local
+    victim = next(p for p in staged.rglob("*") if p.is_file())
+    victim.unlink()
+    again = load_dataset(_cfg(uris))  # not "missing image files" for ever: the file is staged again
+    _same_dataset(first, again)
+    assert victim.is_file() and "missing or changed in the staged copy" in caplog.text
+    assert [e["copied"] for e in events(tmp_path / "cache") if e.get("what") == "data.images"] == [12, 1]
+
+
+def test_ccr_data_clean_removes_copies_no_process_reads(s3, tmp_path, monkeypatch, capsys):
+    src = Storage(s3.uri("ccr", "staging/clean"))
+    src.write_bytes("a.bin", b"x" * 5000)
+    held = Storage(s3.uri("ccr", "staging/clean-held"))
+    held.write_bytes("b.bin", b"y" * 7000)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("CCR_CACHE", str(cache))
+    env = {**os.environ, "CCR_CACHE": str(cache), "PYTHONPATH": str(Path(__file__).parents[1])}
+    subprocess.run([sys.executable, "-c", STAGER, src.uri], env=env, check=True, timeout=120)  # a run that ended
+    mine = stage(held.uri, "data.images")  # this process reads this one
+    (cache / "staged" / "x" / ".partial-abc-1").mkdir(parents=True)  # left by a killed staging
+    assert main(["data", "--clean", "--set", f"data.cache_dir={cache}"]) == 0
+    assert "removed 2 staged copies and leftovers no process reads (0.0 MB)" in capsys.readouterr().out
+    assert mine.local.is_dir() and [p.name for p in cache.rglob("*.bin")] == ["b.bin"]
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("key with //", "the object s3://ccr/staging/odd-11/images//odd.jpg cannot be a file on disk"),
+    ("CCR_STAGE_THREADS=abc", "CCR_STAGE_THREADS must be a whole number from 1 to 1024, got 'abc'"),
+    ("CCR_STAGE_THREADS=1e3", "got '1e3'"),
+])
+def test_odd_keys_and_settings_are_one_line(case, needle, s3, tmp_path, monkeypatch, capsys):
+    local = make_karpathy(tmp_path / "src", per_task=4, test_per_task=2)
+    uris = _upload(s3, local, f"staging/odd-{len(case)}")
+    if case == "key with //":
+        import boto3
+
+        boto3.client("s3", endpoint_url=f"http://{s3.endpoint}").put_object(
+            Bucket="ccr", Key=f"staging/odd-{len(case)}/images//odd.jpg", Body=b"x")
+    else:
+        monkeypatch.setenv(*case.split("="))
+    monkeypatch.setenv("CCR_CACHE", str(tmp_path / "cache"))
+    sets = ["--set=data.kind=karpathy", *(f"--set=data.{k}={v}" for k, v in uris.items())]
+    assert main(["data", *sets]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_file_uris_and_an_unwritable_image_cache(tmp_path, monkeypatch, caplog):
+    local = make_karpathy(tmp_path / "src", per_task=4, test_per_task=2)
+    plain = load_dataset(_cfg({k: str(v) for k, v in local.items()}, f"data.cache_dir={tmp_path / 'c'}"))
+    (tmp_path / "file").write_text("not a folder")
+    ds = load_dataset(_cfg({k: f"file://{v}" for k, v in local.items()}, "data.image_cache=true",
+                           f"data.cache_dir={tmp_path / 'file' / 'cache'}"))
+    _same_dataset(plain, ds)
+    assert "cannot write the decoded-image cache" in caplog.text
+
+
 def card_sizes(folder: Path) -> list[tuple[int, int]]:
     from PIL import Image
 
@@ -171,7 +322,7 @@ def test_ccr_data_prints_the_card_of_a_dataset_in_a_bucket(s3, tmp_path, monkeyp
     sets = ["--set=data.kind=karpathy", *(f"--set=data.{k}={v}" for k, v in uris.items())]
     assert main(["data", *sets]) == 0
     out = capsys.readouterr().out
-    assert "dataset dataset (karpathy): 20 images, 40 captions, 2 tasks" in out
+    assert "dataset (karpathy): 20 images, 40 captions, 2 tasks" in out and "dataset dataset" not in out
     assert "animal" in out and "left out: 1 without a task" in out
     assert "captions per image: min 2, median 2, max 2" in out
     sizes = card_sizes(local["images"])
@@ -202,7 +353,8 @@ def test_a_trial_that_cannot_read_its_inputs_fails_once_and_fails_the_sweep(s3, 
     spec = write(tmp_path, {"grid": {"seed": [0]}, "max_failures": 2})
     sets = [*(s for s in tiny_sets(tmp_path) if not s.startswith("data.")), "data.kind=karpathy",
             *(f"data.{k}={v}" for k, v in uris.items()), "model.image.image_size=16", "model.image.patch_size=8"]
-    ray.init(num_cpus=2, runtime_env={"env_vars": {"CCR_CACHE": "/proc/ccr-cannot"}}, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, runtime_env={"env_vars": {"CCR_CACHE": "/proc/ccr-cannot"}},
+             log_to_driver=False)
     try:
         assert run_sweep(spec, sets, tmp_path / "out", quiet=True) == 1
     finally:

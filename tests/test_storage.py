@@ -90,3 +90,32 @@ def test_read_only_caches_and_scratch(tiny_overrides, tmp_path, capsys, monkeypa
     monkeypatch.setenv("CCR_SCRATCH", str(scratch))
     with pytest.raises(StorageError, match="point CCR_SCRATCH at a writable folder"):
         Storage("s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http").scratch()
+
+
+def test_ranks_opening_one_new_output_at_once_never_refuse_it(tmp_path):
+    """Ray Train's ranks each build the study on the same --out at the same moment: one's check of the folder
+    (a probe file, the folder made for it) must not pull the folder or the probe from under another's, and
+    each one's clean-up of leftover temporary files may remove another's probe."""
+    import threading
+
+    from ccr.io.storage import open_storage
+    from ccr.study.outputs import clean_leftovers
+
+    errors = []
+    for round_ in range(20):
+        out = tmp_path / f"out{round_}" / "study"
+
+        def rank() -> None:
+            try:
+                open_storage(out)
+                clean_leftovers(out)
+            except Exception as e:  # noqa: BLE001 - collected for the assertion
+                errors.append(e)
+
+        threads = [threading.Thread(target=rank) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert out.is_dir()  # accepted, and there to be written
+    assert not errors, errors[:3]

@@ -85,6 +85,20 @@ def test_spec_cells_permutations_and_names(tmp_path):
     assert trial_name({"strategy.name": "lwf", "seed": 1}) == "seed=1,strategy.name=lwf"
 
 
+def test_a_strategys_parameters_neither_name_nor_multiply_the_other_strategies_trials(tmp_path):
+    """finetune x lwf x two lwf weights is three studies, not four: finetune runs once, and its trial is not named
+    by a parameter it does not use."""
+    spec = load_spec(write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf"], "seed": [0],
+                                               "strategy.params.lwf.emb_weight": [0.5, 2.0]}}),
+                     [f"data.cache_dir={tmp_path / 'c'}"])
+    assert sorted(trial_name(c) for c in spec.cells()) == [
+        "seed=0,strategy.name=finetune", "seed=0,strategy.name=lwf,lwf.emb_weight=0.5",
+        "seed=0,strategy.name=lwf,lwf.emb_weight=2"]
+    from ccr.distributed.sweep_spec import trial_params
+
+    assert trial_params({"cell": {"seed": 0}}) == {"seed": 0} and trial_params({"train.lr": 0.1}) == {"train.lr": 0.1}
+
+
 def test_named_cases_set_their_keys_and_a_tag(tmp_path):
     """One case sets several keys together (a regime and the strategy parameters chosen for it); a
     strategy's parameters reach only that strategy's studies, and the case's name is the trial's name."""
@@ -239,42 +253,48 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
 
 @pytest.mark.slow
 def test_ctrl_c_says_interrupted_exits_130_and_resumes_counting_finished_trials(tmp_path):
-    """SIGINT to `ccr sweep` (as Ctrl-C sends it to the terminal's process group): Tune stops after saving its
-    state; ccr says the sweep was interrupted and how to resume it with its own command (not Tune's
-    Tuner.restore advice), exits 130 and writes no summary as if it had finished. The resumed sweep counts the
-    trials that finished before. --resume with other overrides is refused and leaves the sweep's record."""
-    spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf", "ewc"]}, "max_concurrent_trials": 1})
-    # trials of 10-20 s (on an idle machine a trial of 60 epochs ended before Tune acted on the signal): the
-    # signal reaches the sweep while the second one trains
-    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=400"] for x in ("--set", o)]
+    """SIGINT to `ccr sweep` (as Ctrl-C sends it to the terminal's process group) while its first trials train,
+    two at a time: Tune stops after saving its state; ccr says the sweep was interrupted, names the trials left
+    and how to resume it with its own command (not Tune's Tuner.restore advice), exits 130 and marks no trial
+    complete whose study has no complete results.json. The resumed sweep runs them all.
+    --resume with other overrides is refused and leaves the sweep's record."""
+    grid = ["finetune", "lwf", "ewc", "replay"]
+    spec = write(tmp_path, {"grid": {"strategy.name": grid}, "max_concurrent_trials": 2})
+    # studies of a few seconds: the signal reaches them while they train (the two not started yet are left
+    # whatever happens to the first two)
+    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=150"] for x in ("--set", o)]
     cmd = [sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(tmp_path / "out"), *sets]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
-    while time.time() < deadline and not any(r["status"] == "complete" for r in results_in(tmp_path / "out").values()):
-        time.sleep(0.5)
-    time.sleep(2)  # the second trial is training now
+    while time.time() < deadline and len(list((tmp_path / "out" / "runs").glob("*/trial.json"))) < 2:
+        time.sleep(0.2)  # both first trials have started their studies
+    time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=240)
-    done_before = sum(r["status"] == "complete" for r in results_in(tmp_path / "out").values())
     assert proc.returncode == 130, err[-2000:]
+    complete = {n for n, r in results_in(tmp_path / "out").items() if r["status"] == "complete"}
+    status = json.loads((tmp_path / "out" / "sweep_status.json").read_text())
+    assert status["interrupted"] is True and set(status["trials"]) == complete, (status, complete)
+    assert "?" not in status["trials"] and len(status["left"]) == 4 - len(complete) >= 2, status
+    assert set(status["left"]) == {f"strategy.name={g}" for g in grid} - complete
     assert "ccr: sweep interrupted:" in err and f"Resume it with: ccr sweep {spec}" in err
+    assert f"left: {status['left'][0]}" in err
     assert "Tuner.restore" not in err
     assert '"trials"' not in out  # no end-of-sweep summary line
-    assert json.loads((tmp_path / "out" / "sweep_status.json").read_text())["interrupted"] is True
     record = (tmp_path / "out" / "sweep_input.json").read_text()
     bad = subprocess.run([*cmd, "--set", "train.epochs=1", "--resume"], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=120)
     assert bad.returncode == 2 and "already holds a different sweep" in bad.stderr
     assert (tmp_path / "out" / "sweep_input.json").read_text() == record
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
     lines = [ln for ln in again.stderr.splitlines() if ln.startswith("[sweep ")]
-    # trials Tune had finished count from the start (a study that finished while Tune stopped reports at once)
-    assert int(lines[0].split("/")[0].removeprefix("[sweep ")) >= 1 and done_before >= 1, lines[0]
-    assert lines[-1].startswith("[sweep 3/3") and "3 done, 0 failed" in lines[-1], lines[-1]
-    assert len(results_in(tmp_path / "out")) == 3
+    assert lines[-1].startswith("[sweep 4/4") and "4 done, 0 failed" in lines[-1], lines[-1]
+    res = results_in(tmp_path / "out")
+    assert len(res) == 4 and all(r["status"] == "complete" for r in res.values())
+    assert set(json.loads((tmp_path / "out" / "sweep_status.json").read_text())["trials"]) == set(res)
 
 
 @pytest.mark.parametrize("resources, needle", [

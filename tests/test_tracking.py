@@ -178,3 +178,121 @@ def test_a_tracking_server_stopped_mid_sweep_gives_warnings_and_complete_results
     assert len(res) == 2 and all(r["status"] == "complete" for r in res.values())
     logs = "".join(p.read_text() for p in out.glob("runs/*/log.txt"))
     assert "tracking: MLflow at" in logs and "the study goes on" in logs
+
+
+class _Misbehaving:
+    """A 'tracking server' on 127.0.0.1 that drips one byte at a time (`drip`), or answers garbage bytes."""
+
+    def __init__(self, mode: str):
+        import threading
+
+        self.mode, self.connections = mode, 0
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.uri = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.stopped = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn) -> None:
+        try:
+            conn.recv(65536)
+            if self.mode == "garbage":
+                body = b'{"error_code": "BAD", "message": "\x00\x1b[2J\x1b]0;owned\x07boom \xff\xfe"}'
+                conn.sendall(b"HTTP/1.1 400 Bad\r\nContent-Type: application/json\r\nContent-Length: "
+                             + str(len(body)).encode() + b"\r\n\r\n" + body)
+                conn.close()
+                return
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+            while not self.stopped.is_set():  # a byte every half second: no read ever times out
+                conn.sendall(b"{")
+                time.sleep(0.5)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+
+
+def test_a_server_that_never_finishes_answering_costs_one_bounded_wait(tiny_overrides, tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setenv("CCR_TRACKING_TIMEOUT", "2")
+    server = _Misbehaving("drip")
+    try:
+        t = time.time()
+        out = tmp_path / "o"
+        sets = [*tiny_overrides, "data.n_tasks=3", "train.epochs=1", f"tracking.mlflow={server.uri}"]
+        assert main(["run", "--quiet", "--out", str(out), *_sets(sets)]) == 0
+        elapsed = time.time() - t
+    finally:
+        server.stop()
+    assert json.loads((out / "results.json").read_text())["status"] == "complete"
+    err = capsys.readouterr().err
+    assert err.count("tracking: MLflow at") == 1 and "no answer within 2 s (CCR_TRACKING_TIMEOUT)" in err, err
+    assert server.connections == 1  # not tried again after each task
+    assert elapsed < 60
+
+
+def test_bytes_a_server_sends_are_printed_and_logged_printable(tiny_overrides, tmp_path, capsys):
+    server = _Misbehaving("garbage")
+    try:
+        out = tmp_path / "o"
+        sets = [*tiny_overrides, "data.n_tasks=2", "train.epochs=1", f"tracking.mlflow={server.uri}"]
+        assert main(["run", "--quiet", "--out", str(out), *_sets(sets)]) == 0
+    finally:
+        server.stop()
+    err = capsys.readouterr().err
+    log = (out / "log.txt").read_text()
+    assert "tracking: MLflow at" in err and "boom" in err and "boom" in log
+    for text in (err, log):
+        assert not any(c in text for c in "\x00\x1b\x07"), repr(text)
+
+
+def test_one_name_mlflow_refuses_does_not_drop_the_other_metrics(caplog):
+    from types import SimpleNamespace
+
+    from ccr.io.tracking import Tracker
+
+    batches = []
+    t = Tracker.__new__(Tracker)
+    t.warned, t.run_id = set(), "r"
+    t.client = SimpleNamespace(log_batch=lambda run_id, metrics: batches.append([m.key for m in metrics]))
+    t._log_metrics([("t2i/R@1", 1.0, 0), ("t2i/R@1/cats&dogs", 2.0, 0), ("../up", 3.0, 0)])
+    assert batches == [["t2i/R_at_1"]]
+    assert "does not take the metric names ../up, t2i/R_at_1/cats&dogs" in caplog.text
+
+
+def test_a_folder_as_the_tracking_address_is_mlflows_file_store(tiny_overrides, tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    folder = tmp_path / "mlruns"
+    sets = [*tiny_overrides, "data.n_tasks=2", "train.epochs=1", f"tracking.mlflow={folder}",
+            "tracking.experiment=local"]
+    assert main(["run", "--quiet", "--out", str(tmp_path / "o"), *_sets(sets)]) == 0
+    client = MlflowClient(tracking_uri=str(folder))
+    (run,) = study_runs(client, "local")
+    assert run.info.status == "FINISHED"
+
+
+def test_a_warning_says_why_in_a_few_words_never_cut_mid_word():
+    from ccr.io.tracking import _first_line
+
+    refused = ("HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: /api/2.0/mlflow/"
+               "experiments/get-by-name?experiment_name=x (Caused by NewConnectionError('<urllib3.connection."
+               "HTTPConnection object at 0x7f>: Failed to establish a new connection: [Errno 111] Connection refused'))")
+    assert _first_line(Exception(refused)) == "[Errno 111] Connection refused"
+    long = _first_line(Exception("word " * 100))
+    assert len(long) <= 300 and long.endswith(" ...") and "wor ..." not in long

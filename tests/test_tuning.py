@@ -137,7 +137,10 @@ def test_zscl_distils_theta0_on_reference_data_and_averages_weights(tiny_cfg, tm
 
 
 @pytest.mark.parametrize("sets, match", [
-    (["strategy.name=zscl"], "zscl needs reference data"),
+    (["strategy.name=zscl"], "zscl needs reference data.* data.pretrain_pool=N adds a task 'pool'"),
+    (["model.adapter.kind=lora", "model.adapter.targets=['']"], r"model.adapter.targets': module names"),
+    (["model.adapter.kind=lora", "model.adapter.r=64"], r"model.adapter.r': 64 is above the rank of .* a LoRA rank "
+                                                        "is at most 32 there"),
     (["strategy.name=zscl", "strategy.params.zscl.reference=[round]"], "are trained or control data"),
     (["strategy.name=zscl", "strategy.params.zscl.reference=[nope]"], r"unknown task\(s\) \['nope'\]"),
     (["strategy.name=wiseft", "strategy.params.wiseft.alpha=1.5"], r"alpha: must be in \[0, 1\]"),

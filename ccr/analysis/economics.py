@@ -11,24 +11,52 @@ the numbers are linear in N, and two policies' costs are in the ratio of what ea
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from ccr.errors import ConfigError
 from ccr.measure.results import metric
 
+MAX_GALLERY = 10**13  # ten trillion items: beyond any gallery, and far from where float costs lose meaning
+THROUGHPUT = (1e-3, 1e12)  # embeddings per second a device can be said to reach
+MAX_PRICE = 1e6  # USD per device-hour
 
-@dataclass
+
+@dataclass(frozen=True)
 class Scale:
-    """What `ccr analyze --gallery-size N` asks: a gallery of N images, a price per device-hour and,
-    optionally, the user's own throughput (e.g. from bench/ on their hardware)."""
+    """What `ccr analyze --gallery-size N` (or `ccr.analyze(gallery_size=N)`) asks: a gallery of N images, a
+    price per device-hour and, optionally, the user's own throughput (e.g. from bench/ on their hardware).
+    Checked here, the one place both front ends pass through: a zero, negative, infinite or absurd value would
+    print a cost that means nothing."""
 
     gallery_size: int
     price: float | None = None  # USD per device-hour
     images_per_second: float | None = None
     captions_per_second: float | None = None
+
+    def __post_init__(self) -> None:
+        n = self.gallery_size
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_GALLERY:
+            shown = repr(n) if len(repr(n)) < 40 else repr(n)[:30] + f"... ({len(repr(n))} characters)"
+            raise ConfigError(f"gallery size must be a whole number from 1 to {MAX_GALLERY:.0e}, got {shown}")
+        _positive("device-hour price", self.price, 0.0, MAX_PRICE)
+        _positive("images per second", self.images_per_second, *THROUGHPUT)
+        _positive("captions per second", self.captions_per_second, *THROUGHPUT)
+        if (self.images_per_second is None) != (self.captions_per_second is None):
+            raise ConfigError("images per second and captions per second go together (each modality has its own)")
+
+
+def _positive(what: str, v: float | None, low: float, high: float) -> None:
+    if v is None:
+        return
+    ok = isinstance(v, (int, float, np.number)) and not isinstance(v, bool) and math.isfinite(v)
+    if not ok or not (low < v <= high if low == 0 else low <= v <= high):
+        raise ConfigError(f"{what} must be a finite number {'above 0' if low == 0 else f'from {low:g}'} up to "
+                          f"{high:g}, got {v!r}"[:200])
 
 
 def _gallery(res: dict[str, Any]) -> tuple[int, float]:

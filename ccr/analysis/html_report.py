@@ -87,18 +87,34 @@ def analyze(path: str | Path, out: str | Path | None = None, by_order: bool = Fa
     return dest.local_path or dest.display()
 
 
-def _fmt(v) -> str:
+def _fmt(v, decimals: int | None = None) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
     if isinstance(v, float):
-        return f"{v:,.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+        if decimals is None:
+            decimals = column_decimals([v])
+        v = round(v, decimals) + 0.0  # + 0.0: no "-0.0"
+        return f"{v:,.{decimals}f}"
     return html.escape(str(v)) if isinstance(v, str) else str(v)
 
 
+def column_decimals(values) -> int:
+    """One number of decimals for a whole column: four significant digits of its largest value, at most three
+    decimals, none from 1,000 on (so 20.62 stands beside 22.10, not 22.1)."""
+    finite = [abs(float(v)) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)
+              and np.isfinite(v)]
+    top = max(finite, default=0.0)
+    if top >= 1000:
+        return 0
+    return 3 if top == 0 else int(min(3, max(0, 3 - np.floor(np.log10(top)))))
+
+
 def frame_markdown(df: pd.DataFrame) -> str:
-    """A data frame as a markdown table, numbers to 4 significant digits, thousands separated."""
+    """A data frame as a markdown table: each numeric column to one number of decimals, thousands separated."""
     head = "| " + " | ".join(str(c) for c in df.columns) + " |"
-    rows = ["| " + " | ".join(_fmt(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    decimals = [column_decimals(df[c].tolist()) for c in df.columns]
+    rows = ["| " + " | ".join(_fmt(v, d) for v, d in zip(r, decimals, strict=True)) + " |"
+            for r in df.itertuples(index=False)]
     return "\n".join([head, "|" + "---|" * len(df.columns), *rows])
 
 

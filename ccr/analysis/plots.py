@@ -54,7 +54,8 @@ def _runs_note(d: pd.DataFrame) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI)
+    """The figure as PNG, its bounds grown to every label and legend (nothing cut at the edge)."""
+    fig.savefig(path, dpi=DPI, bbox_inches="tight", pad_inches=0.05)
     plt.close(fig)
     return path
 
@@ -277,7 +278,7 @@ def anatomy_plots(tidy: pd.DataFrame, out: Path, k: int = 1, direction: str = "t
             ax.set_xticks(steps, [f"after {names[i]}" if i < len(names) else str(i + 1) for i in steps],
                           rotation=30, ha="right", fontsize=7)
             ax.grid(alpha=0.3)
-        axes[0].set_ylabel("stability: cosine of embedding now vs when learned")
+        axes[0].set_ylabel("stability\n(cosine, now vs when learned)")
         axes[1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), title="strategy", title_fontsize=8)
         fig.suptitle(f"Stability: how little the embeddings of {first} move as later tasks are learned "
                      "(1 = not at all; lower = more drift)", fontsize=10)

@@ -15,15 +15,41 @@ import hashlib
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ccr.errors import ConfigError
 
+log = logging.getLogger(__name__)
 ENV = "CCR_PLUGINS"  # JSON {spec: absolute file or folder} of the plugins this process's parent imported
 _LOADED: dict[str, ModuleType] = {}
+IMPORTED: dict[str, dict[str, str]] = {}  # spec -> where it was found (and a .py file's sha256): results record it
+OVERRIDES: dict[str, str] = {}  # "strategy finetune" -> the plugin class that replaced ccr's own
+
+
+def claim_name(kind: str, name: object, cls: type, taken: dict[str, type], key: str) -> None:
+    """Refuse (TypeError, which a plugin's import turns into one line) a name that is no string, or that is one
+    of ccr's own unless the class says `replaces_builtin = True`; such a replacement is recorded in results,
+    so results are never labelled with a built-in's name for another's behaviour."""
+    if not isinstance(name, str) or not name.strip():
+        raise TypeError(f"{cls.__name__}: a {kind} needs a `name` that is a non-empty string, not {name!r}")
+    old = taken.get(name)
+    if old is not None and old is not cls and old.__module__.startswith("ccr."):
+        if not getattr(cls, "replaces_builtin", False):
+            raise TypeError(f"{cls.__name__}: {name!r} is ccr's own {kind} ({key}); choose another name, or set "
+                            "`replaces_builtin = True` on the class to replace it (results then record that)")
+        OVERRIDES[f"{kind} {name}"] = f"{cls.__module__}.{cls.__qualname__}"
+        log.warning("%s %r: ccr's own is replaced by %s.%s (replaces_builtin)", kind, name, cls.__module__,
+                    cls.__qualname__)
+
+
+def record() -> dict[str, Any]:
+    """The plugins this process imported (where from) and the built-ins they replaced, for results."""
+    return {"imported": dict(IMPORTED), "overrides": dict(OVERRIDES)}
 
 
 def _known() -> dict[str, str]:
@@ -76,6 +102,7 @@ def import_plugin(spec: str) -> ModuleType:
                 sys.modules.pop(name, None)
                 raise
             _remember(spec, file)
+            found_at = {"path": str(file), "sha256": hashlib.sha256(file.read_bytes()).hexdigest()}
         else:
             top = spec.split(".")[0]
             known = _known().get(spec)
@@ -86,13 +113,25 @@ def import_plugin(spec: str) -> ModuleType:
                     _remember(spec, base.resolve())
                     break
             module = importlib.import_module(spec)
+            found_at = {"path": str(getattr(module, "__file__", None) or spec)}
     except ConfigError:
         raise
+    except SystemExit as e:  # sys.exit() at import would end ccr as if it had succeeded
+        raise ConfigError(f"plugin {spec!r} called sys.exit({e.code!r}) while being imported; a plugin must "
+                          "only define and register") from None
+    except KeyboardInterrupt:
+        raise ConfigError(f"plugin {spec!r} was interrupted while being imported (KeyboardInterrupt)") from None
     except Exception as e:  # noqa: BLE001  (a user's module may raise anything at import)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(f"plugin {spec!r} failed to import: {type(e).__name__}"
                           + (f": {first[:300]}" if first else "")) from None
     _LOADED[spec] = module
+    IMPORTED[spec] = found_at
+    # plugins, like any Python import, run code: say which, and from where
+    log.info("plugin %r imported from %s", spec, found_at["path"])
+    if spec not in os.environ.get("CCR_PLUGINS_SHOWN", "").split("\n"):  # once: not again in each trial
+        print(f"ccr: plugin {spec!r} imported from {found_at['path']} (a plugin runs its code here)", file=sys.stderr)
+        os.environ["CCR_PLUGINS_SHOWN"] = os.environ.get("CCR_PLUGINS_SHOWN", "") + f"\n{spec}"
     return module
 
 

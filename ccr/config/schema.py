@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # the most ambiguous old embedding first (closest to another gallery item): index.backfill_order (the backfill
 # policy's one order) and eval.backfill_orders (the curve's) take the same names
 BACKFILL_ORDERS = ("oldest", "random", "drift", "ambiguity")
+MAX_CURVE_POINTS = 101  # eval.backfill_curve: a point every 1 % of the old gallery is the finest that says more
 # data.captions_per_image when not given: the generated benchmark's 4 captions, Visual Genome's 5 phrases
 CAPTIONS_PER_IMAGE = {"generated": 4, "visual_genome": 5}
 
@@ -149,6 +150,9 @@ class AdapterConfig:
     targets: list[str] | None = None  # module names to adapt (None: q_proj, v_proj in CLIP/SigLIP; query, value)
 
     def check(self) -> None:
+        if self.targets and any(not isinstance(t, str) or not t.strip() for t in self.targets):
+            raise ConfigError(f"config key 'model.adapter.targets': module names (as q_proj, value), got "
+                              f"{self.targets!r}"[:300])
         bad_targets = self.targets is not None and not self.targets
         if self.kind != "none" and (self.r < 1 or self.alpha <= 0 or not 0 <= self.dropout < 1 or bad_targets):
             raise ConfigError(f"config key 'model.adapter': need r >= 1, alpha > 0, 0 <= dropout < 1 and a non-empty "
@@ -236,7 +240,7 @@ class EvalConfig:
     control: list[str] = field(default_factory=list)  # tasks never trained, evaluated at θ0 and after every task
     # after each step, recall over the seen tasks when this fraction of the old gallery is re-embedded with the
     # new model and the rest keeps its old embeddings (e.g. [0, 0.1, 0.25, 0.5, 1]); no retraining
-    backfill_curve: list[float] = field(default_factory=list)
+    backfill_curve: list[float] = field(default_factory=list)  # at most MAX_CURVE_POINTS, each once
     backfill_orders: list[str] = key(factory=lambda: list(BACKFILL_ORDERS), each=BACKFILL_ORDERS)  # old items first
 
     def check(self) -> None:
@@ -245,6 +249,13 @@ class EvalConfig:
                               f"got {self.ks}")
         if len(set(self.control)) != len(self.control):
             raise ConfigError(f"config key 'eval.control': names a task twice: {self.control}")
+        if len(self.backfill_curve) > MAX_CURVE_POINTS:
+            raise ConfigError(f"config key 'eval.backfill_curve': at most {MAX_CURVE_POINTS} fractions (each is a "
+                              f"full evaluation of every step), got {len(self.backfill_curve)}")
+        for key_, values in (("backfill_curve", self.backfill_curve), ("backfill_orders", self.backfill_orders)):
+            twice = sorted({v for v in values if values.count(v) > 1})
+            if twice:
+                raise ConfigError(f"config key 'eval.{key_}': {twice} named twice; each is measured once")
         if any(not 0 <= f <= 1 for f in self.backfill_curve):
             raise ConfigError(f"config key 'eval.backfill_curve': fractions of the old gallery, each in [0, 1], got "
                               f"{self.backfill_curve}")

@@ -54,6 +54,7 @@ def card(cfg: Config, pixels: Pixels | None = None) -> dict[str, Any]:
     """Everything the card shows, as data (`ccr data --json`); raises the first problem (DataError, ...).
     `pixels`: as for `load_dataset` (the model's preprocessing: `ccr.models.pixels_for`)."""
     from ccr.data import checked_order, load_dataset
+    from ccr.io.redact import redact_tree
     from ccr.io.staging import DATA_LOCATIONS, MARKER, is_remote, partials, staged_of
     from ccr.io.storage import cache_root
 
@@ -96,7 +97,7 @@ def card(cfg: Config, pixels: Pixels | None = None) -> dict[str, Any]:
             caches["shared image cache"] = cfg.data.shared_cache or "the sweep's (or run's) storage, cache/images/"
         out["caches"] = caches
         out["left by killed stagings"] = [str(p) for p in partials(cfg.data.cache_dir)]
-    return out
+    return redact_tree(out)  # URIs as shown, never with their credentials
 
 
 def _n(x: float) -> str:
@@ -105,7 +106,7 @@ def _n(x: float) -> str:
 
 def render(c: dict[str, Any]) -> str:
     """The card as text for a terminal."""
-    lines = [f"dataset {c['name']} ({c['kind']}): {c['images']} images, {c['captions']} captions, "
+    lines = [f"{c['name']} ({c['kind']}): {c['images']} images, {c['captions']} captions, "
              f"{len(c['tasks'])} tasks", f"task order: {' > '.join(c['order'])}", ""]
     head = ["task", "role", "train img", "train cap", "val img", "val cap", "test img", "test cap"]
     rows = [[t["task"], t["role"], *(str(t[f"{s} {w}"]) for s in ("train", "val", "test")

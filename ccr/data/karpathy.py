@@ -165,8 +165,12 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
         from ccr.io.storage import Storage
 
         shared = Storage(cfg.shared_cache) if cfg.image_cache == "shared" and cfg.shared_cache else None
-        return cached_images(FileImages(paths, pixels), cache_root(cfg.cache_dir), cfg.num_workers,
-                             shared=shared, root=root, sizes=listed)
+        try:
+            return cached_images(FileImages(paths, pixels), cache_root(cfg.cache_dir), cfg.num_workers,
+                                 shared=shared, root=root, sizes=listed)
+        except OSError as e:  # the cache folder cannot be written: the images are decoded as they are read
+            log.warning("cannot write the decoded-image cache under %s (%s: %s); reading the image files instead",
+                        cache_root(cfg.cache_dir), type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
     materialize(root)
     h, w = pixels.shape
     fits = len(paths) * 3 * h * w <= PRELOAD_BYTES

@@ -69,11 +69,14 @@ class MemmapImages:
 
     decodes = False
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, shape: tuple[int, ...] | None = None):
         self.path = Path(path)
         self.array = np.load(self.path, mmap_mode="r")
         if self.array.dtype != np.uint8 or self.array.ndim != 4 or self.array.shape[1] != 3:
             raise ValueError(f"expected uint8 (N, 3, H, W), found {self.array.dtype} {self.array.shape}")
+        if shape is not None and tuple(self.array.shape) != tuple(shape):  # another dataset's, or another size
+            raise ValueError(f"expected {shape[0]} images of {shape[2]}x{shape[3]} px, found {self.array.shape[0]} "
+                             f"of {self.array.shape[2]}x{self.array.shape[3]}")
         self.image_size = int(self.array.shape[-1])
 
     def __len__(self) -> int:
@@ -137,55 +140,104 @@ def cached_images(files, cache_dir: Path, workers: int = 0, shared=None,
     else:
         key = cache_key(files.paths, files.pixels)
     target = Path(cache_dir) / "images" / f"{key}.npy"
+    shape = (len(files.paths), 3, *files.pixels.shape)
     with node_lock(target.with_suffix(".lock")):
         for old in target.parent.glob(f".{target.name}.*.tmp"):  # builds killed before they renamed
             log.info("removing %s, left by a killed cache build", old)
             old.unlink(missing_ok=True)
         if target.is_file():
             try:
-                return MemmapImages(target)
+                return MemmapImages(target, shape)
             except (OSError, ValueError) as e:  # truncated or overwritten: never trusted, rebuilt
                 log.warning("image cache %s is unreadable (%s); decoding the images again", target, e)
                 target.unlink()
-        if shared is not None and shared.is_file(f"images/{key}.done"):
-            _download(shared, f"images/{key}.npy", target, cache_dir)
-        else:
-            if root is not None:
-                materialize(root)  # the images, from storage, to decode them here
-            _build(files, target, workers, cache_dir)
-            if shared is not None:
-                _upload(target, shared, f"images/{key}.npy", cache_dir)
-    return MemmapImages(target)
+        if shared is not None and _download(shared, f"images/{key}.npy", target, cache_dir, shape):
+            return MemmapImages(target, shape)
+        if root is not None:
+            materialize(root)  # the images, from storage, to decode them here
+        _build(files, target, workers, cache_dir)
+        if shared is not None:
+            _upload(target, shared, f"images/{key}.npy", cache_dir)
+    return MemmapImages(target, shape)
 
 
-def _download(shared, rel: str, target: Path, cache_dir: Path) -> None:
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _marker(shared, rel: str) -> dict | None:
+    """The `.done` marker of a shared cache object: {"bytes", "sha256", "shape"}; None when there is none, or it
+    is of an older ccr (no digest: the object cannot be checked, so it is decoded again and replaced)."""
+    done = rel.removesuffix(".npy") + ".done"
+    if not shared.is_file(done):  # the first node to need it: nothing to say
+        return None
+    try:
+        m = json.loads(shared.read_text(done))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return m if isinstance(m, dict) and {"bytes", "sha256", "shape"} <= set(m) else None
+
+
+def _download(shared, rel: str, target: Path, cache_dir: Path, shape: tuple[int, ...]) -> bool:
+    """The shared cache object to `target` when its marker says it is whole and it is what its marker says (size,
+    content digest) and what this dataset needs (rows, image size). Anything else (no marker, a marker without
+    its object, a replaced or truncated object, storage that cannot be reached) is a warning and False: the
+    images are decoded here, and a good cache replaces the bad one in storage."""
     import time
 
     from ccr.io.staging import copy_file, event
 
     started = time.time()
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    log.info("downloading the shared image cache %s", shared.display(rel))
     try:
+        marker = _marker(shared, rel)
+        if marker is None:
+            return False
+        log.info("downloading the shared image cache %s", shared.display(rel))
         copy_file(shared, rel, tmp)
+        size, digest = tmp.stat().st_size, file_digest(tmp)
+        if size != marker["bytes"] or digest != marker["sha256"]:
+            raise ValueError(f"it is not what was uploaded ({size} bytes, sha256 {digest[:12]}; its marker says "
+                             f"{marker['bytes']} bytes, sha256 {str(marker['sha256'])[:12]})")
+        MemmapImages(tmp, shape)  # what this dataset needs
         os.replace(tmp, target)
+    except Exception as e:  # noqa: BLE001 - a bad or unreachable shared cache is decoded again, never trusted
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        log.warning("shared image cache %s cannot be used (%s); decoding the images here", shared.display(rel),
+                    str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+        return False
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     event(cache_dir, "downloaded", what="image cache", uri=shared.display(rel), bytes=target.stat().st_size,
           seconds=round(time.time() - started, 3))
+    return True
 
 
 def _upload(target: Path, shared, rel: str, cache_dir: Path) -> None:
-    """The cache file, then its `.done` marker: a node that sees the marker downloads a whole file."""
+    """The cache file, then its `.done` marker with its size, digest and shape: a node that sees the marker
+    downloads a whole file, and can tell it from any other. Storage that cannot take it is a warning (other nodes
+    decode for themselves)."""
     import time
 
     from ccr.io.staging import event, put_file
 
     started = time.time()
-    put_file(target, shared, rel)
-    shared.write_text(rel.removesuffix(".npy") + ".done", f"{target.stat().st_size}\n")
+    shape = list(np.load(target, mmap_mode="r").shape)
+    try:
+        put_file(target, shared, rel)
+        shared.write_text(rel.removesuffix(".npy") + ".done", json.dumps(
+            {"bytes": target.stat().st_size, "sha256": file_digest(target), "shape": shape}) + "\n")
+    except Exception as e:  # noqa: BLE001
+        log.warning("cannot upload the image cache to %s (%s); other nodes will decode the images themselves",
+                    shared.display(rel), str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+        return
     event(cache_dir, "uploaded", what="image cache", uri=shared.display(rel), bytes=target.stat().st_size,
           seconds=round(time.time() - started, 3))
 

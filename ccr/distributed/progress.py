@@ -41,8 +41,13 @@ def headline(metrics: dict[str, Any], first: str | None = None) -> str:
 class SweepProgress(tune.Callback):
     """Counts come from what this callback saw, not from Tune's internal states."""
 
-    def __init__(self, total: int, label=None, stream: TextIO | None = None, metric: str | None = None):
+    def __init__(self, total: int, label=None, stream: TextIO | None = None, metric: str | None = None,
+                 runs=None, every: float = 5.0):
         self.total, self.label, self.stream = total, label or (lambda trial: str(trial)), stream
+        # where each trial's study writes results.json after every task (a ccr Storage): read every `every`
+        # seconds, for a line per task learned; None: no per-task lines
+        self.runs, self.every, self.polled = runs, every, 0.0
+        self.tasks_seen: dict[str, int] = {}
         self.metric = metric  # an HPO search's selection metric (val/...), shown before the test numbers
         self.running: dict[str, float] = {}  # trial id -> start time
         self.width = 0  # the most trials seen running at once: what the cluster sustains
@@ -58,6 +63,30 @@ class SweepProgress(tune.Callback):
             self.counted_restored = True
             self.done = sum(t.status == "TERMINATED" for t in trials)
             self.failed = sum(t.status == "ERROR" for t in trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        """A line for each task a running trial has learned since the last look (its study's results.json)."""
+        if self.runs is None or time.time() - self.polled < self.every:
+            return
+        self.polled = time.time()
+        for trial in trials:
+            if trial.trial_id in self.running:
+                self._task_line(trial)
+
+    def _task_line(self, trial) -> None:
+        name = self.label(trial)
+        try:
+            res = self.runs.child(name).read_json("results.json")
+        except Exception:  # noqa: BLE001 - not written yet, or being replaced: the next look finds it
+            return
+        k, order = res.get("tasks_done") or 0, res.get("task_order") or []
+        if res.get("status") != "running" or not order or k <= self.tasks_seen.get(trial.trial_id, 0):
+            return
+        self.tasks_seen[trial.trial_id] = k
+        train = (res.get("train") or [])[k - 1] if len(res.get("train") or []) >= k else {}
+        loss = f", loss {train['mean_loss']:.3f}" if isinstance(train.get("mean_loss"), (int, float)) else ""
+        numbers = headline(res.get("metrics") or {}, self.metric)
+        self.say(f"{name}: task {k}/{len(order)} ({order[k - 1]}) learned{loss}" + (f", {numbers}" if numbers else ""))
 
     def say(self, what: str) -> None:
         running = len(self.running)

@@ -61,9 +61,22 @@ class SweepSpec:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def cells(self) -> list[dict[str, Any]]:
-        """Every combination of the grid axes (one dict of dotted key -> value per trial or search)."""
+        """Every distinct study the grid axes make (one dict of dotted key -> value per trial or search): a
+        strategy's parameters are left out of the cells that do not run that strategy, so that such a cell is
+        neither named by them nor run once per value."""
         keys = list(self.grid)
-        return [dict(zip(keys, vals, strict=True)) for vals in itertools.product(*(self.grid[k] for k in keys))]
+        out: list[dict[str, Any]] = []
+        for vals in itertools.product(*(self.grid[k] for k in keys)):
+            cell = self._used(dict(zip(keys, vals, strict=True)))
+            if cell not in out:
+                out.append(cell)
+        return out
+
+    def _used(self, cell: dict[str, Any]) -> dict[str, Any]:
+        names = (apply_params(self.base_tree, cell, self.cases).get("strategy") or {}).get("name", "finetune")
+        names = [names] if isinstance(names, str) else list(names or [])
+        return {k: v for k, v in cell.items()
+                if not (k.startswith("strategy.params.") and k.split(".")[2] not in names)}
 
     def config_for(self, params: dict[str, Any]) -> Config:
         return build_config(apply_params(self.base_tree, params, self.cases))
@@ -83,6 +96,11 @@ def apply_params(base_tree: dict[str, Any], params: dict[str, Any],
         else:
             set_path(tree, k, v)
     return tree
+
+
+def trial_params(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune trial's parameters: a grid trial's cell (Tune's config {"cell": {...}}), or a search's config."""
+    return dict(config["cell"]) if set(config) == {"cell"} and isinstance(config["cell"], dict) else dict(config)
 
 
 def trial_name(params: dict[str, Any]) -> str:

@@ -19,8 +19,9 @@ from typing import Any
 from ccr.config.files import set_path
 from ccr.config.schema import ConfigError, to_dict
 from ccr.distributed.cluster import check_can_ever_run, init_ray
-from ccr.distributed.sweep_spec import SweepSpec, apply_params, load_spec, trial_name
+from ccr.distributed.sweep_spec import SweepSpec, apply_params, load_spec, trial_name, trial_params
 from ccr.io.locks import exclusive
+from ccr.io.redact import redact
 from ccr.io.storage import Storage, open_storage
 from ccr.measure.results import flat_metrics
 from ccr.study.configure import build_config
@@ -48,7 +49,7 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     from ccr.distributed.runner import make_study, run_study
 
     entered = time.time()
-    params = dict(config)
+    params = trial_params(config)
     store = Storage(runs).child(trial_name(params))
     ctx = tune.get_context()
     tree = apply_params(base_tree, params, cases or {})
@@ -133,6 +134,7 @@ def check_inputs(spec: SweepSpec, shared: str) -> int:
 
 def _complete_results(store: Storage, cfg) -> dict[str, Any] | None:
     from ccr.config.schema import to_dict
+    from ccr.io.redact import redact_tree
     from ccr.models import resolve_model
     from ccr.study.resume import config_differences
 
@@ -140,7 +142,8 @@ def _complete_results(store: Storage, cfg) -> dict[str, Any] | None:
         res = store.read_json("results.json")
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
         return None
-    if res.get("status") == "complete" and not config_differences(res["config"], to_dict(resolve_model(cfg))):
+    if res.get("status") == "complete" and not config_differences(res["config"],
+                                                                  redact_tree(to_dict(resolve_model(cfg)))):
         return res
     return None
 
@@ -148,8 +151,8 @@ def _complete_results(store: Storage, cfg) -> dict[str, Any] | None:
 def _tune_space(spec: SweepSpec, cell: dict[str, Any] | None) -> dict[str, Any]:
     from ray import tune
 
-    if spec.optuna is None:
-        return {k: tune.grid_search(v) for k, v in spec.grid.items()}
+    if spec.optuna is None:  # the distinct studies, one trial each (see SweepSpec.cells)
+        return {"cell": tune.grid_search(spec.cells())}
     space: dict[str, Any] = dict(cell or {})
     for k, d in spec.optuna["space"].items():
         t = d["type"]
@@ -193,7 +196,8 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
         search_alg = OptunaSearch(metric=metric, mode=mode, seed=spec.config_for(cell or {}).seed)
         samples = int(spec.optuna.get("num_samples", 8))
     total = samples if spec.optuna else len(spec.cells())
-    progress = [] if quiet else [SweepProgress(total, label=lambda t: trial_name(t.config), metric=metric)]
+    progress = [] if quiet else [SweepProgress(total, label=lambda t: trial_name(trial_params(t.config)), metric=metric,
+                                               runs=storage.child("runs"))]
     return tune.Tuner(
         trainable, param_space=_tune_space(spec, cell),
         tune_config=tune.TuneConfig(search_alg=search_alg, metric=metric, mode=mode, num_samples=samples,
@@ -201,7 +205,7 @@ def _tuner(spec: SweepSpec, storage: Storage, name: str, cell: dict[str, Any] | 
                                     # a finished trial's process runs the next trial: no new Python, no
                                     # re-import of torch (measured: 7.1 s -> 0.0 s between trials on 2 cores)
                                     reuse_actors=True,
-                                    trial_name_creator=lambda t: trial_name(t.config)[:100],
+                                    trial_name_creator=lambda t: trial_name(trial_params(t.config))[:100],
                                     trial_dirname_creator=lambda t: f"{t.trial_id}"),
         run_config=tune.RunConfig(name=name, storage_path=storage.fs_path(), storage_filesystem=fs,
                                   failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=0,
@@ -216,6 +220,16 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
 
     spec = load_spec(path, overrides)  # every config error before Ray starts
     storage = open_storage(out or Path("runs") / "sweeps" / spec.name)
+    try:
+        return _run_sweep_in(spec, storage, path, overrides, resume, quiet)
+    except BaseException:
+        if not storage.is_file("sweep.yaml"):  # refused before it began: no folder left behind
+            storage.remove_created()
+        raise
+
+
+def _run_sweep_in(spec: SweepSpec, storage: Storage, path: str | Path, overrides: list[str] | None, resume: bool,
+                  quiet: bool) -> int:
     same = {"sweep": Path(path).read_text(), "overrides": list(overrides or [])}
     if storage.is_file("sweep.yaml"):
         try:
@@ -231,18 +245,19 @@ def run_sweep(path: str | Path, overrides: list[str] | None = None, out: str | P
             log.info("%s holds this same sweep: resuming it (finished trials are not run again)", storage.display())
         resume = True
     with exclusive(storage, "sweep"):  # a second `ccr sweep` on this storage is refused, not interleaved
-        finished, total, failed = _run_sweep_locked(spec, storage, same, resume, quiet)
+        finished, total, named = _run_sweep_locked(spec, storage, same, resume, quiet)
     if finished < total:  # Ctrl-C (SIGINT) or SIGUSR1: Tune stopped after saving its state
         sets = "".join(f" --set {shlex.quote(o)}" for o in overrides or [])
-        print(f"ccr: sweep interrupted: {finished} of {total} trials finished. Resume it with: ccr sweep "
-              f"{shlex.quote(str(path))}{sets} --out {shlex.quote(storage.uri)} (finished trials are not run again)",
-              file=sys.stderr)
+        left = ", ".join(named[:10]) + (f" and {len(named) - 10} more" if len(named) > 10 else "")
+        print(f"ccr: sweep interrupted: {finished} of {total} trials finished; left: {left}. Resume it with: "
+              f"ccr sweep {shlex.quote(str(path))}{sets} --out {shlex.quote(redact(storage.uri))} (finished trials "
+              "are not run again)", file=sys.stderr)
         return 130
-    if failed:
+    if named:  # the failed trials
         runs = storage.child("runs")
-        shown = "\n  ".join(runs.display(f"{n}/error.txt") for n in failed[:10])
-        more = f"\n  ... and {len(failed) - 10} more (sweep_status.json lists them)" if len(failed) > 10 else ""
-        print(f"ccr: {len(failed)} of {total} trials failed; their errors are in:\n  {shown}{more}", file=sys.stderr)
+        shown = "\n  ".join(runs.display(f"{n}/error.txt") for n in named[:10])
+        more = f"\n  ... and {len(named) - 10} more (sweep_status.json lists them)" if len(named) > 10 else ""
+        print(f"ccr: {len(named)} of {total} trials failed; their errors are in:\n  {shown}{more}", file=sys.stderr)
         return 1
     return 0
 
@@ -276,16 +291,36 @@ def _track_sweep(spec: SweepSpec, storage: Storage) -> tuple[str, str] | None:
     return (t["mlflow"], run_id) if run_id else None
 
 
-def _record_grid(grid, spec: SweepSpec, name: str, summary: dict[str, Any]) -> None:
+def _study_complete(runs: Storage, name: str) -> bool:
+    """Whether the trial's study says it finished: its results.json, not Tune's status (a trial Tune stopped on
+    Ctrl-C is "terminated" too)."""
+    try:
+        return runs.child(name).read_json("results.json").get("status") == "complete"
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        return False
+
+
+def _left(spec: SweepSpec, summary: dict[str, Any], total: int, finished: int) -> list[str]:
+    """The trials an interrupted sweep has still to run: by name for a grid, as a count for a search."""
+    if spec.optuna:
+        return [f"{total - finished} of {total} searched trials"]
+    done = set(summary["trials"]) | set(summary["failed"])
+    return [n for n in (trial_name(c) for c in spec.cells() or [{}]) if n not in done]
+
+
+def _record_grid(grid, spec: SweepSpec, name: str, summary: dict[str, Any], runs: Storage) -> None:
     """One Tune experiment's trials into the sweep's summary: each finished trial's metric (or "complete"), each
-    failed trial's error, and the best trial where Optuna searched."""
+    failed trial's error, and the best trial where Optuna searched. A trial counts as finished only where its
+    study's results.json says so; one Tune never started (no config) or stopped unfinished is left out."""
     for r in grid:
-        key = trial_name({k: r.config[k] for k in r.config}) if r.config else "?"
+        if not r.config:
+            continue
+        key = trial_name(trial_params(r.config))
         if r.error:
             summary["failed"][key] = str(r.error)[-500:]
-        else:
+        elif _study_complete(runs, key):
             summary["trials"][key] = r.metrics.get(spec.optuna["metric"]) if spec.optuna else "complete"
-    if spec.optuna:
+    if spec.optuna and summary["trials"]:
         try:
             best = grid.get_best_result(spec.optuna["metric"], spec.optuna["mode"])
             metric = spec.optuna["metric"]
@@ -296,9 +331,9 @@ def _record_grid(grid, spec: SweepSpec, name: str, summary: dict[str, Any]) -> N
 
 def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], resume: bool, quiet: bool
                       ) -> tuple[int, int, list[str]]:
-    """Run the sweep's Tune experiments; returns (trials finished or failed, trials in the sweep, the failed
-    trials' names): fewer finished than the sweep has means it was interrupted, and then nothing is summarised
-    as if it were done."""
+    """Run the sweep's Tune experiments; returns (trials finished or failed, trials in the sweep, names): fewer
+    finished than the sweep has means it was interrupted, nothing is summarised as if it were done, and the
+    names are the trials left; otherwise they are the failed trials'."""
     import uuid
 
 
@@ -319,18 +354,22 @@ def _run_sweep_locked(spec: SweepSpec, storage: Storage, same: dict[str, Any], r
     per_cell = int(spec.optuna.get("num_samples", 8)) if spec.optuna else len(spec.cells())
     total, finished = per_cell * len(cells), 0
     logging.getLogger("ray.tune.tune").addFilter(_NoTuneResumeAdvice())
+    runs = storage.child("runs")
     for cell in cells:
         name = "tune" if cell is None else "tune-" + _short_name(trial_name(cell))
         try:
             grid = _tuner(spec, storage, name, cell, resume, quiet, attempt).fit()
         except KeyboardInterrupt:  # a second Ctrl-C while Tune was stopping
-            return finished, total, []
-        done = grid.num_terminated + grid.num_errors
+            grid = None
+        before = len(summary["trials"]) + len(summary["failed"])
+        if grid is not None:
+            _record_grid(grid, spec, name, summary, runs)
+        done = len(summary["trials"]) + len(summary["failed"]) - before
         finished += done
-        if done < per_cell:
-            storage.write_json("sweep_status.json", {**summary, "interrupted": True})
-            return finished, total, []
-        _record_grid(grid, spec, name, summary)
+        if done < per_cell:  # interrupted: what is not complete is named, and nothing is summarised as done
+            left = _left(spec, summary, total, finished)
+            storage.write_json("sweep_status.json", {**summary, "interrupted": True, "left": left})
+            return finished, total, left
     storage.write_json("sweep_status.json", summary)
     if spec.optuna:
         storage.write_json("best.json", summary["best"])

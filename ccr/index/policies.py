@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 
 from ccr import seeds
+from ccr.config.plugins import claim_name
 from ccr.errors import ConfigError
 from ccr.index.backfill import backfill_rank
 from ccr.index.gallery import MODALITIES, IndexState
@@ -41,6 +42,8 @@ POLICIES: dict[str, type[IndexPolicy]] = {}
 
 
 def register_policy(cls: type[IndexPolicy]) -> type[IndexPolicy]:
+    """Class decorator: make a policy usable by name (not one of ccr's own, unless `replaces_builtin = True`)."""
+    claim_name("indexing policy", cls.name, cls, POLICIES, "index.policy")
     POLICIES[cls.name] = cls
     return cls
 
@@ -49,6 +52,7 @@ class IndexPolicy:
     """Decides which gallery entries are (re-)embedded after each task. Subclasses set `name`."""
 
     name: ClassVar[str] = ""
+    replaces_builtin: ClassVar[bool] = False  # a plugin's class may take the name of one of ccr's own
     needs_previous_model: ClassVar[bool] = False
 
     def __init__(self, cfg: IndexConfig):

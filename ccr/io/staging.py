@@ -36,11 +36,15 @@ from pathlib import Path
 from typing import Any
 
 from ccr.errors import ConfigError, DataError, StorageError
+from ccr.io.redact import redact_tree
 from ccr.io.storage import Storage, cache_root, is_uri, node_lock
 
 log = logging.getLogger(__name__)
 
 MARKER = ".ccr-complete"
+LISTING = "listing.json"  # beside the marker: every staged object's (name, size, mtime), to reuse unchanged files
+IN_USE = ".in-use"  # a shared lock on it: some process reads this copy (it is not removed while one does)
+_HELD: dict[str, int] = {}  # staged folders this process reads -> the file descriptor of its shared lock
 # the DataConfig keys that name inputs (files or folders)
 DATA_LOCATIONS = ("path", "images", "tasks_file", "split_file", "task_map", "instances")
 
@@ -70,7 +74,8 @@ def _root(cache_dir: str | Path | None) -> Path:
 
 def event(cache_dir: str | Path | None, kind: str, **fields: Any) -> None:
     """One line in this node's `CACHE/events.jsonl` (appended whole: lines of processes do not interleave)."""
-    line = json.dumps({"event": kind, "host": platform.node(), "pid": os.getpid(), "time": time.time(), **fields})
+    line = json.dumps({"event": kind, "host": platform.node(), "pid": os.getpid(), "time": time.time(),
+                       **redact_tree(fields)})
     path = _root(cache_dir) / "events.jsonl"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -105,9 +110,24 @@ def _listing(store: Storage, what: str) -> tuple[str, list[tuple[str, int, int]]
         raise DataError(f"{what}: cannot read {store.display()} ({str(e).splitlines()[0][:200]})") from e
     n = len(store.root) + 1
     files = sorted((i.path[n:], int(i.size), int(i.mtime_ns or 0)) for i in infos if i.type == pafs.FileType.File)
+    odd = next((f[0] for f in files if "" in f[0].split("/") or f[0].startswith("/") or ".." in f[0].split("/")),
+               None)
+    if odd is not None:
+        raise DataError(f"{what}: the object {store.display()}/{odd} cannot be a file on disk (an empty or '..' "
+                        "part in its key); rename it")
     if not files:
         raise DataError(f"{what}: nothing at {store.display()} (no such object or prefix)")
     return "folder", files
+
+
+def stage_threads() -> int:
+    """CCR_STAGE_THREADS: I/O threads for staging (0: pyarrow's own count); anything else is one line."""
+    raw = os.environ.get("CCR_STAGE_THREADS", "").strip()
+    if not raw:
+        return 0
+    if not raw.isdigit() or not 1 <= int(raw) <= 1024:
+        raise ConfigError(f"CCR_STAGE_THREADS must be a whole number from 1 to 1024, got {raw[:40]!r}")
+    return int(raw)
 
 
 def _copy(store: Storage, dest: Path, only: list[str] | None = None) -> None:
@@ -116,7 +136,7 @@ def _copy(store: Storage, dest: Path, only: list[str] | None = None) -> None:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    want = int(os.environ.get("CCR_STAGE_THREADS") or 0)
+    want = stage_threads()
     if want > pa.io_thread_count():
         pa.set_io_thread_count(want)
     if only is not None:
@@ -167,13 +187,89 @@ def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool =
     total = sum(f[1] for f in files)
     found = Staged(uri, store.display(), folder / "data" / name if name else folder / "data", folder, kind,
                    len(files), total, sig)
-    if (folder / MARKER).is_file():
+    if (folder / MARKER).is_file() and not _damaged(found, files):
+        _hold(folder)
         return found
     plan = _Plan(store, files, found, what, cache_dir, only)
     if not copy:
         _PENDING[str(found.local)] = plan
         return found
     return _stage(plan)
+
+
+def _damaged(found: Staged, files: list) -> str | None:
+    """A file of a complete copy that is gone or changed on this disk (deleted by hand, a cleaner): its name."""
+    data = found.folder / "data"
+    for name, size, _ in files:
+        p = data / name if found.kind == "folder" else found.local
+        try:
+            if p.stat().st_size != size:
+                return name
+        except OSError:
+            return name
+    return None
+
+
+def _hold(folder: Path) -> None:
+    """Say, for as long as this process lives, that it reads `folder` (a shared lock the OS drops at exit)."""
+    import fcntl
+
+    if str(folder) in _HELD:
+        return
+    try:
+        fd = os.open(folder / IN_USE, os.O_RDONLY | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:  # a read-only cache: nothing is removed from it either
+        return
+    _HELD[str(folder)] = fd
+
+
+def _unused(folder: Path) -> bool:
+    """No process holds `folder` (see _hold); true too for a folder without the lock file."""
+    import fcntl
+
+    try:
+        fd = os.open(folder / IN_USE, os.O_RDONLY)
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def remove_unused(base: Path, keep: Path | None = None) -> dict[Path, int]:
+    """Remove one URI's staged copies (under `base`) that no process reads, except `keep`; returns
+    {folder removed: bytes freed}. Called with the URI's node lock held."""
+    gone = {}
+    for d in sorted(base.iterdir()) if base.is_dir() else []:
+        if not d.is_dir() or d == keep or d.name.startswith(".partial-"):
+            continue
+        if ((d / MARKER).is_file() or d.name.startswith(".damaged-")) and _unused(d):
+            gone[d] = _bytes(d)
+            shutil.rmtree(d, ignore_errors=True)
+    return gone
+
+
+def _previous(base: Path, keep: Path) -> dict[str, Path]:
+    """{name: (size, mtime) key -> file} of earlier copies of this URI (complete, or set aside as damaged): the
+    files a new staging can link instead of copying."""
+    known: dict[str, Path] = {}
+    for d in sorted(base.iterdir(), key=lambda x: x.stat().st_mtime) if base.is_dir() else []:
+        if d == keep or not d.is_dir() or not (d / LISTING).is_file():
+            continue
+        try:
+            listing = json.loads((d / LISTING).read_text())
+        except (OSError, ValueError):
+            continue
+        for name, size, mtime in listing:
+            f = d / "data" / name
+            if f.is_file() and f.stat().st_size == size:
+                known[json.dumps([name, size, mtime])] = f
+    return known
 
 
 def _stage(plan: _Plan) -> Staged:
@@ -204,16 +300,31 @@ def _stage_locked(plan: _Plan) -> Staged:
     folder, sig, total, base = found.folder, found.signature, found.bytes, found.folder.parent
     with node_lock(base.with_suffix(".lock")):
         if (folder / MARKER).is_file():  # another process of this node staged it while this one waited
-            return found
+            bad = _damaged(found, files)
+            if not bad:
+                _hold(folder)
+                return found
+            log.warning("%s: %s is missing or changed in the staged copy %s; staging again what is not there",
+                        what, bad, folder)
+            os.replace(folder, base / f".damaged-{sig}-{os.getpid()}")
         for old in base.glob(".partial-*"):  # a stager killed before it renamed: never read, removed
             log.info("removing %s, left by a staging that was killed", old)
             shutil.rmtree(old, ignore_errors=True)
         tmp = base / f".partial-{sig}-{os.getpid()}"
         started = time.time()
-        log.info("staging %s (%d files, %.1f MB) into %s", store.display(), len(files), total / 1e6, folder)
         try:
             (tmp / "data").mkdir(parents=True, exist_ok=True)
-            _copy(store, tmp / "data" / found.local.name if found.kind == "file" else tmp / "data", plan.only)
+            reused = _link_unchanged(files, base, folder, tmp / "data") if found.kind == "folder" else set()
+            todo = [f[0] for f in files if f[0] not in reused]
+            log.info("staging %s (%d files, %.1f MB) into %s%s", store.display(), len(todo),
+                     sum(f[1] for f in files if f[0] not in reused) / 1e6, folder,
+                     f" ({len(reused)} unchanged files taken from the previous copy)" if reused else "")
+            if found.kind == "file":
+                _copy(store, tmp / "data" / found.local.name)
+            elif reused or plan.only is not None:
+                _copy(store, tmp / "data", todo)
+            else:
+                _copy(store, tmp / "data")
             short = [f for f, size, _ in files if not (tmp / "data" / f).is_file()
                      or (tmp / "data" / f).stat().st_size != size]
             if short:
@@ -221,15 +332,37 @@ def _stage_locked(plan: _Plan) -> Staged:
                                 f"(e.g. {short[0]}); the store changed or failed while it was read")
             seconds = time.time() - started
             record = {"uri": store.display(), "files": len(files), "bytes": total, "seconds": round(seconds, 3),
-                      "host": platform.node(), "pid": os.getpid(), "staged": time.time()}
+                      "copied": len(todo), "host": platform.node(), "pid": os.getpid(), "staged": time.time()}
+            (tmp / LISTING).write_text(json.dumps(files))
             (tmp / MARKER).write_text(json.dumps(record) + "\n")  # last: the copy is whole
             os.replace(tmp, folder)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        _hold(folder)
+        for gone in remove_unused(base, keep=folder):  # earlier copies of this URI that nothing reads any more
+            log.info("removed %s, an earlier copy of %s that no process reads", gone, store.display())
         event(plan.cache_dir, "staged", uri=store.display(), what=what, files=len(files), bytes=total,
-              seconds=round(seconds, 3))
+              copied=len(todo), seconds=round(seconds, 3))
     return found
+
+
+def _link_unchanged(files: list, base: Path, keep: Path, dest: Path) -> set[str]:
+    """Hard-link into `dest` each file an earlier copy of this URI holds unchanged (same name, size and
+    modification time in the store's listing); returns their names. Only the rest is copied from storage."""
+    known = _previous(base, keep)
+    done = set()
+    for name, size, mtime in files:
+        src = known.get(json.dumps([name, size, mtime]))
+        if src is None:
+            continue
+        (dest / name).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(src, dest / name)
+        except OSError:
+            shutil.copyfile(src, dest / name)
+        done.add(name)
+    return done
 
 
 def local_data(d, listed_only: tuple[str, ...] = ()):
@@ -239,6 +372,9 @@ def local_data(d, listed_only: tuple[str, ...] = ()):
     # subfolders beside them (Visual Genome's images, staged through data.images) are not copied twice
     staged = {k: str(stage(v, f"data.{k}", d.cache_dir, copy=k not in listed_only, top_only=k == "path").local)
               for k in DATA_LOCATIONS if is_remote(v := getattr(d, k))}
+    # file:///abs/path, a form `--out` takes too: the path itself
+    staged.update({k: v.removeprefix("file://") for k in DATA_LOCATIONS
+                   if isinstance(v := getattr(d, k), str) and v.startswith("file://")})
     return dataclasses.replace(d, **staged) if staged else d
 
 
@@ -258,6 +394,30 @@ def identity(path: str | Path) -> str | None:
         if parent.name == "data" and (parent.parent / MARKER).is_file():
             return parent.parent.name
     return None
+
+
+def clean(cache_dir: str | Path | None = None) -> tuple[int, int]:
+    """`ccr data --clean`: every staged copy on this node that no process reads, and the leftovers of killed
+    stagings; returns (folders removed, bytes freed). A later study stages what it needs again."""
+    root = _root(cache_dir) / "staged"
+    removed, freed = 0, 0
+    for base in sorted(root.iterdir()) if root.is_dir() else []:
+        if not base.is_dir():
+            continue
+        with node_lock(base.with_suffix(".lock")):  # no staging of this URI is under way
+            for d in base.glob(".partial-*"):
+                freed += _bytes(d)
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+            gone = remove_unused(base)
+            removed += len(gone)
+            freed += sum(gone.values())
+    return removed, freed
+
+
+def _bytes(d: Path) -> int:
+    """What removing `d` frees: its files not also linked from another copy."""
+    return sum(st.st_size for f in d.rglob("*") if f.is_file() and (st := f.stat()).st_nlink == 1)
 
 
 def partials(cache_dir: str | Path | None = None) -> list[Path]:

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ccr.errors import StorageError, StorageWriteError
+from ccr.io.redact import redact
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -129,6 +130,15 @@ class Storage:
             self._base, self._query = str(path), ""
             self.fs, self.root, self.uri = None, str(path), str(path)
 
+    def remove_created(self) -> None:
+        """Remove the (still empty) folders `open_storage` made for this location: a command refused after it
+        opened its output leaves nothing behind. Not done on success, where the folder is about to be written
+        (and other processes of the same study, Ray Train's ranks, open it too)."""
+        for p in getattr(self, "created", []):
+            with contextlib.suppress(OSError):
+                p.rmdir()
+        self.created = []
+
     # ---- naming --------------------------------------------------------------------------------
     def __reduce__(self):  # pickles by URI: filesystems are rebuilt on the receiving node
         return (Storage, (self.uri,))
@@ -143,8 +153,8 @@ class Storage:
         return hash(self.uri)
 
     def display(self, rel: str = "") -> str:
-        """A name for messages: the URI without its query (no endpoints or options in logs)."""
-        return self._base + (f"/{rel}" if rel else "")
+        """A name for messages: the URI without its query (no endpoints or options in logs) or credentials."""
+        return redact(self._base + (f"/{rel}" if rel else ""))
 
     def child(self, rel: str) -> Storage:
         rel = rel.strip("/")
@@ -308,17 +318,16 @@ def open_storage(location: str | os.PathLike | Storage) -> Storage:
         raise StorageError(f"{store.local_path} is a file, not a folder")
     else:  # a folder we cannot write to fails here, not after the first task has trained
         path = store.local_path
-        created = [p for p in (path, *path.parents) if not p.exists()]
+        store.created = [p for p in (path, *path.parents) if not p.exists()]
         try:
             path.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=path, prefix=f"{TMP_PREFIX}probe.", suffix=".tmp"):
-                pass
+            fd, probe = tempfile.mkstemp(dir=path, prefix=f"{TMP_PREFIX}probe.", suffix=".tmp")
+            os.close(fd)
+            with contextlib.suppress(FileNotFoundError):  # another process of the study may have cleaned it up
+                os.unlink(probe)
         except OSError as e:
+            store.remove_created()
             raise StorageError(f"cannot write to {path}: {e.strerror or e}") from e
-        finally:  # checking leaves nothing behind: folders appear when something is written
-            for p in created:
-                with contextlib.suppress(OSError):
-                    p.rmdir()
     return store
 
 

@@ -38,6 +38,20 @@ def recall_at_k(result_owner: np.ndarray, query_owner: np.ndarray, ks: list[int]
     return {k: float(100.0 * np.mean(first < k)) for k in ks}
 
 
+def chance_recall(k: int, gallery: int, relevant: float = 1.0) -> float:
+    """R@k (%) of a random ranking: a query with `relevant` matching items among `gallery` finds one in its top
+    k with probability 1 - C(gallery - relevant, k) / C(gallery, k) (`relevant` may be a mean, as captions
+    per image are)."""
+    if gallery <= 0:
+        return float("nan")
+    if k >= gallery - relevant + 1:
+        return 100.0
+    miss = 1.0
+    for i in range(int(k)):
+        miss *= max(0.0, (gallery - relevant - i) / (gallery - i))
+    return 100.0 * (1.0 - miss)
+
+
 def rsum_ks(ks) -> list[int]:
     """The K that rsum adds: those of 1, 5, 10 that were measured (the usual rsum), else every measured K."""
     ks = sorted(set(ks))

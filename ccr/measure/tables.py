@@ -4,19 +4,44 @@ from __future__ import annotations
 
 from typing import Any
 
+from ccr.measure.metrics import chance_recall
 from ccr.measure.results import metric, smallest_k
 
 
-def _fmt(v: float | None, width: int = 5) -> str:
-    return f"{'-':>{width}}" if v is None else f"{v:{width}.1f}"
+def _fmt(v: float | None, width: int = 5, decimals: int = 1) -> str:
+    """A number as the tables print it; None as '-'. Rounded first, + 0.0: never "-0.0"."""
+    return f"{'-':>{width}}" if v is None else f"{round(v, decimals) + 0.0:{width}.{decimals}f}"
+
+
+def chance_row(res: dict[str, Any], direction: str, k: int | str, tasks: list[str] | None = None) -> list[float]:
+    """What a random ranking scores, per evaluated task: in its own gallery (task scope), or in the gallery of
+    every task of the sequence (seen scope, after the last task)."""
+    tasks = tasks or res["task_order"]
+    counts = {t: int(v.get("test", 0)) for t, v in ((res.get("dataset") or {}).get("tasks") or {}).items()}
+    first = ((res.get("index_cost") or {}).get("per_step") or [{}])[0]
+    per_image = first["captions"] / first["images"] if first.get("images") else 1.0
+    if res.get("scope") == "seen":
+        counts = {t: sum(counts.get(x, 0) for x in res["task_order"]) for t in tasks}
+    if direction == "t2i":
+        return [chance_recall(int(k), counts.get(t, 0)) for t in tasks]
+    return [chance_recall(int(k), round(counts.get(t, 0) * per_image), per_image) for t in tasks]
+
+
+def trivial_ks(res: dict[str, Any]) -> list[int]:
+    """The Ks at which some task's gallery is so small that R@K is 100 % whatever the model (K >= its size)."""
+    return sorted(int(k) for k in res["recall"]["t2i"]
+                  if any(c >= 100.0 for d in ("t2i", "i2t") for c in chance_row(res, d, k)))
 
 
 def matrix_table(title: str, m: list[list[float | None]], tasks: list[str],
-                 first: list[float | None] | None = None, rows: list[str] | None = None) -> str:
-    """Rows: after learning task s (and `first`, θ0's zero-shot row, above them); columns: evaluated task.
-    Task names in full, never cut."""
+                 first: list[float | None] | None = None, rows: list[str] | None = None,
+                 chance: list[float] | None = None) -> str:
+    """Rows: after learning task s (and `first`, θ0's zero-shot row, above them; `chance`, a random ranking's,
+    below); columns: evaluated task. Task names in full, never cut."""
     labels = (["θ0 (zero-shot)"] if first is not None else []) + (rows or [f"after {t}" for t in tasks])
     body = ([first] if first is not None else []) + list(m)
+    if chance is not None:
+        labels, body = [*labels, "chance"], [*body, chance]
     w = max(len(r) for r in labels)
     cw = max(5, *(len(t) for t in tasks))
     lines = [title, " " * (w + 1) + " ".join(f"{t:>{cw}}" for t in tasks)]
@@ -39,7 +64,7 @@ def initial_table(res: dict[str, Any]) -> str:
     names = [f"{q}/{d}/R@{k}" for q in ("zero_shot", "transfer", "control", "retention") for d in ("i2t", "t2i")]
     have = [(n, m[n]) for n in names if n in m]
     if have:
-        out.append("  ".join(f"{n} {v:.1f}" for n, v in have))
+        out.append("  ".join(f"{n} {_fmt(v, 0)}" for n, v in have))
     return "\n\n".join(out)
 
 
@@ -51,19 +76,31 @@ def first_k(res: dict[str, Any]) -> str:
 def summary_table(res: dict[str, Any]) -> str:
     k = first_k(res)
     cols = [metric(q, d, k) for d in ("i2t", "t2i") for q in ("avg_final_recall", "forgetting")]
+    trivial = trivial_ks(res)
     flips = metric("negative_flips", "t2i", k)
     lines = [f"{'policy':<18} {'cost(img+cap)':>14} " + " ".join(f"{c:>19}" for c in cols) + f" {'rsum':>7}"
              + f" {flips:>23}"]
     one_task = len(res["task_order"]) == 1  # forgetting (and a flip) needs a task after the one forgotten
     for name, r in res["by_policy"].items():
         m = r["metrics"]
-        rsum = f"{m['rsum']:7.1f}" if m.get("rsum") is not None else f"{'-':>7}"
-        flip = f"{m[flips]:23.1f}" if m.get(flips) is not None else f"{'-':>23}"
+        rsum = _fmt(m.get("rsum"), 7)
+        flip = _fmt(m.get(flips), 23)
         lines.append(f"{name:<18} {m['index_cost/embedded']:>14} "
-                     + " ".join(f"{'-':>19}" if one_task and c.startswith("forgetting") else f"{m[c]:19.1f}"
+                     + " ".join(f"{'-':>19}" if one_task and c.startswith("forgetting") else _fmt(m[c], 19)
                                 for c in cols)
                      + f" {rsum} {flip}")
+    if trivial:  # the rsum sums R@1, R@5 and R@10 of both directions
+        lines.append(f"* R@{', R@'.join(map(str, trivial))}: K is at least the size of a task's gallery "
+                     f"({_smallest(res)}), so that recall is 100 % whatever the model, and rsum counts it")
+        lines[0] = lines[0].replace(f"{'rsum':>7}", f"{'rsum*':>7}")
     return "\n".join(lines)
+
+
+def _smallest(res: dict[str, Any]) -> str:
+    counts = {t: int(v.get("test", 0)) for t, v in ((res.get("dataset") or {}).get("tasks") or {}).items()
+              if t in res["task_order"]}
+    t = min(counts, key=counts.get)
+    return f"{counts[t]} test images in {t}"
 
 
 def anatomy_table(res: dict[str, Any]) -> str:
@@ -85,10 +122,12 @@ def anatomy_table(res: dict[str, Any]) -> str:
     for i, t in enumerate(res["task_order"]):
         vals = [g[c]["t2i"][k][last][i] for c in ("new_q/old_g", "new_q/new_g", "old_q/old_g", "old_q/new_g")]
         d0 = a.get("stability_from_init")
-        lines.append(f"{t:<{tw}} " + " ".join(f"{v:8.1f}" for v in vals)
-                     + f" {a['stability']['images'][last][i]:9.3f} {a['stability']['captions'][last][i]:9.3f}"
-                     + f" {a['alignment'][last][i]:6.3f}"
-                     + (f"  ({d0['images'][last][i]:.3f} / {d0['captions'][last][i]:.3f})" if d0 else ""))
+        stab = a["stability"]
+        lines.append(f"{t:<{tw}} " + " ".join(_fmt(v, 8) for v in vals)
+                     + f" {_fmt(stab['images'][last][i], 9, 3)} {_fmt(stab['captions'][last][i], 9, 3)}"
+                     + f" {_fmt(a['alignment'][last][i], 6, 3)}"
+                     + (f"  ({_fmt(d0['images'][last][i], 0, 3)} / {_fmt(d0['captions'][last][i], 0, 3)})"
+                        if d0 else ""))
     return "\n".join(lines)
 
 
@@ -98,8 +137,9 @@ def render(res: dict[str, Any]) -> str:
     parts = [
         f"strategy {res['strategy']}, policy {res['policy']}, scope {res['scope']}, seed {res['seed']}",
         matrix_table(f"t2i R@{k} (row: trained up to, column: evaluated task)", res["recall"]["t2i"][k], tasks,
-                     first=zs["t2i"][k] if zs else None),
-        matrix_table(f"i2t R@{k}", res["recall"]["i2t"][k], tasks, first=zs["i2t"][k] if zs else None),
+                     first=zs["t2i"][k] if zs else None, chance=chance_row(res, "t2i", k)),
+        matrix_table(f"i2t R@{k}", res["recall"]["i2t"][k], tasks, first=zs["i2t"][k] if zs else None,
+                     chance=chance_row(res, "i2t", k)),
         initial_table(res),
         summary_table(res),
         anatomy_table(res),

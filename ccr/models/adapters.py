@@ -43,8 +43,10 @@ def attach(model: DualEncoder, cfg: AdapterConfig, seed: int) -> None:
         for name in ENCODERS:
             enc = getattr(model, name)
             want = targets or default_targets(enc)
-            if not any(n.rsplit(".", 1)[-1] in want for n, _ in enc.named_modules()):
+            layers = [(n, m) for n, m in enc.named_modules() if n.rsplit(".", 1)[-1] in want]
+            if not layers:
                 continue  # e.g. the MLP on precomputed features: nothing to adapt there
+            _check_rank(cfg.r, name, layers)
             inject_adapter_in_model(LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                                                target_modules=want), enc)
             done.append(name)
@@ -55,6 +57,17 @@ def attach(model: DualEncoder, cfg: AdapterConfig, seed: int) -> None:
     model.base_names = {f"{e}.{n}" for e in done for n, p in getattr(model, e).named_parameters()
                         if not p.requires_grad}
     model.base_fingerprint = fingerprint(model)
+
+
+def _check_rank(r: int, encoder: str, layers: list[tuple[str, torch.nn.Module]]) -> None:
+    """A rank above min(in, out) of a layer adds parameters (and checkpoint size) and nothing else: B A is
+    already of full rank at min(in, out)."""
+    sizes = [(n, m.in_features, m.out_features) for n, m in layers if isinstance(m, torch.nn.Linear)]
+    if sizes:
+        n, i, o = min(sizes, key=lambda x: min(x[1], x[2]))
+        if r > min(i, o):
+            raise ConfigError(f"config key 'model.adapter.r': {r} is above the rank of {encoder}.{n} ({i} -> {o} "
+                              f"features); a LoRA rank is at most {min(i, o)} there")
 
 
 def fingerprint(model: torch.nn.Module) -> str:

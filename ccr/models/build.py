@@ -55,9 +55,14 @@ def _vision_size(spec: str) -> int | None:
     from ccr.models.pretrained import folder_config, local_folder
 
     what = "model.image.pretrained"
-    cfg = folder_config(local_folder(spec, what), what)
-    size = (cfg.get("vision_config") or cfg).get("image_size")
-    return int(size) if size else None
+    folder = local_folder(spec, what)
+    cfg = folder_config(folder, what)
+    vision = cfg.get("vision_config") or cfg
+    size = vision.get("image_size") if isinstance(vision, dict) else None
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ConfigError(f"{what}: {folder / 'config.json'}: image_size must be a positive whole number, got "
+                          f"{size!r}"[:300])
+    return size or None
 
 
 def _with_complete(cfg: Config, info: Complete) -> Config:

@@ -18,6 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, BertConfig, BertModel, ViTConfig, ViTModel
+from transformers.utils import logging as hf_logging
+
+# ccr reports its own progress: transformers' "Loading weights" bars would fill every run's console and log
+hf_logging.disable_progress_bar()
 
 if TYPE_CHECKING:
     from ccr.config.schema import ModelConfig, TrainConfig
@@ -26,6 +30,20 @@ if TYPE_CHECKING:
 
 
 def _tower(path: str, side: str) -> nn.Module:
+    """A pretrained tower; a folder transformers cannot build a model from is one ConfigError naming it."""
+    from ccr.errors import ConfigError
+
+    try:
+        return _load_tower(path, side)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever transformers raises for a config it cannot take: one line
+        raise ConfigError(f"model.{side}.pretrained: {path}: transformers cannot build a model from it "
+                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+                          ) from None
+
+
+def _load_tower(path: str, side: str) -> nn.Module:
     """One tower from a pretrained folder: the right class for what the folder holds. A complete CLIP or
     SigLIP folder gives its vision or text transformer; any other model loads without a pooler (ccr
     pools the last hidden states itself, and a pooler no loss reaches would break DDP)."""
@@ -225,7 +243,14 @@ class PretrainedDualEncoder(DualEncoder):
 
         self.kind = info.model_type
         cls = transformers.CLIPModel if self.kind == "clip" else transformers.SiglipModel
-        hf = cls.from_pretrained(info.folder, local_files_only=True)
+        try:
+            hf = cls.from_pretrained(info.folder, local_files_only=True)
+        except Exception as e:  # noqa: BLE001 - whatever transformers raises for a config it cannot take
+            from ccr.errors import ConfigError
+
+            raise ConfigError(f"model.pretrained: {info.folder}: transformers cannot build the model from it "
+                              f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+                              ) from None
         self.embed_dim = info.embed_dim
         self.trims_padding = self.kind == "clip"
         self.image_encoder, self.text_encoder = hf.vision_model, hf.text_model

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -64,6 +65,8 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what}: {path.parent} has no {path.name}") from e
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{what}: {path} is not valid JSON ({e})") from e
+    except RecursionError:
+        raise ConfigError(f"{what}: {path} is nested too deeply to be a config") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: {path} is not a JSON object")
     return data
@@ -99,36 +102,75 @@ def describe(spec: str) -> Complete:
     what = "model.pretrained"
     folder = local_folder(spec, what)
     cfg = _read_json(folder / "config.json", what)
+    pre = _read_json(folder / "preprocessor_config.json", what)
+    try:
+        return _describe(spec, folder, cfg, pre)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:  # a value of the wrong kind
+        raise ConfigError(f"{what}: {folder} holds a config value ccr cannot use ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it a CLIP or SigLIP folder as "
+                          "transformers saves one?") from None
+
+
+def _positive_int(d: dict[str, Any], key: str, default: int, where: str) -> int:
+    v = d.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ConfigError(f"model.pretrained: {where}: {key} must be a positive whole number, got {v!r}"[:300])
+    return v
+
+
+def _channels(pre: dict[str, Any], key: str, default: float, where: str) -> tuple[float, float, float]:
+    v = pre.get(key, (default,) * 3)
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        v = [v] * 3
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v):
+        raise ConfigError(f"model.pretrained: {where}: {key} must be 3 numbers (one per channel), got {v!r}"[:300])
+    if key == "image_std" and not all(x > 0 for x in v):
+        raise ConfigError(f"model.pretrained: {where}: image_std must be above 0 for every channel (pixels are "
+                          f"divided by it), got {list(v)}")
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def _describe(spec: str, folder: Path, cfg: dict[str, Any], pre: dict[str, Any]) -> Complete:
+    what = "model.pretrained"
     kind = cfg.get("model_type")
     if kind not in COMPLETE:
         raise ConfigError(f"{what}: {spec} is a {kind!r} model; complete dual encoders are {', '.join(COMPLETE)} "
                           "(for separate towers use model.image.pretrained and model.text.pretrained)")
+    where = str(folder / "config.json")
     vis, txt = cfg.get("vision_config") or {}, cfg.get("text_config") or {}
+    for name, part in (("vision_config", vis), ("text_config", txt)):
+        if not isinstance(part, dict):
+            raise ConfigError(f"{what}: {where}: {name} must be an object, got {type(part).__name__}")
     if kind == "clip":
-        dim = int(cfg.get("projection_dim", 512))
+        dim = _positive_int(cfg, "projection_dim", 512, where)
     else:  # SigLIP: the vision head keeps the hidden size, the text head projects to it
-        dim = int(vis.get("hidden_size", 768))
-        tdim = int(txt.get("projection_size") or txt.get("hidden_size", 768))
+        dim = _positive_int(vis, "hidden_size", 768, where)
+        tdim = int(txt.get("projection_size") or _positive_int(txt, "hidden_size", 768, where))
         if tdim != dim:
             raise ConfigError(f"{what}: {spec}: image embeddings have {dim} dimensions, text ones {tdim}")
-    pre = _read_json(folder / "preprocessor_config.json", what)
+    pre_file = str(folder / "preprocessor_config.json")
     try:
-        pixels = Pixels.from_processor_config(pre, str(folder / "preprocessor_config.json"))
+        pixels = Pixels.from_processor_config(pre, pre_file)
         shape = pixels.shape
     except ValueError as e:
         raise ConfigError(f"{what}: {e}") from e
-    size = int(vis.get("image_size", 224))
+    size = _positive_int(vis, "image_size", 224, where)
     if shape != (size, size):
         raise ConfigError(f"{what}: {spec}: its preprocessing makes {shape[0]}x{shape[1]} images, its vision tower "
                           f"takes {size}x{size}")
-    mean = tuple(float(x) for x in pre.get("image_mean", (0.5, 0.5, 0.5)))
-    std = tuple(float(x) for x in pre.get("image_std", (0.5, 0.5, 0.5)))
+    mean = _channels(pre, "image_mean", 0.5, pre_file)
+    std = _channels(pre, "image_std", 0.5, pre_file)
     rescale = float(pre.get("rescale_factor", 1 / 255)) if pre.get("do_rescale", True) else 1.0
+    if not math.isfinite(rescale) or rescale <= 0:
+        raise ConfigError(f"{what}: {pre_file}: rescale_factor must be above 0, got {pre.get('rescale_factor')!r}")
     if not pre.get("do_normalize", True):
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
     default_len = 77 if kind == "clip" else 64
-    return Complete(folder, kind, dim, size, int(txt.get("max_position_embeddings", default_len)), pixels,
-                    mean, std, rescale)  # type: ignore[arg-type]
+    return Complete(folder, kind, dim, size, _positive_int(txt, "max_position_embeddings", default_len, where),
+                    pixels, mean, std, rescale)
 
 
 def fingerprint(spec: str) -> str:

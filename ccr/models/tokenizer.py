@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+# the files a pretrained tokenizer is read from: one of these sets must be whole
+TOKENIZER_FILES = (("tokenizer.json",), ("vocab.json", "merges.txt"), ("vocab.txt",), ("spiece.model",),
+                   ("sentencepiece.bpe.model",), ("tokenizer.model",))
+MAX_UNKNOWN = 0.5  # more than this share of the training captions' tokens unknown: the tokenizer is not the model's
 
 
 def build_tokenizer(cfg: TextEncoderConfig, train_captions: list[str], complete: str | None = None
@@ -36,7 +40,7 @@ def build_tokenizer(cfg: TextEncoderConfig, train_captions: list[str], complete:
         from ccr.models.pretrained import local_folder
 
         what = "model.pretrained" if complete else "model.text.pretrained"
-        return AutoTokenizer.from_pretrained(local_folder(complete or cfg.pretrained, what), local_files_only=True)
+        return pretrained_tokenizer(local_folder(complete or cfg.pretrained, what), what, train_captions)
     tok = Tokenizer(models.WordLevel(unk_token="[UNK]"))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()])
@@ -48,6 +52,33 @@ def build_tokenizer(cfg: TextEncoderConfig, train_captions: list[str], complete:
         special_tokens=[(t, tok.token_to_id(t)) for t in ("[CLS]", "[SEP]")])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]",
                                    cls_token="[CLS]", sep_token="[SEP]", model_max_length=cfg.max_length)
+
+
+def pretrained_tokenizer(folder: Path, what: str, captions: list[str]) -> PreTrainedTokenizerBase:
+    """A pretrained folder's tokenizer, refused (one ConfigError naming the folder) where it is missing or
+    cannot encode the dataset: transformers builds a near-empty tokenizer from a folder whose vocabulary
+    files were not copied, every caption becomes [BOS, UNK, ...], and a study would train at chance."""
+    from ccr.errors import ConfigError
+
+    if not any(all((folder / f).is_file() for f in group) for group in TOKENIZER_FILES):
+        shown = ", ".join(" + ".join(g) for g in TOKENIZER_FILES)
+        raise ConfigError(f"{what}: {folder} has no tokenizer (none of: {shown}); copy the model's tokenizer "
+                          "files into the folder")
+    try:
+        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        ids = tok(captions[:2000], add_special_tokens=False)["input_ids"] if captions else []
+    except Exception as e:  # noqa: BLE001 - a damaged or partial tokenizer: one line, whatever transformers raised
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"{what}: the tokenizer in {folder} cannot be read ({first[:300]}); is the folder "
+                          "complete?") from None
+    total = sum(len(x) for x in ids)
+    unknown = sum(x.count(tok.unk_token_id) for x in ids) if tok.unk_token_id is not None else 0
+    if captions and (total == 0 or unknown > MAX_UNKNOWN * total):
+        share = 1.0 if total == 0 else unknown / total
+        raise ConfigError(f"{what}: the tokenizer in {folder} cannot encode this dataset: {share:.0%} of the "
+                          f"training captions' tokens are unknown ({tok.unk_token}); its vocabulary has {len(tok)} "
+                          "tokens. Is the folder complete (its vocabulary files copied)?")
+    return tok
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

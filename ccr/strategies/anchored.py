@@ -139,8 +139,11 @@ class ZSCL(_Anchored):
     def validate(self, cfg, ds, order) -> None:
         tasks = self.reference_tasks(cfg)
         if not tasks:
+            hint = (" On the generated benchmark, data.pretrain_pool=N adds a task 'pool' of N images for it: "
+                    "--set data.pretrain_pool=200 --set strategy.params.zscl.reference=[pool]"
+                    if cfg.data.kind == "generated" else "")
             raise ConfigError("strategy zscl needs reference data: strategy.params.zscl.reference (tasks never "
-                              "trained) or tasks.pretrain")
+                              "trained) or tasks.pretrain." + hint)
         bad = [t for t in tasks if t not in ds.task_names]
         if bad:
             raise DataError(f"strategy.params.zscl.reference: unknown task(s) {bad}; the dataset's tasks are "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 
+from ccr.config.plugins import claim_name
 from ccr.errors import ConfigError
 from ccr.strategies.context import Batch, TaskContext
 from ccr.typed import from_dict
@@ -37,6 +38,7 @@ class Strategy:
     """Base: fine-tuning behaviour. Subclasses override only the hooks they need."""
 
     name: ClassVar[str] = ""
+    replaces_builtin: ClassVar[bool] = False  # a plugin's class may take the name of one of ccr's own
     source: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     supports_distributed: ClassVar[bool] = True  # DDP-correct: state consistent across ranks
@@ -96,9 +98,9 @@ class Strategy:
 
 
 def register(cls: type[Strategy]) -> type[Strategy]:
-    """Class decorator: make a strategy usable by name; warns of misspelled hooks at import time."""
-    if not cls.name:
-        raise TypeError(f"{cls.__name__} needs a `name`")
+    """Class decorator: make a strategy usable by name; refuses misspelled hooks at import time, and a name of
+    ccr's own unless the class says `replaces_builtin = True`."""
+    claim_name("strategy", cls.name, cls, REGISTRY, "strategy.name")
     for attr in vars(cls):
         if (attr.startswith(("before_", "after_")) or attr.endswith("_terms")) and attr not in HOOKS:
             raise TypeError(f"strategy {cls.name}: {attr!r} is not a hook (hooks: {', '.join(HOOKS)})")

@@ -17,6 +17,7 @@ import yaml
 from ccr.config.schema import Config
 from ccr.data.dataset import RetrievalDataset
 from ccr.errors import ConfigError
+from ccr.io.redact import SafeFormatter
 from ccr.io.storage import TMP_PREFIX, Storage
 from ccr.models import ModelSource, build_tokenizer
 from ccr.study.resume import config_differences
@@ -73,7 +74,7 @@ def logging_to_store(store: Storage, out: Path) -> Iterator[None]:
     if store.remote and not (out / "log.txt").exists() and store.is_file("log.txt"):
         (out / "log.txt").write_bytes(store.read_bytes("log.txt"))  # a resume on another node
     handler = logging.FileHandler(out / "log.txt")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(SafeFormatter())
     root = logging.getLogger("ccr")
     root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:

@@ -19,11 +19,13 @@ from typing import Any
 import torch
 import yaml
 
+from ccr.config.plugins import record as plugins_record
 from ccr.config.schema import Config, to_dict
 from ccr.data import checked_order, load_dataset
 from ccr.index.backend import Galleries
 from ccr.io.checkpoint import from_bytes, to_bytes
 from ccr.io.provenance import provenance
+from ccr.io.redact import redact_tree
 from ccr.io.storage import Storage, open_storage
 from ccr.measure import results
 from ccr.measure.evaluation import Evaluator
@@ -63,9 +65,17 @@ class Study:
         self.cfg, self.progress, self.threads = cfg, progress, threads
         self.galleries, self.on_batch = galleries, on_batch
         self.store = open_storage(out)
+        try:  # a study refused here leaves no folder behind
+            self._check_inputs(cfg, device)
+        except BaseException:
+            self.store.remove_created()
+            raise
+
+    def _check_inputs(self, cfg: Config, device: torch.device | None) -> None:
+        """Everything a study needs that can be wrong, read and checked before anything trains."""
         self.out = self.store.scratch()
         self.started = time.time()
-        self.config_dict = to_dict(cfg)
+        self.config_dict = redact_tree(to_dict(cfg))  # what every file records: no credential of any URI
         outputs.check_out_dir(self.store, self.config_dict)
         outputs.clean_leftovers(self.out)
         self.ds = load_dataset(cfg, self.source.pixels)
@@ -73,8 +83,8 @@ class Study:
         self.strategy = build_strategy(cfg.strategy)
         self.strategy.validate(cfg, self.ds, self.order)
         self.device = device if device is not None else resolve_device(cfg.train.device)
-        if cfg.train.threads or threads:
-            torch.set_num_threads(cfg.train.threads or threads)
+        if cfg.train.threads or self.threads:
+            torch.set_num_threads(cfg.train.threads or self.threads)
         self.tracking = Tracking(cfg, self.store, self.config_dict, self.order)
 
     @contextlib.contextmanager
@@ -88,6 +98,13 @@ class Study:
         """Tokenizer (fitted on training captions, saved with the run), model (pretrained first where
         tasks.pretrain says so) and evaluator."""
         self._model()
+        sizes = {t: len(self.ds.image_ids(t, "test")) for t in self.order}
+        smallest = min(sizes, key=sizes.get)
+        trivial = [k for k in self.cfg.eval.ks if k >= sizes[smallest]]
+        if trivial:  # said before training: R@K of such a gallery is 100 % whatever the model
+            log.warning("R@%s: K is at least the %d test images of task %s, so that recall is 100 %% whatever the "
+                        "model (and rsum counts it); use more test items or smaller eval.ks",
+                        ", R@".join(map(str, trivial)), sizes[smallest], smallest)
         if self.cfg.model.freeze == "backbone":  # the fixed-features regime: only the heads learn the sequence
             self.model.freeze_backbone()
         self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device), self.galleries())
@@ -227,7 +244,7 @@ class Study:
             pretrain=self.pretrained, train=self.train_stats[:upto], resumes=self.resumes,
             provenance={**provenance(), "started": self.started, "finished": time.time(),
                         "device": str(self.device), "torch_threads": torch.get_num_threads(),
-                        "storage": self.store.display()})
+                        "storage": self.store.display(), "plugins": plugins_record()})
 
 
 def run_study(cfg: Config, out: str | Path | Storage, progress: bool = True) -> dict[str, Any]:
