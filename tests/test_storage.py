@@ -105,7 +105,7 @@ def test_ranks_opening_one_new_output_at_once_never_refuse_it(tmp_path):
     for round_ in range(20):
         out = tmp_path / f"out{round_}" / "study"
 
-        def rank() -> None:
+        def rank(out=out) -> None:
             try:
                 open_storage(out)
                 clean_leftovers(out)

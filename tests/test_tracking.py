@@ -292,7 +292,8 @@ def test_a_warning_says_why_in_a_few_words_never_cut_mid_word():
 
     refused = ("HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded with url: /api/2.0/mlflow/"
                "experiments/get-by-name?experiment_name=x (Caused by NewConnectionError('<urllib3.connection."
-               "HTTPConnection object at 0x7f>: Failed to establish a new connection: [Errno 111] Connection refused'))")
+               "HTTPConnection object at 0x7f>: Failed to establish a new connection: [Errno 111] Connection "
+               "refused'))")
     assert _first_line(Exception(refused)) == "[Errno 111] Connection refused"
     long = _first_line(Exception("word " * 100))
     assert len(long) <= 300 and long.endswith(" ...") and "wor ..." not in long
