@@ -153,6 +153,7 @@ def test_a_plugin_replaces_a_builtin_only_when_it_says_so_and_results_record_it(
     err = capsys.readouterr().err
     # plugins, like any import, run code: each is named with where it was read from
     assert f"ccr: plugin '{plug}' imported from {plug.resolve()}" in err
+    assert f"plugin '{plug}' imported from {plug.resolve()}" in (out / "log.txt").read_text()
     prov = json.loads((out / "results.json").read_text())["provenance"]["plugins"]
     assert list(prov["overrides"]) == ["strategy finetune"]
     assert prov["overrides"]["strategy finetune"].endswith(".MyFinetune")

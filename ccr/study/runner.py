@@ -97,6 +97,8 @@ class Study:
     def build(self) -> None:
         """Tokenizer (fitted on training captions, saved with the run), model (pretrained first where
         tasks.pretrain says so) and evaluator."""
+        for spec, where in plugins_record()["imported"].items():  # in log.txt too: code the study ran
+            log.info("plugin %r imported from %s", spec, where["path"])
         self._model()
         sizes = {t: len(self.ds.image_ids(t, "test")) for t in self.order}
         smallest = min(sizes, key=sizes.get)
