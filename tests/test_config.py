@@ -187,3 +187,19 @@ def test_a_yaml_alias_bomb_is_one_short_line(tmp_path, capsys):
     assert main(["run", str(tmp_path / "c.yaml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert len(err) < 400 and "config key 'seed': expected int, got list" in err, err[:600]
+
+
+def test_checking_a_config_imports_no_torch():
+    """A config (and every sweep cell) is checked before torch is imported: a refused config answers at once,
+    and a sweep's driver, which never trains, does not spend a second of its start-up importing it."""
+    import subprocess
+    import sys
+
+    from tests.cli import REPO
+
+    code = ("import sys\nfrom ccr.study.configure import load_config\n"
+            "load_config(None, ['strategy.name=[replay,ewc,lwf,zscl,agem,wiseft,compat]', "
+            "'index.compare=[no_reindex,backfill,drift_map]'])\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout[-500:] + out.stderr[-2000:]

@@ -6,13 +6,18 @@ several shards or several per-task parts all give the same answer.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 try:
     import faiss
 except ImportError:  # pragma: no cover - faiss is a dependency, but the torch backend needs none
     faiss = None
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 def order_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,6 +43,8 @@ class FlatIndex:
 
     def __init__(self, vectors: np.ndarray | torch.Tensor, ids: np.ndarray, backend: str = "faiss",
                  device: str = "cpu", dtype: str = "float32"):
+        import torch
+
         self.ids = np.asarray(ids, dtype=np.int64)
         self.backend = backend
         self.dim = vectors.shape[1]
@@ -56,6 +63,8 @@ class FlatIndex:
         return len(self.ids)
 
     def _raw(self, q: np.ndarray, kk: int) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
         if self.backend == "faiss":
             return self.index.search(q, kk)
         m = self.matrix
@@ -79,6 +88,8 @@ class FlatIndex:
         ties are rounding artefacts and frequent: they are broken by id among the fetched candidates,
         without a second pass.
         """
+        import torch
+
         q = np.ascontiguousarray(queries, dtype=np.float32)
         n = len(self)
         if n == 0 or len(q) == 0:

@@ -7,12 +7,17 @@ so negatives come from the global batch while gradients flow through the local r
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 def infonce(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> dict[str, torch.Tensor]:
     """Symmetric InfoNCE (CLIP) with learnable temperature exp(-logit_scale)."""
+    import torch
+    import torch.nn.functional as F
+
     scale = logit_scale.clamp(max=4.6052).exp()  # temperature >= 0.01, as CLIP
     logits = scale * img @ txt.T
     target = torch.arange(len(img), device=img.device)
@@ -22,6 +27,8 @@ def infonce(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> 
 
 def vsepp(img: torch.Tensor, txt: torch.Tensor, margin: float) -> dict[str, torch.Tensor]:
     """VSE++ hinge loss with the hardest negative in the batch, in both directions (Faghri et al. 2018)."""
+    import torch
+
     sim = img @ txt.T
     pos = sim.diag()
     eye = torch.eye(len(sim), dtype=torch.bool, device=sim.device)
@@ -36,6 +43,9 @@ def siglip(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor, logi
     """SigLIP's pairwise sigmoid loss (Zhai et al. 2023): every (image, caption) pair of the batch is a binary
     decision, matching or not, on scale * similarity + bias; summed over captions, averaged over images, as
     transformers' SiglipModel computes it."""
+    import torch
+    import torch.nn.functional as F
+
     logits = img @ txt.T * logit_scale.exp() + logit_bias
     labels = 2 * torch.eye(len(img), device=img.device, dtype=logits.dtype) - 1
     return {"contrastive_loss": -F.logsigmoid(labels * logits).sum(1).mean()}

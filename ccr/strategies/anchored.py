@@ -8,17 +8,19 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from ccr import seeds
 from ccr.errors import ConfigError, DataError
-from ccr.models.precision import autocast_for
+from ccr.models.precision import autocast_for, no_grad
 from ccr.seeds import task_seed
 from ccr.strategies.base import Strategy, register
 from ccr.strategies.context import make_batch, sample_captions
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _Anchored(Strategy):
@@ -35,6 +37,8 @@ class _Anchored(Strategy):
 
     def initial_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """A frozen copy of `model` with θ0's parameters, in eval mode."""
+        import torch
+
         m = copy.deepcopy(model).eval()
         named = dict(m.named_parameters())
         with torch.no_grad():
@@ -71,7 +75,7 @@ class WiSEFT(_Anchored):
     source = "Wortsman et al. 2022 (WiSE-FT); Ilharco et al. 2022 (patching)"
     Params = WiSEFTParams
 
-    @torch.no_grad()
+    @no_grad
     def after_task(self, ctx, model):
         a = self.params.alpha
         for n, p in model.named_parameters():
@@ -102,6 +106,8 @@ class ZSCLParams:
 def soft_distillation(teacher: torch.Tensor, student: torch.Tensor, t: float) -> torch.Tensor:
     """ZSCL's distillation: cross-entropy of the student's softened distribution against the teacher's, per
     row, times T^2 (Hinton et al. 2015)."""
+    import torch.nn.functional as F
+
     return F.cross_entropy(student / t, F.softmax(teacher / t, dim=1)) * t * t
 
 
@@ -164,6 +170,8 @@ class ZSCL(_Anchored):
         self.mean, self.count, self.steps = {}, 0, 0
 
     def loss_terms(self, ctx, model, batch):
+        import torch
+
         p = self.params
         items = self.items
         n = max(1, min(p.batch_size, len(items) // ctx.world_size))
@@ -183,7 +191,7 @@ class ZSCL(_Anchored):
         loss = soft_distillation(ref, cur, t) + soft_distillation(ref.T, cur.T, t)
         return {"zscl_loss": p.weight * loss}
 
-    @torch.no_grad()
+    @no_grad
     def _merge(self, model) -> None:
         for n, q in model.named_parameters():
             if q.requires_grad:
@@ -196,7 +204,7 @@ class ZSCL(_Anchored):
             self._merge(model)  # the weights before this step: the iterate the previous step produced
         self.steps += 1
 
-    @torch.no_grad()
+    @no_grad
     def after_task(self, ctx, model):
         if self.params.average_every:
             self._merge(model)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
-import torch
 
 from ccr.config.plugins import claim_name
 from ccr.errors import ConfigError
@@ -22,6 +21,8 @@ from ccr.strategies.context import Batch, TaskContext
 from ccr.typed import from_dict
 
 if TYPE_CHECKING:
+    import torch
+
     from ccr.models import DualEncoder
 
 REGISTRY: dict[str, type[Strategy]] = {}
@@ -74,6 +75,8 @@ class Strategy:
         """The optimizer for this task over `params` (the trainable ones). Default: AdamW with train.lr and
         train.weight_decay. Parameter groups may carry their own `lr`: the per-task schedule (warmup,
         then cosine) scales each group's own learning rate."""
+        import torch
+
         return torch.optim.AdamW(params, lr=ctx.cfg.train.lr, weight_decay=ctx.cfg.train.weight_decay)
 
     def after_backward(self, ctx: TaskContext, model: DualEncoder, batch: Batch) -> None:

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 if TYPE_CHECKING:
+    import torch
+
     from ccr.config.schema import Config
     from ccr.data.dataset import RetrievalDataset
     from ccr.models import TokenizedCaptions

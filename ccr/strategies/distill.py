@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
 
 from ccr.errors import ConfigError
 from ccr.models import losses
+from ccr.models.precision import no_grad
 from ccr.strategies.base import Batch, Strategy, register
+
+if TYPE_CHECKING:
+    import torch
 
 
 class _OldModel(Strategy):
@@ -28,7 +30,7 @@ class _OldModel(Strategy):
             for q in self.old.parameters():
                 q.requires_grad_(False)
 
-    @torch.no_grad()
+    @no_grad
     def old_embeddings(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         return self.old(batch.images, batch.input_ids, batch.attention_mask)
 
@@ -45,6 +47,8 @@ class _OldModel(Strategy):
 
 def similarity_distillation(new_img, new_txt, old_img, old_txt, tau: float) -> torch.Tensor:
     """KL(old || new) of the in-batch image->text and text->image similarity distributions."""
+    import torch.nn.functional as F
+
     n, o = new_img @ new_txt.T / tau, old_img @ old_txt.T / tau
     kl = F.kl_div(F.log_softmax(n, 1), F.log_softmax(o, 1), log_target=True, reduction="batchmean")
     kl_t = F.kl_div(F.log_softmax(n.T, 1), F.log_softmax(o.T, 1), log_target=True, reduction="batchmean")

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ccr import seeds
 from ccr.errors import ConfigError
@@ -19,6 +19,10 @@ from ccr.strategies.context import make_batch
 from ccr.strategies.replay import EpisodicMemory
 
 log = logging.getLogger(__name__)
+
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -34,6 +38,8 @@ class AGEMParams:
 def project(g: torch.Tensor, g_ref: torch.Tensor) -> tuple[torch.Tensor, bool]:
     """A-GEM's rule: g unchanged when g·g_ref >= 0, else g minus its component along g_ref (so that the
     result has zero inner product with g_ref). Returns (gradient, whether it was projected)."""
+    import torch
+
     dot = torch.dot(g, g_ref)
     if dot >= 0:
         return g, False
@@ -66,6 +72,8 @@ class AGEM(Strategy):
 
     def reference_gradient(self, ctx, model, params: list[torch.nn.Parameter]) -> torch.Tensor:
         """The flat gradient of the memory loss (averaged over ranks), without touching `.grad`."""
+        import torch
+
         imgs, caps = self.memory.pairs()
         n = max(1, min(self.params.ref_batch, len(imgs) // ctx.world_size))
         # one reference batch for all ranks, each embedding its slice: the loss of the gathered rows is the
@@ -83,6 +91,8 @@ class AGEM(Strategy):
         return ctx.mean_over_ranks(flat.float())
 
     def after_backward(self, ctx, model, batch):
+        import torch
+
         if len(self.memory) < 2:
             return
         params = [p for p in model.parameters() if p.requires_grad and p.grad is not None]
@@ -98,6 +108,8 @@ class AGEM(Strategy):
                 offset += n
 
     def after_task(self, ctx, model):
+        import torch
+
         if ctx.index > 0 and ctx.rank == 0:
             log.info("agem: %d of %d steps of task %s projected", self.projected,
                                              self.steps, ctx.task)

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ccr import seeds
 from ccr.errors import ConfigError
@@ -13,6 +13,9 @@ from ccr.models import losses
 from ccr.seeds import task_seed
 from ccr.strategies.base import Strategy, TaskContext, register
 from ccr.strategies.context import make_batch, sample_captions
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
@@ -53,6 +56,8 @@ class EWC(Strategy):
         self.constant = 0.0  # Σ_t F_t (θ*_t - μ)^2 over all weights: the penalty's value at θ = μ
 
     def penalty(self, model: torch.nn.Module) -> torch.Tensor:
+        import torch
+
         named = dict(model.named_parameters())
         total = torch.zeros((), device=next(model.parameters()).device)
         for n, f in self.fisher.items():
@@ -66,6 +71,8 @@ class EWC(Strategy):
         """The mean over `fisher_batches` batches of the squared gradient of the batch loss. The batches are
         drawn the same on every rank and shared out among them (rank r computes batches r, r+W, ...); the
         sums are all-reduced, so W workers estimate exactly what one process does."""
+        import torch
+
         p = self.params
         rng = np.random.default_rng(task_seed(ctx.cfg.seed, ctx.index, seeds.EWC_FISHER))
         items = ctx.dataset.image_ids(ctx.task, "train")
@@ -98,6 +105,8 @@ class EWC(Strategy):
 
     def add(self, fisher: dict[str, torch.Tensor], anchor: dict[str, torch.Tensor]) -> None:
         """Fold one task's quadratic F_t (θ - θ*_t)^2 into the running one (online: decay, re-centre)."""
+        import torch
+
         if self.params.online or not self.fisher:
             g = self.params.gamma if self.fisher else 0.0
             self.fisher = {n: g * self.fisher.get(n, 0) + f for n, f in fisher.items()}

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ccr import seeds
 from ccr.errors import ConfigError
 from ccr.seeds import task_seed
 from ccr.strategies.base import Strategy, TaskContext, register
 from ccr.strategies.context import sample_captions
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass
