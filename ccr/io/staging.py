@@ -36,15 +36,13 @@ from pathlib import Path
 from typing import Any
 
 from ccr.errors import ConfigError, DataError, StorageError
+from ccr.io import copies
+from ccr.io.copies import LISTING, MARKER, hold, link_unchanged, remove_unused
 from ccr.io.redact import redact_tree
 from ccr.io.storage import Storage, cache_root, is_uri, node_lock
 
 log = logging.getLogger(__name__)
 
-MARKER = ".ccr-complete"
-LISTING = "listing.json"  # beside the marker: every staged object's (name, size, mtime), to reuse unchanged files
-IN_USE = ".in-use"  # a shared lock on it: some process reads this copy (it is not removed while one does)
-_HELD: dict[str, int] = {}  # staged folders this process reads -> the file descriptor of its shared lock
 # the DataConfig keys that name inputs (files or folders)
 DATA_LOCATIONS = ("path", "images", "tasks_file", "split_file", "task_map", "instances")
 
@@ -188,7 +186,7 @@ def stage(uri: str, what: str, cache_dir: str | Path | None = None, copy: bool =
     found = Staged(uri, store.display(), folder / "data" / name if name else folder / "data", folder, kind,
                    len(files), total, sig)
     if (folder / MARKER).is_file() and not _damaged(found, files):
-        _hold(folder)
+        hold(folder)
         return found
     plan = _Plan(store, files, found, what, cache_dir, only)
     if not copy:
@@ -208,68 +206,6 @@ def _damaged(found: Staged, files: list) -> str | None:
         except OSError:
             return name
     return None
-
-
-def _hold(folder: Path) -> None:
-    """Say, for as long as this process lives, that it reads `folder` (a shared lock the OS drops at exit)."""
-    import fcntl
-
-    if str(folder) in _HELD:
-        return
-    try:
-        fd = os.open(folder / IN_USE, os.O_RDONLY | os.O_CREAT, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:  # a read-only cache: nothing is removed from it either
-        return
-    _HELD[str(folder)] = fd
-
-
-def _unused(folder: Path) -> bool:
-    """No process holds `folder` (see _hold); true too for a folder without the lock file."""
-    import fcntl
-
-    try:
-        fd = os.open(folder / IN_USE, os.O_RDONLY)
-    except OSError:
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def remove_unused(base: Path, keep: Path | None = None) -> dict[Path, int]:
-    """Remove one URI's staged copies (under `base`) that no process reads, except `keep`; returns
-    {folder removed: bytes freed}. Called with the URI's node lock held."""
-    gone = {}
-    for d in sorted(base.iterdir()) if base.is_dir() else []:
-        if not d.is_dir() or d == keep or d.name.startswith(".partial-"):
-            continue
-        if ((d / MARKER).is_file() or d.name.startswith(".damaged-")) and _unused(d):
-            gone[d] = _bytes(d)
-            shutil.rmtree(d, ignore_errors=True)
-    return gone
-
-
-def _previous(base: Path, keep: Path) -> dict[str, Path]:
-    """{name: (size, mtime) key -> file} of earlier copies of this URI (complete, or set aside as damaged): the
-    files a new staging can link instead of copying."""
-    known: dict[str, Path] = {}
-    for d in sorted(base.iterdir(), key=lambda x: x.stat().st_mtime) if base.is_dir() else []:
-        if d == keep or not d.is_dir() or not (d / LISTING).is_file():
-            continue
-        try:
-            listing = json.loads((d / LISTING).read_text())
-        except (OSError, ValueError):
-            continue
-        for name, size, mtime in listing:
-            f = d / "data" / name
-            if f.is_file() and f.stat().st_size == size:
-                known[json.dumps([name, size, mtime])] = f
-    return known
 
 
 def _stage(plan: _Plan) -> Staged:
@@ -302,7 +238,7 @@ def _stage_locked(plan: _Plan) -> Staged:
         if (folder / MARKER).is_file():  # another process of this node staged it while this one waited
             bad = _damaged(found, files)
             if not bad:
-                _hold(folder)
+                hold(folder)
                 return found
             log.warning("%s: %s is missing or changed in the staged copy %s; staging again what is not there",
                         what, bad, folder)
@@ -314,7 +250,7 @@ def _stage_locked(plan: _Plan) -> Staged:
         started = time.time()
         try:
             (tmp / "data").mkdir(parents=True, exist_ok=True)
-            reused = _link_unchanged(files, base, folder, tmp / "data") if found.kind == "folder" else set()
+            reused = link_unchanged(files, base, folder, tmp / "data") if found.kind == "folder" else set()
             todo = [f[0] for f in files if f[0] not in reused]
             log.info("staging %s (%d files, %.1f MB) into %s%s", store.display(), len(todo),
                      sum(f[1] for f in files if f[0] not in reused) / 1e6, folder,
@@ -339,30 +275,12 @@ def _stage_locked(plan: _Plan) -> Staged:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        _hold(folder)
+        hold(folder)
         for gone in remove_unused(base, keep=folder):  # earlier copies of this URI that nothing reads any more
             log.info("removed %s, an earlier copy of %s that no process reads", gone, store.display())
         event(plan.cache_dir, "staged", uri=store.display(), what=what, files=len(files), bytes=total,
               copied=len(todo), seconds=round(seconds, 3))
     return found
-
-
-def _link_unchanged(files: list, base: Path, keep: Path, dest: Path) -> set[str]:
-    """Hard-link into `dest` each file an earlier copy of this URI holds unchanged (same name, size and
-    modification time in the store's listing); returns their names. Only the rest is copied from storage."""
-    known = _previous(base, keep)
-    done = set()
-    for name, size, mtime in files:
-        src = known.get(json.dumps([name, size, mtime]))
-        if src is None:
-            continue
-        (dest / name).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(src, dest / name)
-        except OSError:
-            shutil.copyfile(src, dest / name)
-        done.add(name)
-    return done
 
 
 def local_data(d, listed_only: tuple[str, ...] = ()):
@@ -398,26 +316,8 @@ def identity(path: str | Path) -> str | None:
 
 def clean(cache_dir: str | Path | None = None) -> tuple[int, int]:
     """`ccr data --clean`: every staged copy on this node that no process reads, and the leftovers of killed
-    stagings; returns (folders removed, bytes freed). A later study stages what it needs again."""
-    root = _root(cache_dir) / "staged"
-    removed, freed = 0, 0
-    for base in sorted(root.iterdir()) if root.is_dir() else []:
-        if not base.is_dir():
-            continue
-        with node_lock(base.with_suffix(".lock")):  # no staging of this URI is under way
-            for d in base.glob(".partial-*"):
-                freed += _bytes(d)
-                shutil.rmtree(d, ignore_errors=True)
-                removed += 1
-            gone = remove_unused(base)
-            removed += len(gone)
-            freed += sum(gone.values())
-    return removed, freed
-
-
-def _bytes(d: Path) -> int:
-    """What removing `d` frees: its files not also linked from another copy."""
-    return sum(st.st_size for f in d.rglob("*") if f.is_file() and (st := f.stat()).st_nlink == 1)
+    stagings; returns (folders removed, bytes freed)."""
+    return copies.clean(_root(cache_dir) / "staged")
 
 
 def partials(cache_dir: str | Path | None = None) -> list[Path]:
