@@ -100,13 +100,7 @@ class Study:
         for spec, where in plugins_record()["imported"].items():  # in log.txt too: code the study ran
             log.info("plugin %r imported from %s", spec, where["path"])
         self._model()
-        sizes = {t: len(self.ds.image_ids(t, "test")) for t in self.order}
-        smallest = min(sizes, key=sizes.get)
-        trivial = [k for k in self.cfg.eval.ks if k >= sizes[smallest]]
-        if trivial:  # said before training: R@K of such a gallery is 100 % whatever the model
-            log.warning("R@%s: K is at least the %d test images of task %s, so that recall is 100 %% whatever the "
-                        "model (and rsum counts it); use more test items or smaller eval.ks",
-                        ", R@".join(map(str, trivial)), sizes[smallest], smallest)
+        warn_small_galleries(self.cfg, self.ds, self.order)
         if self.cfg.model.freeze == "backbone":  # the fixed-features regime: only the heads learn the sequence
             self.model.freeze_backbone()
         self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device), self.galleries())
@@ -255,3 +249,14 @@ def run_study(cfg: Config, out: str | Path | Storage, progress: bool = True) -> 
 
 
 __all__ = ["Study", "checkpoint_path", "run_study"]
+
+
+def warn_small_galleries(cfg: Config, ds, order: list[str]) -> None:
+    """Said before training: R@K of a gallery of at most K items is 100 % whatever the model."""
+    sizes = {t: len(ds.image_ids(t, "test")) for t in order}
+    smallest = min(sizes, key=sizes.get)
+    trivial = [k for k in cfg.eval.ks if k >= sizes[smallest]]
+    if trivial:
+        log.warning("R@%s: K is at least the %d test images of task %s, so that recall is 100 %% whatever the "
+                    "model (and rsum counts it); use more test items or smaller eval.ks",
+                    ", R@".join(map(str, trivial)), sizes[smallest], smallest)
