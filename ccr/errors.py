@@ -29,3 +29,10 @@ class StorageError(RuntimeError):
 
 class StorageWriteError(StorageError):
     """A write that failed (disk full, read-only, permissions): what was written before stays valid."""
+
+
+def first_line(e: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most `limit` characters ("" when it has none): what a one-line
+    error or warning quotes of a library's longer message."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else ""

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ccr.errors import ConfigError
+from ccr.errors import ConfigError, first_line
 
 log = logging.getLogger(__name__)
 ENV = "CCR_PLUGINS"  # JSON {spec: absolute file or folder} of the plugins this process's parent imported
@@ -122,9 +122,9 @@ def import_plugin(spec: str) -> ModuleType:
     except KeyboardInterrupt:
         raise ConfigError(f"plugin {spec!r} was interrupted while being imported (KeyboardInterrupt)") from None
     except Exception as e:  # noqa: BLE001  (a user's module may raise anything at import)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first_line(e)
         raise ConfigError(f"plugin {spec!r} failed to import: {type(e).__name__}"
-                          + (f": {first[:300]}" if first else "")) from None
+                          + (f": {first}" if first else "")) from None
     _LOADED[spec] = module
     IMPORTED[spec] = found_at
     # plugins, like any Python import, run code: say which, and from where

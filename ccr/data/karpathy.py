@@ -29,6 +29,7 @@ from ccr.data.dataset import (
     decode_checked,
     list_problem,
 )
+from ccr.errors import first_line
 from ccr.io.images import Pixels
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,7 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
                                  shared=shared, root=root, sizes=listed)
         except OSError as e:  # the cache folder cannot be written: the images are decoded as they are read
             log.warning("cannot write the decoded-image cache under %s (%s: %s); reading the image files instead",
-                        cache_root(cfg.cache_dir), type(e).__name__, str(e).splitlines()[0][:200] if str(e) else "")
+                        cache_root(cfg.cache_dir), type(e).__name__, first_line(e, 200))
     materialize(root)
     h, w = pixels.shape
     fits = len(paths) * 3 * h * w <= PRELOAD_BYTES

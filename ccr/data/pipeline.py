@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ccr.errors import first_line
 from ccr.io.storage import node_lock
 
 log = logging.getLogger(__name__)
@@ -209,7 +210,7 @@ def _download(shared, rel: str, target: Path, cache_dir: Path, shape: tuple[int,
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         log.warning("shared image cache %s cannot be used (%s); decoding the images here", shared.display(rel),
-                    str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+                    first_line(e) or type(e).__name__)
         return False
     except BaseException:
         with contextlib.suppress(OSError):
@@ -236,7 +237,7 @@ def _upload(target: Path, shared, rel: str, cache_dir: Path) -> None:
             {"bytes": target.stat().st_size, "sha256": file_digest(target), "shape": shape}) + "\n")
     except Exception as e:  # noqa: BLE001
         log.warning("cannot upload the image cache to %s (%s); other nodes will decode the images themselves",
-                    shared.display(rel), str(e).splitlines()[0][:300] if str(e) else type(e).__name__)
+                    shared.display(rel), first_line(e) or type(e).__name__)
         return
     event(cache_dir, "uploaded", what="image cache", uri=shared.display(rel), bytes=target.stat().st_size,
           seconds=round(time.time() - started, 3))

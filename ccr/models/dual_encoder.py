@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def _tower(path: str, side: str) -> nn.Module:
     """A pretrained tower; a folder transformers cannot build a model from is one ConfigError naming it."""
-    from ccr.errors import ConfigError
+    from ccr.errors import ConfigError, first_line
 
     try:
         return _load_tower(path, side)
@@ -39,7 +39,7 @@ def _tower(path: str, side: str) -> nn.Module:
         raise
     except Exception as e:  # noqa: BLE001 - whatever transformers raises for a config it cannot take: one line
         raise ConfigError(f"model.{side}.pretrained: {path}: transformers cannot build a model from it "
-                          f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+                          f"({type(e).__name__}: {first_line(e, 200)})"
                           ) from None
 
 
@@ -246,10 +246,10 @@ class PretrainedDualEncoder(DualEncoder):
         try:
             hf = cls.from_pretrained(info.folder, local_files_only=True)
         except Exception as e:  # noqa: BLE001 - whatever transformers raises for a config it cannot take
-            from ccr.errors import ConfigError
+            from ccr.errors import ConfigError, first_line
 
             raise ConfigError(f"model.pretrained: {info.folder}: transformers cannot build the model from it "
-                              f"({type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''})"
+                              f"({type(e).__name__}: {first_line(e, 200)})"
                               ) from None
         self.embed_dim = info.embed_dim
         self.trims_padding = self.kind == "clip"

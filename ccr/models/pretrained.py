@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from ccr.errors import ConfigError
+from ccr.errors import ConfigError, first_line
 from ccr.io.images import Pixels
 
 # complete dual encoders ccr loads (config.json's model_type)
@@ -109,7 +109,7 @@ def describe(spec: str) -> Complete:
         raise
     except (ValueError, TypeError, AttributeError, KeyError, IndexError) as e:  # a value of the wrong kind
         raise ConfigError(f"{what}: {folder} holds a config value ccr cannot use ({type(e).__name__}: "
-                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); is it a CLIP or SigLIP folder as "
+                          f"{first_line(e, 200)}); is it a CLIP or SigLIP folder as "
                           "transformers saves one?") from None
 
 

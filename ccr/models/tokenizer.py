@@ -58,7 +58,7 @@ def pretrained_tokenizer(folder: Path, what: str, captions: list[str]) -> PreTra
     """A pretrained folder's tokenizer, refused (one ConfigError naming the folder) where it is missing or
     cannot encode the dataset: transformers builds a near-empty tokenizer from a folder whose vocabulary
     files were not copied, every caption becomes [BOS, UNK, ...], and a study would train at chance."""
-    from ccr.errors import ConfigError
+    from ccr.errors import ConfigError, first_line
 
     if not any(all((folder / f).is_file() for f in group) for group in TOKENIZER_FILES):
         shown = ", ".join(" + ".join(g) for g in TOKENIZER_FILES)
@@ -68,8 +68,8 @@ def pretrained_tokenizer(folder: Path, what: str, captions: list[str]) -> PreTra
         tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
         ids = tok(captions[:2000], add_special_tokens=False)["input_ids"] if captions else []
     except Exception as e:  # noqa: BLE001 - a damaged or partial tokenizer: one line, whatever transformers raised
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"{what}: the tokenizer in {folder} cannot be read ({first[:300]}); is the folder "
+        why = first_line(e) or type(e).__name__
+        raise ConfigError(f"{what}: the tokenizer in {folder} cannot be read ({why}); is the folder "
                           "complete?") from None
     total = sum(len(x) for x in ids)
     unknown = sum(x.count(tok.unk_token_id) for x in ids) if tok.unk_token_id is not None else 0
