@@ -288,8 +288,20 @@ def test_ctrl_c_says_interrupted_exits_130_and_resumes_counting_finished_trials(
                          text=True, timeout=120)
     assert bad.returncode == 2 and "already holds a different sweep" in bad.stderr
     assert (tmp_path / "out" / "sweep_input.json").read_text() == record
-    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    # the resumed sweep's driver, watched for what it imports: the trials train in Ray's workers, so the driver
+    # needs neither torch nor transformers, nor mlflow or TensorBoardX (Tune's logger and usage tag import them)
+    heavy = ("torch", "transformers", "mlflow", "tensorboardX")
+    watch = ("import atexit, os, sys\n"
+             "atexit.register(lambda: open(os.environ['CCR_TEST_MODULES'], 'w').write("
+             f"' '.join(m for m in {heavy!r} if m in sys.modules)))\n"
+             "from ccr.cli import main\nsys.exit(main(sys.argv[1:]))")
+    modules = tmp_path / "modules.txt"
+    again = subprocess.run([sys.executable, "-c", watch, *cmd[3:]], cwd=REPO,
+                           env={**env, "CCR_TEST_MODULES": str(modules)}, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
+    assert modules.read_text() == "", modules.read_text()
+    tune_trials = list((tmp_path / "out" / "tune").glob("*/result.json"))  # Tune's own logs, for its analysis
+    assert len(tune_trials) == 4 and not list((tmp_path / "out" / "tune").glob("*/events.out.tfevents*"))
     lines = [ln for ln in again.stderr.splitlines() if ln.startswith("[sweep ")]
     assert lines[-1].startswith("[sweep 4/4") and "4 done, 0 failed" in lines[-1], lines[-1]
     res = results_in(tmp_path / "out")
@@ -361,3 +373,33 @@ def test_trial_names_never_collide_and_case_names_yaml_reads_as_booleans_are_ref
     spec.write_text("grid:\n  flag:\n    yes: {train.lr: 0.1}\n    no: {train.lr: 0.2}\n")
     with pytest.raises(ConfigError, match="has a case named True, which YAML reads from yes/no"):
         load_spec(spec)
+
+
+def test_the_usage_tag_counts_callbacks_as_rays_own_count_does():
+    """ccr counts a sweep's callbacks for Ray's usage tag without Ray's imports of MLflow and W&B; the counts
+    are Ray's own, for every kind of callback Ray tells apart (in a fresh Python: a sweep in this one replaced
+    Ray's count)."""
+    code = """if True:
+        import json
+        from ray.air._internal import usage
+        from ray.tune import Callback
+        from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback
+        from ccr.distributed.progress import SweepProgress
+        from ccr.distributed.tune import _count_callbacks_by_name
+
+        class Mine(LoggerCallback):
+            pass
+
+        class Yours(Callback):
+            pass
+
+        cbs = [SweepProgress(2, label=str), JsonLoggerCallback(), CSVLoggerCallback(), JsonLoggerCallback(),
+               Mine(), Yours(), object()]
+        print(json.dumps([usage._count_callbacks(cbs), _count_callbacks_by_name(cbs)]))
+    """
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert out.returncode == 0, out.stderr[-2000:]
+    rays, ours = json.loads(out.stdout.strip().splitlines()[-1])
+    assert ours == rays == {"CustomCallback": 2, "JsonLoggerCallback": 2, "CSVLoggerCallback": 1,
+                            "CustomLoggerCallback": 1}

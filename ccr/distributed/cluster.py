@@ -62,13 +62,15 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                           "own on this machine") from None
 
 
-def init_ray(**kwargs: Any) -> None:
+def init_ray(prestart: bool = True, **kwargs: Any) -> None:
     """Start a local Ray, or join the cluster that RAY_ADDRESS (set by `ray job submit`) or `address`
     names, the way every ccr command needs it, quietly.
 
     Worker output reaching a file or a pipe gets no ANSI colour codes; Ray's own INFO lines (the
     dashboard address) are left out. On a local Ray that ccr starts itself, Ray Train's preemption
     watcher (which polls a cluster's node draining) is off and the token-auth notice is not shown.
+    `prestart=False`: that local Ray starts no idle workers for the first job (for callers whose actors
+    need workers of their own, as Tune's trials do); a cluster's own setting is left as it is.
     """
     import ray
 
@@ -85,6 +87,8 @@ def init_ray(**kwargs: Any) -> None:
         # no dashboard for a Ray that lives as long as one command (0.7 s of every start-up on 2 cores, where
         # ray[default] is installed); CCR_RAY_DASHBOARD=1 starts it, to watch a local sweep in a browser
         kwargs.setdefault("include_dashboard", os.environ.get("CCR_RAY_DASHBOARD", "") == "1")
+        if not prestart:
+            kwargs["_system_config"] = {**kwargs.get("_system_config", {}), "prestart_worker_first_driver": False}
         notice = logging.getLogger(_TOKEN_NOTICE_LOGGER)
         if _not_token_notice not in notice.filters:
             notice.addFilter(_not_token_notice)
