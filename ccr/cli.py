@@ -116,6 +116,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ccr.study.export import export
+
+    setup_logging(args.verbose)
+    out = export(args.run, args.task, args.dir)
+    print(f"the model after task {args.task} of {args.run} written to {out} (ccr_export.json says how to load it)")
+    return 0
+
+
 def _scale(args: argparse.Namespace):
     """--gallery-size and the options that go with it, checked before anything is read."""
     from ccr.analysis.economics import Scale
@@ -194,6 +203,13 @@ def parser() -> argparse.ArgumentParser:
                    help="with --gallery-size: your own caption embedding throughput, as well")
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_analyze)
+    e = sub.add_parser("export", help="write the model after one task of a run as a folder transformers loads "
+                       "(LoRA merged)")
+    e.add_argument("run", help="the run's folder or URI (its --out)")
+    e.add_argument("--task", type=int, required=True, metavar="N", help="after which task, counted from 1")
+    e.add_argument("dir", help="the folder to write")
+    e.add_argument("-v", "--verbose", action="store_true")
+    e.set_defaults(fn=cmd_export)
     return p
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,19 @@ def _steps_per_epoch(ctx: TaskContext, items: np.ndarray, dist: DistInfo) -> int
     return steps
 
 
+def _peak_memory(dev: torch.device) -> dict[str, float]:
+    """The task's peak memory, in MiB: on a GPU the most torch allocated during the task (peak_cuda_mb); on a
+    CPU this process's peak resident set so far (peak_rss_mb: the OS keeps only the process's maximum)."""
+    if dev.type == "cuda":
+        return {"peak_cuda_mb": torch.cuda.max_memory_allocated(dev) / 2**20}
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - Windows
+        return {}
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return {"peak_rss_mb": peak / (2**20 if sys.platform == "darwin" else 1024)}  # bytes on macOS, KiB on Linux
+
+
 def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forward: torch.nn.Module | None = None,
                dist: DistInfo | None = None, progress: bool = True,
                on_batch: Callable[[int], None] | None = None) -> dict[str, float]:
@@ -168,6 +182,8 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     # never step when an epoch has fewer batches), the last one over what remains
     opt, params, lr_scale = _schedule(ctx, strategy, model, -(-n_batches // cfg.grad_accum))
     model.train()
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
     t0, n_pairs, step, tally = time.perf_counter(), 0, 0, _LossTally(dev)
     bar = tqdm(total=n_batches, desc=f"train {ctx.task}", leave=False,
                disable=None if (progress and dist.rank == 0) else True)
@@ -203,7 +219,8 @@ def train_task(model: DualEncoder, ctx: TaskContext, strategy: Strategy, *, forw
     secs = time.perf_counter() - t0
     stats = {"steps": step, "mean_loss": mean_loss, "seconds": secs,
              "pairs_per_s": n_pairs / secs if secs > 0 else 0.0, "train_images": int(len(items)),
-             "epoch_loss": tally.epoch_loss, **{f"last/{k}": v for k, v in tally.last.items()}}
+             "epoch_loss": tally.epoch_loss, **{f"last/{k}": v for k, v in tally.last.items()},
+             "trainable_params": int(sum(p.numel() for p in params)), **_peak_memory(dev)}
     (log.info if ctx.rank == 0 else log.debug)(  # every rank trains; one reports
         "task %s: %d steps, mean loss %.4f, %.0f pairs/s", ctx.task, step, stats["mean_loss"], stats["pairs_per_s"])
     return stats

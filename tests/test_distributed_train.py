@@ -202,7 +202,7 @@ def test_pretrained_models_two_workers_equal_one_worker_global_batch(ray_local, 
 DDP_CASES = {
     "finetune+lora": ([], ["model.adapter.kind=lora", "model.adapter.r=4"]),
     "replay,ewc,lwf": (["strategy.params.replay.batch=4"], ["strategy.name=[replay,ewc,lwf]"]),
-    "agem": (["strategy.params.agem.ref_batch=4"], ["strategy.name=agem"]),
+    "agem,magmax": (["strategy.params.agem.ref_batch=4"], ["strategy.name=[agem,magmax]"]),
     "compat,wiseft": ([], ["strategy.name=[compat,wiseft]", "strategy.params.wiseft.alpha=0.7"]),
     # reference data: a task the sequence never learns (a pretraining stage would differ: its batch is 2B vs B)
     "zscl": (["strategy.params.zscl.batch_size=4"],

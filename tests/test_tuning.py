@@ -1,4 +1,4 @@
-"""Continual tuning of a pretrained model: LoRA adapters (peft), WiSE-FT and ZSCL."""
+"""Continual tuning of a pretrained model: LoRA adapters (peft), WiSE-FT, MagMaX and ZSCL."""
 
 from __future__ import annotations
 
@@ -83,6 +83,42 @@ def test_wiseft_alpha_0_keeps_theta0_so_every_row_is_the_zero_shot_row(tiny_cfg,
                     assert m[s][: s + 1] == res["zero_shot"]["recall"][d][k][: s + 1], (p, d, k, s)
 
 
+def test_magmax_trains_as_finetune_and_evaluates_the_max_magnitude_merge(tiny_cfg, tmp_path):
+    """MagMaX by its definition: the fine-tuned weights after each task are fine-tuning's own (training goes on
+    from them, not from the merge), and the model after task t is θ0 + 0.5 · (per entry, the task vector of
+    largest magnitude among τ1..τt), τi = θi_ft - θ0; checked on both tasks' checkpoints."""
+    from ccr.io.checkpoint import from_bytes
+
+    common = ["data.n_tasks=2", "train.threads=1", "checkpoint.keep=2", "eval.anatomy=false"]
+    ft = Study(tiny_cfg(*common), tmp_path / "ft", progress=False)
+    ftres = ft.run()
+    mm = Study(tiny_cfg(*common, "strategy.name=magmax"), tmp_path / "mm", progress=False)
+    res = mm.run()
+    fresh = Study(tiny_cfg(*common), tmp_path / "fresh", progress=False)
+    fresh.build()
+    theta0 = {n: p.detach() for n, p in fresh.model.named_parameters()}
+
+    def checkpoint(study, step):
+        return from_bytes(checkpoint_path(study.out, step, res["task_order"]).read_bytes(), "ck")
+
+    taus = []
+    for step in (0, 1):
+        f, m = checkpoint(ft, step), checkpoint(mm, step)
+        tuned = m["strategy"]["finetuned"]
+        for n, t in tuned.items():  # trained exactly as finetune: from θ_ft, never from the merge
+            assert torch.equal(t, f["model"][n]), (step, n)
+        taus.append({n: tuned[n] - theta0[n] for n in tuned})
+        for n, v in m["model"].items():
+            if n not in theta0:
+                continue
+            if step == 0:
+                expect = theta0[n] + 0.5 * taus[0][n]
+            else:
+                expect = theta0[n] + 0.5 * torch.where(taus[1][n].abs() > taus[0][n].abs(), taus[1][n], taus[0][n])
+            assert torch.allclose(v, expect, atol=1e-6), (step, n)
+    assert res["recall"] != ftres["recall"]  # what is evaluated is the merge
+
+
 def test_wiseft_alpha_1_is_finetune_and_with_lora_scales_the_update(tiny_cfg, tmp_path):
     ft = Study(tiny_cfg("data.n_tasks=2", "train.threads=1"), tmp_path / "ft", progress=False).run()
     w1 = Study(tiny_cfg("data.n_tasks=2", "train.threads=1", "strategy.name=wiseft",
@@ -144,6 +180,8 @@ def test_zscl_distils_theta0_on_reference_data_and_averages_weights(tiny_cfg, tm
     (["strategy.name=zscl", "strategy.params.zscl.reference=[round]"], "are trained or control data"),
     (["strategy.name=zscl", "strategy.params.zscl.reference=[nope]"], r"unknown task\(s\) \['nope'\]"),
     (["strategy.name=wiseft", "strategy.params.wiseft.alpha=1.5"], r"alpha: must be in \[0, 1\]"),
+    (["strategy.name=magmax", "strategy.params.magmax.scale=-0.1"], r"magmax.scale: must be in \[0, 1\]"),
+    (["strategy.name=magmax", *LORA], "magmax merges task vectors entry by entry: with model.adapter"),
     (["model.adapter.kind=lora", "model.adapter.r=0"], "model.adapter"),
     (["model.adapter.kind=lora", "model.adapter.targets=[nothing_like_this]"], "no module of either encoder"),
 ])

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from ccr.analysis import cost_plots, economics, plots
+from ccr.analysis import cost_plots, economics, field, plots
 from ccr.analysis.aggregate import aggregate, initial_table, markdown_table
 from ccr.analysis.economics import Scale
 from ccr.analysis.effects import effects_markdown, paired_effects
@@ -25,6 +25,7 @@ from ccr.analysis.report_text import (
     ECON_INTRO,
     ECON_TITLE,
     EFFECTS_INTRO,
+    FIELD_NOTE,
     FIGURE_NOTES,
     GLOSSARY,
     INITIAL_INTRO,
@@ -268,6 +269,7 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool, scale: Scale | 
     econ_md, econ_figs = _economics(c, summary, out, scale, k0)
     if econ_md:
         md += [f"## {ECON_TITLE}", ECON_INTRO, *econ_md]
+    _field_table(c, out, k0)  # its own files: its cost columns are measurements, summary.md is the results'
     (out / "summary.md").write_text("\n".join(md))
     (out / "effects.md").write_text("\n".join([EFFECTS_INTRO, "", *effect_md]))
 
@@ -277,6 +279,18 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool, scale: Scale | 
     (out / "status.json").write_text(json.dumps({"runs": len(c.runs), "incomplete": c.incomplete,
                                                  "corrupt": c.corrupt, "missing": c.missing,
                                                  "failed": [r for r, _ in c.failed]}, indent=1))
+
+
+def _field_table(c, out: Path, k: int) -> None:
+    """field_table.csv / .md / .tex: the field's Transfer, Avg. and Last with the cost columns (ccr.analysis.field)."""
+    table = field.field_table(c.runs, k)
+    if table.empty:
+        return
+    title = f"The field's table at R@{k}: Transfer, Avg. and Last (ZSCL's definitions), classification, costs"
+    table.to_csv(out / "field_table.csv", index=False)
+    text = field.to_markdown(table)
+    (out / "field_table.md").write_text(f"# {title}\n\n{FIELD_NOTE}\n\n{text}\n")
+    (out / "field_table.tex").write_text(field.to_latex(table, title))
 
 
 def _figures(long: pd.DataFrame, summary: pd.DataFrame, effects: pd.DataFrame, out: Path, k: int) -> list[Path]:

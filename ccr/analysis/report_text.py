@@ -40,6 +40,16 @@ INITIAL_INTRO = ("θ0 is the model the sequence starts from. Zero-shot: θ0 on e
                  "Transfer: tasks before they were learned. Control: tasks never trained, after the last task; "
                  "retention: control in % of θ0's. No indexing policy changes these (one row per configuration).")
 
+FIELD_NOTE = ("Mean over runs (n) of each strategy and indexing policy. Transfer, Avg. and Last per direction "
+              "are ZSCL's: Transfer, a task's mean recall over the steps before it was learned (θ0 not among "
+              "them), over tasks 2..n; Avg., each task's mean over every step; Last, after the last task. "
+              "Transfer and Avg. need the tasks measured before they are learned (eval.transfer: true). A "
+              "classification set's top-1 is θ0's in the zero-shot row and after the last task elsewhere. "
+              "Costs: the most trainable parameters of any task; what the strategy keeps beside the model after "
+              "the last task (its state's tensors and the items it keeps, images at the model's input size); "
+              "the largest peak memory of a task (GPU: torch's peak allocation; CPU: the process's peak "
+              "resident set); training time x data-parallel workers.")
+
 FIGURE_NOTES = {
     "forgetting": "How much of what each task had reached was lost by the end, per strategy and indexing policy.",
     "quality_vs_cost": "What each indexing policy buys: final recall against the embeddings it computed.",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -228,6 +229,40 @@ class IndexConfig:
             raise ConfigError("config key 'index.approx': approximate search needs index.backend=faiss")
 
 
+CLIP_TEMPLATE = "a photo of a {}."  # CLIP's (and ZSCL's) prompt where a classification set names none
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a set's name is part of its metric names
+
+
+@dataclass
+class ClassificationSet:
+    """A zero-shot classification set, measured at θ0 and after every task (eval.classification): the images
+    of an ImageFolder tree, each classified among its class names by the text embeddings of the prompts."""
+
+    name: str = ""  # its results' key and metric names: classification/<name>/top1
+    path: str = ""  # a folder or URI in ImageFolder layout: one subfolder per class, the class's images inside
+    templates: list[str] = field(default_factory=lambda: [CLIP_TEMPLATE])  # prompts, `{}` the class name
+    # display names: a list in the order of the sorted class folders, or {folder: name}; by default the
+    # folder names with "_" read as spaces
+    classes: dict[str, str] | list[str] | None = None
+
+    def check(self, where: str) -> None:
+        if not SET_NAME.fullmatch(self.name):
+            raise ConfigError(f"config key '{where}.name': a set needs a name of letters, digits, '_', '.' or '-' "
+                              f"(it names its metrics), got {self.name!r}")
+        if not self.path:
+            raise ConfigError(f"config key '{where}.path': the set's ImageFolder (a folder or URI) is missing")
+        if not self.templates:
+            raise ConfigError(f"config key '{where}.templates': empty; give at least one prompt, as "
+                              f"{CLIP_TEMPLATE!r}")
+        for i, t in enumerate(self.templates):
+            if t.count("{}") != 1:
+                raise ConfigError(f"config key '{where}.templates[{i}]': {t!r} must hold '{{}}' once, where the "
+                                  f"class name goes (as {CLIP_TEMPLATE!r})")
+        names = self.classes.values() if isinstance(self.classes, dict) else self.classes or []
+        if any(not n.strip() for n in names):
+            raise ConfigError(f"config key '{where}.classes': a class's display name is empty")
+
+
 @dataclass
 class EvalConfig:
     scope: str = key("task", choices=("task", "seen"))
@@ -236,14 +271,22 @@ class EvalConfig:
     batch_size: int = key(256, ge=1, result=False)
     anatomy: bool = True  # compatibility grid, stability and alignment
     val: bool = True  # also the recall matrix on val items (where every task has them): what selection reads
-    transfer: bool = False  # after each task, also the tasks not learned yet (ZSCL's Transfer)
+    transfer: bool = False  # after each task, also the tasks not learned yet (Transfer, Avg.: the field's table)
     control: list[str] = field(default_factory=list)  # tasks never trained, evaluated at θ0 and after every task
     # after each step, recall over the seen tasks when this fraction of the old gallery is re-embedded with the
     # new model and the rest keeps its old embeddings (e.g. [0, 0.1, 0.25, 0.5, 1]); no retraining
     backfill_curve: list[float] = field(default_factory=list)  # at most MAX_CURVE_POINTS, each once
     backfill_orders: list[str] = key(factory=lambda: list(BACKFILL_ORDERS), each=BACKFILL_ORDERS)  # old items first
+    # zero-shot classification sets, top-1 accuracy at θ0 and after every task (ccr.measure.classification)
+    classification: list[ClassificationSet] = field(default_factory=list)
 
     def check(self) -> None:
+        for i, c in enumerate(self.classification):
+            c.check(f"eval.classification[{i}]")
+        names = [c.name for c in self.classification]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config key 'eval.classification': two sets named "
+                              f"{sorted({n for n in names if names.count(n) > 1})}; each set's name must be its own")
         if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
             raise ConfigError(f"config key 'eval.ks': must be a non-empty list of distinct positive ints, "
                               f"got {self.ks}")

@@ -136,7 +136,8 @@ def _field_type(key: str) -> Any:
 def valid_metrics(cfg: Config) -> set[str]:
     """The metric names a trial of this config reports (`ccr.measure.results` defines them)."""
     return set(metric_names(cfg.eval.ks, cfg.index.compare, val=cfg.eval.val, transfer=cfg.eval.transfer,
-                            control=bool(cfg.eval.control)))
+                            control=bool(cfg.eval.control),
+                            classification=[c.name for c in cfg.eval.classification]))
 
 
 def _old_metric_name(name: str) -> str | None:

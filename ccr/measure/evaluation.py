@@ -24,6 +24,7 @@ from ccr.io.checkpoint import task_label
 from ccr.io.storage import Storage
 from ccr.measure import results
 from ccr.measure.anatomy import AnatomyRecord
+from ccr.measure.classification import ClassificationRows, LoadedSet
 from ccr.measure.curve import BackfillCurve
 from ccr.measure.metrics import DIRECTIONS, negative_flips
 from ccr.measure.query import evaluate_step
@@ -47,7 +48,7 @@ class Evaluator:
     """Holds each policy's galleries and recall matrices across steps; its state checkpoints with the model."""
 
     def __init__(self, cfg: Config, ds: RetrievalDataset, order: list[str], device: str = "cpu",
-                 galleries: Galleries | None = None):
+                 galleries: Galleries | None = None, classification: list[LoadedSet] | None = None):
         self.cfg, self.ds, self.order = cfg, ds, order
         self.galleries = galleries or Galleries()
         n, ks = len(order), cfg.eval.ks
@@ -75,6 +76,7 @@ class Evaluator:
         # cost of each policy at another gallery size (ccr analyze --gallery-size)
         self.embedding = {m: {"items": 0, "seconds": 0.0} for m in MODALITIES}
         self.unlearned = UnlearnedRows(cfg, ds, order, self.search_device, self.has_val)
+        self.classification = ClassificationRows(classification or [], n)
         self.curve = BackfillCurve(cfg, ds, order, self.test_ids, self.search_device)
         self.anatomy = AnatomyRecord(ds, order, ks, self.test_ids)
 
@@ -100,6 +102,7 @@ class Evaluator:
     def before_sequence(self, embedder: Embedder) -> None:
         """θ0 on every task and on control data, before task 1 trains (and θ0's embeddings for the anatomy)."""
         self.unlearned.before_sequence(embedder)
+        self.classification.measure(0, embedder)
         if self.cfg.eval.anatomy:
             self.anatomy.before_sequence(embedder)
 
@@ -110,6 +113,7 @@ class Evaluator:
         for name in self.policy_names:
             self._policy_step(name, step, embedder, prev_embedder, fit)
         self.unlearned.after_step(step, embedder)
+        self.classification.measure(step + 1, embedder)
         task = self.order[step]
         if self.cfg.eval.anatomy or self.cfg.eval.backfill_curve:  # its items as embedded when it was learned
             self.learned[task] = {m: embedder.embed(m, self.test_ids[task][m]) for m in MODALITIES}
@@ -177,8 +181,9 @@ class Evaluator:
         return {"states": {p: s.state_dict() for p, s in self.states.items()}, "recall": self.recall,
                 "learned": self.learned, **self.anatomy.state_dict(),
                 "val_states": {p: s.state_dict() for p, s in self.val_states.items()}, "val_recall": self.val_recall,
-                **self.unlearned.state_dict(), "ranks": self.ranks, "flips": self.flips, "curve": self.curve.rows,
-                "embedding": self.embedding, "approx_steps": self.approx_steps}
+                **self.unlearned.state_dict(), **self.classification.state_dict(), "ranks": self.ranks,
+                "flips": self.flips, "curve": self.curve.rows, "embedding": self.embedding,
+                "approx_steps": self.approx_steps}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for p, s in self.states.items():
@@ -186,6 +191,7 @@ class Evaluator:
         self.recall, self.learned = state["recall"], state["learned"]
         self.anatomy.load_state_dict(state)
         self.unlearned.load_state_dict(state)
+        self.classification.load_state_dict(state)
         # a checkpoint of an earlier ccr has no ranks: the flips of the step after it are not known
         self.ranks = {p: state.get("ranks", {}).get(p, {}) for p in self.policy_names}
         if "flips" in state:
@@ -217,6 +223,13 @@ class Evaluator:
             if name in self.val_recall else None
         flips = {d: {k: v[:upto] for k, v in by_k.items()} for d, by_k in self.flips[name].items()}
         return results.policy_results(mats, cost, quality, val, flips)
+
+    def initial_results(self, upto: int) -> dict[str, Any]:
+        """What needs no policy, for results.json: zero-shot row, transfer, control and classification, with
+        their metrics."""
+        out = self.unlearned.results(upto)
+        cls = self.classification.results(upto)
+        return {**out, "classification": cls["classification"], "metrics": {**out["metrics"], **cls["metrics"]}}
 
     def embedding_results(self, device: str) -> dict[str, Any]:
         """Embedding throughput over the sequence, per modality, on `device` (queries, galleries, fitting)."""

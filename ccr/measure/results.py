@@ -13,10 +13,12 @@ Metric names are flat and readable, and the same everywhere (results.json's `met
                                after it (%, RACT's negative flip rate), mean over updates 2..n
 
     zero_shot/t2i/R@1          θ0 (the model before task 1) on every task, mean over tasks
-    transfer/t2i/R@1           eval.transfer: ZSCL's Transfer, a task's mean recall before it was learned (θ0
-                               included), averaged over tasks 2..n (task 1 has only θ0's)
+    transfer/t2i/R@1           eval.transfer: a task's mean recall before it was learned (θ0 included; ZSCL's
+                               Transfer, in ccr.analysis.field, leaves θ0 out), averaged over tasks 2..n
     control/t2i/R@1            eval.control: tasks never trained, after the last task (mean over them)
     retention/t2i/R@1          that, in % of θ0's on the same control tasks
+    classification/SET/top1    eval.classification: zero-shot top-1 accuracy on set SET after the last task (%)
+    classification/SET/retention  that, in % of θ0's on the same set
 
 A policy other than the study's own (`index.compare`) prefixes its name: `no_reindex/t2i/R@1`.
 The same recall matrix on val items (where the dataset has them, `eval.val`), the one that selection
@@ -45,7 +47,7 @@ INITIAL = ("zero_shot", "transfer", "control", "retention")  # per direction and
 COST = ("index_cost/embedded", "index_cost/images", "index_cost/captions", "index_cost/seconds")
 BETTER = {"avg_final_recall": "max", "forgetting": "min", "bwt": "max", "rsum": "max", "index_cost": "min",
           "negative_flips": "min",
-          "zero_shot": "max", "transfer": "max", "control": "max", "retention": "max"}
+          "zero_shot": "max", "transfer": "max", "control": "max", "retention": "max", "classification": "max"}
 EXPLAIN = {
     "avg_final_recall": "average recall over all tasks after the last task (%)",
     "forgetting": "average forgetting: best earlier recall of a task minus its final recall (points; lower is "
@@ -56,10 +58,12 @@ EXPLAIN = {
     "negative_flips": "queries of old tasks that were hits at R@K before a model update and are misses after it, "
                       "in % of those queries, mean over updates (RACT's negative flip rate)",
     "zero_shot": "recall of the model before the first task (θ0) on every task, mean over tasks (%)",
-    "transfer": "a task's mean recall before it was learned (θ0 included), averaged over tasks 2..n (ZSCL's "
-                "Transfer; eval.transfer)",
+    "transfer": "a task's mean recall before it was learned (θ0 included), averaged over tasks 2..n "
+                "(eval.transfer; ZSCL's own Transfer, in the field table, leaves θ0 out)",
     "control": "recall on control data, tasks never trained (eval.control), after the last task (%)",
     "retention": "control recall after the last task, in % of θ0's on the same control data",
+    "classification": "zero-shot top-1 accuracy on a classification set (eval.classification) after the last "
+                      "task (%), and that in % of θ0's (retention)",
 }
 _FNS = {"avg_final_recall": final_average, "forgetting": forgetting, "bwt": bwt}
 
@@ -72,16 +76,17 @@ def metric(quantity: str, direction: str, k: int | str) -> str:
 
 
 def metric_names(ks: list[int], compare: list[str] = (), val: bool = False, transfer: bool = False,
-                 control: bool = False) -> list[str]:
-    """Every metric a study with these K (and these further policies; with val items; measuring transfer
-    and control data) reports."""
+                 control: bool = False, classification: list[str] = ()) -> list[str]:
+    """Every metric a study with these K (and these further policies; with val items; measuring transfer,
+    control data and these classification sets) reports."""
     quality = [metric(q, d, k) for q in QUANTITIES for d in DIRECTIONS for k in ks] + ["rsum"]
     flips = [metric("negative_flips", d, k) for d in DIRECTIONS for k in ks]
     own = quality + flips + list(COST) + ([f"val/{m}" for m in quality] if val else [])
     initial = [f"{q}/{d}/R@{k}" for q in ("zero_shot", *(("transfer",) if transfer else ()),
                                            *(("control", "retention") if control else ()))
                for d in DIRECTIONS for k in ks]
-    return own + initial + [f"{p}/{m}" for p in compare for m in own]
+    sets = [f"classification/{s}/{m}" for s in classification for m in ("top1", "retention")]
+    return own + initial + sets + [f"{p}/{m}" for p in compare for m in own]
 
 
 def _quality(mats: dict[str, dict[int, np.ndarray]]) -> dict[str, float]:
@@ -190,11 +195,12 @@ def initial_results(zero_shot: dict | None, transfer: dict | None, control: dict
 def study_results(main_policy: str, by_policy: dict[str, dict[str, Any]], initial: dict[str, Any] | None = None,
                   **fields: Any) -> dict[str, Any]:
     """results.json: the study's fields, its own policy's results at the top level (its `metrics` joined by
-    those that need no policy: zero_shot/..., transfer/..., control/...), and every policy's."""
+    those that need no policy: zero_shot/..., transfer/..., control/..., classification/...), and every
+    policy's."""
     initial = initial or {"metrics": {}}
     main = by_policy[main_policy]
     return {"schema_version": SCHEMA_VERSION, **fields,
-            **{k: initial.get(k) for k in ("zero_shot", "transfer", "control")},
+            **{k: initial.get(k) for k in ("zero_shot", "transfer", "control", "classification")},
             **main, "metrics": {**main["metrics"], **initial["metrics"]}, "by_policy": by_policy}
 
 

@@ -142,6 +142,10 @@ def _unlearned_problem(res: dict[str, Any], n: int) -> str | None:
         if key == "control" and (not isinstance(part.get("tasks"), list)
                                  or not all(isinstance(t, str) for t in part["tasks"])):
             return "'control.tasks' is not a list of task names"
+    sets = res.get("classification")
+    if sets is not None and (not isinstance(sets, dict) or any(
+            not isinstance(s, dict) or _vector_problem(s.get("top1"), n + 1) for s in sets.values())):
+        return "'classification' is not top-1 vectors of numbers per set"
     return None
 
 

@@ -1,5 +1,5 @@
 """Tasks measured with no indexing policy: θ0 on every task before task 1 (the zero-shot row), tasks not
-learned yet after each step (eval.transfer, ZSCL's Transfer) and tasks never learned (eval.control).
+learned yet after each step (eval.transfer: what ZSCL's Transfer and Avg. read) and tasks never learned (eval.control).
 
 Both sides are embedded with the current model, and the gallery is the one the task would be searched in
 once learned: its own items in `task` scope; in `seen` scope, the order's tasks up to it; control tasks: all

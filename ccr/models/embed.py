@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,8 +29,8 @@ class Embedder:
 
     def __init__(self, model: DualEncoder, dataset: RetrievalDataset, tokens: TokenizedCaptions,
                  device: torch.device, batch_size: int = 256, amp: bool = True, progress: bool = False,
-                 workers: int = 0):
-        self.model, self.dataset, self.tokens = model, dataset, tokens
+                 workers: int = 0, tokenize: Callable[[list[str]], TokenizedCaptions] | None = None):
+        self.model, self.dataset, self.tokens, self.tokenize = model, dataset, tokens, tokenize
         self.device, self.batch_size, self.amp, self.progress = device, batch_size, amp, progress
         self.workers = workers  # DataLoader processes decoding image files ahead (data.num_workers)
         self._memo: dict[tuple[str, str], np.ndarray] = {}
@@ -43,14 +44,33 @@ class Embedder:
             self._memo[key] = self._run(modality, ids)
         return self._memo[key]
 
+    def embed_store(self, store, key: str) -> np.ndarray:
+        """Every image of another store (a classification set's), in order; memoised under `key`."""
+        if ("store", key) not in self._memo:
+            self._memo[("store", key)] = self._run("images", np.arange(len(store), dtype=np.int64), store=store)
+        return self._memo[("store", key)]
+
+    def embed_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts that are no dataset caption (class prompts), tokenized as the captions are."""
+        if self.tokenize is None:
+            raise ValueError("this Embedder was made without a tokenizer: it embeds the dataset's captions only")
+        key = ("texts", hashlib.sha1("\0".join(texts).encode()).hexdigest())
+        if key not in self._memo:
+            self._memo[key] = self._run("captions", np.arange(len(texts), dtype=np.int64), tokens=self.tokenize(texts))
+        return self._memo[key]
+
     @torch.inference_mode()
-    def _run(self, modality: str, ids: np.ndarray) -> np.ndarray:
+    def _run(self, modality: str, ids: np.ndarray, store=None, tokens: TokenizedCaptions | None = None
+             ) -> np.ndarray:
+        """`ids` of the dataset's images or captions, or of `store`'s images / `tokens`' texts."""
+        store = store if store is not None else self.dataset.images
+        tokens = tokens if tokens is not None else self.tokens
         t0 = time.perf_counter()
         was_training = self.model.training
         self.model.eval()
         out = np.empty((len(ids), self.model.embed_dim), np.float32)
         chunks = range(0, len(ids), self.batch_size)
-        images = prefetched(self.dataset.images, [ids[lo:lo + self.batch_size] for lo in chunks], self.workers,
+        images = prefetched(store, [ids[lo:lo + self.batch_size] for lo in chunks], self.workers,
                             pin_memory=self.device.type == "cuda") if modality == "images" else None
         pending: list[tuple[int, torch.Tensor]] = []  # results still on the device: no sync per batch
 
@@ -65,7 +85,7 @@ class Embedder:
                 if modality == "images":
                     e = self.model.encode_images(next(images).to(self.device, non_blocking=True))
                 elif modality == "captions":
-                    tid, mask = self.tokens.batch(part)
+                    tid, mask = tokens.batch(part)
                     e = self.model.encode_text(tid.to(self.device), mask.to(self.device))
                 else:
                     raise ValueError(f"unknown modality {modality!r}")

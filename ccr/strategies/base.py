@@ -94,6 +94,13 @@ class Strategy:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
+    def kept_items(self) -> tuple[np.ndarray, np.ndarray | None]:
+        """The dataset items (image ids, caption ids; None: all captions of those images) the strategy keeps
+        between tasks (a replay memory, reference data): what a deployment must store beside the model,
+        counted in the field table's extra storage at their own size (`kept_storage`). Its state_dict's
+        tensors and arrays count as they are."""
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+
     @classmethod
     def defines(cls, hook: str) -> bool:
         """Whether this strategy overrides `hook` (a question about the class: no instance needed)."""
@@ -164,6 +171,13 @@ class Composite(Strategy):
     def state_dict(self):
         return {p.name: p.state_dict() for p in self.parts}
 
+    def kept_items(self) -> tuple[np.ndarray, np.ndarray | None]:
+        kept = [p.kept_items() for p in self.parts]
+        if any(k[1] is None for k in kept):
+            return np.unique(np.concatenate([k[0] for k in kept])).astype(np.int64), None
+        return (np.unique(np.concatenate([k[0] for k in kept])).astype(np.int64),
+                np.unique(np.concatenate([k[1] for k in kept])).astype(np.int64))
+
     def load_state_dict(self, state):
         for p in self.parts:
             p.load_state_dict(state.get(p.name, {}))
@@ -218,3 +232,34 @@ def build_strategy(scfg) -> Strategy:
     parts = [REGISTRY[n](from_dict(REGISTRY[n].Params, scfg.params.get(n, {}), f"strategy.params.{n}"))
              for n in _names(scfg.name)]
     return parts[0] if len(parts) == 1 else Composite(parts)
+
+
+def _nbytes(state: Any) -> int:
+    """Bytes of the tensors and arrays in a (nested) state dict."""
+    if isinstance(state, dict):
+        return sum(_nbytes(v) for v in state.values())
+    if isinstance(state, (list, tuple)):
+        return sum(_nbytes(v) for v in state)
+    if isinstance(state, np.ndarray):
+        return int(state.nbytes)
+    if hasattr(state, "element_size") and hasattr(state, "numel"):  # a torch tensor
+        return int(state.numel() * state.element_size())
+    return 0
+
+
+def kept_storage(strategy: Strategy, dataset) -> dict[str, float]:
+    """What a strategy keeps between tasks beside the model: its state's tensors and arrays (θ0's weights,
+    Fisher information, ...) and the dataset items it keeps (`kept_items`: each image as the model takes it,
+    uint8 pixels or precomputed features, and its captions' UTF-8 text), in MB (10^6 bytes)."""
+    images, captions = strategy.kept_items()
+    images = np.asarray(images, np.int64)
+    captions = dataset.captions_of(images) if captions is None else np.asarray(captions, np.int64)
+    per_image = 0
+    if len(images):
+        one = dataset.images.load(images[:1])
+        per_image = int(one.numel() * one.element_size())
+    text = sum(len(dataset.captions[int(c)].encode()) for c in captions)
+    return {"kept_state_mb": _nbytes(strategy.state_dict()) / 1e6,
+            "kept_items_mb": (len(images) * per_image + text) / 1e6,
+            "kept_images": int(len(images)), "kept_captions": int(len(captions))}
+

@@ -126,5 +126,8 @@ class AGEM(Strategy):
     def state_dict(self):
         return {"memory": self.memory.state_dict()}
 
+    def kept_items(self):
+        return self.memory.pairs()
+
     def load_state_dict(self, state):
         self.memory.load_state_dict(state.get("memory", {}))

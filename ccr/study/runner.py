@@ -28,11 +28,13 @@ from ccr.io.provenance import provenance
 from ccr.io.redact import redact_tree
 from ccr.io.storage import Storage, open_storage
 from ccr.measure import results
+from ccr.measure.classification import load_sets
 from ccr.measure.evaluation import Evaluator
-from ccr.models import attach_adapter, build_for, model_source
+from ccr.models import TokenizedCaptions, attach_adapter, build_for, model_source, tokenize_all
 from ccr.models.adapters import load_trainable_state, trainable_state
 from ccr.models.embed import Embedder
 from ccr.strategies import TaskContext, build_strategy
+from ccr.strategies.base import kept_storage
 from ccr.study import outputs
 from ccr.study.outputs import TOKENIZER, Tracking, local_copy
 from ccr.study.pretraining import pretrained_state
@@ -82,6 +84,7 @@ class Study:
         self.order = checked_order(cfg, self.ds)
         self.strategy = build_strategy(cfg.strategy)
         self.strategy.validate(cfg, self.ds, self.order)
+        self.classification = load_sets(cfg, self.source.pixels)  # read and decoded before training
         self.device = device if device is not None else resolve_device(cfg.train.device)
         if cfg.train.threads or self.threads:
             torch.set_num_threads(cfg.train.threads or self.threads)
@@ -103,7 +106,8 @@ class Study:
         warn_small_galleries(self.cfg, self.ds, self.order)
         if self.cfg.model.freeze == "backbone":  # the fixed-features regime: only the heads learn the sequence
             self.model.freeze_backbone()
-        self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device), self.galleries())
+        self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device), self.galleries(),
+                                   self.classification)
         self.train_stats: list[dict[str, float]] = []
         self.resumes: list[int] = []  # after which task each resume happened
 
@@ -139,7 +143,12 @@ class Study:
 
     def embedder(self, model) -> Embedder:
         return Embedder(model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size, self.cfg.train.amp,
-                        self.progress, self.cfg.data.num_workers)
+                        self.progress, self.cfg.data.num_workers, tokenize=self.tokenize)
+
+    def tokenize(self, texts: list[str]) -> TokenizedCaptions:
+        """Texts that are no caption of the dataset (class prompts), tokenized exactly as the captions are."""
+        length, trim = self.source.text_length
+        return tokenize_all(self.tokenizer, texts, length, trim)
 
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, step: int) -> None:
@@ -204,8 +213,9 @@ class Study:
         stats = train_task(self.model, ctx, self.strategy, forward=wrap(self.model) if wrap else None, dist=dist,
                            progress=self.progress,
                            on_batch=(lambda b: hook(step, dist.rank, b)) if hook is not None else None)
-        self.train_stats.append(stats)
         self.strategy.after_task(ctx, self.model)
+        stats.update(kept_storage(self.strategy, self.ds))  # what the strategy keeps now, beside the model
+        self.train_stats.append(stats)
         if lead:
             self.evaluate(step, prev)
             self.save_checkpoint(step)
@@ -235,7 +245,7 @@ class Study:
             strategy=strategy if isinstance(strategy, str) else "+".join(strategy),
             policy=self.cfg.index.policy, scope=self.cfg.eval.scope,
             dataset={"name": self.ds.name, "tasks": self.ds.summary(), **self.ds.info},
-            anatomy=ev.anatomy.results(upto) if self.cfg.eval.anatomy else None, initial=ev.unlearned.results(upto),
+            anatomy=ev.anatomy.results(upto) if self.cfg.eval.anatomy else None, initial=ev.initial_results(upto),
             backfill_curve=ev.curve.results(upto), embedding=ev.embedding_results(str(self.device)),
             pretrain=self.pretrained, train=self.train_stats[:upto], resumes=self.resumes,
             provenance={**provenance(), "started": self.started, "finished": time.time(),
