@@ -117,11 +117,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ccr.io.redact import redact
     from ccr.study.export import export
 
     setup_logging(args.verbose)
     out = export(args.run, args.task, args.dir)
-    print(f"the model after task {args.task} of {args.run} written to {out} (ccr_export.json says how to load it)")
+    print(f"the model after task {args.task} of {redact(args.run)} written to {out} (ccr_export.json says how to "
+          "load it)")
     return 0
 
 

@@ -112,3 +112,19 @@ def test_an_export_the_run_cannot_give_is_one_line(tiny_cfg, tmp_path, capsys, c
     assert needle in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "exp").exists()
     assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before  # export only reads the run
+
+
+def test_a_run_in_a_bucket_exports_from_its_uri(s3, tiny_cfg, tmp_path, capsys):
+    """RUN as the storage URI a cluster run writes to (moto's S3 on 127.0.0.1, credentials in the URI): the
+    export reads the checkpoint and tokenizer from the bucket, and ccr_export.json names the run without them."""
+    import transformers as T
+
+    uri = s3.uri("ccr", "export-run").replace("s3://", "s3://KEY:SECRET@")
+    cfg = tiny_cfg("data.n_tasks=2", "train.threads=1", "eval.anatomy=false", f"data.cache_dir={tmp_path / 'c'}")
+    res = Study(cfg, uri, progress=False).run()
+    capsys.readouterr()
+    assert main(["export", uri, "--task", "2", str(tmp_path / "exp")]) == 0
+    about = (tmp_path / "exp" / "ccr_export.json").read_text()
+    assert "SECRET" not in about and "SECRET" not in capsys.readouterr().out
+    assert json.loads(about)["task_name"] == res["task_order"][1]
+    assert T.AutoModel.from_pretrained(tmp_path / "exp" / "image").config.model_type == "vit"

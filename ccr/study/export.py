@@ -47,11 +47,11 @@ def _merged(encoder: torch.nn.Module) -> torch.nn.Module:
     return encoder
 
 
-def _run_record(store: Storage, run: str) -> tuple[dict[str, Any], dict[str, Any]]:
+def _run_record(store: Storage) -> tuple[dict[str, Any], dict[str, Any]]:
     if not store.is_file("config.yaml"):
-        raise ConfigError(f"{run}: no config.yaml here: not a ccr run folder")
+        raise ConfigError(f"{store.display()}: no config.yaml here: not a ccr run folder")
     if not store.is_file("results.json"):
-        raise ConfigError(f"{run}: no results.json: the run has not finished a task yet")
+        raise ConfigError(f"{store.display()}: no results.json: the run has not finished a task yet")
     return yaml.safe_load(store.read_text("config.yaml")), json.loads(store.read_text("results.json"))
 
 
@@ -61,7 +61,7 @@ def export(run: str | Path, task: int, dest: str | Path) -> Path:
     from ccr.models.adapters import load_trainable_state
 
     store = Storage(str(run))
-    tree, res = _run_record(store, str(run))
+    tree, res = _run_record(store)
     order, done = res["task_order"], int(res.get("tasks_done", len(res["task_order"])))
     if not 1 <= task <= len(order):
         raise ConfigError(f"--task {task}: the run's sequence has tasks 1 to {len(order)} ({', '.join(order)})")
