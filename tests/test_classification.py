@@ -119,6 +119,10 @@ def test_the_classification_row_survives_a_resume(tiny_cfg, tmp_path):
                    "classes: {box: square}}]")
     full = Study(cfg, tmp_path / "a", progress=False).run()
     assert len(full["classification"]["shapes"]["top1"]) == 3
+    from ccr.measure.tables import render  # what `ccr run` prints at the end
+
+    line = next(ln for ln in render(full).splitlines() if ln.strip().startswith("shapes "))
+    assert line.split()[1:] == " -> ".join(f"{v:.1f}" for v in full["classification"]["shapes"]["top1"]).split()
     Study(cfg, tmp_path / "b", progress=False).run()
     checkpoint_path(tmp_path / "b", 1, full["task_order"]).unlink()  # as if killed during task 2
     (tmp_path / "b" / "results.json").unlink()

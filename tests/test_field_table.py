@@ -92,4 +92,6 @@ def test_the_field_table_of_two_studies_from_their_results(tiny_cfg, tmp_path):
     assert "| zero-shot (θ0) |" in md and "extra storage (MB)" in md
     assert tex.startswith(r"\begin{tabular}") and r"zero-shot ($\theta$0)" in tex and r"\bottomrule" in tex
     assert "field's table" not in (out / "summary.md").read_text()  # summary.md: results only, no measurement
+    assert "The field's table" in (out / "report.html").read_text() and "<td>zero-shot (θ0)</td>" in (
+        out / "report.html").read_text()
     assert json.loads((out / "status.json").read_text())["runs"] == 2

@@ -269,28 +269,30 @@ def _write_analysis(root: Storage, c, out: Path, by_order: bool, scale: Scale | 
     econ_md, econ_figs = _economics(c, summary, out, scale, k0)
     if econ_md:
         md += [f"## {ECON_TITLE}", ECON_INTRO, *econ_md]
-    _field_table(c, out, k0)  # its own files: its cost columns are measurements, summary.md is the results'
+    field_md = _field_table(c, out, k0)  # its own files: its cost columns are measurements, summary.md is the results'
     (out / "summary.md").write_text("\n".join(md))
     (out / "effects.md").write_text("\n".join([EFFECTS_INTRO, "", *effect_md]))
 
     figs = _figures(long, summary, effects, out, ks[0] if ks else 1) + [f for f in econ_figs if f]
-    page = _report_page(root, c, prov, summary, tables, initial, effect_md, econ_md, figs)
+    page = _report_page(root, c, prov, summary, tables, initial, effect_md, econ_md, figs, field_md)
     (out / "report.html").write_text(page)
     (out / "status.json").write_text(json.dumps({"runs": len(c.runs), "incomplete": c.incomplete,
                                                  "corrupt": c.corrupt, "missing": c.missing,
                                                  "failed": [r for r, _ in c.failed]}, indent=1))
 
 
-def _field_table(c, out: Path, k: int) -> None:
-    """field_table.csv / .md / .tex: the field's Transfer, Avg. and Last with the cost columns (ccr.analysis.field)."""
+def _field_table(c, out: Path, k: int) -> str:
+    """field_table.csv / .md / .tex: the field's Transfer, Avg. and Last with the cost columns (ccr.analysis.field);
+    returns the table as markdown ("" without runs)."""
     table = field.field_table(c.runs, k)
     if table.empty:
-        return
+        return ""
     title = f"The field's table at R@{k}: Transfer, Avg. and Last (ZSCL's definitions), classification, costs"
     table.to_csv(out / "field_table.csv", index=False)
     text = field.to_markdown(table)
     (out / "field_table.md").write_text(f"# {title}\n\n{FIELD_NOTE}\n\n{text}\n")
     (out / "field_table.tex").write_text(field.to_latex(table, title))
+    return text
 
 
 def _figures(long: pd.DataFrame, summary: pd.DataFrame, effects: pd.DataFrame, out: Path, k: int) -> list[Path]:
@@ -308,7 +310,7 @@ def _figures(long: pd.DataFrame, summary: pd.DataFrame, effects: pd.DataFrame, o
 
 
 def _report_page(root: Storage, c, prov: pd.DataFrame, summary: pd.DataFrame, tables: dict[int, str], initial: str,
-                 effect_md: list[str], econ_md: list[str], figs: list[Path]) -> str:
+                 effect_md: list[str], econ_md: list[str], figs: list[Path], field_md: str = "") -> str:
     """report.html: every table and plot in one file, with what each number means and where it came from."""
     problems = []
     problems += [f"corrupt: {html.escape(p)} ({html.escape(why)})" for p, why in c.corrupt]
@@ -334,6 +336,9 @@ def _report_page(root: Storage, c, prov: pd.DataFrame, summary: pd.DataFrame, ta
     body += _sections_html(effect_md)
     if econ_md:
         body += [f"<h2>{ECON_TITLE}</h2>", f"<p>{html.escape(ECON_INTRO)}</p>", *_sections_html(econ_md)]
+    if field_md:  # field_table.md's table: measurements beside the results, so in the report, not in summary.md
+        body += ["<h2>The field's table (field_table.csv / .md / .tex)</h2>", f"<p>{html.escape(FIELD_NOTE)}</p>",
+                 _md_to_html(field_md)]
     body += ["<h2>Plots</h2>", *[_figure(f) for f in figs]]
     body += ["<h2>Failed, missing and incomplete runs</h2>",
              "<ul class=problems>" + "".join(f"<li>{p}</li>" for p in problems) + "</ul>" if problems

@@ -65,6 +65,10 @@ def initial_table(res: dict[str, Any]) -> str:
     have = [(n, m[n]) for n in names if n in m]
     if have:
         out.append("  ".join(f"{n} {_fmt(v, 0)}" for n, v in have))
+    sets = res.get("classification") or {}
+    if sets:  # eval.classification: top-1 at θ0, then after each task
+        out.append("\n".join(["zero-shot classification top-1 (θ0, then after each task):"] + [
+            f"  {name:<16} " + " -> ".join(_fmt(v, 0) for v in s["top1"]) for name, s in sets.items()]))
     return "\n\n".join(out)
 
 
