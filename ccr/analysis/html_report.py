@@ -336,10 +336,10 @@ def _report_page(root: Storage, c, prov: pd.DataFrame, summary: pd.DataFrame, ta
     body += _sections_html(effect_md)
     if econ_md:
         body += [f"<h2>{ECON_TITLE}</h2>", f"<p>{html.escape(ECON_INTRO)}</p>", *_sections_html(econ_md)]
+    body += ["<h2>Plots</h2>", *[_figure(f) for f in figs]]
     if field_md:  # field_table.md's table: measurements beside the results, so in the report, not in summary.md
         body += ["<h2>The field's table (field_table.csv / .md / .tex)</h2>", f"<p>{html.escape(FIELD_NOTE)}</p>",
                  _md_to_html(field_md)]
-    body += ["<h2>Plots</h2>", *[_figure(f) for f in figs]]
     body += ["<h2>Failed, missing and incomplete runs</h2>",
              "<ul class=problems>" + "".join(f"<li>{p}</li>" for p in problems) + "</ul>" if problems
              else "<p>None.</p>"]
