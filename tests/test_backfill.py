@@ -197,3 +197,36 @@ def test_cost_values_are_checked_in_one_place_for_the_cli_and_python(kwargs, nee
     err = capsys.readouterr().err
     assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "nothing").exists()
+
+
+def test_runs_of_one_model_are_priced_at_one_throughput_so_equal_work_costs_the_same(tiny_cfg, tmp_path):
+    """Each run measures its own embedding speed from about a second of work; two runs of the same model on the
+    same device that measured 1,000 and 3,000 images/s are both priced at the median (2,000), so the same
+    embeddings cost the same device-hours. A run of another model keeps its own."""
+    import json
+    import shutil
+
+    from ccr.analysis.economics import Scale, cost_rows
+
+    Study(tiny_cfg("data.n_tasks=2", "train.epochs=1", "train.threads=1"), tmp_path / "runs" / "a",
+          progress=False).run()
+    shutil.copytree(tmp_path / "runs" / "a", tmp_path / "runs" / "b")
+    shutil.copytree(tmp_path / "runs" / "a", tmp_path / "runs" / "other")
+    for name, ips, cps, strategy in (("a", 1000.0, 4000.0, "finetune"), ("b", 3000.0, 8000.0, "lwf"),
+                                     ("other", 500.0, 700.0, "ewc")):
+        p = tmp_path / "runs" / name / "results.json"
+        res = json.loads(p.read_text())
+        res["embedding"]["images"]["per_second"], res["embedding"]["captions"]["per_second"] = ips, cps
+        res["strategy"] = strategy
+        if name == "other":
+            res["config"]["model"]["embed_dim"] = 99  # another model
+        p.write_text(json.dumps(res))
+    from ccr.analysis.load import collect
+
+    rows = cost_rows(collect(tmp_path / "runs").runs, Scale(10**9), 1).set_index(["strategy", "policy"])
+    a, b, other = (rows.loc[(s, "reindex")] for s in ("finetune", "lwf", "ewc"))
+    assert a.images_per_second == b.images_per_second == 2000.0 and a.captions_per_second == 6000.0
+    assert a.throughput_runs == b.throughput_runs == 2 and other.throughput_runs == 1
+    assert a.device_hours == pytest.approx(b.device_hours) and other.images_per_second == 500.0
+    hours = (a.images_per_update / 2000.0 + a.captions_per_update / 6000.0) / 3600
+    assert a.device_hours == pytest.approx(hours)

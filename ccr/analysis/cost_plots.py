@@ -52,7 +52,8 @@ def cost_at_scale(costs: pd.DataFrame, curve_costs: pd.DataFrame, out: Path, n: 
     fig, ax = plt.subplots(figsize=(8, 4.4), layout="constrained")
     for _, r in costs.iterrows():
         ax.scatter(r.device_hours_last, r[col_r], color=col[r.strategy], marker=mk[r.policy], s=36, zorder=3)
-    if not curve_costs.empty:
+    lines = not curve_costs.empty and curve_costs.device_hours.notna().any()
+    if lines:
         for s, g in curve_costs.groupby("strategy"):
             o = "oldest" if "oldest" in set(g.order) else sorted(g.order)[0]
             g = g[g.order == o].sort_values("fraction")
@@ -66,5 +67,6 @@ def cost_at_scale(costs: pd.DataFrame, curve_costs: pd.DataFrame, out: Path, n: 
     leg = fig.legend(handles=strat, loc="outside right upper", fontsize=7, title="strategy", title_fontsize=8)
     fig.add_artist(leg)
     fig.legend(handles=pol, loc="outside right lower", fontsize=7, title="policy", title_fontsize=8)
-    ax.set_title("What each policy costs at scale and what it buys (lines: the backfill curve)", fontsize=10)
+    ax.set_title("What each policy costs at scale and what it buys" + (" (lines: the backfill curve)" if lines else
+                                                                        ""), fontsize=10)
     return _save(fig, out / f"cost_at_scale_R{k}.png")

@@ -1,6 +1,7 @@
 """The economics of re-indexing, from the runs' own records: negative flips per policy, the backfill curve
 (how much of the old gallery buys how much recall back) and what each policy costs at a gallery size the
-user names, on the embedding throughput the runs measured on their device (or one the user gives).
+user names, on the embedding throughput measured on the runs' device (one per model: the median over the runs of
+that model, `shared_throughput`) or one the user gives.
 
 Cost model. A study's galleries are scaled to N images (and, in the study's ratio, N·r captions): every count
 of embeddings a policy computed scales by α = N / (images in the study's final gallery). Per model update is
@@ -11,6 +12,7 @@ the numbers are linear in N, and two policies' costs are in the ratio of what ea
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -76,6 +78,34 @@ def _throughput(res: dict[str, Any]) -> tuple[float | None, float | None]:
     return (emb.get("images") or {}).get("per_second"), (emb.get("captions") or {}).get("per_second")
 
 
+def model_key(res: dict[str, Any]) -> str:
+    """What an embedding throughput is a property of: the model (its resolved config), the evaluation batch size
+    and the device."""
+    cfg = res.get("config") if isinstance(res.get("config"), dict) else {}
+    ev = cfg.get("eval") if isinstance(cfg.get("eval"), dict) else {}
+    emb = res.get("embedding") if isinstance(res.get("embedding"), dict) else {}
+    return json.dumps([cfg.get("model"), ev.get("batch_size"), emb.get("device")], sort_keys=True, default=str)
+
+
+def shared_throughput(runs: dict[str, dict[str, Any]]) -> dict[str, tuple[float | None, float | None, int]]:
+    """Per run: the images/s and captions/s its costs are priced at, and how many runs they come from. One
+    throughput for every run of one model on one device (the median of what those runs measured): each run
+    measures its own from about a second of embedding, which varies 1.6x between identical models, so pricing a
+    run at its own would make equal work cost unequal device-hours."""
+    groups: dict[str, list[str]] = {}
+    for name, res in runs.items():
+        groups.setdefault(model_key(res), []).append(name)
+    out = {}
+    for names in groups.values():
+        found = [_throughput(runs[n]) for n in names]
+        med = []
+        for i in (0, 1):
+            vals = [float(f[i]) for f in found if isinstance(f[i], (int, float)) and np.isfinite(f[i]) and f[i] > 0]
+            med.append(float(np.median(vals)) if vals else None)
+        out.update({n: (med[0], med[1], len(names)) for n in names})
+    return out
+
+
 def _count(v: Any) -> int:
     """A count from a results file; 0 where it is not a finite number (a damaged or hand-edited file)."""
     return int(v) if isinstance(v, (int, float)) and np.isfinite(v) else 0
@@ -85,10 +115,11 @@ def cost_rows(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.DataF
     """One row per run and policy: what the policy embeds at N, the device-hours and money that costs, and
     the recall and negative flips it buys."""
     rows = []
+    shared = shared_throughput(runs)
     for name, res in runs.items():
         n_img, ratio = _gallery(res)
         emb = res.get("embedding") or {}
-        ips, cps = _throughput(res)
+        ips, cps, same = shared[name]
         if not n_img:
             continue
         alpha = scale.gallery_size / n_img
@@ -102,7 +133,7 @@ def cost_rows(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.DataF
             m = pr["metrics"]
             row = {"run": name, "strategy": res["strategy"], "policy": policy, "gallery_size": scale.gallery_size,
                    "captions_per_image": ratio, "device": emb.get("device"),
-                   "images_per_second": ips, "captions_per_second": cps,
+                   "images_per_second": ips, "captions_per_second": cps, "throughput_runs": same,
                    "images_per_update": img_u, "captions_per_update": cap_u,
                    "images_sequence": img_all, "captions_sequence": cap_all,
                    "device_hours": _hours(img_u, cap_u, ips, cps), "device_hours_sequence": _hours(
@@ -184,9 +215,10 @@ def curve_costs(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.Dat
     """The backfill curve of the last update at N: device-hours of embedding the new task plus the re-embedded
     fraction of the old gallery, against the recall it buys (per strategy, order, fraction; t2i)."""
     rows = []
+    shared = shared_throughput(runs)
     for name, res in runs.items():
         n_img, ratio = _gallery(res)
-        ips, cps = _throughput(res)
+        ips, cps, _ = shared[name]
         curve = [r for r in res.get("backfill_curve") or [] if r["k"] == k and r["direction"] == "t2i"]
         if not curve or not n_img:
             continue

@@ -22,6 +22,7 @@ from ccr.analysis.economics import Scale
 from ccr.analysis.effects import effects_markdown, paired_effects
 from ccr.analysis.load import collect, per_run_summary, provenance_frame, tidy
 from ccr.analysis.report_text import (
+    COST_COLUMNS,
     ECON_INTRO,
     ECON_TITLE,
     EFFECTS_INTRO,
@@ -141,10 +142,12 @@ def _economics(c, summary: pd.DataFrame, out: Path, scale: Scale | None, k: int)
             table.to_csv(out / "cost_at_scale.csv", index=False)
             show = [col for col in table.columns if not col.startswith(("images_sequence", "captions_sequence"))]
             text = frame_markdown(table[show])
-            (out / "cost_at_scale.md").write_text(f"# Cost at a gallery of {scale.gallery_size:,} images\n\n{text}\n")
+            (out / "cost_at_scale.md").write_text(f"# Cost at a gallery of {scale.gallery_size:,} images\n\n"
+                                                  f"{COST_COLUMNS}\n\n{text}\n")
             md += [f"## Cost at a gallery of {scale.gallery_size:,} images (per model update, and over the "
                    "sequence; device-hours of embedding" + (f", USD at {scale.price:g} per device-hour"
-                                                           if scale.price is not None else "") + ")", "", text, ""]
+                                                           if scale.price is not None else "") + ")", "",
+                   COST_COLUMNS, "", text, ""]
             figs += [cost_plots.cost_at_scale(table, economics.curve_costs(c.runs, scale, k), out, scale.gallery_size,
                                          k)]
     return md, figs

@@ -83,8 +83,15 @@ ECON_INTRO = ("Negative flips: queries of old tasks that were hits at R@K before
               "also grows with each task, which can push an old hit out of the top K without any drift). "
               "Backfill: recall after the last task when a fraction of the old gallery is re-embedded with the new "
               "model (0 = no_reindex, 1 = reindex), in each order. Cost at scale: the embeddings each policy "
-              "computes, scaled to a gallery of N images, at the embedding throughput the runs measured on their "
-              "device (and at a throughput you give).")
+              "computes, scaled to a gallery of N images, at the embedding throughput measured on that device (the "
+              "median over the runs of one model) and at a throughput you give.")
+
+COST_COLUMNS = ("Per model update (`*_per_update`, `device_hours`, `usd`): the mean over updates 2..n of what the "
+                "policy embeds; `device_hours_last`: the last update alone (what the plot shows); `*_sequence`: "
+                "everything over the sequence, the first task's gallery included. Throughput "
+                "(`images_per_second`, `captions_per_second`): the median of what the runs of one model, "
+                "evaluation batch size and device measured (`throughput_runs` of them), one throughput for all of "
+                "them, so that equal work costs equal device-hours; `*_given`: at the throughput you gave.")
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:1em 1.5em;color:#222;line-height:1.45}
