@@ -22,8 +22,6 @@ import pandas as pd
 from ccr.measure.metrics import DIRECTIONS
 from ccr.measure.results import upgrade
 
-COSTS = ["trainable params (M)", "extra storage (MB)", "peak memory (MiB)", "train device-hours"]
-
 
 def zscl_metrics(a: np.ndarray) -> dict[str, float]:
     """Transfer, Avg. and Last of A (n steps x n tasks, NaN where not measured) in ZSCL's definitions."""
@@ -95,13 +93,14 @@ def field_rows(runs: dict[str, dict[str, Any]], k: int = 1) -> pd.DataFrame:
         for s, v in sets.items():
             row0[f"{s} top-1"] = (v["top1"] or [None])[0]
         rows.append(row0)
+        cost = costs(res)  # the run's, whatever the policy
         for policy in res["by_policy"]:
             row = {"run": name, "strategy": res.get("strategy", "?"), "policy": policy}
             for d in DIRECTIONS:
                 row.update({f"{d} {m}": v for m, v in zscl_metrics(full_matrix(res, policy, d, k)).items()})
             for s, v in sets.items():
                 row[f"{s} top-1"] = (v["top1"] or [None])[-1]
-            rows.append({**row, **costs(res)})
+            rows.append({**row, **cost})
     return pd.DataFrame(rows)
 
 
@@ -117,22 +116,10 @@ def field_table(runs: dict[str, dict[str, Any]], k: int = 1) -> pd.DataFrame:
     return pd.concat([table[zero], table[~zero].sort_values(["strategy", "policy"])], ignore_index=True)
 
 
-def _cell(v: Any, digits: int = 1) -> str:
+def _cell(v: Any, decimals: int) -> str:
     if isinstance(v, float):
-        return "–" if np.isnan(v) else f"{v:.{digits}f}"
+        return "–" if np.isnan(v) else f"{v:.{decimals}f}"
     return str(v)
-
-
-def _digits(col: str) -> int:
-    return 2 if col in ("trainable params (M)", "train device-hours") else 1
-
-
-def to_markdown(table: pd.DataFrame) -> str:
-    head = "| " + " | ".join(table.columns) + " |"
-    lines = [head, "|" + "---|" * len(table.columns)]
-    for r in table.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v, _digits(c)) for c, v in zip(table.columns, r, strict=True)) + " |")
-    return "\n".join(lines)
 
 
 def _tex(s: str) -> str:
@@ -142,12 +129,13 @@ def _tex(s: str) -> str:
     return s
 
 
-def to_latex(table: pd.DataFrame, caption: str) -> str:
-    """A booktabs tabular of the table (\\usepackage{booktabs}), ready for a paper's table environment."""
+def to_latex(table: pd.DataFrame, caption: str, decimals: list[int]) -> str:
+    """A booktabs tabular of the table (\\usepackage{booktabs}), ready for a paper's table environment; each column
+    to its number of `decimals` (as the markdown tables of ccr analyze: `html_report.column_decimals`)."""
     cols = list(table.columns)
     lines = [r"\begin{tabular}{ll" + "r" * (len(cols) - 2) + "}", r"\toprule",
              " & ".join(_tex(c) for c in cols) + r" \\", r"\midrule"]
     for r in table.itertuples(index=False):
-        lines.append(" & ".join(_tex(_cell(v, _digits(c))) for c, v in zip(cols, r, strict=True)) + r" \\")
+        lines.append(" & ".join(_tex(_cell(v, d)) for v, d in zip(r, decimals, strict=True)) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", f"% {caption}"]
     return "\n".join(lines) + "\n"

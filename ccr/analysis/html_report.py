@@ -292,9 +292,10 @@ def _field_table(c, out: Path, k: int) -> str:
         return ""
     title = f"The field's table at R@{k}: Transfer, Avg. and Last (ZSCL's definitions), classification, costs"
     table.to_csv(out / "field_table.csv", index=False)
-    text = field.to_markdown(table)
+    text = frame_markdown(table)
     (out / "field_table.md").write_text(f"# {title}\n\n{FIELD_NOTE}\n\n{text}\n")
-    (out / "field_table.tex").write_text(field.to_latex(table, title))
+    (out / "field_table.tex").write_text(field.to_latex(table, title, [column_decimals(table[c].tolist())
+                                                                       for c in table.columns]))
     return text
 
 
