@@ -134,15 +134,23 @@ def build_for(source: ModelSource | Config, ds: RetrievalDataset, tokenizer: str
     its pretraining stage, whose model is their base). `source`: the study's resolved model (a Config is
     resolved here)."""
     source = source if isinstance(source, ModelSource) else model_source(source)
-    cfg = source.cfg
     tok = load_tokenizer(tokenizer)
     length, trim = source.text_length
     tokens = tokenize_all(tok, ds.captions, length, trim)
+    model = seeded_model(source, len(tok), getattr(ds.images, "feature_dim", None), adapter)
+    return model.to(device), tok, tokens
+
+
+def seeded_model(source: ModelSource, vocab_size: int, image_features: int | None = None, adapter: bool = True
+                 ) -> DualEncoder:
+    """The study's model before any training, the same in every process: its initialisation seeded by the
+    config's seed (or pretrained weights), with model.adapter's adapters unless `adapter` is False."""
+    cfg = source.cfg
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, len(tok), cfg.train, getattr(ds.images, "feature_dim", None), source.complete)
+    model = build_model(cfg.model, vocab_size, cfg.train, image_features, source.complete)
     if adapter:
         attach_adapter(model, cfg)
-    return model.to(device), tok, tokens
+    return model
 
 
 def attach_adapter(model: DualEncoder, cfg: Config) -> None:

@@ -57,8 +57,9 @@ def _run_record(store: Storage) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def export(run: str | Path, task: int, dest: str | Path) -> Path:
     """Write the model of `run` after its task `task` (counted from 1) to the folder `dest`; returns it."""
-    from ccr.models import attach_adapter, build_model, load_tokenizer, model_source
+    from ccr.models import load_tokenizer, model_source
     from ccr.models.adapters import load_trainable_state
+    from ccr.models.build import seeded_model
 
     store = Storage(str(run))
     tree, res = _run_record(store)
@@ -80,9 +81,7 @@ def export(run: str | Path, task: int, dest: str | Path) -> Path:
     source = model_source(cfg)
     tok_dir = local_copy(store.child(TOKENIZER))
     tok = load_tokenizer(tok_dir)
-    torch.manual_seed(cfg.seed)  # the seeded initial weights: an adapter's base where the run had no pretraining
-    model = build_model(source.cfg.model, len(tok), cfg.train, None, source.complete)
-    attach_adapter(model, cfg)
+    model = seeded_model(source, len(tok))  # the seeded initial weights: an adapter's base without pretraining
     ck = from_bytes(store.read_bytes(name), store.display(name), map_location="cpu")
     load_trainable_state(model, ck["model"], ck.get("base_fingerprint"), store.display(name))
     out = Path(dest)
