@@ -49,18 +49,12 @@ class ImageFolder:
         return [given.get(c, d) for c, d in zip(self.classes, default, strict=True)]
 
 
-def _local(path: str, what: str, cache_dir: str | None) -> Path:
-    from ccr.io.staging import is_remote, stage
-
-    if is_remote(path):
-        return stage(path, what, cache_dir).local
-    return Path(path.removeprefix("file://"))
-
-
 def read_imagefolder(path: str, what: str, cache_dir: str | None = None) -> ImageFolder:
     """List an ImageFolder tree (staged here first when a URI); no class, or a class without images, is one
     DataError naming it."""
-    root = _local(path, what, cache_dir)
+    from ccr.io.staging import local_location
+
+    root = Path(local_location(path, what, cache_dir))
     if not root.is_dir():
         raise DataError(f"{what}: {path} is not a folder (ImageFolder layout: one subfolder per class, its images "
                         "inside)")

@@ -288,12 +288,19 @@ def local_data(d, listed_only: tuple[str, ...] = ()):
     keys in `listed_only` are listed, not copied (see `stage(copy=False)`)."""
     # a folder data.path (precomputed features, Visual Genome's JSON files) holds its files at the top: the
     # subfolders beside them (Visual Genome's images, staged through data.images) are not copied twice
-    staged = {k: str(stage(v, f"data.{k}", d.cache_dir, copy=k not in listed_only, top_only=k == "path").local)
-              for k in DATA_LOCATIONS if is_remote(v := getattr(d, k))}
-    # file:///abs/path, a form `--out` takes too: the path itself
-    staged.update({k: v.removeprefix("file://") for k in DATA_LOCATIONS
-                   if isinstance(v := getattr(d, k), str) and v.startswith("file://")})
+    staged = {k: local_location(v, f"data.{k}", d.cache_dir, copy=k not in listed_only, top_only=k == "path")
+              for k in DATA_LOCATIONS
+              if isinstance(v := getattr(d, k), str) and (is_remote(v) or v.startswith("file://"))}
     return dataclasses.replace(d, **staged) if staged else d
+
+
+def local_location(location: str, what: str, cache_dir: str | Path | None = None, copy: bool = True,
+                   top_only: bool = False) -> str:
+    """Where this node reads a data location: a URI's staged copy (`stage`), file:///abs/path (a form `--out`
+    takes too) as the path itself, a path as it is."""
+    if is_remote(location):
+        return str(stage(location, what, cache_dir, copy=copy, top_only=top_only).local)
+    return location.removeprefix("file://")
 
 
 def staged_of(d) -> dict[str, Staged]:

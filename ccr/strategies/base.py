@@ -173,10 +173,10 @@ class Composite(Strategy):
 
     def kept_items(self) -> tuple[np.ndarray, np.ndarray | None]:
         kept = [p.kept_items() for p in self.parts]
-        if any(k[1] is None for k in kept):
-            return np.unique(np.concatenate([k[0] for k in kept])).astype(np.int64), None
-        return (np.unique(np.concatenate([k[0] for k in kept])).astype(np.int64),
-                np.unique(np.concatenate([k[1] for k in kept])).astype(np.int64))
+        images = np.unique(np.concatenate([k[0] for k in kept])).astype(np.int64)
+        if any(k[1] is None for k in kept):  # a part keeps all captions of its images
+            return images, None
+        return images, np.unique(np.concatenate([k[1] for k in kept])).astype(np.int64)
 
     def load_state_dict(self, state):
         for p in self.parts:
