@@ -116,6 +116,37 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Measure the study's model on this device; write the record `ccr analyze --calibration` reads."""
+    import json
+
+    from ccr.study.configure import load_config
+
+    cfg = load_config(args.config, args.set)
+    if args.seconds <= 0 or args.index_vectors < 1:
+        raise ConfigError(f"--seconds must be above 0 and --index-vectors at least 1, got {args.seconds:g} and "
+                          f"{args.index_vectors}")
+    from ccr.io.redact import redact
+    from ccr.io.storage import Storage
+    from ccr.study.calibrate import calibrate
+
+    setup_logging(args.verbose)
+    where = Storage(args.out)
+    rec = calibrate(cfg, args.seconds, args.index_vectors)
+    parent, _, name = str(args.out).rstrip("/").rpartition("/")
+    (Storage(parent) if parent else Storage(".")).write_text(name, json.dumps(rec, indent=1))
+    e, i = rec["embedding"], rec["index"]
+    print(f"{rec['device_name']} ({rec['device']}, {rec['threads']} threads), eval batch {rec['eval_batch_size']}:")
+    for m in ("images", "captions"):
+        c = e[m]["call_per_second"]
+        print(f"  {m}: {e[m]['per_second']:,.1f}/s over {e[m]['seconds']:.1f} s ({e[m]['calls']} calls of "
+              f"{e[m]['call_items']:,} items: {c['min']:,.0f} to {c['max']:,.0f}/s)")
+    print(f"  index ({i['kind']}, {i['dim']} dims): training {i['train_seconds']:.2f} s on {i['train_vectors']:,} "
+          f"vectors, adding {i['add_seconds_per_million']:.2f} s per million vectors")
+    print(f"calibration written to {redact(where.display())}")
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ccr.io.redact import redact
     from ccr.study.export import export
@@ -131,14 +162,17 @@ def _scale(args: argparse.Namespace):
     """--gallery-size and the options that go with it, checked before anything is read."""
     from ccr.analysis.economics import Scale
 
-    given = [o for o in ("device_hour_price", "images_per_second", "captions_per_second")
-             if getattr(args, o) is not None]
+    given = [o for o in ("device_hour_price", "images_per_second", "captions_per_second", "calibration")
+             if getattr(args, o)]
     if args.gallery_size is None:
         if given:
             raise ConfigError(f"--{given[0].replace('_', '-')} needs --gallery-size N (the gallery to cost)")
         return None
     # Scale checks the values themselves: the same checks for ccr.analyze() from Python
-    return Scale(args.gallery_size, args.device_hour_price, args.images_per_second, args.captions_per_second)
+    from ccr.analysis.economics import read_calibrations
+
+    return Scale(args.gallery_size, args.device_hour_price, args.images_per_second, args.captions_per_second,
+                 read_calibrations(args.calibration))
 
 
 def console_summary(md: str) -> str:
@@ -203,8 +237,23 @@ def parser() -> argparse.ArgumentParser:
                    help="with --gallery-size: your own image embedding throughput (e.g. from bench/), as well")
     a.add_argument("--captions-per-second", type=float, default=None,
                    help="with --gallery-size: your own caption embedding throughput, as well")
+    a.add_argument("--calibration", action="append", default=[], metavar="FILE",
+                   help="with --gallery-size: a record `ccr calibrate` wrote (file or URI; repeatable, one per model "
+                        "and device): the runs of that model and device are priced at its throughput and index rates")
     a.add_argument("-v", "--verbose", action="store_true")
     a.set_defaults(fn=cmd_analyze)
+    c = sub.add_parser("calibrate", help="measure the study's model on this device (embedding throughput, index "
+                       "rates), for `ccr analyze --calibration`")
+    c.add_argument("config", nargs="?", help="YAML config (default: the embedded default)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (dotted path, value parsed as YAML); repeatable")
+    c.add_argument("--out", default="calibration.json", help="file or URI to write (default calibration.json)")
+    c.add_argument("--seconds", type=float, default=10.0, help="seconds of embedding per modality after a warm-up "
+                   "(default 10)")
+    c.add_argument("--index-vectors", type=int, default=200_000, metavar="N",
+                   help="random unit vectors added to the configured index to time it (default 200000)")
+    c.add_argument("-v", "--verbose", action="store_true")
+    c.set_defaults(fn=cmd_calibrate)
     e = sub.add_parser("export", help="write the model after one task of a run as a folder transformers loads "
                        "(LoRA merged)")
     e.add_argument("run", help="the run's folder or URI (its --out)")

@@ -83,11 +83,19 @@ def load_results(path: str | Path) -> LoadedResults:
 
 def analyze(path: str | Path, out: str | Path | None = None, gallery_size: int | None = None,
             price: float | None = None, images_per_second: float | None = None,
-            captions_per_second: float | None = None, by_order: bool = False) -> Path | str:
+            captions_per_second: float | None = None, by_order: bool = False,
+            calibration: str | Path | list[str | Path] | None = None) -> Path | str:
     """Write the analysis of every result under `path` (tables, plots, report.html), as `ccr analyze`;
-    `gallery_size` (with `price`, `images_per_second`, `captions_per_second`) adds the cost at that size."""
-    from ccr.analysis.economics import Scale
+    `gallery_size` (with `price`, `images_per_second`, `captions_per_second`, and `calibration`: files or URIs
+    `ccr calibrate` wrote) adds the cost at that size."""
+    from ccr.analysis.economics import Scale, read_calibrations
     from ccr.analysis.html_report import analyze as _analyze
 
-    scale = None if gallery_size is None else Scale(gallery_size, price, images_per_second, captions_per_second)
+    given = [] if calibration is None else [calibration] if isinstance(calibration, (str, Path)) else calibration
+    if given and gallery_size is None:
+        from ccr.errors import ConfigError
+
+        raise ConfigError("calibration prices the cost at a gallery size: give gallery_size too")
+    scale = None if gallery_size is None else Scale(gallery_size, price, images_per_second, captions_per_second,
+                                                    read_calibrations([str(g) for g in given]))
     return _analyze(path, out, by_order, scale)

@@ -109,3 +109,47 @@ def test_merged_parts_equal_one_flat_index_with_ties(n_parts):
     np.testing.assert_allclose(s, ref_s, rtol=1e-6)
     # ties resolve by the smaller id
     assert i[0].tolist() == [1000] + list(range(1150, 1159))
+
+
+@pytest.mark.parametrize("opq", [False, True])
+def test_ivfpq_answers_as_raw_faiss_built_the_same_way(opq):
+    """index.approx=ivfpq against faiss's own IndexIVFPQ (and OPQ rotation) trained on the same sample: the same
+    neighbours and scores, the code size capped where the sample is too small for 2^pq_nbits centroids."""
+    import faiss
+
+    from ccr.index.search import ApproxIndex, train_template
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((600, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    q = x[:50] + 0.05 * rng.standard_normal((50, 32)).astype(np.float32)
+    cfg = IndexConfig(approx="ivfpq", nlist=8, nprobe=3, pq_m=8, pq_nbits=5, opq=opq)  # 5 bits: faiss trains fast
+    template, sizes = train_template(cfg, x[:300])
+    assert sizes == {"nlist": 8, "pq_m": 8, "pq_nbits": 5, "opq": int(opq)}
+    ids = np.arange(1000, 1600)
+    got_s, got_i = ApproxIndex(x, ids, template, nprobe=3).search(q, 10)
+
+    faiss.omp_set_num_threads(1)
+    ref = faiss.index_factory(32, ("OPQ8," if opq else "") + "IVF8,PQ8x5", faiss.METRIC_INNER_PRODUCT)
+    ref.train(x[:300])
+    ref.add(x)
+    faiss.extract_index_ivf(ref).nprobe = 3
+    want_s, want_p = ref.search(q, 10)
+    assert np.allclose(got_s, want_s, atol=1e-5)
+    for g, w, s in zip(got_i - 1000, want_p, want_s, strict=True):  # PQ codes tie; the 10th score's ties may differ
+        sure = s > s[-1] + 1e-5
+        assert set(g[sure]) == set(w[sure])
+    assert (got_i - 1000 == want_p).mean() > 0.9
+    # 20 vectors cannot train 32 centroids per sub-quantizer: 4-bit codes (16 centroids), 5 lists, and no rotation
+    assert train_template(cfg, x[:20])[1] == {"nlist": 5, "pq_m": 8, "pq_nbits": 4, "opq": 0}
+
+
+def test_pq_m_that_does_not_divide_the_embedding_is_refused_before_anything_runs(tiny_cfg, tmp_path):
+    from ccr.errors import ConfigError
+    from ccr.study.runner import Study
+
+    with pytest.raises(ConfigError, match=r"'index.pq_m': 12 sub-quantizers do not divide the 16-dimensional"):
+        Study(tiny_cfg("index.approx=ivfpq", "index.pq_m=12"), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(ConfigError, match="index.pq_nbits"):
+        tiny_cfg("index.approx=ivfpq", "index.pq_nbits=20")

@@ -200,7 +200,7 @@ def test_local_snapshot_round_trip_and_corruption(tmp_path):
         IndexState.empty(IndexConfig()).load_snapshot(tmp_path / "nothing")
 
 
-@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+@pytest.mark.parametrize("kind", ["ivf", "hnsw", "ivfpq"])
 def test_approximate_index_reports_recall_against_exact(kind, tiny_cfg, tmp_path):
     res = Study(tiny_cfg(f"index.approx={kind}", "index.nlist=4", "data.n_tasks=2", "eval.scope=seen",
                          "index.save_snapshots=true"), tmp_path, progress=False).run()
@@ -208,14 +208,26 @@ def test_approximate_index_reports_recall_against_exact(kind, tiny_cfg, tmp_path
     assert q["kind"] == kind
     for m in ("images", "captions"):
         assert 0.0 < q["recall_at_10_vs_exact"][m] <= 1.0
+        first = q["trainings"][m][0]
+        assert first["nlist"] == min(4, first["vectors"] // 4) if kind != "hnsw" else first["hnsw_m"] == 16
+    if kind == "ivfpq":  # a test split's gallery trains codes of fewer bits than 8; the record says how many
+        assert 1 <= q["trainings"]["images"][0]["pq_nbits"] < 8 and q["trainings"]["images"][0]["pq_m"] == 8
+    cost = res["index_cost"]  # index building, per step: training the template and adding the vectors
+    assert all(s["index_seconds"] > 0 for s in cost["per_step"])
+    assert cost["index_seconds"] == pytest.approx(sum(s["index_seconds"] for s in cost["per_step"]), abs=1e-3)
+    assert res["metrics"]["index_cost/index_seconds"] == cost["index_seconds"]
     assert (tmp_path / "snapshots" / "reindex" / f"02_{res['task_order'][1]}" / "manifest.json").is_file()
 
 
 def test_approx_on_shards(base, tmp_path):
+    """IVF-PQ, trained on the driver and sent to both shards: its recall against exact search
+    and each step's index building (every shard's) are reported."""
     root, over = base
-    res = make_study(load_config(None, [*over, "index.approx=ivf", "index.nlist=4", "resources.shards=2"]), tmp_path,
-                     progress=False).run()
+    res = make_study(load_config(None, [*over, "index.approx=ivfpq", "index.nlist=4",
+                                        "resources.shards=2"]), tmp_path, progress=False).run()
     assert 0 < res["index_quality"]["recall_at_10_vs_exact"]["images"] <= 1
+    assert res["index_quality"]["trainings"]["images"][0]["pq_m"] == 8
+    assert all(s["index_seconds"] > 0 for s in res["index_cost"]["per_step"])
 
 
 def test_complete_clip_on_shards_with_loader_workers_equals_one_process(base, tmp_path):

@@ -87,11 +87,15 @@ ECON_INTRO = ("Negative flips: queries of old tasks that were hits at R@K before
               "median over the runs of one model) and at a throughput you give.")
 
 COST_COLUMNS = ("Per model update (`*_per_update`, `device_hours`, `usd`): the mean over updates 2..n of what the "
-                "policy embeds; `device_hours_last`: the last update alone (what the plot shows); `*_sequence`: "
-                "everything over the sequence, the first task's gallery included. Throughput "
-                "(`images_per_second`, `captions_per_second`): the median of what the runs of one model, "
-                "evaluation batch size and device measured (`throughput_runs` of them), one throughput for all of "
-                "them, so that equal work costs equal device-hours; `*_given`: at the throughput you gave.")
+                "policy embeds and indexes; `*_last`: the last update alone (what the plot shows); `*_sequence`: "
+                "everything over the sequence, the first task's gallery included. `device_hours` = `embed_hours` "
+                "(re-embedding) + `index_hours` (adding every embedded entry to the index, and training the "
+                "approximate index as often as the policy did). `priced_by`: `calibration` where `ccr calibrate` "
+                "measured the run's model on its device (`--calibration FILE`); else the median of what the runs of "
+                "one model, evaluation batch size and device measured (`throughput_runs` of them), one throughput "
+                "for all of them, so that equal work costs equal device-hours, and index building is not priced "
+                "(`index_hours` empty: a test split's gallery is too small to time an index by). `*_given`: at "
+                "the throughput you gave.")
 
 STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:auto;padding:1em 1.5em;color:#222;line-height:1.45}

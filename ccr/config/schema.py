@@ -215,10 +215,16 @@ class IndexConfig:
     drift_map_ridge: float = key(1e-3, ge=0)  # drift_map: ridge regularisation of the linear map
     drift_map_fit: int = key(1024, ge=1)  # drift_map / backfill(drift): new task's training items fitting the map
     save_snapshots: bool = False  # after each step, each policy's galleries (out/snapshots/POLICY/NN_TASK)
-    approx: str = key("none", choices=("none", "ivf", "hnsw"))  # approximate search (recall@10 vs exact reported)
+    # approximate search (recall@10 vs exact reported): IVF-Flat, HNSW, or IVF with product quantization (compressed
+    # vectors, for galleries that outgrow RAM)
+    approx: str = key("none", choices=("none", "ivf", "hnsw", "ivfpq"))
     nlist: int = key(64, ge=1)  # IVF lists (capped at a quarter of the training vectors)
     nprobe: int = key(8, ge=1)  # IVF lists probed per query
     hnsw_m: int = key(16, ge=2, why="neighbours per HNSW node")
+    pq_m: int = key(8, ge=1, why="ivfpq: sub-quantizers per vector; the embedding dimension must be a multiple")
+    # ivfpq: bits per sub-quantizer code (2^bits centroids each; fewer where the training sample is smaller)
+    pq_nbits: int = key(8, ge=1)
+    opq: bool = False  # ivfpq: an OPQ rotation learned before quantizing (faiss's "OPQm,IVFn,PQm")
     # when the approximate index's trained part (IVF's coarse quantizer, HNSW's graph is rebuilt per part anyway)
     # is trained again: never (the one trained at task 1 stays), reindexed (after a step that re-embedded every
     # entry of that gallery), always (every step, on the gallery as it stands)
@@ -227,6 +233,16 @@ class IndexConfig:
     def check(self) -> None:
         if self.approx != "none" and self.backend != "faiss":
             raise ConfigError("config key 'index.approx': approximate search needs index.backend=faiss")
+        if self.pq_nbits > 16:
+            raise ConfigError(f"config key 'index.pq_nbits': {self.pq_nbits} bits per code; faiss's product "
+                              "quantizer takes 1 to 16 (8 is usual)")
+
+    def check_dim(self, dim: int) -> None:
+        """What the embedding dimension must fit, known once the model is (model.embed_dim, or the checkpoint's)."""
+        if self.approx == "ivfpq" and dim % self.pq_m:
+            raise ConfigError(f"config key 'index.pq_m': {self.pq_m} sub-quantizers do not divide the "
+                              f"{dim}-dimensional embeddings; use a divisor of {dim} (e.g. "
+                              f"{', '.join(str(m) for m in (4, 8, 16, 32, 64) if dim % m == 0) or 1})")
 
 
 CLIP_TEMPLATE = "a photo of a {}."  # CLIP's (and ZSCL's) prompt where a classification set names none

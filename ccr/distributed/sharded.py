@@ -73,6 +73,13 @@ class ShardedGallery:
         out[np.searchsorted(self.ids(task), ids)] = moved
         return out
 
+    @property
+    def build_seconds(self) -> float:
+        """Device-seconds of index building: every shard's (they build in parallel, each on its own device) and the
+        template's training here. A shard rebuilt by recovery starts again from 0: its rebuild is not counted."""
+        shards = self.pool.call_all("build_seconds", self.ns, journal=False)
+        return float(sum(shards)) + sum(t["seconds"] for t in self.trainings)
+
     def retrain_template(self) -> None:
         """Train the approximate index again at the next search (ccr.index.gallery.Gallery.retrain_template)."""
         self.template_sent = False
@@ -90,8 +97,9 @@ class ShardedGallery:
             t0 = time.perf_counter()
             sample = np.concatenate(self.pool.call_all("sample", self.ns, self.tasks(), 20000 // self.pool.n + 1,
                                                        journal=False))
-            blob = faiss.serialize_index(train_template(self.cfg.approx, sample, self.cfg.nlist, self.cfg.hnsw_m))
-            self.trainings.append({"vectors": len(sample), "seconds": round(time.perf_counter() - t0, 4)})
+            template, sizes = train_template(self.cfg, sample)
+            blob = faiss.serialize_index(template)
+            self.trainings.append({"vectors": len(sample), "seconds": round(time.perf_counter() - t0, 4), **sizes})
             self.pool.call_all("set_template", self.ns, blob)
             self.template_sent = True
         res = self._search(queries, k, tasks, True)

@@ -118,6 +118,10 @@ class GalleryShard:
             return np.full((len(queries), k), -np.inf, np.float32), np.full((len(queries), k), -1, np.int64)
         return (g.search_approx if approx else g.search_exact)(queries, k, have)
 
+    def build_seconds(self, ns: str) -> float:
+        """Seconds this shard spent building the index of one namespace (ccr.index.gallery.Gallery.build_seconds)."""
+        return self.galleries[ns].build_seconds if ns in self.galleries else 0.0
+
     def state(self) -> dict[str, Any]:
         return {ns: g.state_dict() for ns, g in self.galleries.items()}
 

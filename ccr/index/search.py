@@ -6,6 +6,7 @@ several shards or several per-task parts all give the same answer.
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +19,10 @@ except ImportError:  # pragma: no cover - faiss is a dependency, but the torch b
 
 if TYPE_CHECKING:
     import torch
+
+    from ccr.config.schema import IndexConfig
+
+log = logging.getLogger(__name__)
 
 
 def order_topk(scores: np.ndarray, ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -121,8 +126,9 @@ class ApproxIndex:
     def __init__(self, vectors: np.ndarray, ids: np.ndarray, template: faiss.Index, nprobe: int = 8):
         self.ids = np.asarray(ids, dtype=np.int64)
         self.index = faiss.clone_index(template)
-        if hasattr(self.index, "nprobe"):
-            self.index.nprobe = nprobe
+        ivf = _ivf(self.index)
+        if ivf is not None:
+            ivf.nprobe = nprobe
         self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def __len__(self) -> int:
@@ -141,17 +147,44 @@ class ApproxIndex:
         return scores, ids
 
 
-def train_template(kind: str, sample: np.ndarray, nlist: int, hnsw_m: int) -> faiss.Index:
-    """An empty, trained approximate index to clone: `ivf` (IVF-Flat, inner product) or `hnsw`."""
+def _ivf(index: faiss.Index):
+    """The IVF index inside `index` (itself, or behind an OPQ rotation); None for HNSW and flat indexes."""
+    try:
+        return faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+
+
+def train_template(cfg: IndexConfig, sample: np.ndarray) -> tuple[faiss.Index, dict[str, int]]:
+    """An empty, trained approximate index to clone (`index.approx`: ivf, hnsw or ivfpq), and the sizes it was
+    trained with. IVF lists are capped at a quarter of the sample and PQ codes at the bits the sample can train
+    (2^bits <= sample size): faiss needs at least as many training vectors as centroids."""
     d = sample.shape[1]
-    if kind == "hnsw":
-        return faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-    if kind == "ivf":
-        nlist = max(1, min(nlist, len(sample) // 4))
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    if cfg.approx == "hnsw":
+        return faiss.IndexHNSWFlat(d, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT), {"hnsw_m": cfg.hnsw_m}
+    nlist = max(1, min(cfg.nlist, len(sample) // 4))
+    if cfg.approx == "ivf":
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.train(np.ascontiguousarray(sample, dtype=np.float32))
-        return index
-    raise ValueError(f"unknown approximate index {kind!r} (ivf or hnsw)")
+        index.train(x)
+        return index, {"nlist": nlist}
+    if cfg.approx == "ivfpq":
+        if d % cfg.pq_m:
+            cfg.check_dim(d)
+        nbits = max(1, min(cfg.pq_nbits, int(np.log2(max(2, len(sample))))))
+        if nbits < cfg.pq_nbits:
+            log.info("ivfpq: %d training vectors train %d-bit codes, not index.pq_nbits=%d (2^bits centroids need "
+                     "as many vectors)", len(sample), nbits, cfg.pq_nbits)
+        opq = cfg.opq and len(sample) >= 256
+        if cfg.opq and not opq:  # faiss trains the rotation with 8-bit codes of its own: 256 centroids
+            log.warning("ivfpq: %d training vectors cannot train the OPQ rotation (it needs 256); indexing without it",
+                        len(sample))
+        # faiss's factory: the index owns its parts (quantizer, rotation), so a clone or a copy outlives this frame
+        spec = f"{f'OPQ{cfg.pq_m},' if opq else ''}IVF{nlist},PQ{cfg.pq_m}x{nbits}"
+        index = faiss.index_factory(d, spec, faiss.METRIC_INNER_PRODUCT)
+        index.train(x)
+        return index, {"nlist": nlist, "pq_m": cfg.pq_m, "pq_nbits": nbits, "opq": int(opq)}
+    raise ValueError(f"unknown approximate index {cfg.approx!r} (ivf, hnsw or ivfpq)")
 
 
 def overlap_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int) -> float:

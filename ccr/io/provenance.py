@@ -36,5 +36,24 @@ def git_info() -> dict[str, Any]:
     return {"commit": commit or None, "dirty": dirty if commit else None}
 
 
+def device_name(device: Any) -> str:
+    """The hardware behind a torch device, as a throughput is a property of it: the GPU's name, or the CPU's model
+    (from /proc/cpuinfo where there is one)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type != "cpu":
+        return device.type
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def provenance() -> dict[str, Any]:
     return {"versions": versions(), "git": git_info(), "host": platform.node(), "platform": platform.platform()}

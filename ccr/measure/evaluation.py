@@ -137,7 +137,10 @@ class Evaluator:
         ranks: dict[str, dict[str, np.ndarray]] = {}
         gal = state.galleries
         seen_q, seen_t = {m: len(g.quality) for m, g in gal.items()}, {m: len(g.trainings) for m, g in gal.items()}
+        built = sum(g.build_seconds for g in gal.values())
         rows = evaluate_step(state, embedder, self.ds, seen, e.scope, e.ks, ranks=ranks)
+        # indexes are built where first searched: this step's building is what the queries made it do
+        state.cost_per_step[-1]["index_seconds"] = round(sum(g.build_seconds for g in gal.values()) - built, 4)
         for m, g in gal.items():
             if len(g.quality) > seen_q[m]:
                 self.approx_steps[name][m][step] = float(np.mean(g.quality[seen_q[m]:]))
@@ -213,6 +216,7 @@ class Evaluator:
         st = self.states[name]
         cost = {"images_embedded": st.cost["images"], "captions_embedded": st.cost["captions"],
                 "seconds": round(sum(c.get("seconds", 0.0) for c in st.cost_per_step[:upto]), 4),
+                "index_seconds": round(sum(c.get("index_seconds", 0.0) for c in st.cost_per_step[:upto]), 4),
                 "per_step": st.cost_per_step[:upto]}
         quality = None if self.cfg.index.approx == "none" else {
             "kind": self.cfg.index.approx, "retrain": self.cfg.index.approx_retrain,
@@ -233,7 +237,9 @@ class Evaluator:
 
     def embedding_results(self, device: str) -> dict[str, Any]:
         """Embedding throughput over the sequence, per modality, on `device` (queries, galleries, fitting)."""
-        out: dict[str, Any] = {"device": device}
+        from ccr.io.provenance import device_name
+
+        out: dict[str, Any] = {"device": device, "device_name": device_name(device)}
         for m, v in self.embedding.items():
             out[m] = {"items": v["items"], "seconds": round(v["seconds"], 4),
                       "per_second": v["items"] / v["seconds"] if v["seconds"] > 0 else None}

@@ -44,6 +44,10 @@ class Embedder:
             self._memo[key] = self._run(modality, ids)
         return self._memo[key]
 
+    def run(self, modality: str, ids: np.ndarray) -> np.ndarray:
+        """`embed` without the memo: every call runs the forward passes (calibration times them)."""
+        return self._run(modality, np.asarray(ids, dtype=np.int64))
+
     def embed_store(self, store, key: str) -> np.ndarray:
         """Every image of another store (a classification set's), in order; memoised under `key`."""
         if ("store", key) not in self._memo:

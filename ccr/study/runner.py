@@ -80,6 +80,7 @@ class Study:
         self.config_dict = redact_tree(to_dict(cfg))  # what every file records: no credential of any URI
         outputs.check_out_dir(self.store, self.config_dict)
         outputs.clean_leftovers(self.out)
+        cfg.index.check_dim(cfg.model.embed_dim)  # what the model decides: known now, before the data is read
         self.ds = load_dataset(cfg, self.source.pixels)
         self.order = checked_order(cfg, self.ds)
         self.strategy = build_strategy(cfg.strategy)
