@@ -32,6 +32,7 @@ BACKFILL_CURVE_STREAMS = 8
 BACKFILL_POLICY = 70  # the backfill policy's random order (index.backfill_order): images 70, captions 71
 BACKFILL_POLICY_CAPTIONS = 71
 ADAPTER_INIT = 77  # LoRA adapters' initialisation (the same in every process)
+CCLIP_PROJECTOR = 80  # C-CLIP's projector h_ψ, drawn afresh for each task
 
 
 def salts() -> dict[str, int]:

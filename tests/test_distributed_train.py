@@ -200,7 +200,8 @@ def test_pretrained_models_two_workers_equal_one_worker_global_batch(ray_local, 
 
 # per-worker sizes (train.batch_size, a replay or reference batch) double for the one process of the same step
 DDP_CASES = {
-    "finetune+lora": ([], ["model.adapter.kind=lora", "model.adapter.r=4"]),
+    # LoRA adapters, merged after task 1 and started again, and CKC's projector on the gathered batch
+    "cclip (lora)": ([], ["strategy.name=cclip", "model.adapter.kind=lora", "model.adapter.r=4"]),
     "replay,ewc,lwf": (["strategy.params.replay.batch=4"], ["strategy.name=[replay,ewc,lwf]"]),
     "agem,magmax": (["strategy.params.agem.ref_batch=4"], ["strategy.name=[agem,magmax]"]),
     "compat,wiseft": ([], ["strategy.name=[compat,wiseft]", "strategy.params.wiseft.alpha=0.7"]),

@@ -222,3 +222,86 @@ def test_optuna_on_the_index_cost_is_allowed_and_test_only_metrics_point_to_a_va
     (tmp_path / "zs.yaml").write_text(base + "  metric: zero_shot/t2i/R@1\n  mode: max\n")
     with pytest.raises(ConfigError, match="Select on the val split: 'val/t2i/R@1'"):
         load_spec(tmp_path / "zs.yaml")
+
+
+def test_cclip_merges_each_tasks_adapters_keeps_the_function_and_resumes_to_the_same_numbers(tiny_cfg, tmp_path):
+    """C-CLIP between tasks: the adapters' update B A (scaled) folded into the base weights, B zero again and A
+    drawn again, the model's embeddings unchanged by it; the merged base weights are in every checkpoint, so a
+    resume and `ccr export` read the merged model; and a study without LoRA is refused."""
+    from ccr.cli import main
+    from ccr.io.checkpoint import from_bytes
+    from ccr.models.adapters import merge_and_restart
+
+    cfg = tiny_cfg(*LORA, "data.n_tasks=2", "strategy.name=cclip", "checkpoint.keep=2", "eval.anatomy=false")
+    study = Study(cfg, tmp_path / "a", progress=False)
+    res = study.run()
+    assert "last/cclip_ckc_loss" in res["train"][1] and "last/cclip_ckc_loss" not in res["train"][0]  # task 2 on
+    cks = [from_bytes(checkpoint_path(tmp_path / "a", s, study.order).read_bytes(), "ck") for s in (0, 1)]
+    for ck in cks:
+        assert all(v.abs().sum() == 0 for k, v in ck["model"].items() if k.endswith("lora_B.default.weight"))
+        assert any(k.endswith("base_layer.weight") for k in ck["model"])  # the merged weights, kept
+    fresh, _, _ = build_for(cfg, study.ds, study.out / "tokenizer", adapter=False)
+    merged = [k for k in cks[0]["model"] if k.endswith("base_layer.weight")]
+    initial = dict(fresh.named_parameters())
+    assert any(not torch.equal(cks[0]["model"][k], initial[k.replace(".base_layer", "")]) for k in merged)
+
+    # the merge itself: the same embeddings before and after, B zero, A drawn again
+    model = study.model
+    for n, p in model.named_parameters():
+        if n.endswith("lora_B.default.weight"):
+            p.data.normal_(0, 0.1)
+    batch = study.ds.images.load(np.arange(6))
+    ids, mask = study.tokens.batch(np.arange(6))
+    model.eval()
+    before = model(batch, ids, mask)
+    a_before = {n: p.clone() for n, p in model.named_parameters() if "lora_A" in n}
+    changed = merge_and_restart(model, 5)
+    after = model(batch, ids, mask)
+    assert changed and all(torch.allclose(x, y, atol=1e-5) for x, y in zip(before, after, strict=True))
+    assert all(p.abs().sum() == 0 for n, p in model.named_parameters() if "lora_B" in n)
+    assert all(not torch.equal(p, a_before[n]) for n, p in model.named_parameters() if "lora_A" in n)
+
+    # resume after task 1: the merged base is read back, the same numbers
+    Study(cfg, tmp_path / "b", progress=False).run()
+    checkpoint_path(tmp_path / "b", 1, study.order).unlink()
+    (tmp_path / "b" / "results.json").unlink()
+    again = Study(cfg, tmp_path / "b", progress=False).run()
+    assert again["resumes"] == [0] and again["recall"] == res["recall"]
+    # the exported model after task 1 is the merged one
+    assert main(["export", str(tmp_path / "a"), "--task", "1", str(tmp_path / "exp")]) == 0
+    from safetensors.torch import load_file
+
+    img = list(load_file(str(next((tmp_path / "exp" / "image").glob("*.safetensors")))).values())
+    for k in merged:  # each merged weight of the image tower is in the exported tower (under transformers' names)
+        if k.startswith("image_encoder."):
+            assert any(v.shape == cks[0]["model"][k].shape and torch.allclose(v, cks[0]["model"][k]) for v in img), k
+    with pytest.raises(ConfigError, match="cclip learns each task in LoRA adapters"):
+        Study(tiny_cfg("strategy.name=cclip"), tmp_path / "c", progress=False)
+
+
+def test_cclip_ckc_is_the_papers_contrastive_consolidation():
+    """CKC (C-CLIP's Eq. 5) on a hand-made batch: h = norm([h_ψ(new image), h_ψ(new text)]), z = norm([old image,
+    old text]), InfoNCE both ways at temperature τ, written out here with explicit sums."""
+    import math
+    from types import SimpleNamespace
+
+    from ccr.strategies.distill import CClip, CClipParams
+
+    torch.manual_seed(0)
+    s = CClip(CClipParams(ckc_weight=2.0, tau=0.5))
+    s.projector = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 4))
+    ni, nt, oi, ot = (torch.nn.functional.normalize(torch.randn(3, 4), dim=-1) for _ in range(4))
+    s.old = object()
+    s.new_and_old = lambda ctx, batch: (ni, nt, oi, ot)
+    got = s.loss_terms(SimpleNamespace(), None, None)["cclip_ckc_loss"]
+
+    def unit(v):
+        return [x / math.sqrt(sum(y * y for y in v)) for x in v]
+
+    with torch.no_grad():
+        h = [unit([*s.projector(ni[i]).tolist(), *s.projector(nt[i]).tolist()]) for i in range(3)]
+    z = [unit([*oi[i].tolist(), *ot[i].tolist()]) for i in range(3)]
+    sim = [[sum(a * b for a, b in zip(h[i], z[j], strict=True)) / 0.5 for j in range(3)] for i in range(3)]
+    h2z = -sum(sim[i][i] - math.log(sum(math.exp(sim[i][j]) for j in range(3))) for i in range(3)) / 3
+    z2h = -sum(sim[i][i] - math.log(sum(math.exp(sim[j][i]) for j in range(3))) for i in range(3)) / 3
+    assert float(got.detach()) == pytest.approx(2.0 * 0.5 * (h2z + z2h), rel=1e-5)

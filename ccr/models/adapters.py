@@ -70,6 +70,27 @@ def _check_rank(r: int, encoder: str, layers: list[tuple[str, torch.nn.Module]])
                               f"features); a LoRA rank is at most {min(i, o)} there")
 
 
+@torch.no_grad()
+def merge_and_restart(model: torch.nn.Module, seed: int) -> list[str]:
+    """Fold every LoRA layer's update (scaling · B A) into its base weight, then start the adapter again (A drawn
+    as peft initialises it, from `seed`; B zero, so the model's function is unchanged): C-CLIP's step between
+    tasks. Returns the names of the base weights that changed."""
+    from peft.tuners.lora import LoraLayer
+
+    changed = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name, layer in sorted(model.named_modules(), key=lambda x: x[0]):
+            if not isinstance(layer, LoraLayer):
+                continue
+            for adapter in layer.active_adapters:
+                base = layer.get_base_layer()
+                base.weight += layer.get_delta_weight(adapter).to(base.weight.dtype)
+                layer.reset_lora_parameters(adapter, True)
+            changed.append(f"{name}.base_layer.weight")
+    return changed
+
+
 def fingerprint(model: torch.nn.Module) -> str:
     """SHA-256 of the base weights' names, shapes and bytes."""
     h = hashlib.sha256()

@@ -123,3 +123,86 @@ class Compat(_OldModel):
                        + losses.infonce(ni, ot, scale)["contrastive_loss"])
         reg = embedding_distillation(ni, oi) + embedding_distillation(nt, ot)
         return {"compat_cross_loss": p.cross_weight * cross, "compat_reg_loss": p.reg_weight * reg}
+
+
+@dataclass
+class CClipParams:
+    ckc_weight: float = 1.0  # weight of the contrastive knowledge consolidation term beside the CLIP loss
+    tau: float = 0.07  # CKC's temperature
+    projector_hidden: int = 2  # the projector h_ψ's hidden width, in multiples of the embedding dimension
+
+    def check(self, key: str) -> None:
+        if self.ckc_weight < 0 or self.tau <= 0 or self.projector_hidden < 1:
+            raise ConfigError(f"{key}: ckc_weight must be >= 0, tau > 0 and projector_hidden >= 1")
+
+
+@register
+class CClip(_OldModel):
+    """C-CLIP (Liu et al., "C-CLIP: Multimodal Continual Learning for Vision-Language Model", ICLR 2025): each task
+    is learned in LoRA adapters, which are merged into the backbone after the task and started again for the
+    next; and contrastive knowledge consolidation (CKC, the paper's Eq. 5): a projector h_ψ, trained with the
+    task, maps the new model's image and text embeddings of a pair, and their concatenation is contrasted
+    (InfoNCE both ways, temperature τ) with the frozen previous model's concatenation of the same pair, the
+    other pairs of the batch the negatives. Loss: CLIP's + ckc_weight · CKC (Eq. 6, weight 1 in the paper).
+
+    Where ccr departs: ccr's encoders give unit embeddings, so the projector takes those (the paper projects the
+    features before normalisation); h_ψ is ccr's choice of shape (Linear D → hD, ReLU, Linear hD → D: the
+    text does not pin it down), started afresh (seeded) for each task. Under data parallelism the projector is
+    applied to the gathered global batch, so every rank computes the same, exact projector gradient and CKC is
+    the term of one process with the global batch. The merged base weights are kept in every checkpoint (they
+    change with each task, unlike a plain adapter's base)."""
+
+    name = "cclip"
+    source = "Liu et al. 2025 (C-CLIP, ICLR)"
+    Params = CClipParams
+
+    def __init__(self, params=None):
+        super().__init__(params)
+        self.projector: torch.nn.Module | None = None
+
+    def validate(self, cfg, dataset, order):
+        if cfg.model.adapter.kind != "lora":
+            raise ConfigError("strategy cclip learns each task in LoRA adapters and merges them after it (C-CLIP): "
+                              "set model.adapter.kind=lora (and model.adapter.r, its rank)")
+
+    def before_task(self, ctx, model):
+        import torch
+
+        from ccr import seeds
+        from ccr.seeds import task_seed
+
+        super().before_task(ctx, model)
+        # the merged weights change with every task: checkpoints keep them (a plain adapter's base never changes)
+        lora_bases = {n for n in getattr(model, "base_names", set()) if n.endswith(".base_layer.weight")}
+        model.base_names = set(model.base_names) - lora_bases
+        d, h = model.embed_dim, model.embed_dim * self.params.projector_hidden
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(task_seed(ctx.cfg.seed, ctx.index, seeds.CCLIP_PROJECTOR))
+            self.projector = torch.nn.Sequential(torch.nn.Linear(d, h), torch.nn.ReLU(), torch.nn.Linear(h, d)
+                                                 ).to(ctx.device)
+
+    def configure_optimizer(self, ctx, model, params):
+        return super().configure_optimizer(ctx, model, [*params, *self.projector.parameters()])
+
+    def loss_terms(self, ctx, model, batch):
+        if self.old is None:
+            return {}
+        import torch
+        import torch.nn.functional as F
+
+        ni, nt, oi, ot = self.new_and_old(ctx, batch)
+        h = F.normalize(torch.cat([self.projector(ni), self.projector(nt)], dim=-1), dim=-1)
+        z = F.normalize(torch.cat([oi, ot], dim=-1), dim=-1)
+        logits = h @ z.T / self.params.tau
+        labels = torch.arange(len(h), device=h.device)
+        ckc = 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+        return {"cclip_ckc_loss": self.params.ckc_weight * ckc}
+
+    def after_task(self, ctx, model):
+        from ccr import seeds
+        from ccr.models.adapters import merge_and_restart
+        from ccr.seeds import task_seed
+
+        super().after_task(ctx, model)
+        self.projector = None
+        merge_and_restart(model, task_seed(ctx.cfg.seed, ctx.index + 1, seeds.ADAPTER_INIT))  # task index+1's
