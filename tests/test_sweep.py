@@ -143,6 +143,20 @@ def test_sweep_files_in_repo_are_valid():
         cfgs = [spec.config_for(c) for c in cells]
         assert {(tuple(c.tasks.pretrain), c.model.freeze) for c in cfgs} == {
             ((), "none"), (("pool",), "none"), (("pool",), "backbone"), ((), "backbone")}
+    # the field's protocols: MTIL's 11 datasets in orders I and II, C-CLIP's 8 caption datasets (their data is the
+    # user's, in a bucket): every cell builds a valid config, a sequence of one task per dataset
+    mtil = load_spec(REPO / "sweeps" / "mtil.yaml")
+    orders = {tuple(c["tasks.order"]) for c in mtil.cells()}
+    assert len(orders) == 2 and all(len(o) == 11 for o in orders) and next(iter(orders))[0] in ("Aircraft",
+                                                                                                "StanfordCars")
+    for c in mtil.cells():
+        cfg = mtil.config_for(c)
+        assert cfg.data.kind == "sequence" and len(cfg.data.datasets) == 12 and cfg.eval.control == ["ImageNet"]
+    cclip = load_spec(REPO / "sweeps" / "cclip.yaml")
+    cfgs = [cclip.config_for(c) for c in cclip.cells()]
+    assert [d.name for d in cfgs[0].data.datasets] == ["flickr30k", "coco", "pets", "lexica", "simpsons", "wikiart",
+                                                       "kream", "sketch"]
+    assert any(c.strategy.name == "cclip" and c.model.adapter.kind == "lora" for c in cfgs)
     default = load_spec(REPO / "sweeps" / "default.yaml")
     names = {c["strategy.name"] for c in default.cells()}
     assert {"finetune", "joint"} < names and len(names) >= 4

@@ -27,13 +27,17 @@ log = logging.getLogger(__name__)
 # policy's one order) and eval.backfill_orders (the curve's) take the same names
 BACKFILL_ORDERS = ("oldest", "random", "drift", "ambiguity")
 MAX_CURVE_POINTS = 101  # eval.backfill_curve: a point every 1 % of the old gallery is the finest that says more
+CLIP_TEMPLATE = "a photo of a {}."  # CLIP's (and ZSCL's) prompt where a classification set names none
+SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a set's name is part of its metric names
+SEQUENCE_KINDS = ("generated", "karpathy", "precomp", "visual_genome", "imagefolder")  # data.datasets[i].kind
 # data.captions_per_image when not given: the generated benchmark's 4 captions, Visual Genome's 5 phrases
 CAPTIONS_PER_IMAGE = {"generated": 4, "visual_genome": 5}
 
 
 @dataclass
 class DataConfig:
-    kind: str = "generated"  # generated | karpathy | precomp | visual_genome (or a plugin's loader)
+    # generated | karpathy | precomp | visual_genome | imagefolder | sequence (or a plugin's loader)
+    kind: str = "generated"
     path: str | None = None  # karpathy: dataset JSON; precomp: folder of {split}_ims.npy/_caps.txt; VG: JSON folder
     images: str | None = None  # image root folder (karpathy, visual_genome)
     tasks_file: str | None = None  # JSON: image -> task (karpathy: by filename; VG: by id; precomp: per split)
@@ -65,6 +69,14 @@ class DataConfig:
     # generated: test images of each shape family the sequence never learns (those after n_tasks), as control
     # data (eval.control); rendered after everything else, so the other images stay as they are
     control_per_task: int = key(0, ge=0)
+    # imagefolder (a classification dataset as one task, the MTIL protocol): its task's name (default: the
+    # folder's), its prompts (`{}` the class name; default CLIP's) and display names (a list in the sorted class
+    # folders' order, or {folder: name}; default the folder names, '_' read as a space)
+    name: str | None = None
+    templates: list[str] | None = None
+    classes: dict[str, str] | list[str] | None = None
+    # sequence: one task per entry, in this order, each a dataset of any kind with its own keys (and `name`)
+    datasets: list[DataConfig] = field(default_factory=list)
 
     def check(self) -> None:
         """What each data.kind needs, by key name, before any file is opened."""
@@ -73,13 +85,57 @@ class DataConfig:
         for k in need:
             if not getattr(self, k):
                 raise ConfigError(f"config key 'data.{k}': required when data.kind is {self.kind}")
-        if self.kind == "karpathy" and not self.tasks_file and not self.instances:
+        if self.kind == "karpathy" and not self.tasks_file and not self.instances and not self.name:
             raise ConfigError("data.kind=karpathy needs 'data.tasks_file' (image -> task) or "
                               "'data.instances' (COCO annotations: tasks by the largest object's supercategory, "
-                              "or by 'data.task_map')")
+                              "or by 'data.task_map'), or 'data.name' (the whole dataset one task of that name)")
         if self.kind == "visual_genome" and not self.tasks_file and not self.task_map:
             raise ConfigError("data.kind=visual_genome needs 'data.tasks_file' ({image_id: task}) or "
                               "'data.task_map' ({object name: task})")
+        self._check_imagefolder("data")
+        if self.kind == "sequence":
+            self._check_sequence()
+        elif self.datasets:
+            raise ConfigError(f"config key 'data.datasets': only data.kind=sequence has datasets (kind is "
+                              f"{self.kind})")
+
+    def _check_imagefolder(self, where: str) -> None:
+        if self.kind != "imagefolder":
+            return
+        if not self.path:
+            raise ConfigError(f"config key '{where}.path': required when {where}.kind is imagefolder (a folder or URI "
+                              "with train/ and test/ class folders, or one ImageFolder and a split_file)")
+        for i, t in enumerate(self.templates or []):
+            if not isinstance(t, str) or t.count("{}") != 1:
+                raise ConfigError(f"config key '{where}.templates[{i}]': {t!r} must hold '{{}}' once, where the "
+                                  f"class name goes (as {CLIP_TEMPLATE!r})")
+        if self.templates is not None and not self.templates:
+            raise ConfigError(f"config key '{where}.templates': empty; give at least one prompt, as "
+                              f"{CLIP_TEMPLATE!r}")
+        names = self.classes.values() if isinstance(self.classes, dict) else self.classes or []
+        if any(not n.strip() for n in names):
+            raise ConfigError(f"config key '{where}.classes': a class's display name is empty")
+
+    def _check_sequence(self) -> None:
+        """Each entry a dataset of its own (its kind's keys, checked as data's are), named, the names distinct."""
+        if not self.datasets:
+            raise ConfigError("config key 'data.datasets': data.kind=sequence needs a list of datasets, one task each "
+                              "(e.g. [{name: pets, kind: imagefolder, path: ...}, {name: coco, kind: karpathy, ...}])")
+        seen: dict[str, int] = {}
+        for i, d in enumerate(self.datasets):
+            where = f"data.datasets[{i}]"
+            if d.kind not in SEQUENCE_KINDS:
+                raise ConfigError(f"config key '{where}.kind': {d.kind!r} is not one of {', '.join(SEQUENCE_KINDS)}"
+                                  " (a sequence's entries are datasets, each one task)")
+            if not d.name or not SET_NAME.fullmatch(d.name):
+                raise ConfigError(f"config key '{where}.name': each entry needs a task name of letters, digits, '_', "
+                                  f"'.' or '-', got {d.name!r}")
+            if d.name in seen:
+                raise ConfigError(f"config key '{where}.name': {d.name!r} names data.datasets[{seen[d.name]}] too; "
+                                  "task names must differ")
+            seen[d.name] = i
+            d._check_imagefolder(where)
+            check_fields(d, where)
 
 
 @dataclass
@@ -245,8 +301,6 @@ class IndexConfig:
                               f"{', '.join(str(m) for m in (4, 8, 16, 32, 64) if dim % m == 0) or 1})")
 
 
-CLIP_TEMPLATE = "a photo of a {}."  # CLIP's (and ZSCL's) prompt where a classification set names none
-SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a set's name is part of its metric names
 
 
 @dataclass

@@ -72,6 +72,53 @@ class FileImages:
         return torch.from_numpy(np.stack([load_image_file(self.paths[i], self.pixels) for i in ids]))
 
 
+class ConcatImages:
+    """The image stores of several datasets one after another (data.kind=sequence): global id i is image
+    i - offsets[p] of part p."""
+
+    def __init__(self, stores: list):
+        self.stores = list(stores)
+        self.offsets = np.cumsum([0] + [len(s) for s in self.stores])
+        self.decodes = any(getattr(s, "decodes", False) for s in self.stores)
+        self.image_size = int(self.stores[0].image_size)
+        dims = {getattr(s, "feature_dim", None) for s in self.stores}
+        if len(dims) > 1:
+            raise DataError("a sequence cannot mix precomputed image features (data.kind=precomp) with images, or "
+                            f"features of different sizes ({', '.join(sorted(str(d) for d in dims))}): one model "
+                            "takes one kind of input")
+        if dims != {None}:
+            self.feature_dim = dims.pop()
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def load(self, ids: np.ndarray) -> torch.Tensor:
+        ids = np.asarray(ids, dtype=np.int64)
+        part = np.searchsorted(self.offsets, ids, side="right") - 1
+        out = None
+        for p in np.unique(part):
+            rows = np.nonzero(part == p)[0]
+            got = self.stores[p].load(ids[rows] - self.offsets[p])
+            if out is None:
+                out = torch.empty((len(ids), *got.shape[1:]), dtype=got.dtype)
+            out[torch.from_numpy(rows)] = got
+        return out if out is not None else self.stores[0].load(ids)
+
+
+@dataclass
+class ClassTask:
+    """A task whose test is classification (data.kind=imagefolder): its classes' display names and the prompts
+    that name them; each image's class is `RetrievalDataset.class_labels`."""
+
+    names: list[str]
+    templates: list[str]
+
+    @property
+    def prompts(self) -> list[str]:
+        """Every class's prompts, class-major: class c's are [c * T, (c + 1) * T)."""
+        return [t.replace("{}", n) for n in self.names for t in self.templates]
+
+
 @dataclass
 class RetrievalDataset:
     """Images with captions, splits and task labels (global ids throughout)."""
@@ -86,6 +133,9 @@ class RetrievalDataset:
     task_names: list[str]  # natural task order
     info: dict = field(default_factory=dict)  # how the loader made it (e.g. a seeded split), for results
     sources: dict = field(default_factory=dict)  # where the image side comes from (ccr.data.validated)
+    # classification tasks (data.kind=imagefolder): their classes, and each image's class index (-1: none)
+    classes: dict[str, ClassTask] = field(default_factory=dict)
+    class_labels: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.caption_image = np.asarray(self.caption_image, dtype=np.int64)

@@ -187,8 +187,22 @@ def checked_images(paths: list[Path], pixels: Pixels, cfg: DataConfig) -> ImageS
     return FileImages(paths, pixels)
 
 
+class _OneTask(dict):
+    """Every image in one task (an entry of data.kind=sequence without a task assignment: the dataset is the task)."""
+
+    def __init__(self, name: str):
+        super().__init__()
+        self.name = name
+
+    def get(self, key, default=None):
+        return self.name
+
+
 def _task_assignment(cfg: DataConfig) -> dict[str, str]:
-    """Image filename -> task: from data.tasks_file, or by COCO instances (largest object; data.task_map)."""
+    """Image filename -> task: from data.tasks_file, or by COCO instances (largest object; data.task_map); in a
+    sequence's entry without either, the entry's name for every image."""
+    if not cfg.tasks_file and not cfg.instances and cfg.name:
+        return _OneTask(cfg.name)
     if cfg.tasks_file:
         assign = _read_json(cfg.tasks_file, "tasks file (data.tasks_file)")
         if not isinstance(assign, dict) or not all(isinstance(v, str) for v in assign.values()):

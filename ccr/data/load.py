@@ -28,11 +28,19 @@ def load_dataset(cfg: Config, pixels: Pixels | None = None) -> RetrievalDataset:
         if not isinstance(ds, RetrievalDataset):
             raise DataError(f"the loader of data.kind={d.kind!r} returned {type(ds).__name__}, not a RetrievalDataset")
         return ds
+    if d.kind == "sequence":
+        from ccr.data.sequence import load_sequence
+
+        return load_sequence(cfg, pixels, load_dataset)
     if d.kind == "generated":
         if d.image_size is None:  # the size the model takes (set in one place)
             side = (pixels if pixels is not None else default_pixels(cfg)).side
             d = dataclasses.replace(d, image_size=side)
         return load_generated(d)
+    if d.kind == "imagefolder":  # stages its folder whole (train/ and test/ are subfolders)
+        from ccr.data.imagefolder import load_imagefolder_task
+
+        return load_imagefolder_task(d, pixels if pixels is not None else default_pixels(cfg))
     from ccr.io.staging import local_data
 
     # URIs: this node's staged copies (config.yaml keeps the URIs); with an image cache shared through storage, the

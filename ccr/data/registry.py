@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-BUILTIN = ("generated", "karpathy", "precomp", "visual_genome")
+BUILTIN = ("generated", "karpathy", "precomp", "visual_genome", "imagefolder", "sequence")
 LOADERS: dict[str, Callable[[Any], Any]] = {}
 
 

@@ -67,6 +67,26 @@ def top1(embedder: Embedder, s: LoadedSet) -> float:
     return 100.0 * float(np.mean(predicted == s.folder.labels))
 
 
+def class_ranks(embedder: Embedder, ds, task: str, split: str = "test") -> np.ndarray:
+    """(n,) the 0-based rank of each `split` image of classification task `task` (data.kind=imagefolder)'s own
+    class among the task's classes, ordered as argmax orders them (a tie goes to the lower class index): top-K
+    accuracy is `rank < K`, the cell of its recall matrix, and a negative flip is a rank crossing K."""
+    ct = ds.classes[task]
+    ids = ds.image_ids(task, split)
+    if len(ids) == 0:
+        return np.zeros(0, np.int64)
+    scores = embedder.embed("images", ids) @ class_heads(embedder.embed_texts(ct.prompts), len(ct.names)).T
+    labels = ds.class_labels[ids]
+    own = scores[np.arange(len(ids)), labels][:, None]
+    before = np.arange(scores.shape[1])[None, :] < labels[:, None]
+    return ((scores > own) | ((scores == own) & before)).sum(1).astype(np.int64)
+
+
+def class_recall(ranks: np.ndarray, ks: list[int]) -> dict[int, float]:
+    """Top-K accuracy (%) from class_ranks, for every K."""
+    return {k: float(100.0 * np.mean(ranks < k)) if len(ranks) else float("nan") for k in ks}
+
+
 class ClassificationRows:
     """Top-1 of every set, row 0 at θ0 and row s + 1 after step s: {name: (n + 1,)}."""
 

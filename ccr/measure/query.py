@@ -8,6 +8,7 @@ import numpy as np
 from ccr.data.dataset import RetrievalDataset
 from ccr.index.gallery import IndexState
 from ccr.index.search import FlatIndex
+from ccr.measure.classification import class_ranks, class_recall
 from ccr.measure.metrics import first_hit, recall_at_k
 from ccr.models.embed import Embedder
 
@@ -29,6 +30,12 @@ def evaluate_step(state: IndexState, embedder: Embedder, ds: RetrievalDataset, s
     kmax = max(ks)
     out: dict[str, dict[str, dict[int, float]]] = {"i2t": {}, "t2i": {}}
     for task in seen:
+        if task in ds.classes:  # a classification task: top-K among its own classes, in both directions' cells
+            r = class_ranks(embedder, ds, task, split)
+            out["i2t"][task], out["t2i"][task] = class_recall(r, ks), class_recall(r, ks)
+            if ranks is not None:
+                ranks.setdefault("i2t", {})[task] = ranks.setdefault("t2i", {})[task] = r
+            continue
         where = gallery_tasks(task, seen, scope)
         img_ids = ds.image_ids(task, split)
         cap_ids = ds.caption_ids(task, split)
@@ -50,6 +57,9 @@ def recall_direct(embedder: Embedder, ds: RetrievalDataset, task: str, gallery: 
     """Recall of `task`'s `split` queries against `gallery` tasks' items, both sides embedded by `embedder`
     (no index policy: the evaluation of tasks not learned yet, θ0's zero-shot row, control data):
     {direction: {K: percent}}. Galleries are assembled per task, so each task is embedded once per model."""
+    if task in ds.classes:  # a classification task: top-K among its own classes, whatever the gallery
+        r = class_ranks(embedder, ds, task, split)
+        return {"i2t": class_recall(r, ks), "t2i": class_recall(r, ks)}
     kmax = max(ks)
     img_ids, cap_ids = ds.image_ids(task, split), ds.caption_ids(task, split)
     g_caps = [ds.caption_ids(t, split) for t in gallery]

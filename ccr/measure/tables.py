@@ -13,10 +13,24 @@ def _fmt(v: float | None, width: int = 5, decimals: int = 1) -> str:
     return f"{'-':>{width}}" if v is None else f"{round(v, decimals) + 0.0:{width}.{decimals}f}"
 
 
+def class_counts(res: dict[str, Any]) -> dict[str, int]:
+    """The classification tasks of a run (data.kind=imagefolder, alone or in a sequence) and their class counts."""
+    ds = res.get("dataset") or {}
+    if ds.get("kind") == "imagefolder" and isinstance(ds.get("classes"), int):
+        return {ds.get("name"): ds["classes"]}
+    return {t: v["classes"] for t, v in (ds.get("datasets") or {}).items()
+            if isinstance(v, dict) and isinstance(v.get("classes"), int)}
+
+
 def chance_row(res: dict[str, Any], direction: str, k: int | str, tasks: list[str] | None = None) -> list[float]:
     """What a random ranking scores, per evaluated task: in its own gallery (task scope), or in the gallery of
-    every task of the sequence (seen scope, after the last task)."""
+    every task of the sequence (seen scope, after the last task); a classification task's: a random class order
+    among its own classes."""
     tasks = tasks or res["task_order"]
+    classes = class_counts(res)
+    if classes:
+        plain = chance_row({**res, "dataset": {**res["dataset"], "kind": None, "datasets": None}}, direction, k, tasks)
+        return [chance_recall(int(k), classes[t]) if t in classes else c for t, c in zip(tasks, plain, strict=True)]
     counts = {t: int(v.get("test", 0)) for t, v in ((res.get("dataset") or {}).get("tasks") or {}).items()}
     first = ((res.get("index_cost") or {}).get("per_step") or [{}])[0]
     per_image = first["captions"] / first["images"] if first.get("images") else 1.0

@@ -54,10 +54,17 @@ def with_defaults(cfg: Config) -> Config:
     from ccr.strategies import strategy_params
 
     data, model = cfg.data, cfg.model
-    if data.captions_per_image is None and data.kind in CAPTIONS_PER_IMAGE:
-        data = dataclasses.replace(data, captions_per_image=CAPTIONS_PER_IMAGE[data.kind])
-    if data.image_size is None and not model.pretrained:  # the size set in one place: the model's
-        data = dataclasses.replace(data, image_size=model.image.image_size)
+
+    def filled(data):
+        if data.captions_per_image is None and data.kind in CAPTIONS_PER_IMAGE:
+            data = dataclasses.replace(data, captions_per_image=CAPTIONS_PER_IMAGE[data.kind])
+        if data.image_size is None and not model.pretrained:  # the size set in one place: the model's
+            data = dataclasses.replace(data, image_size=model.image.image_size)
+        return data
+
+    data = filled(data)
+    if data.datasets:  # a sequence's entries: each says what it ran with, as a dataset alone would
+        data = dataclasses.replace(data, datasets=[filled(d) for d in data.datasets])
     if model.embed_dim is None and not model.pretrained:  # a complete model's: its checkpoint's
         model = dataclasses.replace(model, embed_dim=64)
     return dataclasses.replace(cfg, data=data, model=model,
