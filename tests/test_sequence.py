@@ -19,6 +19,7 @@ from tests.conftest import TINY
 from tests.test_classification import make_imagefolder
 
 CLASSES = {"dog": 10, "cat": 9, "red_car": 8}
+
 TEMPLATES = ["a photo of a {}.", "a {} in the top left"]
 
 
@@ -38,7 +39,7 @@ def _over(tmp_path: Path, pets: Path, *extra: str) -> list[str]:
             *extra]
 
 
-def test_a_classification_task_in_a_sequence_is_measured_by_its_top1_like_eval_classification(tmp_path):
+def test_a_classification_task_in_a_sequence_is_measured_by_its_top1_like_eval_classification(tmp_path, caplog):
     """The sequence [pets (imagefolder), shapes (generated)]: pets' items are its images with the templates
     filled with their class names as captions; every cell of pets' column (θ0's zero-shot row, the row after each
     task, both directions, R@1) equals eval.classification's top-1 on pets' test folder with the same prompts,
@@ -55,6 +56,11 @@ def test_a_classification_task_in_a_sequence_is_measured_by_its_top1_like_eval_c
     first = ds.captions_of(pet_ids[:1])  # its captions: each template, filled with its class's name
     label = ds.class_labels[pet_ids[0]]
     assert [ds.captions[c] for c in first] == [t.replace("{}", ["cat", "dog", "red car"][label]) for t in TEMPLATES]
+    from ccr.study.runner import warn_small_galleries
+
+    with caplog.at_level("WARNING", logger="ccr.study.runner"):
+        warn_small_galleries(cfg, ds, study.order)
+    assert "R@5, R@10 of task pets: K is at least its 3 classes" in caplog.text  # top-K of 3 classes: always 100
     res = study.run()
     top1 = res["classification"]["pets_test"]["top1"]
     for d in ("i2t", "t2i"):
@@ -158,3 +164,39 @@ def test_caption_datasets_chained_as_c_clip_does_are_one_task_each(tmp_path):
     assert not set(ds.image_ids("flickr", "train")) & set(ds.image_ids("coco", "train"))
     res = study.run()
     assert np.array(res["recall"]["t2i"]["1"]).shape == (2, 2)
+
+
+def test_a_sequence_read_from_a_bucket_loads_what_the_local_folders_hold(s3, tmp_path):
+    """The layout sweeps/mtil.yaml and sweeps/cclip.yaml read (moto's S3 on 127.0.0.1): an ImageFolder task with
+    train/ and test/ under one prefix, staged whole (not just its top level), and a Karpathy caption dataset, each
+    one task: the same items, classes and captions as the same folders read locally."""
+    from ccr.data import load_dataset
+    from ccr.io.storage import Storage
+    from tests.karpathy_fixture import make_karpathy
+
+    pets = make_split_folder(tmp_path / "pets")
+    kp = make_karpathy(tmp_path / "kp", per_task=5, test_per_task=3)
+    store = Storage(s3.uri("ccr", "seq"))
+    store.upload_dir(pets, "mtil/pets")
+    store.upload_dir(kp["path"].parent, "cclip/kp")
+    rel = kp["path"].relative_to(kp["path"].parent).as_posix()
+    images = kp["images"].relative_to(kp["path"].parent).as_posix()
+
+    def entries(pets_at: str, kp_json: str, kp_images: str) -> str:
+        return (f"data.datasets=[{{name: pets, kind: imagefolder, path: '{pets_at}'}}, "
+                f"{{name: caps, kind: karpathy, path: '{kp_json}', images: '{kp_images}'}}]")
+
+    common = [*TINY, "data.kind=sequence", "model.text.max_length=16"]
+    local = load_dataset(load_config(None, [*common, f"data.cache_dir={tmp_path / 'c1'}",
+                                            entries(str(pets), str(kp["path"]), str(kp["images"]))]))
+    base = store.child("cclip/kp").uri
+    remote = load_dataset(load_config(None, [*common, f"data.cache_dir={tmp_path / 'c2'}", entries(
+        store.child("mtil/pets").uri, f"{base}/{rel}" if "?" not in base else base.replace("?", f"/{rel}?", 1),
+        f"{base}/{images}" if "?" not in base else base.replace("?", f"/{images}?", 1))]))
+    assert remote.task_names == local.task_names == ["pets", "caps"]
+    for t in ("pets", "caps"):
+        for split in ("train", "test"):
+            assert len(remote.image_ids(t, split)) == len(local.image_ids(t, split)) > 0
+    assert remote.classes["pets"] == local.classes["pets"] and remote.captions == local.captions
+    assert (remote.class_labels == local.class_labels).all()
+    assert (remote.images.load(np.arange(remote.n_images)) == local.images.load(np.arange(local.n_images))).all()

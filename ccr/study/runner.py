@@ -263,8 +263,17 @@ __all__ = ["Study", "checkpoint_path", "run_study"]
 
 
 def warn_small_galleries(cfg: Config, ds, order: list[str]) -> None:
-    """Said before training: R@K of a gallery of at most K items is 100 % whatever the model."""
-    sizes = {t: len(ds.image_ids(t, "test")) for t in order}
+    """Said before training: R@K of a gallery of at most K items is 100 % whatever the model (and top-K accuracy
+    of a classification task of at most K classes)."""
+    few = {t: len(ds.classes[t].names) for t in order if t in ds.classes}
+    trivial = {t: [k for k in cfg.eval.ks if k >= n] for t, n in few.items()}
+    for t, ks in trivial.items():
+        if ks:
+            log.warning("R@%s of task %s: K is at least its %d classes, so that its top-K accuracy is 100 %% whatever "
+                        "the model", ", R@".join(map(str, ks)), t, few[t])
+    sizes = {t: len(ds.image_ids(t, "test")) for t in order if t not in ds.classes}
+    if not sizes:
+        return
     smallest = min(sizes, key=sizes.get)
     trivial = [k for k in cfg.eval.ks if k >= sizes[smallest]]
     if trivial:
