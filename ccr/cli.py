@@ -131,10 +131,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ccr.study.calibrate import calibrate
 
     setup_logging(args.verbose)
-    where = Storage(args.out)
+    where = Storage(args.out)  # a file or an object (a URI's options, after '?', stay with it)
     rec = calibrate(cfg, args.seconds, args.index_vectors)
-    parent, _, name = str(args.out).rstrip("/").rpartition("/")
-    (Storage(parent) if parent else Storage(".")).write_text(name, json.dumps(rec, indent=1))
+    where.write_text("", json.dumps(rec, indent=1))
     e, i = rec["embedding"], rec["index"]
     print(f"{rec['device_name']} ({rec['device']}, {rec['threads']} threads), eval batch {rec['eval_batch_size']}:")
     for m in ("images", "captions"):

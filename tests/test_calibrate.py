@@ -130,3 +130,19 @@ def test_calibration_options_are_checked(calibrated, tmp_path, capsys):
     assert main(["calibrate", "--set", "index.approx=ivfpq", "--set", "index.pq_m=5"]) == 2
     assert "index.pq_m': 5 sub-quantizers do not divide the 64-dimensional" in capsys.readouterr().err
     assert np.isfinite(rec["images_per_second"])
+
+
+def test_a_calibration_written_to_a_bucket_prices_the_runs_read_from_it(calibrated, s3, tmp_path):
+    """--out and --calibration as storage URIs (moto's S3 on 127.0.0.1, its endpoint in the URI's options)."""
+    from ccr.analysis.economics import read_calibrations
+    from tests.conftest import TINY
+
+    root, rec, _ = calibrated
+    uri = s3.uri("ccr", "calibrations/tiny.json")
+    sets = [x for o in [*TINY, f"data.cache_dir={root / 'cache'}", *OVER] for x in ("--set", o)]
+    assert main(["calibrate", *sets, "--seconds", "0.2", "--index-vectors", "500", "--out", uri]) == 0
+    (got,) = read_calibrations([uri])
+    assert got["model"] == rec["model"] and got["index"]["vectors"] == 500
+    assert main(["analyze", str(root / "runs"), "--out", str(tmp_path / "an"), "--gallery-size", "1000",
+                 "--calibration", uri]) == 0
+    assert set(pd.read_csv(tmp_path / "an" / "cost_at_scale.csv").priced_by) == {"calibration"}

@@ -59,7 +59,8 @@ def cost_at_scale(costs: pd.DataFrame, curve_costs: pd.DataFrame, out: Path, n: 
             g = g[g.order == o].sort_values("fraction")
             ax.plot(g.device_hours, g.recall, color=col.get(s, "k"), lw=1, alpha=0.7)
     ax.set_xscale("log")
-    ax.set_xlabel(f"device-hours of embedding the last model update, gallery of {n:,} images")
+    ax.set_xlabel(f"device-hours of the last model update (re-embedding, and index building where calibrated), "
+                  f"gallery of {n:,} images")
     ax.set_ylabel(f"t2i R@{k} after the last task (%)")
     ax.grid(alpha=0.3, which="both")
     strat = [Line2D([], [], color=c_, marker="o", ls="", label=s_) for s_, c_ in col.items()]

@@ -144,9 +144,9 @@ def _economics(c, summary: pd.DataFrame, out: Path, scale: Scale | None, k: int)
             text = frame_markdown(table[show])
             (out / "cost_at_scale.md").write_text(f"# Cost at a gallery of {scale.gallery_size:,} images\n\n"
                                                   f"{COST_COLUMNS}\n\n{text}\n")
+            money = f", USD at {scale.price:g} per device-hour" if scale.price is not None else ""
             md += [f"## Cost at a gallery of {scale.gallery_size:,} images (per model update, and over the "
-                   "sequence; device-hours of embedding" + (f", USD at {scale.price:g} per device-hour"
-                                                           if scale.price is not None else "") + ")", "",
+                   f"sequence; device-hours of re-embedding and index building{money})", "",
                    COST_COLUMNS, "", text, ""]
             figs += [cost_plots.cost_at_scale(table, economics.curve_costs(c.runs, scale, k), out, scale.gallery_size,
                                          k)]
