@@ -61,6 +61,8 @@ def test_a_classification_task_in_a_sequence_is_measured_by_its_top1_like_eval_c
     with caplog.at_level("WARNING", logger="ccr.study.runner"):
         warn_small_galleries(cfg, ds, study.order)
     assert "R@5, R@10 of task pets: K is at least its 3 classes" in caplog.text  # top-K of 3 classes: always 100
+    # 16 pairs over 3 classes of 10, 9, 8 images: 120 pairs x sum(p^2) = 40 same-class pairs a batch
+    assert "a batch of 16 holds about 40 pairs of one class" in caplog.text
     res = study.run()
     top1 = res["classification"]["pets_test"]["top1"]
     for d in ("i2t", "t2i"):

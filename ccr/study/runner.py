@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 
@@ -271,6 +272,16 @@ def warn_small_galleries(cfg: Config, ds, order: list[str]) -> None:
         if ks:
             log.warning("R@%s of task %s: K is at least its %d classes, so that its top-K accuracy is 100 %% whatever "
                         "the model", ", R@".join(map(str, ks)), t, few[t])
+    for t in few:  # the contrastive loss takes every other pair of the batch as a negative, same class or not
+        labels = ds.class_labels[ds.image_ids(t, "train")]
+        p = np.bincount(labels) / max(1, len(labels))
+        b = cfg.train.batch_size * cfg.resources.workers
+        same = b * (b - 1) / 2 * float(np.sum(p ** 2))
+        if same >= 1:
+            log.warning("task %s is a classification task trained on (image, class prompt) pairs: a batch of %d "
+                        "holds about %.0f pairs of one class, which the contrastive loss takes as negatives of "
+                        "each other (ZSCL's loss is a cross-entropy over the task's classes; docs/reproducing.md)",
+                        t, b, same)
     sizes = {t: len(ds.image_ids(t, "test")) for t in order if t not in ds.classes}
     if not sizes:
         return
