@@ -32,34 +32,17 @@ def main() -> None:
     a = p.parse_args()
 
     import numpy as np
-    import torch
 
-    from ccr.study.calibrate import SAMPLE, calibrate
+    from ccr.index.search import ApproxIndex, FlatIndex, train_template
+    from ccr.study.calibrate import SAMPLE, calibrate, study_embedder
     from ccr.study.configure import load_config
 
     cfg = load_config(None, [f"train.threads={a.threads}", *a.set])
     rec = calibrate(cfg, a.seconds, index_vectors=200_000)
-
     # the same model and data as the calibration built, embedding a gallery it never saw whole
-    import tempfile
-
-    from ccr.data import checked_order, load_dataset
-    from ccr.index.search import ApproxIndex, FlatIndex, train_template
-    from ccr.io.storage import open_storage
-    from ccr.models import build_for, model_source
-    from ccr.models.embed import Embedder
-    from ccr.study.outputs import TOKENIZER, write_tokenizer
-
-    source = model_source(cfg)
-    c = source.cfg
-    ds = load_dataset(c, source.pixels)
+    c, ds, emb = study_embedder(cfg)
     per_image = len(ds.captions) / ds.n_images
     n_img, n_cap = a.images, round(a.images * per_image)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer(open_storage(tmp), Path(tmp), source, ds, checked_order(c, ds))
-        model, _, tokens = build_for(source, ds, Path(tmp) / TOKENIZER, "cpu")
-    torch.set_num_threads(a.threads)
-    emb = Embedder(model, ds, tokens, torch.device("cpu"), c.eval.batch_size, c.train.amp)
     part = 50_000
     measured = {}
     vectors = {}

@@ -30,6 +30,22 @@ MAX_CURVE_POINTS = 101  # eval.backfill_curve: a point every 1 % of the old gall
 CLIP_TEMPLATE = "a photo of a {}."  # CLIP's (and ZSCL's) prompt where a classification set names none
 SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a set's name is part of its metric names
 SEQUENCE_KINDS = ("generated", "karpathy", "precomp", "visual_genome", "imagefolder")  # data.datasets[i].kind
+
+
+def check_prompts(where: str, templates: list[str] | None, classes: dict[str, str] | list[str] | None) -> None:
+    """The prompts and display names of classes (eval.classification's sets, data.kind=imagefolder's task): at
+    least one template (None: CLIP's), each holding `{}` once, no empty display name."""
+    if templates is not None and not templates:
+        raise ConfigError(f"config key '{where}.templates': empty; give at least one prompt, as {CLIP_TEMPLATE!r}")
+    for i, t in enumerate(templates or []):
+        if not isinstance(t, str) or t.count("{}") != 1:
+            raise ConfigError(f"config key '{where}.templates[{i}]': {t!r} must hold '{{}}' once, where the "
+                              f"class name goes (as {CLIP_TEMPLATE!r})")
+    names = classes.values() if isinstance(classes, dict) else classes or []
+    if any(not n.strip() for n in names):
+        raise ConfigError(f"config key '{where}.classes': a class's display name is empty")
+
+
 # data.captions_per_image when not given: the generated benchmark's 4 captions, Visual Genome's 5 phrases
 CAPTIONS_PER_IMAGE = {"generated": 4, "visual_genome": 5}
 
@@ -105,16 +121,7 @@ class DataConfig:
         if not self.path:
             raise ConfigError(f"config key '{where}.path': required when {where}.kind is imagefolder (a folder or URI "
                               "with train/ and test/ class folders, or one ImageFolder and a split_file)")
-        for i, t in enumerate(self.templates or []):
-            if not isinstance(t, str) or t.count("{}") != 1:
-                raise ConfigError(f"config key '{where}.templates[{i}]': {t!r} must hold '{{}}' once, where the "
-                                  f"class name goes (as {CLIP_TEMPLATE!r})")
-        if self.templates is not None and not self.templates:
-            raise ConfigError(f"config key '{where}.templates': empty; give at least one prompt, as "
-                              f"{CLIP_TEMPLATE!r}")
-        names = self.classes.values() if isinstance(self.classes, dict) else self.classes or []
-        if any(not n.strip() for n in names):
-            raise ConfigError(f"config key '{where}.classes': a class's display name is empty")
+        check_prompts(where, self.templates, self.classes)
 
     def _check_sequence(self) -> None:
         """Each entry a dataset of its own (its kind's keys, checked as data's are), named, the names distinct."""
@@ -321,16 +328,7 @@ class ClassificationSet:
                               f"(it names its metrics), got {self.name!r}")
         if not self.path:
             raise ConfigError(f"config key '{where}.path': the set's ImageFolder (a folder or URI) is missing")
-        if not self.templates:
-            raise ConfigError(f"config key '{where}.templates': empty; give at least one prompt, as "
-                              f"{CLIP_TEMPLATE!r}")
-        for i, t in enumerate(self.templates):
-            if t.count("{}") != 1:
-                raise ConfigError(f"config key '{where}.templates[{i}]': {t!r} must hold '{{}}' once, where the "
-                                  f"class name goes (as {CLIP_TEMPLATE!r})")
-        names = self.classes.values() if isinstance(self.classes, dict) else self.classes or []
-        if any(not n.strip() for n in names):
-            raise ConfigError(f"config key '{where}.classes': a class's display name is empty")
+        check_prompts(where, self.templates, self.classes)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ccr.config.schema import ClassificationSet, Config
+from ccr.data.dataset import ClassTask
 from ccr.data.imagefolder import ImageFolder, decoded, read_imagefolder
 from ccr.io.images import Pixels
 from ccr.models.embed import Embedder
@@ -34,8 +35,8 @@ class LoadedSet:
 
     @property
     def prompts(self) -> list[str]:
-        """Every class's prompts, class-major: class c's are [c * T, (c + 1) * T)."""
-        return [t.replace("{}", n) for n in self.names for t in self.spec.templates]
+        """Every class's prompts, class-major (ccr.data.dataset.ClassTask.prompts)."""
+        return ClassTask(self.names, list(self.spec.templates)).prompts
 
 
 def load_sets(cfg: Config, pixels: Pixels) -> list[LoadedSet]:
@@ -63,8 +64,7 @@ def top1(embedder: Embedder, s: LoadedSet) -> float:
     """% of the set's images whose most similar class head is their own class's."""
     images = embedder.embed_store(s.images, f"classification/{s.spec.name}")
     heads = class_heads(embedder.embed_texts(s.prompts), len(s.names))
-    predicted = np.argmax(images @ heads.T, axis=1)
-    return 100.0 * float(np.mean(predicted == s.folder.labels))
+    return 100.0 * float(np.mean(ranks_among(images @ heads.T, s.folder.labels) == 0))
 
 
 def class_ranks(embedder: Embedder, ds, task: str, split: str = "test") -> np.ndarray:
@@ -76,8 +76,13 @@ def class_ranks(embedder: Embedder, ds, task: str, split: str = "test") -> np.nd
     if len(ids) == 0:
         return np.zeros(0, np.int64)
     scores = embedder.embed("images", ids) @ class_heads(embedder.embed_texts(ct.prompts), len(ct.names)).T
-    labels = ds.class_labels[ids]
-    own = scores[np.arange(len(ids)), labels][:, None]
+    return ranks_among(scores, ds.class_labels[ids])
+
+
+def ranks_among(scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """(n,) the 0-based rank of each row's own class (`labels`) in its (n, C) scores, ties to the lower class
+    index as argmax breaks them: rank 0 exactly where argmax is the own class."""
+    own = scores[np.arange(len(labels)), labels][:, None]
     before = np.arange(scores.shape[1])[None, :] < labels[:, None]
     return ((scores > own) | ((scores == own) & before)).sum(1).astype(np.int64)
 

@@ -31,30 +31,13 @@ SAMPLE = 20000  # what a gallery trains its approximate index on (ccr.index.gall
 
 def calibrate(cfg: Config, seconds: float = 10.0, index_vectors: int = 200_000) -> dict[str, Any]:
     """The calibration record of `cfg`'s model on the device `train.device` resolves to (see the module)."""
-    from ccr.data import checked_order, load_dataset
     from ccr.io.provenance import device_name, provenance
     from ccr.io.redact import redact_tree
-    from ccr.io.storage import open_storage
-    from ccr.models import build_for, model_source
-    from ccr.models.embed import Embedder
-    from ccr.study.outputs import TOKENIZER, write_tokenizer
-    from ccr.train import resolve_device
 
     if not seconds > 0 or index_vectors < 1:
         raise ConfigError(f"calibration needs seconds > 0 and index vectors >= 1, got {seconds}, {index_vectors}")
-    source = model_source(cfg)
-    cfg = source.cfg
-    cfg.index.check_dim(cfg.model.embed_dim)
-    ds = load_dataset(cfg, source.pixels)
-    order = checked_order(cfg, ds)
-    device = resolve_device(cfg.train.device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    with tempfile.TemporaryDirectory(prefix="ccr-calibrate.") as tmp:  # the tokenizer a study would fit
-        write_tokenizer(open_storage(tmp), Path(tmp), source, ds, order)
-        model, _, tokens = build_for(source, ds, Path(tmp) / TOKENIZER, device)
-    embedder = Embedder(model, ds, tokens, device, cfg.eval.batch_size, cfg.train.amp,
-                        workers=cfg.data.num_workers)
+    cfg, ds, embedder = study_embedder(cfg)
+    device = embedder.device
     rates = {"images": _rate(embedder, "images", ds.n_images, seconds),
              "captions": _rate(embedder, "captions", len(ds.captions), seconds)}
     index = index_rates(cfg.index, cfg.model.embed_dim, index_vectors, cfg.seed)
@@ -69,6 +52,32 @@ def calibrate(cfg: Config, seconds: float = 10.0, index_vectors: int = 200_000) 
              "vectors added", record["device"], record["device_name"], record["images_per_second"],
              record["captions_per_second"], index["kind"], index["train_seconds"], index["add_seconds_per_million"])
     return record
+
+
+def study_embedder(cfg: Config):
+    """(the resolved config, its dataset, an Embedder of its model): what a study embeds with, on the device
+    `train.device` resolves to, at the evaluation batch size (seeded or pretrained weights, adapters attached,
+    the tokenizer a study would fit). Calibration and bench/calibration_check.py both time this one."""
+    from ccr.data import checked_order, load_dataset
+    from ccr.io.storage import open_storage
+    from ccr.models import build_for, model_source
+    from ccr.models.embed import Embedder
+    from ccr.study.outputs import TOKENIZER, write_tokenizer
+    from ccr.train import resolve_device
+
+    source = model_source(cfg)
+    cfg = source.cfg
+    cfg.index.check_dim(cfg.model.embed_dim)
+    ds = load_dataset(cfg, source.pixels)
+    order = checked_order(cfg, ds)
+    device = resolve_device(cfg.train.device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    with tempfile.TemporaryDirectory(prefix="ccr-calibrate.") as tmp:  # the tokenizer a study would fit
+        write_tokenizer(open_storage(tmp), Path(tmp), source, ds, order)
+        model, _, tokens = build_for(source, ds, Path(tmp) / TOKENIZER, device)
+    return cfg, ds, Embedder(model, ds, tokens, device, cfg.eval.batch_size, cfg.train.amp,
+                             workers=cfg.data.num_workers)
 
 
 def _rate(embedder, modality: str, n_items: int, seconds: float) -> dict[str, Any]:
