@@ -214,21 +214,17 @@ def cost_rows(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.DataF
             train_u = sum(1 for t in trained if t >= 1) / (n - 1) if n > 1 else float(len(trained))
             train_last = sum(1 for t in trained if t == n - 1)
 
-            def index_h(vectors: float, trainings: float, r=r) -> float | None:
-                if r["index_seconds_per_vector"] is None:
-                    return None
-                return (vectors * r["index_seconds_per_vector"] + trainings * r["index_training_seconds"]) / 3600
-
             m = pr["metrics"]
             row = {"run": name, "strategy": res["strategy"], "policy": policy, "gallery_size": scale.gallery_size,
                    "captions_per_image": ratio, "device": emb.get("device"), "device_name": emb.get("device_name"),
                    **r, "images_per_update": img_u, "captions_per_update": cap_u,
                    "images_sequence": img_all, "captions_sequence": cap_all,
-                   "embed_hours": _hours(img_u, cap_u, ips, cps), "index_hours": index_h(img_u + cap_u, train_u),
+                   "embed_hours": _hours(img_u, cap_u, ips, cps),
+                   "index_hours": _index_hours(r, img_u + cap_u, train_u),
                    "embed_hours_last": _hours(img_last, cap_last, ips, cps),
-                   "index_hours_last": index_h(img_last + cap_last, train_last),
+                   "index_hours_last": _index_hours(r, img_last + cap_last, train_last),
                    "embed_hours_sequence": _hours(img_all, cap_all, ips, cps),
-                   "index_hours_sequence": index_h(img_all + cap_all, len(trained)),
+                   "index_hours_sequence": _index_hours(r, img_all + cap_all, len(trained)),
                    f"t2i R@{k}": m.get(metric("avg_final_recall", "t2i", k)),
                    f"i2t R@{k}": m.get(metric("avg_final_recall", "i2t", k)),
                    f"t2i flips@{k}": m.get(metric("negative_flips", "t2i", k)),
@@ -246,6 +242,14 @@ def cost_rows(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.DataF
                     row[col.replace("device_hours", "usd")] = None if row[col] is None else row[col] * scale.price
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _index_hours(rates: dict[str, Any], vectors: float, trainings: float = 0.0) -> float | None:
+    """Device-hours of adding `vectors` to the index and training it `trainings` times, at a run's rates (None
+    where its index building is not priced)."""
+    if rates["index_seconds_per_vector"] is None:
+        return None
+    return (vectors * rates["index_seconds_per_vector"] + trainings * rates["index_training_seconds"]) / 3600
 
 
 def _sum(embed: float | None, index: float | None) -> float | None:
@@ -336,11 +340,9 @@ def curve_costs(runs: dict[str, dict[str, Any]], scale: Scale, k: int) -> pd.Dat
         for r in curve:
             if r["step"] == last:
                 img, cap = alpha * (new_img + r["images"]), alpha * (new_cap + r["captions"])
-                per_vector = rates["index_seconds_per_vector"]
                 rows.append({"run": name, "strategy": res["strategy"], "order": r["order"], "fraction": r["fraction"],
-                             "recall": r["recall"], "device_hours": _sum(_hours(img, cap, ips, cps), None if
-                                                                         per_vector is None else
-                                                                         (img + cap) * per_vector / 3600)})
+                             "recall": r["recall"],
+                             "device_hours": _sum(_hours(img, cap, ips, cps), _index_hours(rates, img + cap))})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
