@@ -123,11 +123,20 @@ def run_info(name: str, res: dict[str, Any], swept: list[str]) -> dict[str, Any]
     return info
 
 
+def _rows(c: Collected, records) -> list[dict[str, Any]]:
+    """Each run's records, each row led by the run's info: the config flattened once per run, not once per row
+    (a sweep's analysis spent most of its time flattening the same configs again)."""
+    swept = swept_keys(c.runs)
+    rows: list[dict[str, Any]] = []
+    for name, res in c.runs.items():
+        info = run_info(name, res, swept)
+        rows.extend({**info, **rec} for rec in records(res))
+    return rows
+
+
 def tidy(c: Collected) -> pd.DataFrame:
     """The long table: recall per policy, and the anatomy (policy 'anatomy') where present."""
-    swept = swept_keys(c.runs)
-    rows = [{**run_info(name, res, swept), **rec} for name, res in c.runs.items() for rec in matrix_records(res)]
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame(_rows(c, matrix_records))
     if not df.empty:
         df["k"] = df["k"].astype("Int64")
     return df
@@ -135,9 +144,7 @@ def tidy(c: Collected) -> pd.DataFrame:
 
 def per_run_summary(c: Collected) -> pd.DataFrame:
     """One row per (run, policy, direction, K): final average recall, forgetting, BWT, rsum, index cost."""
-    swept = swept_keys(c.runs)
-    return pd.DataFrame([{**run_info(name, res, swept), **rec} for name, res in c.runs.items()
-                         for rec in summary_records(res)])
+    return pd.DataFrame(_rows(c, summary_records))
 
 
 def provenance_frame(c: Collected) -> pd.DataFrame:

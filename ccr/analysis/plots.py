@@ -7,6 +7,7 @@ they do not; error bars are drawn only where a mean rests on more than one run.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 LINESTYLES = ["-", "--", ":", "-."]
 DPI = 110
+EFFECT_ROWS = 80  # configurations an effect figure draws at most (one row each)
+log = logging.getLogger(__name__)
 
 
 def colours(strategies) -> dict[str, tuple]:
@@ -300,6 +303,10 @@ def effect_intervals(effects: pd.DataFrame, out: Path, k: int = 1, metric: str =
         return None
     e = effects[(effects.factor == "policy") & (effects.policy == level)]
     if e.empty:
+        return None
+    if len(e) > EFFECT_ROWS:  # a figure taller than a screen (and minutes to draw): the table holds them all
+        log.info("effect of %s: %d configurations, more than a figure shows (%d): see effects.csv", level, len(e),
+                 EFFECT_ROWS)
         return None
     cfg_cols = [c for c in e.columns if c.startswith("cfg.") and e[c].nunique(dropna=False) > 1]
     e = e.sort_values([*cfg_cols, "strategy"])
