@@ -198,7 +198,8 @@ def test_checking_a_config_imports_no_torch():
     from tests.cli import REPO
 
     code = ("import sys\nfrom ccr.study.configure import load_config\n"
-            "load_config(None, ['strategy.name=[replay,ewc,lwf,zscl,agem,wiseft,compat]', "
+            "load_config(None, ['strategy.name=[replay,ewc,lwf,zscl,agem,wiseft,compat,cclip]', "
+            "'strategy.params.zscl.reference=[pool]', 'model.adapter.kind=lora', "
             "'index.compare=[no_reindex,backfill,drift_map]'])\n"
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers')))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)

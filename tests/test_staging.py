@@ -281,7 +281,7 @@ def test_a_trial_that_cannot_read_its_inputs_fails_once_and_fails_the_sweep(s3, 
     assert "cannot stage s3://ccr/staging/trial" in (run / "error.txt").read_text()
     assert len((run / "starts.log").read_text().splitlines()) == 1  # retried by Tune, not run again
     status = json.loads((tmp_path / "out" / "sweep_status.json").read_text())
-    assert "not retried (its inputs could not be read on node" in next(iter(status["failed"].values()))
+    assert "not retried (a retry meets the same error, met on node" in next(iter(status["failed"].values()))
 
 
 def test_a_gallery_shard_that_cannot_read_its_dataset_fails_before_task_1(ray_local, tmp_path, tiny_cfg):

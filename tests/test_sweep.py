@@ -34,6 +34,8 @@ def tiny_sets(tmp_path):
     ({"grid": {"train.lrr": [0.1]}}, "unknown config key 'train.lrr'"),
     ({"grid": {"strategy.name": ["finetune", "nope"]}}, "unknown strategy 'nope'"),
     ({"grid": {"seed": []}}, "grid axis 'seed' is empty"),
+    ({"grid": {"strategy.name": ["finetune", "cclip"]}}, "grid cell {'strategy.name': 'cclip'}: strategy cclip "
+                                                         "learns each task in LoRA adapters"),
     ({"grid": {}}, "the grid is empty"),
     ({"grid": {"seed": [0]}, "set": {"data.val_per_task": 4},
       "optuna": {"space": {"strategy.name": {"type": "loguniform", "low": 1, "high": 2}},
@@ -83,6 +85,33 @@ def test_spec_cells_permutations_and_names(tmp_path):
     assert len(cells) == 4 and all(sorted(c["tasks.order"]) == ["boxes", "round", "triangles"] for c in cells)
     assert len({trial_name(c) for c in cells}) == 4
     assert trial_name({"strategy.name": "lwf", "seed": 1}) == "seed=1,strategy.name=lwf"
+
+
+def test_trials_start_with_the_most_training_work(tmp_path):
+    """Tune starts trials in the order it is given them: longest first (epochs x the strategies' work over the
+    tasks), ties in grid order; joint trains task t on t tasks, several strategies add their extra work."""
+    from ccr.strategies import REGISTRY
+
+    spec = load_spec(write(tmp_path, {"grid": {"strategy.name": ["finetune", "joint", "lwf", ["lwf", "replay"]],
+                                               "train.epochs": [1, 3], "seed": [0, 1]},
+                                      "set": {"data.n_tasks": 4}}), [])
+    order = spec.launch_order()
+    assert sorted(map(json.dumps, order)) == sorted(map(json.dumps, spec.cells()))
+
+    def work(cell):
+        names = cell["strategy.name"] if isinstance(cell["strategy.name"], list) else [cell["strategy.name"]]
+        per = {"joint": 4 * 5 / 2}  # 1 + 2 + 3 + 4 tasks' pairs
+        works = [per.get(n, 4 * REGISTRY[n].relative_work) for n in names]
+        return cell["train.epochs"] * (sum(works) - 4 * (len(works) - 1))
+
+    works = [work(c) for c in order]
+    assert works == sorted(works, reverse=True)
+    grid = spec.cells()
+    for a, b in zip(order, order[1:], strict=False):  # equal work: grid order kept
+        if work(a) == work(b):
+            assert grid.index(a) < grid.index(b)
+    assert order[0] == {"strategy.name": "joint", "train.epochs": 3, "seed": 0}  # 10 tasks' work x 3 epochs
+    assert order[-1] == {"strategy.name": "finetune", "train.epochs": 1, "seed": 1}
 
 
 def test_a_strategys_parameters_neither_name_nor_multiply_the_other_strategies_trials(tmp_path):
@@ -207,6 +236,8 @@ def test_tiny_sweep_leaves_four_results_and_optuna_records_best(ray_local, tmp_p
         assert noise.lower() not in (printed.out + printed.err).lower(), noise  # ccr's lines, not Tune's
     assert len(done) == 4 and all("t2i/R@1" in ln and "index_cost/embedded" in ln for ln in done), lines
     assert sum("] started " in ln for ln in lines) == 4 and "\x1b" not in "".join(lines)  # no terminal codes
+    started = [ln for ln in lines if "] started " in ln]
+    assert all("strategy.name=lwf" in ln for ln in started[:2]), started  # lwf's work first, on both slots
     assert lines[-1].startswith("[sweep 4/4") and "0 pending, 0 running, 4 done, 0 failed" in lines[-1]
     assert any("left" in ln for ln in done[:-1])  # an estimate once a trial has finished
     res = results_in(tmp_path / "out")
@@ -243,7 +274,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(tmp_path):
     spec = write(tmp_path, {"grid": {"strategy.name": ["finetune", "lwf", "ewc"]}, "max_concurrent_trials": 1})
     # trials of a few seconds each: on a loaded machine, trials of a fraction of a second all finished between
     # two looks at the folder
-    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=150"] for x in ("--set", o)]
+    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=100"] for x in ("--set", o)]
     cmd = [sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(tmp_path / "out"), *sets]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
@@ -276,7 +307,7 @@ def test_ctrl_c_says_interrupted_exits_130_and_resumes_counting_finished_trials(
     spec = write(tmp_path, {"grid": {"strategy.name": grid}, "max_concurrent_trials": 2})
     # studies of a few seconds: the signal reaches them while they train (the two not started yet are left
     # whatever happens to the first two)
-    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=150"] for x in ("--set", o)]
+    sets = [x for o in [*tiny_sets(tmp_path), "train.epochs=100"] for x in ("--set", o)]
     cmd = [sys.executable, "-m", "ccr.cli", "sweep", str(spec), "--out", str(tmp_path / "out"), *sets]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.PIPE,

@@ -72,6 +72,22 @@ class SweepSpec:
                 out.append(cell)
         return out
 
+    def launch_order(self) -> list[dict[str, Any]]:
+        """The cells, the most training work first (epochs x the strategy's work over the tasks; ties in grid
+        order). Tune starts trials in the order it is given them, one per free slot: started in grid order, the
+        two longest studies of the default sweep shared a slot while the other sat idle at the end. Longest
+        first (the LPT rule) bounds that idle tail by the shortest studies."""
+        from ccr.strategies import strategy_work
+
+        def work(cell: dict[str, Any]) -> float:
+            cfg = self.config_for(cell)
+            tasks = len(cfg.tasks.order) if isinstance(cfg.tasks.order, list) else cfg.data.n_tasks
+            return cfg.train.epochs * strategy_work(cfg.strategy, tasks)
+
+        cells = self.cells()
+        works = [work(c) for c in cells]
+        return [cells[i] for i in sorted(range(len(cells)), key=lambda i: -works[i])]
+
     def _used(self, cell: dict[str, Any]) -> dict[str, Any]:
         names = (apply_params(self.base_tree, cell, self.cases).get("strategy") or {}).get("name", "finetune")
         names = [names] if isinstance(names, str) else list(names or [])

@@ -1,6 +1,7 @@
 """One trial of `ccr sweep`, as it runs in its Ray worker: the study with the trial's parameters, written under
 STORAGE/runs/<name>; a trial whose study finished before the driver died is reported, not run again, and one
-whose inputs could not be read is not retried within the same `ccr sweep` (the driver's side: ccr.distributed.tune).
+whose config or inputs were refused is not retried within the same `ccr sweep`
+(the driver's side: ccr.distributed.tune).
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     shared_cache(tree, shared)
     cfg = build_config(tree)
     failed = _input_failure(store, attempt)
-    if failed:  # Tune's retry of a trial whose inputs could not be read: the same error, at once
-        from ccr.errors import DataError
+    if failed:  # Tune's retry of a trial whose config or inputs were refused: the same error, at once
+        from ccr.errors import ConfigError, DataError, StorageError
 
-        raise DataError(f"not retried (its inputs could not be read on node {failed['node']}): {failed['error']}")
+        cls = {c.__name__: c for c in (ConfigError, DataError, StorageError)}.get(failed.get("kind"), DataError)
+        raise cls(f"not retried (a retry meets the same error, met on node {failed['node']}): {failed['error']}")
     done = _complete_results(store, cfg)
     if done is not None:  # finished before the driver died (Tune had not recorded it yet): not run again
         tune.report(flat_metrics(done))
@@ -68,7 +70,8 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
 
         store.write_text("error.txt", ("diverged: " if isinstance(e, DivergedError) else "") + traceback.format_exc())
         if isinstance(e, (DataError, ConfigError, StorageError)) and attempt:  # the inputs: retrying will not help
-            store.write_json("input_error.json", {"attempt": attempt, "node": node, "error": str(e)[:2000]})
+            store.write_json("input_error.json", {"attempt": attempt, "node": node, "kind": type(e).__name__,
+                                                  "error": str(e)[:2000]})
         raise
     prov = res["provenance"]  # the study's own time: the rest is the trial's overhead (bench/sweep_efficiency.py)
     store.write_json("trial.json", {**trial, "timing": {

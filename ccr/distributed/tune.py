@@ -55,7 +55,7 @@ def _tune_space(spec: SweepSpec, cell: dict[str, Any] | None) -> dict[str, Any]:
     from ray import tune
 
     if spec.optuna is None:  # the distinct studies, one trial each (see SweepSpec.cells)
-        return {"cell": tune.grid_search(spec.cells())}
+        return {"cell": tune.grid_search(spec.launch_order())}
     space: dict[str, Any] = dict(cell or {})
     for k, d in spec.optuna["space"].items():
         t = d["type"]

@@ -10,8 +10,9 @@ from ccr.strategies.base import (
     check_strategy_config,
     register,
     strategy_params,
+    strategy_work,
 )
 from ccr.strategies.context import Batch, TaskContext
 
 __all__ = ["REGISTRY", "Batch", "Composite", "Strategy", "TaskContext", "build_strategy",
-           "check_strategy_config", "register", "strategy_params"]
+           "check_strategy_config", "register", "strategy_params", "strategy_work"]

@@ -117,8 +117,8 @@ class MagMax(_Anchored):
         self.finetuned: dict[str, torch.Tensor] = {}  # θt_ft: where the next task trains from
         self.merged: dict[str, torch.Tensor] = {}  # maxmag(τ1..τt)
 
-    def validate(self, cfg, dataset, order):
-        super().validate(cfg, dataset, order)
+    def check(self, cfg):
+        super().check(cfg)
         if cfg.model.adapter.kind != "none":
             raise ConfigError("strategy magmax merges task vectors entry by entry: with model.adapter the entries are "
                               "LoRA's A and B, whose merge is not the merge of the updates BA; use magmax without "
@@ -194,6 +194,7 @@ class ZSCL(_Anchored):
     name = "zscl"
     source = "Zheng et al. 2023 (ZSCL)"
     Params = ZSCLParams
+    relative_work = 2.2  # bench/strategy_work.py
 
     def __init__(self, params=None):
         super().__init__(params)
@@ -207,14 +208,18 @@ class ZSCL(_Anchored):
     def reference_tasks(self, cfg) -> list[str]:
         return list(self.params.reference) or list(cfg.tasks.pretrain)
 
-    def validate(self, cfg, ds, order) -> None:
-        tasks = self.reference_tasks(cfg)
-        if not tasks:
+    def check(self, cfg) -> None:
+        super().check(cfg)
+        if not self.reference_tasks(cfg):
             hint = (" On the generated benchmark, data.pretrain_pool=N adds a task 'pool' of N images for it: "
                     "--set data.pretrain_pool=200 --set strategy.params.zscl.reference=[pool]"
                     if cfg.data.kind == "generated" else "")
             raise ConfigError("strategy zscl needs reference data: strategy.params.zscl.reference (tasks never "
                               "trained) or tasks.pretrain." + hint)
+
+    def validate(self, cfg, ds, order) -> None:
+        super().validate(cfg, ds, order)
+        tasks = self.reference_tasks(cfg)
         bad = [t for t in tasks if t not in ds.task_names]
         if bad:
             raise DataError(f"strategy.params.zscl.reference: unknown task(s) {bad}; the dataset's tasks are "

@@ -43,13 +43,20 @@ class Strategy:
     source: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
     supports_distributed: ClassVar[bool] = True  # DDP-correct: state consistent across ranks
+    # a study's time with this strategy against finetune's on the same config, measured on the embedded default
+    # (docs/benchmarks.md): a sweep starts its longest trials first (ccr.distributed.sweep_spec.launch_order)
+    relative_work: ClassVar[float] = 1.0
 
     def __init__(self, params: Any | None = None):
         self.params = params if params is not None else self.Params()
 
+    def check(self, cfg) -> None:
+        """Check what the strategy needs of the config alone (an adapter, reference tasks named): run whenever
+        a config is built, so that `ccr sweep` refuses a wrong cell before Ray starts; raise ConfigError."""
+
     def validate(self, cfg, dataset, order: list[str]) -> None:
-        """Check what the strategy needs of the config and the data (e.g. reference tasks), before anything
-        trains; raise ConfigError or DataError naming the problem."""
+        """Check what the strategy needs of the data (e.g. reference tasks that exist), before anything trains;
+        raise ConfigError or DataError naming the problem."""
 
     # ---- hooks (no-ops) ---------------------------------------------------------------------
     def train_items(self, ctx: TaskContext, items: np.ndarray) -> np.ndarray:
@@ -102,6 +109,12 @@ class Strategy:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
 
     @classmethod
+    def work(cls, n_tasks: int) -> float:
+        """Training work of a study of `n_tasks` tasks with this strategy, in finetune-tasks: what a sweep
+        orders its trials by, so that the longest do not start last while other slots sit idle."""
+        return cls.relative_work * n_tasks
+
+    @classmethod
     def defines(cls, hook: str) -> bool:
         """Whether this strategy overrides `hook` (a question about the class: no instance needed)."""
         return getattr(cls, hook) is not getattr(Strategy, hook)
@@ -127,6 +140,10 @@ class Composite(Strategy):
         super().__init__(NoParams())
         self.parts = parts
         self.supports_distributed = all(p.supports_distributed for p in parts)
+
+    def check(self, cfg):
+        for p in self.parts:
+            p.check(cfg)
 
     def validate(self, cfg, dataset, order):
         for p in self.parts:
@@ -225,6 +242,12 @@ def strategy_params(scfg) -> dict[str, dict[str, Any]]:
         if full:
             out[n] = full
     return out
+
+
+def strategy_work(scfg, n_tasks: int) -> float:
+    """A study's training work in finetune-tasks (Strategy.work); several strategies add their extra work."""
+    works = [REGISTRY[n].work(n_tasks) for n in _names(scfg.name)]
+    return sum(works) - (len(works) - 1) * n_tasks
 
 
 def build_strategy(scfg) -> Strategy:

@@ -24,3 +24,8 @@ class Joint(Strategy):
 
     def train_items(self, ctx: TaskContext, items: np.ndarray) -> np.ndarray:
         return ctx.dataset.image_ids(ctx.seen, "train")
+
+    @classmethod
+    def work(cls, n_tasks: int) -> float:
+        """Task t trains on t tasks' pairs: 1 + 2 + ... + n finetune-tasks."""
+        return cls.relative_work * n_tasks * (n_tasks + 1) / 2

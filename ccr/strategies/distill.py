@@ -80,6 +80,7 @@ class LwF(_OldModel):
     name = "lwf"
     source = "Li & Hoiem 2016, adapted to embeddings and similarity structure"
     Params = LwFParams
+    relative_work = 1.25  # bench/strategy_work.py
 
     def loss_terms(self, ctx, model, batch):
         if self.old is None:
@@ -111,6 +112,7 @@ class Compat(_OldModel):
     name = "compat"
     source = "Shen et al. 2020 (BCT), adapted to cross-modal retrieval"
     Params = CompatParams
+    relative_work = 1.3  # bench/strategy_work.py
 
     def loss_terms(self, ctx, model, batch):
         if self.old is None:
@@ -155,12 +157,13 @@ class CClip(_OldModel):
     name = "cclip"
     source = "Liu et al. 2025 (C-CLIP, ICLR)"
     Params = CClipParams
+    relative_work = 1.35  # bench/strategy_work.py
 
     def __init__(self, params=None):
         super().__init__(params)
         self.projector: torch.nn.Module | None = None
 
-    def validate(self, cfg, dataset, order):
+    def check(self, cfg):
         if cfg.model.adapter.kind != "lora":
             raise ConfigError("strategy cclip learns each task in LoRA adapters and merges them after it (C-CLIP): "
                               "set model.adapter.kind=lora (and model.adapter.r, its rank)")

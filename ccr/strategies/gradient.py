@@ -58,6 +58,7 @@ class AGEM(Strategy):
     name = "agem"
     source = "Chaudhry et al. 2019"
     Params = AGEMParams
+    relative_work = 1.7  # bench/strategy_work.py
 
     def __init__(self, params=None):
         super().__init__(params)

@@ -48,6 +48,7 @@ class EWC(Strategy):
     name = "ewc"
     source = "Kirkpatrick et al. 2017; Schwarz et al. 2018 (online)"
     Params = EWCParams
+    relative_work = 1.1  # bench/strategy_work.py
 
     def __init__(self, params=None):
         super().__init__(params)
@@ -157,6 +158,7 @@ class Freeze(Strategy):
     name = "freeze"
     source = "baseline (partial fine-tuning)"
     Params = FreezeParams
+    relative_work = 0.6  # bench/strategy_work.py
 
     def before_task(self, ctx, model):
         if ctx.index == 0:

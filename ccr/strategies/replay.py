@@ -104,6 +104,7 @@ class Replay(Strategy):
     name = "replay"
     source = "Rolnick et al. 2019; Rebuffi et al. 2017 (herding)"
     Params = ReplayParams
+    relative_work = 1.3  # bench/strategy_work.py
 
     def __init__(self, params=None):
         super().__init__(params)

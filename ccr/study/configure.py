@@ -27,7 +27,7 @@ def build_config(tree: dict[str, Any]) -> Config:
     # imported here, not at module level: a typo'd key fails before torch is imported
     from ccr.data.registry import data_kinds
     from ccr.index.policies import check_policy_names
-    from ccr.strategies import check_strategy_config
+    from ccr.strategies import build_strategy, check_strategy_config
 
     if cfg.data.kind not in data_kinds():
         raise ConfigError(f"config key 'data.kind': {cfg.data.kind!r} is not one of {', '.join(data_kinds())}")
@@ -40,7 +40,9 @@ def build_config(tree: dict[str, Any]) -> Config:
             require_mlflow()
         if cfg.tracking.tensorboard:
             require_tensorboard()
-    return with_defaults(cfg)
+    cfg = with_defaults(cfg)
+    build_strategy(cfg.strategy).check(cfg)  # what the strategy needs of the config alone (no data, no torch)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
