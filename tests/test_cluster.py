@@ -16,6 +16,9 @@ from tests.cli import REPO, _sets
 @pytest.mark.parametrize("sets, needle", [
     (["resources.workers=4"], "4 training workers (resources.workers x resources.cpus_per_worker) needs 4 CPU"),
     (["resources.shards=64"], "64 gallery shards (resources.shards x resources.shard_cpus / shard_gpus) needs 64 CPU"),
+    # each fits alone; together (rank 0 starts the shards while the workers hold their CPUs) they never would
+    (["resources.workers=2", "resources.shards=2"], "2 training workers and 2 gallery shards (resources.workers x "
+     "resources.cpus_per_worker + resources.shards x resources.shard_cpus / shard_gpus) needs 4 CPU"),
 ])
 def test_resources_this_machine_can_never_grant_are_one_line(sets, needle, tiny_overrides, tmp_path):
     """On the Ray ccr starts for itself (which never grows) a request larger than the machine is refused

@@ -206,16 +206,14 @@ def test_the_python_api_runs_loads_and_analyses(tiny_overrides, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sets, processes", [
-    (["resources.workers=2"], 3),  # the driver and 2 Ray Train workers
-    (["resources.shards=2"], 3),  # the driver and 2 shard actors
-])
-def test_ray_train_workers_and_shard_actors_import_the_plugin(sets, processes, tiny_overrides, tmp_path):
-    """Every process that builds the study's config (Ray Train workers, shard actors) imports its plugin, whose
-    strategy it trains."""
+def test_ray_train_workers_and_shard_actors_import_the_plugin(tiny_overrides, tmp_path):
+    """Every process that builds the study's config (2 Ray Train workers and the 2 shard actors rank 0 starts, in
+    one run: half a CPU each on this machine) imports its plugin, whose strategy it trains."""
     plug = plugin_file(tmp_path)
+    processes = 5  # the driver, 2 Ray Train workers and 2 shard actors
     sets = [*tiny_overrides, f"plugins=[{EXAMPLE},{plug}]", "strategy.name=l2_anchor", "data.n_tasks=2",
-            "train.epochs=1", *sets]
+            "train.epochs=1", "resources.workers=2", "resources.cpus_per_worker=0.5", "resources.shards=2",
+            "resources.shard_cpus=0.5"]
     env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
     run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--quiet", "--out", str(tmp_path / "o"),
                           *_sets(sets)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

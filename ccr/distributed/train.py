@@ -19,6 +19,7 @@ import torch.distributed as tdist
 
 from ccr.config.schema import Config, ConfigError, to_dict
 from ccr.distributed.cluster import check_can_ever_run, init_ray
+from ccr.index.backend import Galleries
 from ccr.study.configure import build_config
 from ccr.study.runner import Study
 from ccr.train import DistInfo
@@ -76,6 +77,11 @@ def _quiet_worker_logs() -> None:
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
+def _unused_galleries() -> Galleries:
+    """The galleries of a rank > 0, which never indexes or queries: in its own process, and left empty."""
+    return Galleries()
+
+
 def train_fn_per_worker(config: dict[str, Any]) -> None:
     """The per-worker loop: the whole task sequence, resuming from the last finished task in storage.
 
@@ -90,8 +96,12 @@ def train_fn_per_worker(config: dict[str, Any]) -> None:
     ctx_train = ray.train.get_context()
     rank, world = ctx_train.get_world_rank(), ctx_train.get_world_size()
     device = torch.device("cuda", ctx_train.get_local_rank()) if config["use_gpu"] else torch.device("cpu")
+    # only rank 0 indexes and queries (Study.run_task): the others' galleries stay empty in their own process. Each
+    # rank making the configured ones started a shard pool per rank, whose actors could wait for ever for CPUs
+    # the workers hold (resources.workers=2, resources.shards=2 on 2 CPUs)
+    galleries = config["galleries"] if rank == 0 else _unused_galleries
     study = Study(cfg, config["out"], progress=config.get("progress", False) and rank == 0,
-                  threads=config.get("threads"), galleries=config["galleries"], device=device,
+                  threads=config.get("threads"), galleries=galleries, device=device,
                   on_batch=config.get("on_batch"))
     study.build()
     done = study.resume()
@@ -154,8 +164,14 @@ def run_distributed(study: Study) -> dict[str, Any]:
     use_gpu = cfg.resources.use_gpu if cfg.resources.use_gpu is not None else torch.cuda.is_available()
     init_ray()
     per_worker = {"CPU": cfg.resources.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
-    check_can_ever_run(f"{cfg.resources.workers} training workers", "resources.workers x resources.cpus_per_worker",
-                       {k: v * cfg.resources.workers for k, v in per_worker.items()})
+    need = {k: v * cfg.resources.workers for k, v in per_worker.items()}
+    what, key = f"{cfg.resources.workers} training workers", "resources.workers x resources.cpus_per_worker"
+    if cfg.resources.shards > 1:  # rank 0 starts the gallery shards while the workers hold their resources
+        need["CPU"] += cfg.resources.shards * cfg.resources.shard_cpus
+        need["GPU"] = need.get("GPU", 0.0) + cfg.resources.shards * cfg.resources.shard_gpus
+        what, key = (f"{what} and {cfg.resources.shards} gallery shards",
+                     f"{key} + resources.shards x resources.shard_cpus / shard_gpus")
+    check_can_ever_run(what, key, need)
     trainer = _trainer_class()(
         train_fn_per_worker,
         train_loop_config={"cfg": to_dict(cfg), "out": store.uri, "use_gpu": use_gpu, "progress": study.progress,
