@@ -14,9 +14,9 @@ from ccr.errors import ConfigError
 from ccr.models import losses
 from ccr.models.precision import autocast_for
 from ccr.seeds import task_seed
-from ccr.strategies.base import Strategy, register
+from ccr.strategies.base import register
 from ccr.strategies.context import make_batch
-from ccr.strategies.replay import EpisodicMemory
+from ccr.strategies.replay import EpisodicMemory, WithMemory
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def project(g: torch.Tensor, g_ref: torch.Tensor) -> tuple[torch.Tensor, bool]:
 
 
 @register
-class AGEM(Strategy):
+class AGEM(WithMemory):
     """Averaged GEM (Chaudhry et al., ICLR 2019): after each backward pass, the gradient g is compared with
     the gradient g_ref of the contrastive loss on a batch drawn from an episodic memory of past tasks;
     when they conflict (g·g_ref < 0), g is projected onto the half-space g·g_ref >= 0, so the step does
@@ -123,12 +123,3 @@ class AGEM(Strategy):
         imgs, caps, rng = self.memory.candidates(ctx, seeds.AGEM_CANDIDATES)
         order = rng.permutation(len(imgs))[:self.memory.share()]
         self.memory.add(ctx.task, imgs[order], caps[order])
-
-    def state_dict(self):
-        return {"memory": self.memory.state_dict()}
-
-    def kept_items(self):
-        return self.memory.pairs()
-
-    def load_state_dict(self, state):
-        self.memory.load_state_dict(state.get("memory", {}))

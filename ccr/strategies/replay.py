@@ -90,8 +90,24 @@ class EpisodicMemory:
         return imgs, sample_captions(ctx, imgs, rng), rng
 
 
+class WithMemory(Strategy):
+    """A strategy whose state is an episodic memory (`self.memory`): checkpointed with it, and counted as what a
+    deployment keeps beside the model (Replay, A-GEM)."""
+
+    memory: EpisodicMemory
+
+    def state_dict(self):
+        return {"memory": self.memory.state_dict()}
+
+    def kept_items(self):
+        return self.memory.pairs()
+
+    def load_state_dict(self, state):
+        self.memory.load_state_dict(state.get("memory", {}))
+
+
 @register
-class Replay(Strategy):
+class Replay(WithMemory):
     """Replay (e.g. Rolnick et al., NeurIPS 2019; herding as iCaRL, Rebuffi et al., CVPR 2017).
 
     The memory holds at most `budget` (image, caption) pairs, split evenly across the tasks seen so
@@ -142,12 +158,3 @@ class Replay(Strategy):
         imgs, caps, rng = self.memory.candidates(ctx, seeds.REPLAY_CANDIDATES)
         order = self._rank_candidates(ctx, model, imgs, caps, rng)[:self.memory.share()]
         self.memory.add(ctx.task, imgs[order], caps[order])
-
-    def state_dict(self):
-        return {"memory": self.memory.state_dict()}
-
-    def kept_items(self):
-        return self.memory.pairs()
-
-    def load_state_dict(self, state):
-        self.memory.load_state_dict(state.get("memory", {}))
