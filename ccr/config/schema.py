@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ccr.config.prompts import SET_NAME, ClassificationSet, check_prompts
 from ccr.config.rules import check_fields, key
 from ccr.config.rules import non_result_keys as _non_result_keys
 from ccr.errors import ConfigError
@@ -27,23 +27,7 @@ log = logging.getLogger(__name__)
 # policy's one order) and eval.backfill_orders (the curve's) take the same names
 BACKFILL_ORDERS = ("oldest", "random", "drift", "ambiguity")
 MAX_CURVE_POINTS = 101  # eval.backfill_curve: a point every 1 % of the old gallery is the finest that says more
-CLIP_TEMPLATE = "a photo of a {}."  # CLIP's (and ZSCL's) prompt where a classification set names none
-SET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")  # a set's name is part of its metric names
 SEQUENCE_KINDS = ("generated", "karpathy", "precomp", "visual_genome", "imagefolder")  # data.datasets[i].kind
-
-
-def check_prompts(where: str, templates: list[str] | None, classes: dict[str, str] | list[str] | None) -> None:
-    """The prompts and display names of classes (eval.classification's sets, data.kind=imagefolder's task): at
-    least one template (None: CLIP's), each holding `{}` once, no empty display name."""
-    if templates is not None and not templates:
-        raise ConfigError(f"config key '{where}.templates': empty; give at least one prompt, as {CLIP_TEMPLATE!r}")
-    for i, t in enumerate(templates or []):
-        if not isinstance(t, str) or t.count("{}") != 1:
-            raise ConfigError(f"config key '{where}.templates[{i}]': {t!r} must hold '{{}}' once, where the "
-                              f"class name goes (as {CLIP_TEMPLATE!r})")
-    names = classes.values() if isinstance(classes, dict) else classes or []
-    if any(not n.strip() for n in names):
-        raise ConfigError(f"config key '{where}.classes': a class's display name is empty")
 
 
 # data.captions_per_image when not given: the generated benchmark's 4 captions, Visual Genome's 5 phrases
@@ -308,27 +292,6 @@ class IndexConfig:
                               f"{', '.join(str(m) for m in (4, 8, 16, 32, 64) if dim % m == 0) or 1})")
 
 
-
-
-@dataclass
-class ClassificationSet:
-    """A zero-shot classification set, measured at θ0 and after every task (eval.classification): the images
-    of an ImageFolder tree, each classified among its class names by the text embeddings of the prompts."""
-
-    name: str = ""  # its results' key and metric names: classification/<name>/top1
-    path: str = ""  # a folder or URI in ImageFolder layout: one subfolder per class, the class's images inside
-    templates: list[str] = field(default_factory=lambda: [CLIP_TEMPLATE])  # prompts, `{}` the class name
-    # display names: a list in the order of the sorted class folders, or {folder: name}; by default the
-    # folder names with "_" read as spaces
-    classes: dict[str, str] | list[str] | None = None
-
-    def check(self, where: str) -> None:
-        if not SET_NAME.fullmatch(self.name):
-            raise ConfigError(f"config key '{where}.name': a set needs a name of letters, digits, '_', '.' or '-' "
-                              f"(it names its metrics), got {self.name!r}")
-        if not self.path:
-            raise ConfigError(f"config key '{where}.path': the set's ImageFolder (a folder or URI) is missing")
-        check_prompts(where, self.templates, self.classes)
 
 
 @dataclass

@@ -108,7 +108,7 @@ def load_imagefolder_task(d, pixels: Pixels):
     own classes (ccr.measure.classification). Decoded once per node into the decoded-image cache."""
     import json
 
-    from ccr.config.schema import CLIP_TEMPLATE
+    from ccr.config.prompts import CLIP_TEMPLATE
     from ccr.data.dataset import ClassTask, RetrievalDataset, list_problem
     from ccr.io.staging import local_location
 

@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from ccr.config.schema import ClassificationSet, Config
+from ccr.config.prompts import ClassificationSet
+from ccr.config.schema import Config
 from ccr.data.dataset import ClassTask
 from ccr.data.imagefolder import ImageFolder, decoded, read_imagefolder
 from ccr.io.images import Pixels
