@@ -31,6 +31,17 @@ class StorageWriteError(StorageError):
     """A write that failed (disk full, read-only, permissions): what was written before stays valid."""
 
 
+# a wrong config or inputs that cannot be read: what a retry meets again, and what crosses a process boundary by
+# its class's name (a shard actor's start, a sweep trial's earlier attempt)
+INPUT_ERRORS: tuple[type[Exception], ...] = (ConfigError, DataError, StorageError)
+
+
+def input_error(name: str | None, default: type[Exception]) -> type[Exception]:
+    """The class of INPUT_ERRORS called `name`, else `default`: to raise again, in this process, an error that
+    another process reported by name."""
+    return {c.__name__: c for c in INPUT_ERRORS}.get(name or "", default)
+
+
 def first_line(e: BaseException, limit: int = 300) -> str:
     """The first line of an exception's message, at most `limit` characters ("" when it has none): what a one-line
     error or warning quotes of a library's longer message."""

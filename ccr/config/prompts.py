@@ -26,7 +26,6 @@ def check_prompts(where: str, templates: list[str] | None, classes: dict[str, st
         raise ConfigError(f"config key '{where}.classes': a class's display name is empty")
 
 
-
 @dataclass
 class ClassificationSet:
     """A zero-shot classification set, measured at θ0 and after every task (eval.classification): the images

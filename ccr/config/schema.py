@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 BACKFILL_ORDERS = ("oldest", "random", "drift", "ambiguity")
 MAX_CURVE_POINTS = 101  # eval.backfill_curve: a point every 1 % of the old gallery is the finest that says more
 SEQUENCE_KINDS = ("generated", "karpathy", "precomp", "visual_genome", "imagefolder")  # data.datasets[i].kind
-
-
 # data.captions_per_image when not given: the generated benchmark's 4 captions, Visual Genome's 5 phrases
 CAPTIONS_PER_IMAGE = {"generated": 4, "visual_genome": 5}
 

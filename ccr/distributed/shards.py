@@ -164,7 +164,7 @@ class ShardPool:
     def _check_ready(self) -> None:
         """Every shard read its inputs and built its model, checked before task 1 trains: a node that cannot
         read the dataset or the weights is one line naming the node and the path, not a poll after training."""
-        from ccr.errors import ConfigError, DataError, StorageError
+        from ccr.errors import input_error
 
         problems = ray.get([a.ready.remote() for a in self.actors])
         bad = [(i, p) for i, p in enumerate(problems) if p]
@@ -172,9 +172,8 @@ class ShardPool:
             return
         self.shutdown()
         i, (kind, message, node) = bad[0]
-        cls = {c.__name__: c for c in (ConfigError, DataError, StorageError)}.get(kind, RuntimeError)
         more = f" (and {len(bad) - 1} more shard(s))" if len(bad) > 1 else ""
-        raise cls(f"gallery shard {i} on node {node} cannot start{more}: {message}")
+        raise input_error(kind, RuntimeError)(f"gallery shard {i} on node {node} cannot start{more}: {message}")
 
     # ---- calls -------------------------------------------------------------------------------
     def _submit(self, i: int, op: tuple):

@@ -84,9 +84,7 @@ class SweepSpec:
             tasks = len(cfg.tasks.order) if isinstance(cfg.tasks.order, list) else cfg.data.n_tasks
             return cfg.train.epochs * strategy_work(cfg.strategy, tasks)
 
-        cells = self.cells()
-        works = [work(c) for c in cells]
-        return [cells[i] for i in sorted(range(len(cells)), key=lambda i: -works[i])]
+        return sorted(self.cells(), key=work, reverse=True)  # a stable sort: reversed, equal keys keep their order
 
     def _used(self, cell: dict[str, Any]) -> dict[str, Any]:
         names = (apply_params(self.base_tree, cell, self.cases).get("strategy") or {}).get("name", "finetune")

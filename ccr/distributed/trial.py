@@ -47,10 +47,10 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
     cfg = build_config(tree)
     failed = _input_failure(store, attempt)
     if failed:  # Tune's retry of a trial whose config or inputs were refused: the same error, at once
-        from ccr.errors import ConfigError, DataError, StorageError
+        from ccr.errors import DataError, input_error
 
-        cls = {c.__name__: c for c in (ConfigError, DataError, StorageError)}.get(failed.get("kind"), DataError)
-        raise cls(f"not retried (a retry meets the same error, met on node {failed['node']}): {failed['error']}")
+        raise input_error(failed.get("kind"), DataError)(
+            f"not retried (a retry meets the same error, met on node {failed['node']}): {failed['error']}")
     done = _complete_results(store, cfg)
     if done is not None:  # finished before the driver died (Tune had not recorded it yet): not run again
         tune.report(flat_metrics(done))
@@ -66,10 +66,10 @@ def run_trial(config: dict[str, Any], base_tree: dict[str, Any], runs: str, thre
         store.delete("error.txt")
         store.delete("input_error.json")
     except Exception as e:
-        from ccr.errors import ConfigError, DataError, DivergedError, StorageError
+        from ccr.errors import INPUT_ERRORS, DivergedError
 
         store.write_text("error.txt", ("diverged: " if isinstance(e, DivergedError) else "") + traceback.format_exc())
-        if isinstance(e, (DataError, ConfigError, StorageError)) and attempt:  # the inputs: retrying will not help
+        if isinstance(e, INPUT_ERRORS) and attempt:  # the inputs: retrying will not help
             store.write_json("input_error.json", {"attempt": attempt, "node": node, "kind": type(e).__name__,
                                                   "error": str(e)[:2000]})
         raise
