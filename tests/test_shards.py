@@ -84,11 +84,27 @@ def test_sharded_search_equals_one_flat_index(base, pools, n_shards):
     np.testing.assert_array_equal(emb_a, emb[:150])
 
 
-def test_full_run_two_shards_equals_one(base, tmp_path):
+def test_full_run_two_shards_equals_one_with_distractors_each_shard_holding_only_its_own(base, tmp_path):
+    """With distractors in every gallery: 2 shards give the 1-shard numbers exactly (flat search), and each actor
+    holds only the items whose ids hash to it (its images' rows, not the dataset's)."""
+    from ccr.distributed.sharded import shard_of
+    from tests.webdataset_fixture import make_shards
+
     root, over = base
-    extra = ["index.compare=[no_reindex,backfill]", "data.n_tasks=2"]
+    shards = make_shards(tmp_path / "distractors", 90, per_shard=40)
+    extra = ["index.compare=[no_reindex,backfill]", "data.n_tasks=2", f"eval.distractors={shards}"]
     one = Study(load_config(None, [*over, *extra]), tmp_path / "one", progress=False).run()
+    study = make_study(load_config(None, [*over, *extra, "resources.shards=2"]), tmp_path / "two", progress=False)
+    study.prepare_out()
+    study.build()
+    ids = study.evaluator.gallery_ids()
+    held = study.evaluator.galleries.pool.call_all("hold_sizes", journal=False)
+    for m, v in ids.items():
+        assert [h[m] for h in held] == [int((shard_of(v, 2) == i).sum()) for i in range(2)], m
+    assert len(ids["images"]) == 2 * 12 + 90 and sum(h["images"] for h in held) == len(ids["images"])
+    study.evaluator.close()
     two = make_study(load_config(None, [*over, *extra, "resources.shards=2"]), tmp_path / "two", progress=False).run()
+    assert two["dataset"]["distractors"]["samples"] == 90
     for p in ("reindex", "no_reindex", "backfill"):
         assert two["by_policy"][p]["recall"] == one["by_policy"][p]["recall"], p
         assert counts(two["by_policy"][p]["index_cost"]) == counts(one["by_policy"][p]["index_cost"]), p
@@ -119,7 +135,7 @@ def test_killed_actor_is_rebuilt_with_the_same_answers(base, pools):
 
 def test_pool_keeps_one_model_and_a_short_journal(base, tmp_path):
     """After every step the pool holds only the current model (not one per step for ever) and each shard's
-    journal is its state plus that model; a shard lost afterwards is rebuilt with the same answers."""
+    journal is its state plus that model; a shard lost afterwards is rebuilt with the same answers, and its items."""
     root, over = base
     s = make_study(load_config(None, [*over, "resources.shards=2", "index.compare=[no_reindex]"]), tmp_path,
                    progress=False)
@@ -142,6 +158,11 @@ def test_pool_keeps_one_model_and_a_short_journal(base, tmp_path):
             time.sleep(0.1)
         assert pool.recoveries >= 1
         np.testing.assert_array_equal(after[1], before[1])
+        # the restarted actor was handed its items again: it re-embeds its entries as this process does
+        task, ids = s.order[0], g.ids(s.order[0])
+        g.embed(task, ids, 1)
+        want = s.embedder(s.model).embed("images", ids)
+        np.testing.assert_allclose(g.entries(task)[1], want, rtol=1e-5, atol=1e-6)
     finally:
         s.evaluator.close()
 

@@ -308,8 +308,14 @@ class EvalConfig:
     backfill_orders: list[str] = key(factory=lambda: list(BACKFILL_ORDERS), each=BACKFILL_ORDERS)  # old items first
     # zero-shot classification sets, top-1 accuracy at θ0 and after every task (ccr.measure.classification)
     classification: list[ClassificationSet] = field(default_factory=list)
+    # gallery entries of no task, in every gallery from task 1 on: a folder or URI prefix of WebDataset tar shards
+    # (KEY.jpg|png|webp + KEY.txt per sample), the first `distractors_limit` samples in shard order (0: all)
+    distractors: str = ""
+    distractors_limit: int = key(0, ge=0)
 
     def check(self) -> None:
+        if self.distractors_limit and not self.distractors:
+            raise ConfigError("config key 'eval.distractors_limit' is set, but eval.distractors names no shards")
         for i, c in enumerate(self.classification):
             c.check(f"eval.classification[{i}]")
         names = [c.name for c in self.classification]

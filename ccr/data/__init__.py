@@ -14,11 +14,13 @@ if TYPE_CHECKING:
         check_tasks,
         checked_order,
         load_dataset,
+        load_study_dataset,
         resolve_task_order,
         sequence_tasks,
     )
 
-__all__ = ["DataError", "RetrievalDataset", "load_dataset", "resolve_task_order", "sequence_tasks", "check_tasks",
+__all__ = ["DataError", "RetrievalDataset", "load_dataset", "load_study_dataset",
+           "resolve_task_order", "sequence_tasks", "check_tasks",
            "check_control", "checked_order"]
 
 

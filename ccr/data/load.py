@@ -64,6 +64,18 @@ def load_dataset(cfg: Config, pixels: Pixels | None = None) -> RetrievalDataset:
     return load_validated(d, pixels, load, lambda sources: _revive(sources, d))
 
 
+def load_study_dataset(cfg: Config, pixels: Pixels | None = None) -> RetrievalDataset:
+    """`load_dataset`, with the galleries' distractors (eval.distractors) appended: what a study evaluates on.
+    Their shards are scanned (each sample checked) now, before anything trains; their images are read later."""
+    ds = load_dataset(cfg, pixels)
+    if not cfg.eval.distractors:
+        return ds
+    from ccr.data.webdataset import with_distractors
+
+    return with_distractors(ds, cfg.eval.distractors, cfg.eval.distractors_limit,
+                            pixels if pixels is not None else default_pixels(cfg))
+
+
 def default_pixels(cfg: Config) -> Pixels:
     """ccr's square crop at model.image.image_size; a complete pretrained model brings its own preprocessing,
     which only ccr.models reads (`ccr.models.pixels_for`)."""

@@ -154,6 +154,14 @@ class ShardedGalleries(Galleries):
     def make_state(self, namespace: str, icfg: IndexConfig, device: str) -> IndexState:
         return IndexState({m: ShardedGallery(f"{namespace}/{m}", m, self.pool) for m in MODALITIES})
 
+    def hold(self, images, tokens, ids: dict[str, np.ndarray]) -> None:
+        """Each shard its own items only: the images and captions whose ids hash to it (ccr.data.owned)."""
+        from ccr.data.owned import OwnedItems
+
+        owner = {m: shard_of(v, self.pool.n) for m, v in ids.items()}
+        self.pool.hold([OwnedItems.of(images, tokens, ids["images"][owner["images"] == i],
+                                      ids["captions"][owner["captions"] == i]) for i in range(self.pool.n)])
+
     def before_index(self, step: int, embedder) -> None:
         self.pool.set_model(step, embedder.model.state_dict())
 

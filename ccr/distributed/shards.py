@@ -34,8 +34,7 @@ class GalleryShard:
     """One shard of every gallery (keyed by namespace, e.g. 'reindex/images')."""
 
     def __init__(self, shard: int, cfg_dict: dict[str, Any], tokenizer: Storage, device: str):
-        from ccr.data import load_dataset
-        from ccr.models import build_for, model_source
+        from ccr.models import load_tokenizer, model_source
         from ccr.study.configure import build_config
         from ccr.study.outputs import local_copy
 
@@ -45,17 +44,19 @@ class GalleryShard:
         self.shard = shard
         self.version: int | None = None
         self.embedder = None
+        self.model = self.items = None  # built when the driver hands this shard its items (hold)
         self.galleries: dict[str, Any] = {}
         self.problem: tuple[str, str, str] | None = None
         try:
             self.cfg: Config = build_config(cfg_dict)
             self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
             # staged on this actor's node (ccr.io.staging) when a URI
-            source = model_source(self.cfg)  # model.pretrained read once on this actor's node
-            self.ds = load_dataset(self.cfg, source.pixels)
-            # the tokenizer from storage: this actor may run on any node
-            self.model, _, self.tokens = build_for(source, self.ds, local_copy(tokenizer), self.device)
-            self.model.eval()
+            self.source = model_source(self.cfg)  # model.pretrained read once on this actor's node
+            # the tokenizer from storage (this actor may run on any node): its vocabulary sizes the model
+            folder = local_copy(tokenizer)
+            if not (Path(folder) / "tokenizer_config.json").is_file():
+                raise FileNotFoundError(f"the study's tokenizer is not in {tokenizer.display()}")
+            self.vocab_size = len(load_tokenizer(folder))
         except Exception as e:  # noqa: BLE001 - kept for ready(): the driver raises it, once, before task 1
             self.problem = (type(e).__name__, str(e).splitlines()[0][:600] if str(e) else repr(e),
                             ray.util.get_node_ip_address())
@@ -76,12 +77,28 @@ class GalleryShard:
 
         return os.getpid()
 
+    def hold(self, items: Any) -> int:
+        """This shard's own items (ccr.data.owned.OwnedItems: the only images and captions it ever embeds), and
+        the study's model built for them; returns how many images it holds."""
+        from ccr.models.build import seeded_model
+
+        self.items = items
+        self.model = seeded_model(self.source, self.vocab_size, getattr(items.images, "feature_dim", None))
+        self.model.to(self.device).eval()
+        return len(items.images)
+
+    def hold_sizes(self) -> dict[str, int]:
+        """How many images and captions this shard holds (its own items only)."""
+        return {"images": len(self.items.images), "captions": len(self.items.tokens.ids)} if self.items else {}
+
     def set_model(self, version: int, state: dict[str, torch.Tensor]) -> None:
         from ccr.models.embed import Embedder
 
+        if self.model is None:
+            raise RuntimeError(f"gallery shard {self.shard} was given no items (ShardPool.hold) before a model")
         self.model.load_state_dict(state)
         self.version = version
-        self.embedder = Embedder(self.model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size,
+        self.embedder = Embedder(self.model, self.items, self.items.tokens, self.device, self.cfg.eval.batch_size,
                                  self.cfg.train.amp, workers=self.cfg.data.num_workers)
 
     def embed(self, ns: str, task: str, ids: np.ndarray, version: int) -> int:
@@ -160,6 +177,7 @@ class ShardPool:
         self.model_refs: dict[int, Any] = {}
         self.snapshot: tuple[Storage, dict[str, Any]] | None = None
         self.recoveries = 0
+        self.held: list[Any] | None = None  # each shard's items (object refs), sent again to a restarted actor
 
     def _check_ready(self) -> None:
         """Every shard read its inputs and built its model, checked before task 1 trains: a node that cannot
@@ -220,6 +238,8 @@ class ShardPool:
         if problem:  # restarted on a node that cannot read the inputs: one line, now
             kind, message, node = problem
             raise RuntimeError(f"gallery shard {i}, restarted on node {node}, cannot start: {message}")
+        if self.held is not None:
+            ray.get(self.actors[i].hold.remote(self.held[i]))
         if self.snapshot:
             ray.get(self.actors[i].load_snapshot.remote(*self.snapshot))
         for op in self.journal[i]:
@@ -231,7 +251,16 @@ class ShardPool:
             ray.kill(a, no_restart=True)
         self.actors = []
 
-    # ---- model and snapshots -------------------------------------------------------------------
+    # ---- items, model and snapshots ----------------------------------------------------------------
+    def hold(self, items: list[Any]) -> None:
+        """Hand shard i its own items (`items[i]`, ccr.data.owned.OwnedItems); kept to rebuild a lost shard."""
+        self.held = [ray.put(it) for it in items]
+        self.call({i: ("hold", ref) for i, ref in enumerate(self.held)}, journal=False)
+
+    def hold_sizes(self) -> dict[str, int]:
+        """How many images and captions this shard holds (its own items only)."""
+        return {"images": len(self.items.images), "captions": len(self.items.tokens.ids)} if self.items else {}
+
     def set_model(self, version: int, state: dict[str, torch.Tensor]) -> None:
         self.model_refs[version] = ray.put({k: v.detach().cpu() for k, v in state.items()})
         self.call_all("set_model", version)

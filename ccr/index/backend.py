@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from ccr.index.gallery import IndexState
 
 if TYPE_CHECKING:
@@ -21,6 +23,10 @@ class Galleries:
     def make_state(self, namespace: str, icfg: IndexConfig, device: str) -> IndexState:
         """The empty galleries of one policy (`namespace`: the policy's name, `val/` + it for val items)."""
         return IndexState.empty(icfg, device)
+
+    def hold(self, images: object, tokens: object, ids: dict[str, np.ndarray]) -> None:
+        """Before task 1: the items the galleries will ever hold (`ids`: modality -> ascending global ids) of the
+        dataset's image store and tokenized captions. Galleries that embed elsewhere send each place its own."""
 
     def before_index(self, step: int, embedder: Embedder) -> None:
         """Before step `step` indexes: galleries that embed elsewhere receive the step's model here."""

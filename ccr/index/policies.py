@@ -36,6 +36,12 @@ class StepInput:
     prev_embedder: Embedder | None = None  # θ_{step-1}, for policies that declare needs_previous_model
     fit_ids: dict[str, np.ndarray] | None = None  # modality -> training items of the new task
     seed: int = 0  # the study's seed, for policies that draw (backfill in random order)
+    # gallery parts of no task (eval.distractors): added with task 1, old items from then on
+    standing: tuple[str, ...] = ()
+
+    def old_parts(self) -> list[str]:
+        """The gallery parts embedded before this step: distractors, then the earlier tasks in order."""
+        return [*self.standing, *self.order[: self.step]] if self.step else []
 
 
 POLICIES: dict[str, type[IndexPolicy]] = {}
@@ -74,14 +80,14 @@ class IndexPolicy:
         return (inp.prev_embedder if previous else inp.embedder).embed(modality, ids)
 
     def _add_new_task(self, state: IndexState, inp: StepInput, counts: dict[str, int]) -> None:
-        task = inp.order[inp.step]
-        for m in MODALITIES:
-            self._embed(state, inp, m, task, inp.test_ids[task][m], counts)
+        for part in [inp.order[inp.step], *(inp.standing if inp.step == 0 else ())]:
+            for m in MODALITIES:
+                self._embed(state, inp, m, part, inp.test_ids[part][m], counts)
 
     def _reembed_old(self, state: IndexState, inp: StepInput, modality: str, counts: dict[str, int]) -> None:
         g = state.galleries[modality]
-        for task in inp.order[: inp.step]:
-            self._embed(state, inp, modality, task, g.ids(task), counts)
+        for part in inp.old_parts():
+            self._embed(state, inp, modality, part, g.ids(part), counts)
 
     def update(self, state: IndexState, inp: StepInput) -> dict[str, int]:
         t0 = time.perf_counter()
@@ -184,8 +190,8 @@ class DriftMap(_FitsDrift):
             return
         for m in MODALITIES:
             mat = self._fit(state, inp, m, counts)
-            for task in inp.order[: inp.step]:
-                state.galleries[m].apply_map(task, mat)
+            for part in inp.old_parts():
+                state.galleries[m].apply_map(part, mat)
 
 
 @register_policy
@@ -221,7 +227,7 @@ class Backfill(_FitsDrift):
     def update_old(self, state, inp, counts):
         if inp.step == 0:
             return
-        old = inp.order[: inp.step]
+        old = inp.old_parts()
         for m in MODALITIES:
             g = state.galleries[m]
             task_of = np.concatenate([np.full(len(g.ids(t)), i) for i, t in enumerate(old)])

@@ -20,27 +20,36 @@ from ccr.measure.query import evaluate_step
 from ccr.models.embed import Embedder
 from ccr.seeds import task_seed
 
-Pool = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]  # ids, learning step of each, old and new embeddings
+# ids, the step that embedded each, its part (in old_parts order), old and new embeddings
+Pool = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
 class BackfillCurve:
     """The curve's rows {step, order, fraction, direction, k, recall, images, captions, old_*}, one per point."""
 
     def __init__(self, cfg: Config, ds: RetrievalDataset, order: list[str], test_ids: dict[str, dict[str, np.ndarray]],
-                 search_device: str):
+                 search_device: str, standing: tuple[str, ...] = ()):
         self.cfg, self.ds, self.order, self.test_ids, self.search_device = cfg, ds, order, test_ids, search_device
+        self.standing = standing  # distractors: embedded with task 1, old items after it
         self.rows: list[dict[str, Any]] = []
+
+    def old_parts(self, step: int) -> list[str]:
+        """The parts old at `step` (as a policy's StepInput.old_parts): distractors, then earlier tasks."""
+        return [*self.standing, *self.order[:step]] if step else []
 
     def _pools(self, step: int, embedder: Embedder, learned: dict[str, dict[str, np.ndarray]]
                ) -> dict[str, Pool | None]:
-        """Per modality, the old tasks' test items pooled in order (None before there is an old task)."""
+        """Per modality, the old parts' test items pooled in order (None before there is an old task)."""
         pools: dict[str, Pool | None] = {m: None for m in MODALITIES}
+        old = self.old_parts(step)
         for m in MODALITIES if step else ():
             parts = []
-            for i, t in enumerate(self.order[:step]):
+            for j, t in enumerate(old):
                 ids = np.asarray(self.test_ids[t][m], np.int64)
                 o = np.argsort(ids, kind="stable")
-                parts.append((ids[o], np.full(len(ids), i), learned[t][m][o], embedder.embed(m, ids[o])))
+                learned_at = self.order.index(t) if t in self.order else 0  # distractors: with task 1
+                parts.append((ids[o], np.full(len(ids), learned_at), np.full(len(ids), j), learned[t][m][o],
+                              embedder.embed(m, ids[o])))
             pools[m] = tuple(np.concatenate(x) for x in zip(*parts, strict=True))
         return pools
 
@@ -51,7 +60,7 @@ class BackfillCurve:
         for m_i, m in enumerate(MODALITIES):
             if pools[m] is None:
                 continue
-            ids, ver, old_emb, _ = pools[m]
+            ids, ver, _, old_emb, _ = pools[m]
             mat = None
             if order == "drift" and fit is not None and prev_embedder is not None:
                 mat = fit_linear_map(prev_embedder.embed(m, fit[m]), embedder.embed(m, fit[m]),
@@ -66,18 +75,19 @@ class BackfillCurve:
         icfg = dataclasses.replace(self.cfg.index, approx="none")
         state, counts = IndexState.empty(icfg, self.search_device), {m: 0 for m in MODALITIES}
         for m in MODALITIES:
-            g, new_ids = state.galleries[m], self.test_ids[self.order[step]][m]
-            g.put(self.order[step], new_ids, embedder.embed(m, new_ids), step)
+            g = state.galleries[m]
+            for new in [self.order[step], *(self.standing if step == 0 else ())]:  # distractors with task 1
+                g.put(new, self.test_ids[new][m], embedder.embed(m, self.test_ids[new][m]), step)
             if pools[m] is None:
                 continue
-            ids, ver, old_emb, new_emb = pools[m]
+            ids, ver, part, old_emb, new_emb = pools[m]
             pick = np.zeros(len(ids), bool)
             pick[ranks[m][: chosen(len(ids), fraction)]] = True
             counts[m] = int(pick.sum())
             emb = np.where(pick[:, None], new_emb, old_emb)
             version = np.where(pick, step, ver)
-            for i, t in enumerate(self.order[:step]):
-                sel = ver == i
+            for j, t in enumerate(self.old_parts(step)):
+                sel = part == j
                 g.put(t, ids[sel], emb[sel], version[sel])
         return state, counts
 
@@ -91,7 +101,7 @@ class BackfillCurve:
             ranks = self._ranks(step, o_i, order, pools, embedder, prev_embedder, fit)
             for f in e.backfill_curve:
                 state, counts = self._state(step, f, pools, ranks, embedder)
-                rows = evaluate_step(state, embedder, self.ds, seen, e.scope, e.ks)
+                rows = evaluate_step(state, embedder, self.ds, seen, e.scope, e.ks, standing=self.standing)
                 for d in DIRECTIONS:
                     for k in e.ks:
                         self.rows.append({"step": step, "order": order, "fraction": float(f), "direction": d,

@@ -17,6 +17,7 @@ import numpy as np
 from ccr import seeds
 from ccr.config.schema import Config
 from ccr.data.dataset import RetrievalDataset
+from ccr.data.webdataset import DISTRACTORS, SPLIT
 from ccr.index.backend import Galleries
 from ccr.index.gallery import MODALITIES
 from ccr.index.policies import StepInput, build_policy
@@ -61,6 +62,11 @@ class Evaluator:
                          for t in order}
         # the same galleries, policies and queries on val items, for selection (HPO) that never sees test
         self.val_ids = {t: {"images": ds.image_ids(t, "val"), "captions": ds.caption_ids(t, "val")} for t in order}
+        # gallery entries of no task (eval.distractors), in every gallery (val's too) from task 1 on
+        self.standing: tuple[str, ...] = (DISTRACTORS,) if "distractors" in ds.info else ()
+        for part in self.standing:
+            self.test_ids[part] = self.val_ids[part] = {"images": ds.image_ids(part, SPLIT),
+                                                        "captions": ds.caption_ids(part, SPLIT)}
         self.has_val = cfg.eval.val and all(len(v["images"]) >= cfg.eval.min_test_items for v in self.val_ids.values())
         self.val_states = {p: self.galleries.make_state(f"val/{p}", cfg.index, self.search_device)
                            for p in self.policy_names} if self.has_val else {}
@@ -77,8 +83,14 @@ class Evaluator:
         self.embedding = {m: {"items": 0, "seconds": 0.0} for m in MODALITIES}
         self.unlearned = UnlearnedRows(cfg, ds, order, self.search_device, self.has_val)
         self.classification = ClassificationRows(classification or [], n)
-        self.curve = BackfillCurve(cfg, ds, order, self.test_ids, self.search_device)
+        self.curve = BackfillCurve(cfg, ds, order, self.test_ids, self.search_device, self.standing)
         self.anatomy = AnatomyRecord(ds, order, ks, self.test_ids)
+
+    def gallery_ids(self) -> dict[str, np.ndarray]:
+        """Every item any gallery of this study will hold, per modality (ascending): test and val items of every
+        task, and the distractors."""
+        parts = [*self.test_ids.values(), *(self.val_ids.values() if self.has_val else ())]
+        return {m: np.unique(np.concatenate([p[m] for p in parts])).astype(np.int64) for m in MODALITIES}
 
     def _matrices(self) -> dict[str, dict[int, np.ndarray]]:
         n = len(self.order)
@@ -117,6 +129,8 @@ class Evaluator:
         task = self.order[step]
         if self.cfg.eval.anatomy or self.cfg.eval.backfill_curve:  # its items as embedded when it was learned
             self.learned[task] = {m: embedder.embed(m, self.test_ids[task][m]) for m in MODALITIES}
+        for part in self.standing if step == 0 and self.cfg.eval.backfill_curve else ():  # distractors: old items
+            self.learned[part] = {m: embedder.embed(m, self.test_ids[part][m]) for m in MODALITIES}
         if self.cfg.eval.backfill_curve:
             self.curve.step(step, embedder, prev_embedder, fit, self.learned)
         if self.cfg.eval.anatomy:
@@ -133,12 +147,12 @@ class Evaluator:
         seen, e = self.order[: step + 1], self.cfg.eval
         policy, state = self.policies[name], self.states[name]
         cost = policy.update(state, StepInput(step, self.order, embedder, self.test_ids, prev_embedder, fit,
-                                              self.cfg.seed))
+                                              self.cfg.seed, self.standing))
         ranks: dict[str, dict[str, np.ndarray]] = {}
         gal = state.galleries
         seen_q, seen_t = {m: len(g.quality) for m, g in gal.items()}, {m: len(g.trainings) for m, g in gal.items()}
         built = sum(g.build_seconds for g in gal.values())
-        rows = evaluate_step(state, embedder, self.ds, seen, e.scope, e.ks, ranks=ranks)
+        rows = evaluate_step(state, embedder, self.ds, seen, e.scope, e.ks, ranks=ranks, standing=self.standing)
         # indexes are built where first searched: this step's building is what the queries made it do
         state.cost_per_step[-1]["index_seconds"] = round(sum(g.build_seconds for g in gal.values()) - built, 4)
         for m, g in gal.items():
@@ -154,8 +168,9 @@ class Evaluator:
                  ", ".join(f"{t} {rows['t2i'][t][k]:.1f}" for t in seen))
         if name in self.val_states:
             val = self.val_states[name]
-            policy.update(val, StepInput(step, self.order, embedder, self.val_ids, prev_embedder, fit, self.cfg.seed))
-            vrows = evaluate_step(val, embedder, self.ds, seen, e.scope, e.ks, "val")
+            policy.update(val, StepInput(step, self.order, embedder, self.val_ids, prev_embedder, fit, self.cfg.seed,
+                                         self.standing))
+            vrows = evaluate_step(val, embedder, self.ds, seen, e.scope, e.ks, "val", standing=self.standing)
             _record(self.val_recall[name], vrows, step, seen)
 
     def _negative_flips(self, name: str, step: int, ranks: dict[str, dict[str, np.ndarray]]) -> None:

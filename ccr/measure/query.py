@@ -13,20 +13,23 @@ from ccr.measure.metrics import first_hit, recall_at_k
 from ccr.models.embed import Embedder
 
 
-def gallery_tasks(task: str, seen: list[str], scope: str) -> list[str]:
+def gallery_tasks(task: str, seen: list[str], scope: str, standing: tuple[str, ...] = ()) -> list[str]:
+    """The gallery parts a query of `task` searches: its own task's or every seen task's, and in either scope
+    the parts of no task (`standing`: eval.distractors)."""
     if scope == "task":
-        return [task]
+        return [task, *standing]
     if scope == "seen":
-        return list(seen)
+        return [*seen, *standing]
     raise ValueError(f"unknown eval scope {scope!r} (task or seen)")
 
 
 def evaluate_step(state: IndexState, embedder: Embedder, ds: RetrievalDataset, seen: list[str], scope: str,
-                  ks: list[int], split: str = "test", ranks: dict[str, dict[str, np.ndarray]] | None = None
-                  ) -> dict[str, dict[str, dict[int, float]]]:
+                  ks: list[int], split: str = "test", ranks: dict[str, dict[str, np.ndarray]] | None = None,
+                  standing: tuple[str, ...] = ()) -> dict[str, dict[str, dict[int, float]]]:
     """Recall of every seen task after the current step: {direction: {task: {K: percent}}}, querying the
     `split` items of each task against galleries that hold that split. `ranks`, when given, receives each
-    query's first-hit rank {direction: {task: (nq,)}} (for negative flips)."""
+    query's first-hit rank {direction: {task: (nq,)}} (for negative flips). `standing`: gallery parts of no task
+    (distractors), searched by every query and never queried."""
     kmax = max(ks)
     out: dict[str, dict[str, dict[int, float]]] = {"i2t": {}, "t2i": {}}
     for task in seen:
@@ -36,7 +39,7 @@ def evaluate_step(state: IndexState, embedder: Embedder, ds: RetrievalDataset, s
             if ranks is not None:
                 ranks.setdefault("i2t", {})[task] = ranks.setdefault("t2i", {})[task] = r
             continue
-        where = gallery_tasks(task, seen, scope)
+        where = gallery_tasks(task, seen, scope, standing)
         img_ids = ds.image_ids(task, split)
         cap_ids = ds.caption_ids(task, split)
         # image -> text: a hit when a retrieved caption belongs to the query image

@@ -22,7 +22,7 @@ import yaml
 
 from ccr.config.plugins import record as plugins_record
 from ccr.config.schema import Config, to_dict
-from ccr.data import checked_order, load_dataset
+from ccr.data import checked_order, load_study_dataset
 from ccr.index.backend import Galleries
 from ccr.io.checkpoint import from_bytes, to_bytes
 from ccr.io.provenance import provenance
@@ -82,7 +82,7 @@ class Study:
         outputs.check_out_dir(self.store, self.config_dict)
         outputs.clean_leftovers(self.out)
         cfg.index.check_dim(cfg.model.embed_dim)  # what the model decides: known now, before the data is read
-        self.ds = load_dataset(cfg, self.source.pixels)
+        self.ds = load_study_dataset(cfg, self.source.pixels)  # with its distractors (eval.distractors)
         self.order = checked_order(cfg, self.ds)
         self.strategy = build_strategy(cfg.strategy)
         self.strategy.validate(cfg, self.ds, self.order)
@@ -110,6 +110,7 @@ class Study:
             self.model.freeze_backbone()
         self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device), self.galleries(),
                                    self.classification)
+        self.evaluator.galleries.hold(self.ds.images, self.tokens, self.evaluator.gallery_ids())
         self.train_stats: list[dict[str, float]] = []
         self.resumes: list[int] = []  # after which task each resume happened
 

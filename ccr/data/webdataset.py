@@ -1,0 +1,212 @@
+"""Distractors: gallery entries of no task, read from WebDataset tar shards (the layout img2dataset writes: each
+sample `KEY.jpg|jpeg|png|webp` + `KEY.txt`, its caption, and an optional `KEY.json`), in a folder or under a URI.
+
+The shards are scanned once, as a stream (one sequential read per shard, nothing staged): the scan checks each
+sample and records where its image lies inside its shard (offset and size) and its caption. The images themselves
+are read later, a few at a time, by ranged reads of those bytes (`WebDatasetImages`): no process ever holds the
+set's images, and a gallery shard holds only the rows of its own items (`WebDatasetImages.subset`).
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ccr.errors import DataError, StorageError
+from ccr.io.images import Pixels
+from ccr.io.storage import Storage
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
+DISTRACTORS = "(distractors)"  # their task name in a dataset: no task of any loader can be named so
+SPLIT = "distractor"  # and their split: never train, val or test
+
+
+def shard_names(store: Storage) -> list[str]:
+    """The .tar files under `store`, in order (names sort as img2dataset numbers them)."""
+    try:
+        names = [n for n in store.files() if n.endswith(".tar")]
+    except (StorageError, OSError) as e:
+        raise DataError(f"eval.distractors: cannot list {store.display()}: {e}") from e
+    if not names:
+        raise DataError(f"eval.distractors: no .tar shards under {store.display()} (expected WebDataset shards: "
+                        "KEY.jpg + KEY.txt per sample)")
+    return names
+
+
+def _split_key(name: str) -> tuple[str, str]:
+    """'dir/000123.jpg' -> ('dir/000123', '.jpg'): WebDataset's key is the name up to the first dot of its base."""
+    slash = name.rfind("/") + 1
+    dot = name.find(".", slash)
+    return (name, "") if dot < 0 else (name[:dot], name[dot:].lower())
+
+
+@dataclass
+class ShardIndex:
+    """Where every distractor's image lies and what its caption says (sample i = distractor i, in shard order)."""
+
+    uri: str  # the folder or prefix of the shards
+    shards: list[str]  # their names relative to it
+    shard: np.ndarray  # (n,) int32: each sample's shard
+    offset: np.ndarray  # (n,) int64: its image's first byte in that shard
+    size: np.ndarray  # (n,) int64: and its length
+    keys: list[str]
+    captions: list[str]
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+
+def scan_shards(location: str, limit: int = 0) -> ShardIndex:
+    """Read the shards under `location` in order (the first `limit` samples when > 0): each sample checked (a tar
+    file, an image and a caption per key), one DataError naming the shard and key otherwise."""
+    store = Storage(location)
+    names = shard_names(store)
+    shard, offset, size, keys, captions = [], [], [], [], []
+    for s, name in enumerate(names):
+        for key, off, n, caption in _samples(store, name):
+            shard.append(s)
+            offset.append(off)
+            size.append(n)
+            keys.append(key)
+            captions.append(caption)
+            if limit and len(keys) == limit:
+                break
+        if limit and len(keys) == limit:
+            break
+    if limit and len(keys) < limit:
+        raise DataError(f"eval.distractors_limit={limit}, but the {len(names)} shard(s) under {store.display()} "
+                        f"hold {len(keys)} samples")
+    return ShardIndex(store.uri, names[: (shard[-1] + 1) if shard else 0], np.asarray(shard, np.int32),
+                      np.asarray(offset, np.int64), np.asarray(size, np.int64), keys, captions)
+
+
+def _samples(store: Storage, name: str):
+    """(key, image offset, image size, caption) of each sample of one shard, read as one stream."""
+    where = store.display(name)
+    try:
+        stream = open(store.local_path / name, "rb") if store.local_path else store.filesystem.open_input_stream(
+            store.fs_path(name))
+    except OSError as e:
+        raise DataError(f"eval.distractors: cannot read shard {where}: {e}") from e
+    current: dict | None = None
+
+    def done(sample: dict):
+        if "image" not in sample:
+            raise DataError(f"eval.distractors: sample {sample['key']!r} of shard {where} has no image "
+                            f"({'/'.join(IMAGE_EXTS)})")
+        if "caption" not in sample:
+            raise DataError(f"eval.distractors: sample {sample['key']!r} of shard {where} has no caption (.txt)")
+        return sample["key"], *sample["image"], sample["caption"]
+
+    try:
+        with stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                key, ext = _split_key(member.name)
+                if current is None or key != current["key"]:
+                    if current is not None:
+                        yield done(current)
+                    current = {"key": key}
+                if ext in IMAGE_EXTS:
+                    current["image"] = (member.offset_data, member.size)
+                elif ext == ".txt":
+                    current["caption"] = tar.extractfile(member).read().decode("utf-8", "replace").strip()
+    except tarfile.TarError as e:
+        raise DataError(f"eval.distractors: shard {where} is not a readable tar file ({e})") from e
+    if current is not None:
+        yield done(current)
+
+
+class WebDatasetImages:
+    """Images of shard samples by row, read by ranged reads and decoded on demand (an ImageStore)."""
+
+    decodes = True
+
+    def __init__(self, uri: str, shards: list[str], shard: np.ndarray, offset: np.ndarray, size: np.ndarray,
+                 keys: list[str], pixels: Pixels):
+        self.uri, self.shards, self.shard, self.offset, self.size = uri, shards, shard, offset, size
+        self.keys, self.pixels = keys, pixels
+        self.image_size = pixels.shape[0]
+        self._store: Storage | None = None
+
+    @classmethod
+    def of(cls, index: ShardIndex, pixels: Pixels) -> WebDatasetImages:
+        return cls(index.uri, index.shards, index.shard, index.offset, index.size, index.keys, pixels)
+
+    def __getstate__(self) -> dict:  # file handles do not travel to loader workers or actors
+        return {**self.__dict__, "_store": None}
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def subset(self, rows: np.ndarray) -> WebDatasetImages:
+        """Only these rows (a gallery shard's own items), renumbered 0..len(rows)-1."""
+        rows = np.asarray(rows, np.int64)
+        return WebDatasetImages(self.uri, self.shards, self.shard[rows], self.offset[rows], self.size[rows],
+                                [self.keys[i] for i in rows], self.pixels)
+
+    def read(self, i: int) -> bytes:
+        """Row i's image file, as stored in its shard."""
+        if self._store is None:
+            self._store = Storage(self.uri)
+        store, name = self._store, self.shards[self.shard[i]]
+        off, n = int(self.offset[i]), int(self.size[i])
+        try:
+            if store.local_path is not None:
+                with open(store.local_path / name, "rb") as f:
+                    f.seek(off)
+                    data = f.read(n)
+            else:
+                with store.filesystem.open_input_file(store.fs_path(name)) as f:
+                    data = f.read_at(n, off)
+        except OSError as e:
+            raise DataError(f"eval.distractors: cannot read shard {store.display(name)}: {e}") from e
+        if len(data) != n:
+            raise DataError(f"eval.distractors: shard {store.display(name)} changed since it was scanned "
+                            f"(sample {self.keys[i]!r})")
+        return data
+
+    def load(self, ids: np.ndarray) -> torch.Tensor:
+        from PIL import Image
+
+        out = np.empty((len(ids), 3, *self.pixels.shape), np.uint8)
+        for j, i in enumerate(np.asarray(ids, np.int64)):
+            try:
+                with Image.open(io.BytesIO(self.read(i))) as im:
+                    out[j] = self.pixels.apply(im)
+            except DataError:
+                raise
+            except Exception as e:  # noqa: BLE001 - any decoding failure names the sample
+                raise DataError(f"eval.distractors: the image of sample {self.keys[i]!r} in shard "
+                                f"{Storage(self.uri).display(self.shards[self.shard[i]])} cannot be decoded "
+                                f"({type(e).__name__}: {str(e)[:80]})") from e
+        return torch.from_numpy(out)
+
+
+def with_distractors(ds, location: str, limit: int, pixels: Pixels):
+    """`ds` with the distractors under `location` appended: images N.., captions M.. (caption i of distractor
+    image i), in the task DISTRACTORS and the split SPLIT, so no task, training or query ever selects them."""
+    import dataclasses
+
+    from ccr.data.dataset import ConcatImages
+
+    if getattr(ds.images, "feature_dim", None):
+        raise DataError("eval.distractors: this dataset gives precomputed image features (data.kind=precomp); "
+                        "distractors are images, and one model takes one kind of input")
+    index = scan_shards(location, limit)
+    n, n_img = len(index), ds.n_images
+    labels = ds.class_labels
+    return dataclasses.replace(
+        ds, image_names=[*ds.image_names, *(f"{DISTRACTORS}/{k}" for k in index.keys)],
+        image_split=np.concatenate([ds.image_split, np.full(n, SPLIT)]),
+        image_task=np.concatenate([ds.image_task, np.full(n, DISTRACTORS)]),
+        captions=[*ds.captions, *index.captions],
+        caption_image=np.concatenate([ds.caption_image, n_img + np.arange(n, dtype=np.int64)]),
+        images=ConcatImages([ds.images, WebDatasetImages.of(index, pixels)]),
+        class_labels=None if labels is None else np.concatenate([labels, np.full(n, -1, labels.dtype)]),
+        info={**ds.info, "distractors": {"samples": n, "shards": len(index.shards)}})
