@@ -274,6 +274,11 @@ class IndexConfig:
     # is trained again: never (the one trained at task 1 stays), reindexed (after a step that re-embedded every
     # entry of that gallery), always (every step, on the gallery as it stands)
     approx_retrain: str = key("reindexed", choices=("never", "reindexed", "always"))
+    # distractors (eval.distractors) embedded by a Ray Data pool of this many actors (0: where the galleries live),
+    # each with embed_cpus CPUs and embed_gpus GPUs
+    embed_actors: int = key(0, ge=0)
+    embed_cpus: float = key(1.0, gt=0)
+    embed_gpus: float = key(0.0, ge=0)
 
     def check(self) -> None:
         if self.approx != "none" and self.backend != "faiss":
@@ -405,6 +410,9 @@ class Config:
             raise ConfigError("config key 'model.image.pretrained': with data.kind=precomp the images are "
                               "precomputed features, encoded by an MLP (model.image.layers, model.image.hidden_size); "
                               "no image model is loaded")
+        if self.index.embed_actors and not self.eval.distractors:
+            raise ConfigError("config key 'index.embed_actors': the pool embeds distractors (eval.distractors), and "
+                              "this config names none; the tasks' own items are embedded where their galleries live")
         order = self.tasks.order if isinstance(self.tasks.order, list) else []
         both = [t for t in self.eval.control if t in order or t in self.tasks.pretrain]
         if both:

@@ -150,12 +150,11 @@ class WebDatasetImages:
         return WebDatasetImages(self.uri, self.shards, self.shard[rows], self.offset[rows], self.size[rows],
                                 [self.keys[i] for i in rows], self.pixels)
 
-    def read(self, i: int) -> bytes:
-        """Row i's image file, as stored in its shard."""
+    def _read(self, shard: int, off: int, n: int, key: str) -> bytes:
+        """One sample's image file, as stored in its shard."""
         if self._store is None:
             self._store = Storage(self.uri)
-        store, name = self._store, self.shards[self.shard[i]]
-        off, n = int(self.offset[i]), int(self.size[i])
+        store, name = self._store, self.shards[shard]
         try:
             if store.local_path is not None:
                 with open(store.local_path / name, "rb") as f:
@@ -168,24 +167,28 @@ class WebDatasetImages:
             raise DataError(f"eval.distractors: cannot read shard {store.display(name)}: {e}") from e
         if len(data) != n:
             raise DataError(f"eval.distractors: shard {store.display(name)} changed since it was scanned "
-                            f"(sample {self.keys[i]!r})")
+                            f"(sample {key!r})")
         return data
 
-    def load(self, ids: np.ndarray) -> torch.Tensor:
+    def rows_of(self, shard: np.ndarray, offset: np.ndarray, size: np.ndarray, keys) -> torch.Tensor:
+        """Pixels (n, 3, H, W) of samples given by where they lie (shard, offset, size) and their keys."""
         from PIL import Image
 
-        out = np.empty((len(ids), 3, *self.pixels.shape), np.uint8)
-        for j, i in enumerate(np.asarray(ids, np.int64)):
+        out = np.empty((len(shard), 3, *self.pixels.shape), np.uint8)
+        for j, (s, off, n, key) in enumerate(zip(shard, offset, size, keys, strict=True)):
+            data = self._read(int(s), int(off), int(n), str(key))
             try:
-                with Image.open(io.BytesIO(self.read(i))) as im:
+                with Image.open(io.BytesIO(data)) as im:
                     out[j] = self.pixels.apply(im)
-            except DataError:
-                raise
             except Exception as e:  # noqa: BLE001 - any decoding failure names the sample
-                raise DataError(f"eval.distractors: the image of sample {self.keys[i]!r} in shard "
-                                f"{Storage(self.uri).display(self.shards[self.shard[i]])} cannot be decoded "
+                raise DataError(f"eval.distractors: the image of sample {str(key)!r} in shard "
+                                f"{Storage(self.uri).display(self.shards[int(s)])} cannot be decoded "
                                 f"({type(e).__name__}: {str(e)[:80]})") from e
         return torch.from_numpy(out)
+
+    def load(self, ids: np.ndarray) -> torch.Tensor:
+        ids = np.asarray(ids, np.int64)
+        return self.rows_of(self.shard[ids], self.offset[ids], self.size[ids], [self.keys[i] for i in ids])
 
 
 def with_distractors(ds, location: str, limit: int, pixels: Pixels):

@@ -23,11 +23,24 @@ from ccr.study.runner import Study
 def galleries_for(cfg: Config, store: Storage) -> Callable[[], Galleries]:
     """How the study of `cfg` in `store` makes its galleries: in this process, or one shard of each on every Ray
     actor of a pool (resources.shards > 1), whose actors read the study's tokenizer from storage."""
+    make: Callable[[], Galleries] = Galleries
     if cfg.resources.shards > 1:
         from ccr.distributed.sharded import ShardedGalleries
 
-        return functools.partial(ShardedGalleries.start, cfg, store.child(TOKENIZER))
-    return Galleries
+        make = functools.partial(ShardedGalleries.start, cfg, store.child(TOKENIZER))
+    if cfg.index.embed_actors:
+        return functools.partial(_streamed, make, cfg, store.child(TOKENIZER))
+    return make
+
+
+def _streamed(make: Callable[[], Galleries], cfg: Config, tokenizer: Storage) -> Galleries:
+    """`make`'s galleries, whose distractors a Ray Data pool of index.embed_actors embeds (ccr.distributed.embed_pool)
+    instead."""
+    from ccr.distributed.embed_pool import StreamedEmbedding
+
+    galleries = make()
+    galleries.streamed = StreamedEmbedding(cfg, tokenizer)
+    return galleries
 
 
 def uses_ray_train(cfg: Config) -> bool:

@@ -51,7 +51,14 @@ class ShardedGallery:
 
     def embed(self, task: str, ids: np.ndarray, version: int, embedder=None) -> None:
         ids = np.asarray(ids, np.int64)
-        parts = self._split(ids)
+        streamed = getattr(embedder, "remote", None)
+        far = streamed.covers(self.modality, ids) if streamed is not None else np.zeros(len(ids), bool)
+        if far.any():  # distractors: embedded by the pool, their vectors sent to the shards that own them
+            vectors = embedder.embed(self.modality, ids[far])
+            owner = shard_of(ids[far], self.pool.n)
+            self.pool.call({i: ("put", self.ns, task, ids[far][owner == i], ray.put(vectors[owner == i]), version)
+                            for i in range(self.pool.n)})
+        parts = self._split(ids[~far])
         self.pool.call({i: ("embed", self.ns, task, part, version) for i, part in parts.items()})
         if task not in self.manifest:
             order = np.argsort(ids)
@@ -154,12 +161,13 @@ class ShardedGalleries(Galleries):
     def make_state(self, namespace: str, icfg: IndexConfig, device: str) -> IndexState:
         return IndexState({m: ShardedGallery(f"{namespace}/{m}", m, self.pool) for m in MODALITIES})
 
-    def hold(self, images, tokens, ids: dict[str, np.ndarray]) -> None:
+    def hold(self, ds, tokens, ids: dict[str, np.ndarray]) -> None:
         """Each shard its own items only: the images and captions whose ids hash to it (ccr.data.owned)."""
         from ccr.data.owned import OwnedItems
 
+        super().hold(ds, tokens, ids)
         owner = {m: shard_of(v, self.pool.n) for m, v in ids.items()}
-        self.pool.hold([OwnedItems.of(images, tokens, ids["images"][owner["images"] == i],
+        self.pool.hold([OwnedItems.of(ds.images, tokens, ids["images"][owner["images"] == i],
                                       ids["captions"][owner["captions"] == i]) for i in range(self.pool.n)])
 
     def before_index(self, step: int, embedder) -> None:

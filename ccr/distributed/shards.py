@@ -107,6 +107,11 @@ class GalleryShard:
         self._gallery(ns).embed(task, ids, version, self.embedder)
         return len(ids)
 
+    def put(self, ns: str, task: str, ids: np.ndarray, vectors: np.ndarray, version: int) -> int:
+        """Entries embedded elsewhere (index.embed_actors): this shard's own ids and their vectors."""
+        self._gallery(ns).set_entries(task, ids, vectors, version)
+        return len(ids)
+
     def apply_map(self, ns: str, task: str, mat: np.ndarray) -> None:
         self._gallery(ns).apply_map(task, mat)
 

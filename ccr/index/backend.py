@@ -11,6 +11,7 @@ from ccr.index.gallery import IndexState
 
 if TYPE_CHECKING:
     from ccr.config.schema import IndexConfig
+    from ccr.data.dataset import RetrievalDataset
     from ccr.io.storage import Storage
     from ccr.models.embed import Embedder
 
@@ -19,14 +20,18 @@ class Galleries:
     """Galleries in this process. Subclasses put them elsewhere and hear of each step's model and end."""
 
     sharded = False  # True where the galleries live on resources.shards actors
+    # distractors embedded elsewhere (index.embed_actors: ccr.distributed.embed_pool), or None: where they live
+    streamed = None
 
     def make_state(self, namespace: str, icfg: IndexConfig, device: str) -> IndexState:
         """The empty galleries of one policy (`namespace`: the policy's name, `val/` + it for val items)."""
         return IndexState.empty(icfg, device)
 
-    def hold(self, images: object, tokens: object, ids: dict[str, np.ndarray]) -> None:
+    def hold(self, ds: RetrievalDataset, tokens: object, ids: dict[str, np.ndarray]) -> None:
         """Before task 1: the items the galleries will ever hold (`ids`: modality -> ascending global ids) of the
-        dataset's image store and tokenized captions. Galleries that embed elsewhere send each place its own."""
+        dataset and its tokenized captions. Galleries that embed elsewhere send each place its own."""
+        if self.streamed is not None:
+            self.streamed.hold(ds)
 
     def before_index(self, step: int, embedder: Embedder) -> None:
         """Before step `step` indexes: galleries that embed elsewhere receive the step's model here."""

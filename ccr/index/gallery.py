@@ -76,7 +76,11 @@ class Gallery:
     def embed(self, task: str, ids: np.ndarray, version: int, embedder: Embedder) -> None:
         """(Re-)embed entries `ids` of `task` with model `version` (new task: all its entries)."""
         ids = np.asarray(ids, np.int64)
-        emb = embedder.embed(self.modality, ids)
+        self.set_entries(task, ids, embedder.embed(self.modality, ids), version)
+
+    def set_entries(self, task: str, ids: np.ndarray, emb: np.ndarray, version: int) -> None:
+        """Entries `ids` of `task` as embedded by model `version` (a new task: all its entries)."""
+        ids = np.asarray(ids, np.int64)
         if task not in self.parts:
             self.put(task, ids, emb, version)
             return

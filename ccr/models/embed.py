@@ -29,8 +29,12 @@ class Embedder:
 
     def __init__(self, model: DualEncoder, dataset: RetrievalDataset, tokens: TokenizedCaptions,
                  device: torch.device, batch_size: int = 256, amp: bool = True, progress: bool = False,
-                 workers: int = 0, tokenize: Callable[[list[str]], TokenizedCaptions] | None = None):
+                 workers: int = 0, tokenize: Callable[[list[str]], TokenizedCaptions] | None = None,
+                 remote=None):
         self.model, self.dataset, self.tokens, self.tokenize = model, dataset, tokens, tokenize
+        # items embedded elsewhere (index.embed_actors: ccr.distributed.embed_pool.StreamedEmbedding): `covers(m,
+        # ids)` says which, `embed(m, ids, model)` embeds them there with this model
+        self.remote = remote
         self.device, self.batch_size, self.amp, self.progress = device, batch_size, amp, progress
         self.workers = workers  # DataLoader processes decoding image files ahead (data.num_workers)
         self._memo: dict[tuple[str, str], np.ndarray] = {}
@@ -41,12 +45,26 @@ class Embedder:
         ids = np.asarray(ids, dtype=np.int64)
         key = (modality, hashlib.sha1(ids.tobytes()).hexdigest())
         if key not in self._memo:
-            self._memo[key] = self._run(modality, ids)
+            self._memo[key] = self._split(modality, ids)
         return self._memo[key]
 
     def run(self, modality: str, ids: np.ndarray) -> np.ndarray:
         """`embed` without the memo: every call runs the forward passes (calibration times them)."""
-        return self._run(modality, np.asarray(ids, dtype=np.int64))
+        return self._split(modality, np.asarray(ids, dtype=np.int64))
+
+    def _split(self, modality: str, ids: np.ndarray) -> np.ndarray:
+        """Dataset items here; those `remote` covers (distractors streamed through an actor pool) there."""
+        far = self.remote.covers(modality, ids) if self.remote is not None else None
+        if far is None or not far.any():
+            return self._run(modality, ids)
+        t0 = time.perf_counter()
+        out = np.empty((len(ids), self.model.embed_dim), np.float32)
+        out[far] = self.remote.embed(modality, ids[far], self.model)
+        self.computed[modality] += int(far.sum())
+        self.seconds[modality] += time.perf_counter() - t0
+        if not far.all():
+            out[~far] = self._run(modality, ids[~far])
+        return out
 
     def embed_store(self, store, key: str) -> np.ndarray:
         """Every image of another store (a classification set's), in order; memoised under `key`."""

@@ -110,7 +110,7 @@ class Study:
             self.model.freeze_backbone()
         self.evaluator = Evaluator(self.cfg, self.ds, self.order, str(self.device), self.galleries(),
                                    self.classification)
-        self.evaluator.galleries.hold(self.ds.images, self.tokens, self.evaluator.gallery_ids())
+        self.evaluator.galleries.hold(self.ds, self.tokens, self.evaluator.gallery_ids())
         self.train_stats: list[dict[str, float]] = []
         self.resumes: list[int] = []  # after which task each resume happened
 
@@ -145,8 +145,10 @@ class Study:
                            dist.all_reduce_mean, gather=dist.gather)
 
     def embedder(self, model) -> Embedder:
+        galleries = getattr(self, "evaluator", None) and self.evaluator.galleries
         return Embedder(model, self.ds, self.tokens, self.device, self.cfg.eval.batch_size, self.cfg.train.amp,
-                        self.progress, self.cfg.data.num_workers, tokenize=self.tokenize)
+                        self.progress, self.cfg.data.num_workers, tokenize=self.tokenize,
+                        remote=galleries.streamed if galleries else None)
 
     def tokenize(self, texts: list[str]) -> TokenizedCaptions:
         """Texts that are no caption of the dataset (class prompts), tokenized exactly as the captions are."""

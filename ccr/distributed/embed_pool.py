@@ -1,0 +1,141 @@
+"""Distractors embedded through Ray Data (`index.embed_actors: N`): a pool of N embedding actors, each with the
+step's model, reads its batches of distractor images from their shards (ranged reads of the bytes the scan
+recorded), decodes them with the model's own preprocessing and embeds them; captions are tokenized in the actors
+as a study tokenizes them. Ray Data streams the batches (backpressure, retries of a lost actor); only the vectors
+come back, so no process ever holds the distractors' images, and the driver (or a gallery shard) holds only
+their ids and vectors."""
+
+from __future__ import annotations
+
+import logging
+import resource
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+
+from ccr.config.schema import Config, to_dict
+from ccr.io.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def _quiet() -> None:
+    """Ray Data's progress bars and per-dataset log lines stay out of a study's log (ccr logs its own steps)."""
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = ctx.enable_operator_progress_bars = False
+    ctx.print_on_execution_start = False
+    ctx.enable_auto_log_stats = False
+    for name in ("ray.data", "ray.data._internal.execution.streaming_executor"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+class _EmbedActor:
+    """One actor of the pool: the study's model with one step's weights; batches of rows in, vectors out."""
+
+    def __init__(self, cfg_dict: dict[str, Any], tokenizer: Storage, images: Any, vocab_size: int,
+                 state: list, device: str):
+        from ccr.models import load_tokenizer, model_source
+        from ccr.models.build import seeded_model
+        from ccr.study.configure import build_config
+        from ccr.study.outputs import local_copy
+
+        cfg = build_config(cfg_dict)
+        self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.source = model_source(cfg)
+        self.images = images  # a WebDatasetImages of shard names and the URI only: rows come with each batch
+        self.tok = load_tokenizer(local_copy(tokenizer)) if tokenizer is not None else None
+        self.model = seeded_model(self.source, vocab_size)
+        self.model.load_state_dict(ray.get(state[0]))
+        self.model.to(self.device).eval()
+        self.amp = cfg.train.amp
+
+    @torch.inference_mode()
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ccr.models.precision import autocast_for
+        from ccr.models.tokenizer import tokenize_all
+
+        with autocast_for(self.device, self.amp):
+            if "caption" in batch:
+                length, trim = self.source.text_length
+                tok = tokenize_all(self.tok, [str(c) for c in batch["caption"]], length, trim)
+                ids, mask = tok.batch(np.arange(len(batch["caption"])))
+                emb = self.model.encode_text(ids.to(self.device), mask.to(self.device))
+            else:
+                rows = self.images.rows_of(batch["shard"], batch["offset"], batch["size"], batch["key"])
+                emb = self.model.encode_images(rows.to(self.device))
+        return {"id": batch["id"], "emb": emb.float().cpu().numpy(),
+                "rss_mb": np.full(len(batch["id"]), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
+class StreamedEmbedding:
+    """The driver's side: which ids are distractors, and their embedding by a Ray Data actor pool."""
+
+    def __init__(self, cfg: Config, tokenizer: Storage):
+        from ccr.distributed.cluster import check_can_ever_run, init_ray
+
+        init_ray()
+        i = cfg.index
+        check_can_ever_run(f"{i.embed_actors} embedding actors", "index.embed_actors x index.embed_cpus / embed_gpus",
+                           {"CPU": i.embed_actors * i.embed_cpus, "GPU": i.embed_actors * i.embed_gpus})
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.images = None
+        self.peak_rss_mb = 0.0  # the largest resident size any embedding actor reached, in MB
+
+    def hold(self, ds: Any) -> None:
+        """The distractors of `ds` (its WebDatasetImages part) and their captions."""
+        from ccr.data.webdataset import WebDatasetImages
+        from ccr.models import load_tokenizer
+        from ccr.study.outputs import local_copy
+
+        stores = getattr(ds.images, "stores", [ds.images])
+        at = next(k for k, s in enumerate(stores) if isinstance(s, WebDatasetImages))
+        self.images = stores[at]
+        self.first_image = int(ds.images.offsets[at]) if hasattr(ds.images, "offsets") else 0
+        self.first_caption = len(ds.captions) - len(self.images)
+        self.captions = ds.captions  # the study's list: the distractors' are its last len(images)
+        self.vocab_size = len(load_tokenizer(local_copy(self.tokenizer)))  # sizes the actors' model
+
+    def covers(self, modality: str, ids: np.ndarray) -> np.ndarray:
+        """Which of `ids` are distractors (embedded by the pool)."""
+        first = self.first_image if modality == "images" else self.first_caption
+        return np.asarray(ids) >= first if self.images is not None else np.zeros(len(ids), bool)
+
+    def embed(self, modality: str, ids: np.ndarray, model: torch.nn.Module) -> np.ndarray:
+        """Vectors of distractor `ids` (global ids of `modality`), in the order given, by `model`'s weights."""
+        import pyarrow as pa
+
+        ids = np.asarray(ids, np.int64)
+        if modality == "images":
+            rows = ids - self.first_image
+            im = self.images
+            table = pa.table({"id": ids, "shard": im.shard[rows], "offset": im.offset[rows], "size": im.size[rows],
+                              "key": [im.keys[r] for r in rows]})
+        else:
+            table = pa.table({"id": ids, "caption": [self.captions[i] for i in ids]})
+        i = self.cfg.index
+        state = [ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})]
+        shell = self.images.subset(np.zeros(0, np.int64))  # shard names and URI, no rows
+        rows = 4 * self.cfg.eval.batch_size  # blocks of a few batches: every actor gets work, memory stays flat
+        blocks = [table.slice(lo, rows) for lo in range(0, len(ids), rows)]
+        _quiet()
+        data = ray.data.from_arrow(blocks).map_batches(
+            _EmbedActor, batch_size=self.cfg.eval.batch_size, batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=min(i.embed_actors, len(blocks))),
+            num_cpus=i.embed_cpus, num_gpus=i.embed_gpus or None,
+            fn_constructor_args=(to_dict(self.cfg), self.tokenizer if modality == "captions" else None, shell,
+                                 self.vocab_size, state, "cuda" if i.embed_gpus > 0 else "cpu"))
+        got_ids, got = [], []
+        for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
+            got_ids.append(batch["id"])
+            got.append(batch["emb"])
+            self.peak_rss_mb = max(self.peak_rss_mb, float(batch["rss_mb"].max()))
+        got_ids, emb = np.concatenate(got_ids), np.concatenate(got)
+        where = np.argsort(got_ids, kind="stable")
+        pos = where[np.searchsorted(got_ids[where], ids)]
+        if not np.array_equal(got_ids[pos], ids):
+            raise RuntimeError(f"the embedding pool returned {len(got_ids)} vectors for {len(ids)} {modality}")
+        return emb[pos]
