@@ -33,6 +33,7 @@ def calibrated(tmp_path_factory):
 def test_the_record_measures_the_studys_model_and_index(calibrated, capsys):
     root, rec, res = calibrated
     assert rec["kind"] == "ccr-calibration" and rec["device"] == "cpu" and rec["threads"] == 1
+    assert rec["items"] == "dataset"  # a study without distractors: its dataset's items
     assert rec["device_name"] == res["embedding"]["device_name"]  # the same hardware name as a run records
     assert rec["model"] == res["config"]["model"] and rec["eval_batch_size"] == res["config"]["eval"]["batch_size"]
     for m in ("images", "captions"):
@@ -146,3 +147,19 @@ def test_a_calibration_written_to_a_bucket_prices_the_runs_read_from_it(calibrat
     assert main(["analyze", str(root / "runs"), "--out", str(tmp_path / "an"), "--gallery-size", "1000",
                  "--calibration", uri]) == 0
     assert set(pd.read_csv(tmp_path / "an" / "cost_at_scale.csv").priced_by) == {"calibration"}
+
+
+def test_a_study_with_distractors_is_calibrated_on_them(tiny_cfg, tmp_path, monkeypatch):
+    """With eval.distractors the calibration embeds what a re-index at scale embeds: the distractors, read from
+    their shards and decoded (and only they: the dataset's items are never asked for)."""
+    from ccr.data.webdataset import WebDatasetImages
+    from ccr.study.calibrate import calibrate
+    from tests.webdataset_fixture import make_shards
+
+    shards = make_shards(tmp_path / "shards", 40, per_shard=20)
+    read = []
+    load = WebDatasetImages.load
+    monkeypatch.setattr(WebDatasetImages, "load", lambda self, ids: read.append(len(ids)) or load(self, ids))
+    rec = calibrate(tiny_cfg("train.threads=1", f"eval.distractors={shards}"), 0.2, index_vectors=500)
+    assert rec["items"] == "distractors" and rec["images_per_second"] > 0 and rec["captions_per_second"] > 0
+    assert sum(read) >= rec["embedding"]["images"]["items"]  # every image it timed came from the shards

@@ -212,26 +212,6 @@ def test_a_study_killed_while_embedding_distractors_resumes_to_the_same_numbers(
         assert counts(resumed["by_policy"][p]["index_cost"]) == counts(whole["by_policy"][p]["index_cost"]), p
 
 
-@pytest.mark.slow
-def test_distractors_streamed_through_a_ray_data_pool_give_the_in_process_numbers(ray_local, tiny_cfg, tmp_path):
-    """index.embed_actors: 2 actors of a Ray Data pool read, decode and embed the distractors (their vectors sent
-    to the gallery shards that own them): the same recall and costs as the study that embeds them in-process."""
-    from ccr.distributed.runner import make_study
-    from tests.conftest import counts
-
-    shards = make_shards(tmp_path / "shards", 90, per_shard=40)
-    sets = [*COMMON, "data.n_tasks=2", f"eval.distractors={shards}", "index.compare=[no_reindex]",
-            "eval.batch_size=32"]
-    here = Study(tiny_cfg(*sets), tmp_path / "here", progress=False).run()
-    study = make_study(tiny_cfg(*sets, "index.embed_actors=2", "index.embed_cpus=0.5", "resources.shards=2",
-                                "resources.shard_cpus=0.25"), tmp_path / "pool", progress=False)
-    pooled = study.run()
-    assert study.evaluator.galleries.streamed.peak_rss_mb > 0
-    for p in ("reindex", "no_reindex"):
-        assert pooled["by_policy"][p]["recall"] == here["by_policy"][p]["recall"], p
-        assert counts(pooled["by_policy"][p]["index_cost"]) == counts(here["by_policy"][p]["index_cost"]), p
-
-
 @pytest.mark.parametrize("sets, needle", [
     (["index.embed_actors=2"], "config key 'index.embed_actors': the pool embeds distractors"),
     (["eval.distractors_limit=10"], "config key 'eval.distractors_limit' is set, but eval.distractors names no"),

@@ -85,8 +85,9 @@ def test_sharded_search_equals_one_flat_index(base, pools, n_shards):
 
 
 def test_full_run_two_shards_equals_one_with_distractors_each_shard_holding_only_its_own(base, tmp_path):
-    """With distractors in every gallery: 2 shards give the 1-shard numbers exactly (flat search), and each actor
-    holds only the items whose ids hash to it (its images' rows, not the dataset's)."""
+    """With distractors in every gallery, embedded by a Ray Data pool of 2 actors (index.embed_actors) whose
+    vectors go to the shards that own them: 2 shards give the numbers of 1 gallery embedding everything in its
+    own process exactly (flat search), and each shard actor holds only the items whose ids hash to it."""
     from ccr.distributed.sharded import shard_of
     from tests.webdataset_fixture import make_shards
 
@@ -94,7 +95,8 @@ def test_full_run_two_shards_equals_one_with_distractors_each_shard_holding_only
     shards = make_shards(tmp_path / "distractors", 90, per_shard=40)
     extra = ["index.compare=[no_reindex,backfill]", "data.n_tasks=2", f"eval.distractors={shards}"]
     one = Study(load_config(None, [*over, *extra]), tmp_path / "one", progress=False).run()
-    study = make_study(load_config(None, [*over, *extra, "resources.shards=2"]), tmp_path / "two", progress=False)
+    pool = [*extra, "resources.shards=2", "index.embed_actors=2", "index.embed_cpus=0.5"]
+    study = make_study(load_config(None, [*over, *pool]), tmp_path / "two", progress=False)
     study.prepare_out()
     study.build()
     ids = study.evaluator.gallery_ids()
@@ -103,8 +105,11 @@ def test_full_run_two_shards_equals_one_with_distractors_each_shard_holding_only
         assert [h[m] for h in held] == [int((shard_of(v, 2) == i).sum()) for i in range(2)], m
     assert len(ids["images"]) == 2 * 12 + 90 and sum(h["images"] for h in held) == len(ids["images"])
     study.evaluator.close()
-    two = make_study(load_config(None, [*over, *extra, "resources.shards=2"]), tmp_path / "two", progress=False).run()
+    pooled = make_study(load_config(None, [*over, *pool]), tmp_path / "two", progress=False)
+    two = pooled.run()
     assert two["dataset"]["distractors"]["samples"] == 90
+    peaks = pooled.evaluator.galleries.streamed.peak_rss_mb  # one entry per embedding actor that worked
+    assert len(peaks) >= 1 and all(v > 0 for v in peaks.values())
     for p in ("reindex", "no_reindex", "backfill"):
         assert two["by_policy"][p]["recall"] == one["by_policy"][p]["recall"], p
         assert counts(two["by_policy"][p]["index_cost"]) == counts(one["by_policy"][p]["index_cost"]), p

@@ -31,6 +31,10 @@ def test_sweep_files_in_repo_are_valid():
     assert [d.name for d in cfgs[0].data.datasets] == ["flickr30k", "coco", "pets", "lexica", "simpsons", "wikiart",
                                                        "kream", "sketch"]
     assert any(c.strategy.name == "cclip" and c.model.adapter.kind == "lora" for c in cfgs)
+    distractors = load_spec(REPO / "sweeps" / "distractors.yaml")  # the large-gallery study of docs/reindexing.md
+    cfgs = [distractors.config_for(c) for c in distractors.cells()]
+    assert {c.strategy.name for c in cfgs} == {"finetune", "replay", "compat"}
+    assert all(c.eval.distractors.endswith("shards-100000") and c.index.compare == ["no_reindex"] for c in cfgs)
     default = load_spec(REPO / "sweeps" / "default.yaml")
     names = {c["strategy.name"] for c in default.cells()}
     assert {"finetune", "joint"} < names and len(names) >= 4

@@ -1,13 +1,14 @@
 """Distractors embedded through Ray Data (`index.embed_actors: N`): a pool of N embedding actors, each with the
 step's model, reads its batches of distractor images from their shards (ranged reads of the bytes the scan
-recorded), decodes them with the model's own preprocessing and embeds them; captions are tokenized in the actors
-as a study tokenizes them. Ray Data streams the batches (backpressure, retries of a lost actor); only the vectors
-come back, so no process ever holds the distractors' images, and the driver (or a gallery shard) holds only
-their ids and vectors."""
+recorded), decodes them with the model's own preprocessing and embeds them; captions travel as the study
+tokenized them (once, when it started). Ray Data streams the batches (backpressure, retries of a lost actor);
+only the vectors come back, so no process ever holds the distractors' images, and the driver (or a gallery
+shard) holds only their ids and vectors."""
 
 from __future__ import annotations
 
 import logging
+import os
 import resource
 from typing import Any
 
@@ -34,12 +35,10 @@ def _quiet() -> None:
 class _EmbedActor:
     """One actor of the pool: the study's model with one step's weights; batches of rows in, vectors out."""
 
-    def __init__(self, cfg_dict: dict[str, Any], tokenizer: Storage, images: Any, vocab_size: int,
-                 state: list, device: str):
-        from ccr.models import load_tokenizer, model_source
+    def __init__(self, cfg_dict: dict[str, Any], images: Any, vocab_size: int, state: list, device: str):
+        from ccr.models import model_source
         from ccr.models.build import seeded_model
         from ccr.study.configure import build_config
-        from ccr.study.outputs import local_copy
 
         cfg = build_config(cfg_dict)
         self.device = torch.device(device if device != "cuda" or torch.cuda.is_available() else "cpu")
@@ -47,7 +46,6 @@ class _EmbedActor:
             torch.set_num_threads(cfg.train.threads)
         self.source = model_source(cfg)
         self.images = images  # a WebDatasetImages of shard names and the URI only: rows come with each batch
-        self.tok = load_tokenizer(local_copy(tokenizer)) if tokenizer is not None else None
         self.model = seeded_model(self.source, vocab_size)
         self.model.load_state_dict(ray.get(state[0]))
         self.model.to(self.device).eval()
@@ -56,18 +54,19 @@ class _EmbedActor:
     @torch.inference_mode()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from ccr.models.precision import autocast_for
-        from ccr.models.tokenizer import tokenize_all
+        from ccr.models.tokenizer import TokenizedCaptions
 
         with autocast_for(self.device, self.amp):
-            if "caption" in batch:
-                length, trim = self.source.text_length
-                tok = tokenize_all(self.tok, [str(c) for c in batch["caption"]], length, trim)
-                ids, mask = tok.batch(np.arange(len(batch["caption"])))
+            if "input_ids" in batch:  # tokenized once by the study; trimmed per batch as its Embedder trims
+                tok = TokenizedCaptions(torch.from_numpy(np.ascontiguousarray(batch["input_ids"])),
+                                        torch.from_numpy(np.ascontiguousarray(batch["mask"])),
+                                        self.source.text_length[1])
+                ids, mask = tok.batch(np.arange(len(batch["id"])))
                 emb = self.model.encode_text(ids.to(self.device), mask.to(self.device))
             else:
                 rows = self.images.rows_of(batch["shard"], batch["offset"], batch["size"], batch["key"])
                 emb = self.model.encode_images(rows.to(self.device))
-        return {"id": batch["id"], "emb": emb.float().cpu().numpy(),
+        return {"id": batch["id"], "emb": emb.float().cpu().numpy(), "pid": np.full(len(batch["id"]), os.getpid()),
                 "rss_mb": np.full(len(batch["id"]), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 
 
@@ -83,10 +82,11 @@ class StreamedEmbedding:
                            {"CPU": i.embed_actors * i.embed_cpus, "GPU": i.embed_actors * i.embed_gpus})
         self.cfg, self.tokenizer = cfg, tokenizer
         self.images = None
-        self.peak_rss_mb = 0.0  # the largest resident size any embedding actor reached, in MB
+        self.peak_rss_mb: dict[int, float] = {}  # each embedding actor's (by pid) largest resident size, in MB
 
-    def hold(self, ds: Any) -> None:
-        """The distractors of `ds` (its WebDatasetImages part) and their captions."""
+    def hold(self, ds: Any, tokens: Any) -> None:
+        """The distractors of `ds` (its WebDatasetImages part) and their captions, as `tokens` holds them (the
+        study's TokenizedCaptions: tokenized once, not at every pass)."""
         from ccr.data.webdataset import WebDatasetImages
         from ccr.models import load_tokenizer
         from ccr.study.outputs import local_copy
@@ -96,7 +96,7 @@ class StreamedEmbedding:
         self.images = stores[at]
         self.first_image = int(ds.images.offsets[at]) if hasattr(ds.images, "offsets") else 0
         self.first_caption = len(ds.captions) - len(self.images)
-        self.captions = ds.captions  # the study's list: the distractors' are its last len(images)
+        self.tokens = tokens
         self.vocab_size = len(load_tokenizer(local_copy(self.tokenizer)))  # sizes the actors' model
 
     def covers(self, modality: str, ids: np.ndarray) -> np.ndarray:
@@ -115,7 +115,11 @@ class StreamedEmbedding:
             table = pa.table({"id": ids, "shard": im.shard[rows], "offset": im.offset[rows], "size": im.size[rows],
                               "key": [im.keys[r] for r in rows]})
         else:
-            table = pa.table({"id": ids, "caption": [self.captions[i] for i in ids]})
+            from ray.data.extensions import ArrowTensorArray
+
+            rows = torch.as_tensor(ids)
+            table = pa.table({"id": ids, "input_ids": ArrowTensorArray.from_numpy(self.tokens.input_ids[rows].numpy()),
+                              "mask": ArrowTensorArray.from_numpy(self.tokens.attention_mask[rows].numpy())})
         i = self.cfg.index
         state = [ray.put({k: v.detach().cpu() for k, v in model.state_dict().items()})]
         shell = self.images.subset(np.zeros(0, np.int64))  # shard names and URI, no rows
@@ -126,13 +130,14 @@ class StreamedEmbedding:
             _EmbedActor, batch_size=self.cfg.eval.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(i.embed_actors, len(blocks))),
             num_cpus=i.embed_cpus, num_gpus=i.embed_gpus or None,
-            fn_constructor_args=(to_dict(self.cfg), self.tokenizer if modality == "captions" else None, shell,
-                                 self.vocab_size, state, "cuda" if i.embed_gpus > 0 else "cpu"))
+            fn_constructor_args=(to_dict(self.cfg), shell, self.vocab_size, state,
+                                 "cuda" if i.embed_gpus > 0 else "cpu"))
         got_ids, got = [], []
         for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
             got_ids.append(batch["id"])
             got.append(batch["emb"])
-            self.peak_rss_mb = max(self.peak_rss_mb, float(batch["rss_mb"].max()))
+            for pid, rss in zip(batch["pid"].tolist(), batch["rss_mb"].tolist(), strict=True):
+                self.peak_rss_mb[pid] = max(self.peak_rss_mb.get(pid, 0.0), rss)
         got_ids, emb = np.concatenate(got_ids), np.concatenate(got)
         where = np.argsort(got_ids, kind="stable")
         pos = where[np.searchsorted(got_ids[where], ids)]

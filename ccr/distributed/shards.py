@@ -77,6 +77,12 @@ class GalleryShard:
 
         return os.getpid()
 
+    def rss_mb(self) -> float:
+        """This actor's largest resident size so far, in MB (bench/reindex_at_scale.py)."""
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     def hold(self, items: Any) -> int:
         """This shard's own items (ccr.data.owned.OwnedItems: the only images and captions it ever embeds), and
         the study's model built for them; returns how many images it holds."""

@@ -31,7 +31,7 @@ class Galleries:
         """Before task 1: the items the galleries will ever hold (`ids`: modality -> ascending global ids) of the
         dataset and its tokenized captions. Galleries that embed elsewhere send each place its own."""
         if self.streamed is not None:
-            self.streamed.hold(ds)
+            self.streamed.hold(ds, tokens)
 
     def before_index(self, step: int, embedder: Embedder) -> None:
         """Before step `step` indexes: galleries that embed elsewhere receive the step's model here."""

@@ -38,13 +38,14 @@ def calibrate(cfg: Config, seconds: float = 10.0, index_vectors: int = 200_000) 
         raise ConfigError(f"calibration needs seconds > 0 and index vectors >= 1, got {seconds}, {index_vectors}")
     cfg, ds, embedder = study_embedder(cfg)
     device = embedder.device
-    rates = {"images": _rate(embedder, "images", ds.n_images, seconds),
-             "captions": _rate(embedder, "captions", len(ds.captions), seconds)}
+    items, what = calibration_items(ds)
+    rates = {m: _rate(embedder, m, items[m], seconds) for m in ("images", "captions")}
     index = index_rates(cfg.index, cfg.model.embed_dim, index_vectors, cfg.seed)
     config = json.loads(json.dumps(redact_tree(to_dict(cfg)), default=str))
     record = {"kind": KIND, "version": VERSION, "created": time.time(),
               "model": config["model"], "eval_batch_size": cfg.eval.batch_size, "device": str(device),
               "device_name": device_name(device), "threads": torch.get_num_threads(), "amp": cfg.train.amp,
+              "items": what,
               "images_per_second": rates["images"]["per_second"],
               "captions_per_second": rates["captions"]["per_second"],
               "embedding": rates, "index": index, "config": config, **provenance()}
@@ -54,11 +55,24 @@ def calibrate(cfg: Config, seconds: float = 10.0, index_vectors: int = 200_000) 
     return record
 
 
+def calibration_items(ds) -> tuple[dict[str, np.ndarray], str]:
+    """The items calibration embeds, per modality, and what they are: a study's distractors when it has them
+    (eval.distractors: what a re-index at scale embeds, read from their shards and decoded), else every item of
+    its dataset."""
+    from ccr.data.webdataset import DISTRACTORS, SPLIT
+
+    if "distractors" in ds.info:
+        return {"images": ds.image_ids(DISTRACTORS, SPLIT), "captions": ds.caption_ids(DISTRACTORS, SPLIT)}, \
+            "distractors"
+    return {"images": np.arange(ds.n_images, dtype=np.int64),
+            "captions": np.arange(len(ds.captions), dtype=np.int64)}, "dataset"
+
+
 def study_embedder(cfg: Config):
     """(the resolved config, its dataset, an Embedder of its model): what a study embeds with, on the device
     `train.device` resolves to, at the evaluation batch size (seeded or pretrained weights, adapters attached,
     the tokenizer a study would fit). Calibration and bench/calibration_check.py both time this one."""
-    from ccr.data import checked_order, load_dataset
+    from ccr.data import checked_order, load_study_dataset
     from ccr.io.storage import open_storage
     from ccr.models import build_for, model_source
     from ccr.models.embed import Embedder
@@ -68,7 +82,7 @@ def study_embedder(cfg: Config):
     source = model_source(cfg)
     cfg = source.cfg
     cfg.index.check_dim(cfg.model.embed_dim)
-    ds = load_dataset(cfg, source.pixels)
+    ds = load_study_dataset(cfg, source.pixels)  # with its distractors
     order = checked_order(cfg, ds)
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
@@ -80,13 +94,12 @@ def study_embedder(cfg: Config):
                              workers=cfg.data.num_workers)
 
 
-def _rate(embedder, modality: str, n_items: int, seconds: float) -> dict[str, Any]:
+def _rate(embedder, modality: str, ids: np.ndarray, seconds: float) -> dict[str, Any]:
     """Items per second of `embedder` on `modality`, as a large gallery is embedded: in calls of at least a second
     each (a call's start, its loader's start, costs what a gallery of millions pays once per part). Warm-up: one
     batch, then calls of 8 batches, doubling until one takes a second; then calls of that size, cycling through
-    the dataset's items, until `seconds` have passed. Each call's rate is kept to show the spread."""
+    `ids`, until `seconds` have passed. Each call's rate is kept to show the spread."""
     batch = embedder.batch_size
-    ids = np.arange(n_items, dtype=np.int64)
     embedder.run(modality, ids[:batch])
     size, at = 8 * batch, 0
 
