@@ -84,6 +84,13 @@ def test_policies_embed_and_count_distractors_by_their_rules_and_recall_is_the_l
         assert cost["backfill"] == [a + -(-b // 4) for a, b in zip(new, old, strict=True)]  # a quarter of old
         assert res["by_policy"]["reindex"]["index_cost"][f"{m}_embedded"] == sum(cost["reindex"])
 
+    # at another gallery size the costs scale by the gallery the study had: its test images and its distractors
+    from ccr.analysis.economics import Scale, cost_rows
+
+    costs = cost_rows({"run": res}, Scale(gallery_size=1000 * (36 + N)), 1).set_index("policy")
+    assert costs.loc["reindex", "images_per_update"] == pytest.approx(1000 * (12 + N + 12 + 12 + N + 24) / 2)
+    assert costs.loc["no_reindex", "images_per_update"] == pytest.approx(1000 * 12)
+
     # the reindex policy's last row: the final model on the files, brute force
     study = Study(cfg, tmp_path / "run", progress=False)
     study.build()

@@ -93,10 +93,13 @@ def _positive(what: str, v: float | None, low: float, high: float) -> None:
 
 
 def _gallery(res: dict[str, Any]) -> tuple[int, float]:
-    """Images in the study's final gallery, and captions per image there (from the first step, where every
-    policy embeds exactly the first task's gallery)."""
-    tasks = (res.get("dataset") or {}).get("tasks") or {}
+    """Images in the study's final gallery (its tasks' test images and its distractors: eval.distractors), and
+    captions per image there (from the first step, where every policy embeds exactly the first task's gallery,
+    distractors included)."""
+    dataset = res.get("dataset") or {}
+    tasks = dataset.get("tasks") or {}
     n_img = sum(_count((tasks.get(t) or {}).get("test", 0)) for t in res["task_order"])
+    n_img += _count((dataset.get("distractors") or {}).get("samples", 0))
     first = next(iter(res["by_policy"].values()))["index_cost"].get("per_step") or []
     ratio = _count(first[0]["captions"]) / _count(first[0]["images"]) if first and _count(first[0]["images"]) \
         else 1.0
