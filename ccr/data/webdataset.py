@@ -29,7 +29,9 @@ def shard_names(store: Storage) -> list[str]:
     """The .tar files under `store`, in order (names sort as img2dataset numbers them)."""
     try:
         names = [n for n in store.files() if n.endswith(".tar")]
-    except (StorageError, OSError) as e:
+    except StorageError as e:  # says which store it could not list, and why
+        raise DataError(f"eval.distractors: {e}") from e
+    except OSError as e:
         raise DataError(f"eval.distractors: cannot list {store.display()}: {e}") from e
     if not names:
         raise DataError(f"eval.distractors: no .tar shards under {store.display()} (expected WebDataset shards: "
