@@ -229,3 +229,21 @@ def test_keys_that_need_distractors_are_refused_without_them(tiny_cfg, sets, nee
     with pytest.raises(ConfigError) as e:
         tiny_cfg(*sets)
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_study_without_distractors_gives_the_numbers_it_gave_before_them(tiny_cfg, tmp_path):
+    """The recall matrices (test and val), costs, negative flips and backfill curve of a study with every policy
+    family, val items and the `seen` scope, as ccr computed them before eval.distractors existed (commit 0a85790,
+    tests/golden/no_distractors.json): distractors change nothing where there are none."""
+    from pathlib import Path
+
+    golden = json.loads((Path(__file__).parent / "golden" / "no_distractors.json").read_text())
+    r = Study(tiny_cfg(*golden["sets"]), tmp_path / "run", progress=False).run()
+    for p, want in golden["results"].items():
+        if p == "backfill_curve":
+            got = [{k: x[k] for k in want[0]} for x in r["backfill_curve"]]
+        else:
+            v = r["by_policy"][p]
+            got = {"recall": v["recall"], "val_recall": v.get("val_recall"), "negative_flips": v.get("negative_flips"),
+                   "index_cost": {k: v["index_cost"][k] for k in ("images_embedded", "captions_embedded")}}
+        assert json.loads(json.dumps(got, sort_keys=True)) == want, p
