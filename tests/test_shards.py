@@ -104,11 +104,14 @@ def test_full_run_two_shards_equals_one_with_distractors_each_shard_holding_only
     for m, v in ids.items():
         assert [h[m] for h in held] == [int((shard_of(v, 2) == i).sum()) for i in range(2)], m
     assert len(ids["images"]) == 2 * 12 + 90 and sum(h["images"] for h in held) == len(ids["images"])
-    study.evaluator.close()
-    pooled = make_study(load_config(None, [*over, *pool]), tmp_path / "two", progress=False)
-    two = pooled.run()
+    try:  # the rest of Study.run on the same pool (one pool start, not two)
+        for step in range(len(study.order)):
+            study.run_task(step)
+        two = study.write_results(len(study.order), complete=True)
+    finally:
+        study.evaluator.close()
     assert two["dataset"]["distractors"]["samples"] == 90
-    peaks = pooled.evaluator.galleries.streamed.peak_rss_mb  # one entry per embedding actor that worked
+    peaks = study.evaluator.galleries.streamed.peak_rss_mb  # one entry per embedding actor that worked
     assert len(peaks) >= 1 and all(v > 0 for v in peaks.values())
     for p in ("reindex", "no_reindex", "backfill"):
         assert two["by_policy"][p]["recall"] == one["by_policy"][p]["recall"], p
