@@ -41,9 +41,9 @@ def subset(store: Any, ids: np.ndarray) -> Any:
 
         part = np.searchsorted(store.offsets, ids, side="right") - 1
         parts = [subset(store.stores[p], ids[part == p] - store.offsets[p]) for p in np.unique(part)]
-        return ConcatImages(parts) if len(parts) > 1 else parts[0] if parts else \
-            LoadedRows(store.load(ids), store.image_size, getattr(store, "feature_dim", None))
-    if hasattr(store, "subset"):
+        if parts:
+            return ConcatImages(parts) if len(parts) > 1 else parts[0]
+    elif hasattr(store, "subset"):
         return store.subset(ids)
     return LoadedRows(store.load(ids), store.image_size, getattr(store, "feature_dim", None))
 
@@ -75,9 +75,15 @@ class OwnedTokens:
         return self.tokens.batch(_rows(self.ids, np.asarray(ids, np.int64), "caption"))
 
 
-def _rows(own: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+def positions(own: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of `ids` sits in the ascending `own`, and whether it is there at all."""
     rows = np.searchsorted(own, ids)
     ok = (rows < len(own)) & (own[np.minimum(rows, max(len(own) - 1, 0))] == ids) if len(own) else rows < 0
+    return rows, ok
+
+
+def _rows(own: np.ndarray, ids: np.ndarray, what: str) -> np.ndarray:
+    rows, ok = positions(own, ids)
     if not ok.all():
         raise KeyError(f"{what} ids this shard does not own: {ids[~ok][:5].tolist()}")
     return rows

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ccr.data.owned import positions
 from ccr.index.search import ApproxIndex, FlatIndex, merge_topk, overlap_at_k, train_template
 
 if TYPE_CHECKING:
@@ -85,8 +86,7 @@ class Gallery:
             self.put(task, ids, emb, version)
             return
         p = self.parts[task]
-        rows = np.searchsorted(p.ids, ids)
-        known = (rows < len(p.ids)) & (p.ids[np.minimum(rows, len(p.ids) - 1)] == ids) if len(p.ids) else rows < 0
+        rows, known = positions(p.ids, ids)
         if not known.all():
             raise KeyError(f"gallery {self.modality}/{task}: re-embedding ids that are not entries: {ids[~known][:5]}")
         p.emb[rows] = emb
