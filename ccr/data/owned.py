@@ -9,10 +9,12 @@ hands each shard those items instead of every actor loading the whole dataset. I
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch is imported where rows are read: ccr.index.gallery (and so a config's check) needs
+    import torch  # `positions` only, and checking a config imports no torch
 
 
 class LoadedRows:
@@ -29,6 +31,8 @@ class LoadedRows:
         return len(self.data)
 
     def load(self, rows: np.ndarray) -> torch.Tensor:
+        import torch
+
         return self.data[torch.as_tensor(np.asarray(rows, np.int64))]
 
 
@@ -100,6 +104,8 @@ class OwnedItems:
     def of(cls, images: Any, tokens: Any, image_ids: np.ndarray, caption_ids: np.ndarray) -> OwnedItems:
         """The items `image_ids`, `caption_ids` (ascending) of a dataset's image store and its tokenized captions
         (a TokenizedCaptions: its rows are copied)."""
+        import torch
+
         rows = torch.as_tensor(np.asarray(caption_ids, np.int64))
         own_tokens = dataclasses.replace(tokens, input_ids=tokens.input_ids[rows].clone(),
                                          attention_mask=tokens.attention_mask[rows].clone())
