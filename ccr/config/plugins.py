@@ -127,11 +127,14 @@ def import_plugin(spec: str) -> ModuleType:
                           + (f": {first}" if first else "")) from None
     _LOADED[spec] = module
     IMPORTED[spec] = found_at
-    # plugins, like any Python import, run code: say which, and from where
-    log.info("plugin %r imported from %s", spec, found_at["path"])
-    if spec not in os.environ.get("CCR_PLUGINS_SHOWN", "").split("\n"):  # once: not again in each trial
+    # plugins, like any Python import, run code: say which, and from where, once: not again in each trial, Ray
+    # Train worker or shard actor (they inherit CCR_PLUGINS_SHOWN; their lines would reach the console through Ray)
+    if spec not in os.environ.get("CCR_PLUGINS_SHOWN", "").split("\n"):
+        log.info("plugin %r imported from %s", spec, found_at["path"])
         print(f"ccr: plugin {spec!r} imported from {found_at['path']} (a plugin runs its code here)", file=sys.stderr)
         os.environ["CCR_PLUGINS_SHOWN"] = os.environ.get("CCR_PLUGINS_SHOWN", "") + f"\n{spec}"
+    else:
+        log.debug("plugin %r imported from %s", spec, found_at["path"])
     return module
 
 

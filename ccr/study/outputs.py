@@ -23,6 +23,10 @@ from ccr.models import ModelSource, build_tokenizer
 from ccr.study.resume import config_differences
 
 log = logging.getLogger(__name__)
+# what only log.txt keeps (the console said it already: the plugins a run imported); not propagated, so neither a
+# console handler nor a Ray worker's forwarded output ever shows it
+log_only = logging.getLogger("ccr.log_only")
+log_only.propagate = False
 TOKENIZER = "tokenizer"  # the study's tokenizer, in its storage: every worker and shard actor loads it from there
 
 
@@ -77,12 +81,15 @@ def logging_to_store(store: Storage, out: Path) -> Iterator[None]:
     handler.setFormatter(SafeFormatter())
     root = logging.getLogger("ccr")
     root.addHandler(handler)
+    log_only.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
+    log_only.setLevel(logging.INFO)
     try:
         yield
     finally:
         root.removeHandler(handler)
+        log_only.removeHandler(handler)
         handler.close()
         upload_log(store, out)
 

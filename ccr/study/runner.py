@@ -103,7 +103,7 @@ class Study:
         """Tokenizer (fitted on training captions, saved with the run), model (pretrained first where
         tasks.pretrain says so) and evaluator."""
         for spec, where in plugins_record()["imported"].items():  # in log.txt too: code the study ran
-            log.info("plugin %r imported from %s", spec, where["path"])
+            outputs.log_only.info("plugin %r imported from %s", spec, where["path"])
         self._model()
         warn_small_galleries(self.cfg, self.ds, self.order)
         if self.cfg.model.freeze == "backbone":  # the fixed-features regime: only the heads learn the sequence
