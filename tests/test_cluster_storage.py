@@ -75,7 +75,8 @@ def test_sweep_to_s3_survives_a_lost_node_and_uses_an_added_one(s3, tmp_path):
                                              still_running=driver.is_alive)
         assert victim, "no trial on node b reached its first checkpoint"
         cluster.remove_node(node_b, allow_graceful=False)  # the node is lost mid-trial
-        node_c = cluster.add_node(num_cpus=1, env_vars={"CCR_SCRATCH": str(scratch["c"])})  # and one is added
+        # and one is added, of 2 CPUs: the trials left, and the local sweep below, run two at a time
+        node_c = cluster.add_node(num_cpus=2, env_vars={"CCR_SCRATCH": str(scratch["c"])})
         driver.join(timeout=400)
         assert not driver.is_alive() and not errors, errors
 

@@ -206,18 +206,46 @@ def test_the_python_api_runs_loads_and_analyses(tiny_overrides, tmp_path):
 
 
 @pytest.mark.slow
-def test_ray_train_workers_and_shard_actors_import_the_plugin(tiny_overrides, tmp_path):
-    """Every process that builds the study's config (2 Ray Train workers and the 2 shard actors rank 0 starts, in
-    one run: half a CPU each on this machine) imports its plugin, whose strategy it trains."""
+def test_a_run_on_its_own_ray_prints_only_ccr_lines_and_every_process_imports_the_plugin(tiny_overrides, tmp_path):
+    """`ccr run` with 2 Ray Train workers and the 2 shard actors rank 0 starts (half a CPU each on this machine), on
+    a Ray it starts itself. What a user sees (output to a file, as in CI or `| tee`): one line per event from rank
+    0, no terminal colour codes, none of Ray's notices, reports or resource lines, and no warning from a Ray
+    worker or a shard actor. Every process that builds the study's config imports its plugin, whose strategy it
+    trains."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
     plug = plugin_file(tmp_path)
     processes = 5  # the driver, 2 Ray Train workers and 2 shard actors
     sets = [*tiny_overrides, f"plugins=[{EXAMPLE},{plug}]", "strategy.name=l2_anchor", "data.n_tasks=2",
             "train.epochs=1", "resources.workers=2", "resources.cpus_per_worker=0.5", "resources.shards=2",
             "resources.shard_cpus=0.5"]
-    env = {**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(REPO)}
-    run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--quiet", "--out", str(tmp_path / "o"),
-                          *_sets(sets)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert json.loads((tmp_path / "o" / "results.json").read_text())["strategy"] == "l2_anchor"
+    # a cluster that `ray start` recorded on this machine and that is gone: Ray's ray.init() would try to
+    # join it (and hang); ccr starts a Ray of its own unless RAY_ADDRESS names one
+    ray_tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    Path(ray_tmp, "ray").mkdir()
+    Path(ray_tmp, "ray", "ray_current_cluster").write_text("127.0.0.1:9")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_COLOR_PREFIX")}
+    env.update(RAY_TMPDIR=ray_tmp, PYTHONPATH=str(REPO))
+    try:
+        run = subprocess.run([sys.executable, "-m", "ccr.cli", "run", "--out", str(tmp_path / "o"), *_sets(sets)],
+                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-3000:]
+    assert "\x1b[" not in out
+    for noise in ("Token authentication", "Started a local Ray", "Reporting training result", "PreemptionWatcher",
+                  "Requesting resources", "Warning", "warn(", "PlacementGroupCleaner", "Failed to query"):
+        assert noise not in out, (noise, out[-3000:])
+    assert sum("task boxes: " in ln and " steps, mean loss" in ln for ln in out.splitlines()) == 1, out[-3000:]
+    assert "after task 2/2 (boxes) [reindex]" in out and "t2i R@1" in out
+    # each plugin named once, by the driver: not again by each worker (whose lines Ray forwarded, deduplicated with
+    # its own colour codes)
+    assert sum("imported from" in ln for ln in out.splitlines()) == 2, out[-3000:]
+    res = json.loads((tmp_path / "o" / "results.json").read_text())
+    assert res["status"] == "complete" and res["strategy"] == "l2_anchor"
+    assert res["config"]["resources"]["workers"] == 2 and res["config"]["resources"]["shards"] == 2
     pids = {int(p.name) for p in (plug.parent / "marks").iterdir()}
     assert len(pids) >= processes, pids

@@ -56,8 +56,17 @@ class MlflowServer:
         self.proc.wait()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """One server for the tests that leave it running (each writes its own experiment): a start costs 10-20 s."""
+    s = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield s
+    s.stop()
+
+
 @pytest.fixture
-def server(tmp_path):
+def own_server(tmp_path):
+    """A server of the test's own, which it stops."""
     s = MlflowServer(tmp_path / "mlflow")
     yield s
     if s.proc.poll() is None:
@@ -127,10 +136,11 @@ def test_a_resumed_study_continues_its_run_and_a_dead_server_costs_nothing(serve
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "t2i/R_at_1")] == [0, 1, 2, 2]
 
-    server.stop()  # the tracking server is gone: warnings, and complete results
+    # the tracking server is gone (nothing answers at its address any more): warnings, and complete results
     t = time.time()
     other = tmp_path / "other"
-    assert main(["run", "--quiet", "--out", str(other), *_sets([*sets, "seed=1"])]) == 0
+    gone = [x for x in sets if not x.startswith("tracking.mlflow=")] + [f"tracking.mlflow=http://127.0.0.1:{free_port()}"]
+    assert main(["run", "--quiet", "--out", str(other), *_sets([*gone, "seed=1"])]) == 0
     done = json.loads((other / "results.json").read_text())
     assert done["status"] == "complete" and done["tasks_done"] == 3
     assert any("tracking: MLflow at" in r.getMessage() and "the study goes on" in r.getMessage()
@@ -158,7 +168,8 @@ def test_tensorboard_events_and_a_missing_extra(tiny_overrides, tmp_path, capsys
 
 
 @pytest.mark.slow
-def test_a_tracking_server_stopped_mid_sweep_gives_warnings_and_complete_results(server, tmp_path):
+def test_a_tracking_server_stopped_mid_sweep_gives_warnings_and_complete_results(own_server, tmp_path):
+    server = own_server
     from tests.test_sweep import results_in, tiny_sets, write
 
     spec = write(tmp_path, {"name": "dies", "grid": {"seed": [0, 1]}, "max_concurrent_trials": 1})
