@@ -36,6 +36,21 @@ def test_truncation_keeps_the_frame_and_padding_is_masked():
     assert short.attention_mask[0].tolist() == [1, 1, 1, 0, 0, 0]
 
 
+def test_captions_are_held_compact_and_batches_are_the_tokenizers_own():
+    """int32 ids and a uint8 mask (5 bytes a token, not 16), tokenized a chunk at a time: batches equal the
+    tokenizer's own int64 output for all captions at once, trimmed to the longest or not."""
+    tok = build_tokenizer(TextEncoderConfig(), CAPS)
+    ref = tok(CAPS, padding="max_length", truncation=True, max_length=8, return_tensors="pt")
+    for trim in (True, False):
+        enc = tokenize_all(tok, CAPS, 8, trim, chunk=2)
+        assert enc.input_ids.dtype == torch.int32 and enc.attention_mask.dtype == torch.uint8
+        ids, mask = enc.batch([4, 0, 2])
+        n = int(ref["attention_mask"][[4, 0, 2]].sum(1).max()) if trim else 8  # the batch's longest
+        assert ids.dtype == mask.dtype == torch.int64
+        rows = [4, 0, 2]
+        assert torch.equal(ids, ref["input_ids"][rows, :n]) and torch.equal(mask, ref["attention_mask"][rows, :n])
+
+
 def test_cls_pooling_reads_the_cls_token():
     """text.pool=cls is the encoder's output at position 0, which is now [CLS] (it was the first word)."""
     tok = build_tokenizer(TextEncoderConfig(pool="cls"), CAPS)

@@ -88,23 +88,37 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
 @dataclass
 class TokenizedCaptions:
     """All captions as (M, L) ids and mask; `batch(ids)` trims padding to the batch's longest unless
-    `trim` is off (SigLIP reads its padding: it was trained on captions padded to the maximum length)."""
+    `trim` is off (SigLIP reads its padding: it was trained on captions padded to the maximum length).
+
+    Held compact (int32 ids, uint8 mask: 5 bytes a token where int64 takes 16): a study holds every caption's
+    tokens, a gallery with a million distractors as many, and the embedding pool ships them; batches come out
+    as the int64 the models take."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     trim: bool = True
 
+    def __post_init__(self) -> None:
+        self.input_ids = self.input_ids.to(torch.int32)
+        self.attention_mask = self.attention_mask.to(torch.uint8)
+
     def batch(self, ids) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.as_tensor(ids, dtype=torch.long)
-        mask = self.attention_mask[idx]
+        mask = self.attention_mask[idx].long()
         if not self.trim:
-            return self.input_ids[idx], mask
+            return self.input_ids[idx].long(), mask
         length = max(1, int(mask.sum(1).max()))
-        return self.input_ids[idx, :length], mask[:, :length]
+        return self.input_ids[idx, :length].long(), mask[:, :length]
 
 
 def tokenize_all(tok: PreTrainedTokenizerBase, captions: list[str], max_length: int,
-                 trim: bool = True) -> TokenizedCaptions:
-    enc = tok(captions, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt",
-              return_attention_mask=True)
-    return TokenizedCaptions(enc["input_ids"], enc["attention_mask"], trim)
+                 trim: bool = True, chunk: int = 1 << 16) -> TokenizedCaptions:
+    """Every caption padded to `max_length`, tokenized `chunk` captions at a time: the tokenizer's int64 tensors of
+    a million captions would double the compact result's memory while they last."""
+    ids, masks = [], []
+    for lo in range(0, max(len(captions), 1), chunk):
+        enc = tok(captions[lo:lo + chunk], padding="max_length", truncation=True, max_length=max_length,
+                  return_tensors="pt", return_attention_mask=True)
+        ids.append(enc["input_ids"].to(torch.int32))
+        masks.append(enc["attention_mask"].to(torch.uint8))
+    return TokenizedCaptions(torch.cat(ids), torch.cat(masks), trim)
