@@ -120,7 +120,8 @@ def test_shards_in_a_bucket_read_by_ranges_give_what_the_folder_gives(s3, tmp_pa
     folder = make_shards(tmp_path / "shards", 30, per_shard=16)
     store = Storage(s3.uri("ccr", "distractors"))
     store.upload_dir(folder, "laion")
-    local, remote = scan_shards(str(folder)), scan_shards(store.child("laion").uri)
+    local = scan_shards(str(folder), cache_dir=str(tmp_path / "cache"))
+    remote = scan_shards(store.child("laion").uri, cache_dir=str(tmp_path / "cache"))
     assert remote.keys == local.keys and remote.captions == local.captions and len(local) == 30
     assert local.shards == ["00000.tar", "00001.tar"] and local.keys[16] == "000000016"
     ids = np.array([0, 17, 29, 3])
@@ -164,11 +165,42 @@ def test_bad_shards_are_one_line_before_training(tiny_cfg, tmp_path, case, needl
     assert not (tmp_path / "out").exists()
 
 
+def test_a_node_scans_the_shards_once_and_again_when_they_change(tmp_path, monkeypatch, caplog):
+    """The scan is kept per node: a second study (a Ray Train rank, a resume, `ccr calibrate`) reads it back, the
+    same index, without reading a shard; a shard rewritten (other size or modification time), or a damaged kept
+    scan, is scanned again."""
+    from ccr.data import webdataset
+
+    folder = make_shards(tmp_path / "shards", 40, per_shard=16)
+    cache = str(tmp_path / "cache")
+    read = []
+    samples = webdataset._samples
+    monkeypatch.setattr(webdataset, "_samples", lambda store, name: (read.append(name), samples(store, name))[1])
+    first = scan_shards(str(folder), 30, cache)
+    assert read == ["00000.tar", "00001.tar"] and len(first) == 30
+    again = scan_shards(str(folder), 30, cache)
+    assert read == ["00000.tar", "00001.tar"]  # nothing read: the kept scan
+    for f in ("uri", "shards", "keys", "captions"):
+        assert getattr(again, f) == getattr(first, f), f
+    for f in ("shard", "offset", "size"):
+        a, b = getattr(again, f), getattr(first, f)
+        assert np.array_equal(a, b) and a.dtype == b.dtype, f
+    assert len(scan_shards(str(folder), 0, cache)) == 40 and len(read) == 5  # another limit: another scan
+    make_shards(tmp_path / "other", 40, per_shard=16, seed=1)
+    (tmp_path / "other" / "00001.tar").replace(folder / "00001.tar")  # a shard changed
+    changed = scan_shards(str(folder), 30, cache)
+    assert read[5:] == ["00000.tar", "00001.tar"] and changed.captions[20] != first.captions[20]
+    for kept in (tmp_path / "cache" / "distractors").glob("*.parquet"):
+        kept.write_bytes(b"damaged")
+    assert scan_shards(str(folder), 30, cache).captions == changed.captions and len(read) == 9
+    assert "ignoring the distractor scan" in caplog.text
+
+
 def test_an_undecodable_image_names_its_shard_and_key(tmp_path):
     folder = make_shards(tmp_path / "shards", 4, per_shard=4)
     from ccr.data.webdataset import WebDatasetImages
 
-    index = scan_shards(_corrupt(folder, "undecodable"))
+    index = scan_shards(_corrupt(folder, "undecodable"), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(DataError, match=r"sample 'bad' in shard .*00009.tar cannot be decoded"):
         WebDatasetImages.of(index, Pixels.square(16)).load(np.array([4]))
 

@@ -73,7 +73,7 @@ def load_study_dataset(cfg: Config, pixels: Pixels | None = None) -> RetrievalDa
     from ccr.data.webdataset import with_distractors
 
     return with_distractors(ds, cfg.eval.distractors, cfg.eval.distractors_limit,
-                            pixels if pixels is not None else default_pixels(cfg))
+                            pixels if pixels is not None else default_pixels(cfg), cfg.data.cache_dir)
 
 
 def default_pixels(cfg: Config) -> Pixels:

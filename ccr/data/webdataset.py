@@ -2,16 +2,23 @@
 sample `KEY.jpg|jpeg|png|webp` + `KEY.txt`, its caption, and an optional `KEY.json`), in a folder or under a URI.
 
 The shards are scanned once, as a stream (one sequential read per shard, nothing staged): the scan checks each
-sample and records where its image lies inside its shard (offset and size) and its caption. The images themselves
+sample and records where its image lies inside its shard (offset and size) and its caption. The scan is kept per
+node (`cache_dir/distractors/`, keyed by the shards' names, sizes and modification times): the driver scans, and
+the Ray Train ranks, a resumed study and `ccr calibrate` on that node read what it found. The images themselves
 are read later, a few at a time, by ranged reads of those bytes (`WebDatasetImages`): no process ever holds the
 set's images, and a gallery shard holds only the rows of its own items (`WebDatasetImages.subset`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
+import json
+import logging
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,15 +27,18 @@ from ccr.errors import DataError, StorageError
 from ccr.io.images import Pixels
 from ccr.io.storage import Storage
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 DISTRACTORS = "(distractors)"  # their task name in a dataset: no task of any loader can be named so
 SPLIT = "distractor"  # and their split: never train, val or test
 
 
-def shard_names(store: Storage) -> list[str]:
-    """The .tar files under `store`, in order (names sort as img2dataset numbers them)."""
+def shard_listing(store: Storage) -> list[tuple[str, int, float]]:
+    """(name, size, modification time) of the .tar files under `store`, in order (names sort as img2dataset
+    numbers them)."""
     try:
-        names = [n for n in store.files() if n.endswith(".tar")]
+        names = [(n, size, mtime) for n, size, mtime in store.listing() if n.endswith(".tar")]
     except StorageError as e:  # says which store it could not list, and why
         raise DataError(f"eval.distractors: {e}") from e
     except OSError as e:
@@ -62,11 +72,35 @@ class ShardIndex:
         return len(self.keys)
 
 
-def scan_shards(location: str, limit: int = 0) -> ShardIndex:
-    """Read the shards under `location` in order (the first `limit` samples when > 0): each sample checked (a tar
-    file, an image and a caption per key), one DataError naming the shard and key otherwise."""
+SCAN_FORMAT = 1
+
+
+def scan_shards(location: str, limit: int = 0, cache_dir: str | None = None) -> ShardIndex:
+    """The shards under `location` (the first `limit` samples when > 0), scanned once per node and content: read
+    back from `cache_dir/distractors/` where this node scanned the same shards (names, sizes, modification times)
+    before, else read in order, each sample checked (a tar file, an image and a caption per key: one DataError
+    naming the shard and key otherwise), and kept there. One process per node scans; the others wait and read."""
+    from ccr.io.storage import cache_root, node_lock
+
     store = Storage(location)
-    names = shard_names(store)
+    listing = shard_listing(store)
+    key = hashlib.sha256(json.dumps({"format": SCAN_FORMAT, "uri": store.uri, "limit": limit, "shards": listing})
+                         .encode()).hexdigest()[:24]
+    cached = cache_root(cache_dir) / "distractors" / f"scan-{key}.parquet"
+    index = _read_scan(cached, store.uri)
+    if index is not None:
+        return index
+    with contextlib.ExitStack() as stack:
+        with contextlib.suppress(OSError):  # a cache that cannot be written: every process scans
+            stack.enter_context(node_lock(cached.with_name(cached.name + ".lock")))
+            index = _read_scan(cached, store.uri)  # scanned by the process this one waited for
+        if index is None:
+            index = _scan(store, [n for n, _, _ in listing], limit)
+            _write_scan(cached, index)
+    return index
+
+
+def _scan(store: Storage, names: list[str], limit: int) -> ShardIndex:
     shard, offset, size, keys, captions = [], [], [], [], []
     for s, name in enumerate(names):
         for key, off, n, caption in _samples(store, name):
@@ -84,6 +118,38 @@ def scan_shards(location: str, limit: int = 0) -> ShardIndex:
                         f"hold {len(keys)} samples")
     return ShardIndex(store.uri, names[: (shard[-1] + 1) if shard else 0], np.asarray(shard, np.int32),
                       np.asarray(offset, np.int64), np.asarray(size, np.int64), keys, captions)
+
+
+def _write_scan(path: Path, index: ShardIndex) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ccr.io.storage import cache_write
+
+    table = pa.table({"shard": index.shard, "offset": index.offset, "size": index.size, "key": index.keys,
+                      "caption": index.captions},
+                     metadata={"ccr": json.dumps({"shards": index.shards})})  # not the URI: it may hold credentials
+    cache_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _read_scan(path: Path, uri: str) -> ShardIndex | None:
+    """A scan this node kept, or None (none, or one that cannot be read: the shards are scanned again)."""
+    if not path.is_file():
+        return None
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+        about = json.loads(table.schema.metadata[b"ccr"])
+        index = ShardIndex(uri, list(about["shards"]), table["shard"].to_numpy().astype(np.int32),
+                           table["offset"].to_numpy().astype(np.int64), table["size"].to_numpy().astype(np.int64),
+                           table["key"].to_pylist(), table["caption"].to_pylist())
+    except (OSError, ValueError, KeyError, TypeError) as e:  # damaged, or of another shape
+        log.warning("ignoring the distractor scan %s (%s: %s); scanning the shards again", path, type(e).__name__, e)
+        return None
+    log.info("distractors: %d samples of %d shard(s), as this node scanned them before (%s)", len(index),
+             len(index.shards), path.name)
+    return index
 
 
 def _samples(store: Storage, name: str):
@@ -193,7 +259,7 @@ class WebDatasetImages:
         return self.rows_of(self.shard[ids], self.offset[ids], self.size[ids], [self.keys[i] for i in ids])
 
 
-def with_distractors(ds, location: str, limit: int, pixels: Pixels):
+def with_distractors(ds, location: str, limit: int, pixels: Pixels, cache_dir: str | None = None):
     """`ds` with the distractors under `location` appended: images N.., captions M.. (caption i of distractor
     image i), in the task DISTRACTORS and the split SPLIT, so no task, training or query ever selects them."""
     import dataclasses
@@ -203,7 +269,7 @@ def with_distractors(ds, location: str, limit: int, pixels: Pixels):
     if getattr(ds.images, "feature_dim", None):
         raise DataError("eval.distractors: this dataset gives precomputed image features (data.kind=precomp); "
                         "distractors are images, and one model takes one kind of input")
-    index = scan_shards(location, limit)
+    index = scan_shards(location, limit, cache_dir)
     n, n_img = len(index), ds.n_images
     labels = ds.class_labels
     return dataclasses.replace(

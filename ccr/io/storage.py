@@ -258,11 +258,16 @@ class Storage:
 
     def files(self, rel: str = "") -> list[str]:
         """Every file below `rel`, as paths relative to this storage's root, sorted."""
+        return [path for path, _, _ in self.listing(rel)]
+
+    def listing(self, rel: str = "") -> list[tuple[str, int, float]]:
+        """(path, size, modification time) of every file below `rel`, paths relative to this storage's root,
+        sorted: what identifies files a node keeps something it derived from (a scan) without reading them."""
         base = self._p(rel)
         if not self.remote:
             root = Path(base)
-            return sorted(str(p.relative_to(self.root)) for p in root.rglob("*") if p.is_file()) \
-                if root.is_dir() else []
+            return sorted((str(p.relative_to(self.root)), (st := p.stat()).st_size, st.st_mtime)
+                          for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
         import pyarrow.fs as pafs
 
         try:
@@ -270,7 +275,8 @@ class Storage:
         except OSError as e:
             raise StorageError(f"cannot list {self.display(rel)}: {e}") from e
         n = len(self.root) + 1
-        return sorted(i.path[n:] for i in infos if i.type == pafs.FileType.File)
+        return sorted((i.path[n:], int(i.size), i.mtime.timestamp() if i.mtime else 0.0)
+                      for i in infos if i.type == pafs.FileType.File)
 
     def modified(self, rel: str) -> list[tuple[float, str]]:
         """(modification time, path) of every object below `rel` of an object store, as the store recorded it
