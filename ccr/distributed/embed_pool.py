@@ -17,6 +17,7 @@ import ray
 import torch
 
 from ccr.config.schema import Config, to_dict
+from ccr.data.owned import positions
 from ccr.io.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -140,15 +141,20 @@ class StreamedEmbedding:
             num_cpus=i.embed_cpus, num_gpus=i.embed_gpus or None,
             fn_constructor_args=(to_dict(self.cfg), shell, self.vocab_size, state,
                                  "cuda" if i.embed_gpus > 0 else "cpu"))
-        got_ids, got = [], []
+        # each batch's vectors straight into their rows: no list of batches and concatenated copies beside them
+        order = np.argsort(ids, kind="stable")
+        out, seen = None, np.zeros(len(ids), bool)
         for batch in data.iter_batches(batch_size=None, batch_format="numpy"):
-            got_ids.append(batch["id"])
-            got.append(batch["emb"])
+            at, ok = positions(ids[order], batch["id"])
+            if not ok.all():
+                raise RuntimeError(f"the embedding pool returned {modality} ids it was not given: "
+                                   f"{batch['id'][~ok][:5].tolist()}")
+            if out is None:
+                out = np.empty((len(ids), batch["emb"].shape[1]), np.float32)
+            out[order[at]] = batch["emb"]
+            seen[order[at]] = True
             for pid, rss in zip(batch["pid"].tolist(), batch["rss_mb"].tolist(), strict=True):
                 self.peak_rss_mb[pid] = max(self.peak_rss_mb.get(pid, 0.0), rss)
-        got_ids, emb = np.concatenate(got_ids), np.concatenate(got)
-        where = np.argsort(got_ids, kind="stable")
-        pos = where[np.searchsorted(got_ids[where], ids)]
-        if not np.array_equal(got_ids[pos], ids):
-            raise RuntimeError(f"the embedding pool returned {len(got_ids)} vectors for {len(ids)} {modality}")
-        return emb[pos]
+        if not seen.all():
+            raise RuntimeError(f"the embedding pool returned vectors for {int(seen.sum())} of {len(ids)} {modality}")
+        return out if out is not None else np.zeros((0, model.embed_dim), np.float32)
