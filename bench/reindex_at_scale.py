@@ -189,6 +189,7 @@ def main() -> None:
     p.add_argument("--index-vectors", type=int, default=0, help="also the index part at this many random vectors")
     p.add_argument("--workdir", default="/tmp/ccr-bench-reindex")
     p.add_argument("--json", help="write the rows here too")
+    p.add_argument("--rounds", type=int, default=3, help="calibration rounds (ccr calibrate --rounds; default 3)")
     p.add_argument("--make-only", action="store_true", help="only make the shards (sweeps/distractors.yaml reads them)")
     a = p.parse_args()
 
@@ -208,8 +209,10 @@ def main() -> None:
         if a.make_only:
             return
         calib = calibrate(load_config(None, [*base, f"eval.distractors={shards}",
-                                             f"eval.distractors_limit={min(a.items, 50_000)}"]), 10.0, 200_000)
+                                             f"eval.distractors_limit={min(a.items, 50_000)}"]), 10.0, 200_000,
+                          a.rounds)
         out["calibration"] = {k: calib[k] for k in ("images_per_second", "captions_per_second", "items")}
+        out["calibration"]["rounds"] = {m: calib["embedding"][m]["rounds"] for m in ("images", "captions")}
         out["calibration"]["flat_add_per_million"] = calib["index"]["add_seconds_per_million"]
         print("calibration:", json.dumps(out["calibration"]), flush=True)
         cfg = load_config(None, [*base, f"eval.distractors={shards}"])

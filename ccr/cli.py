@@ -123,23 +123,26 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ccr.study.configure import load_config
 
     cfg = load_config(args.config, args.set)
-    if args.seconds <= 0 or args.index_vectors < 1:
-        raise ConfigError(f"--seconds must be above 0 and --index-vectors at least 1, got {args.seconds:g} and "
-                          f"{args.index_vectors}")
+    if args.seconds <= 0 or args.index_vectors < 1 or args.rounds < 1:
+        raise ConfigError(f"--seconds must be above 0, --index-vectors and --rounds at least 1, got "
+                          f"{args.seconds:g}, {args.index_vectors} and {args.rounds}")
     from ccr.io.redact import redact
     from ccr.io.storage import Storage
     from ccr.study.calibrate import calibrate
 
     setup_logging(args.verbose)
     where = Storage(args.out)  # a file or an object (a URI's options, after '?', stay with it)
-    rec = calibrate(cfg, args.seconds, args.index_vectors)
+    rec = calibrate(cfg, args.seconds, args.index_vectors, args.rounds)
     where.write_text("", json.dumps(rec, indent=1))
     e, i = rec["embedding"], rec["index"]
     print(f"{rec['device_name']} ({rec['device']}, {rec['threads']} threads), eval batch {rec['eval_batch_size']}:")
     for m in ("images", "captions"):
         c = e[m]["call_per_second"]
+        rounds = e[m]["rounds"]
+        spread = (f"; the median of {len(rounds)} rounds, {min(rounds):,.0f} to {max(rounds):,.0f}/s"
+                  if len(rounds) > 1 else "")
         print(f"  {m}: {e[m]['per_second']:,.1f}/s over {e[m]['seconds']:.1f} s ({e[m]['calls']} calls of "
-              f"{e[m]['call_items']:,} items: {c['min']:,.0f} to {c['max']:,.0f}/s)")
+              f"{e[m]['call_items']:,} items: {c['min']:,.0f} to {c['max']:,.0f}/s{spread})")
     print(f"  index ({i['kind']}, {i['dim']} dims): training {i['train_seconds']:.2f} s on {i['train_vectors']:,} "
           f"vectors, adding {i['add_seconds_per_million']:.2f} s per million vectors")
     print(f"calibration written to {redact(where.display())}")
@@ -251,6 +254,8 @@ def parser() -> argparse.ArgumentParser:
                    "(default 10)")
     c.add_argument("--index-vectors", type=int, default=200_000, metavar="N",
                    help="random unit vectors added to the configured index to time it (default 200000)")
+    c.add_argument("--rounds", type=int, default=1, metavar="R",
+                   help="measure images and captions in turn R times; each rate is the median (default 1)")
     c.add_argument("-v", "--verbose", action="store_true")
     c.set_defaults(fn=cmd_calibrate)
     e = sub.add_parser("export", help="write the model after one task of a run as a folder transformers loads "

@@ -22,7 +22,7 @@ def calibrated(tmp_path_factory):
     root = tmp_path_factory.mktemp("cal")
     over = [*TINY, f"data.cache_dir={root / 'cache'}", *OVER]
     sets = [x for o in over for x in ("--set", o)]
-    assert main(["calibrate", *sets, "--seconds", "0.3", "--index-vectors", "3000", "--out",
+    assert main(["calibrate", *sets, "--seconds", "0.3", "--index-vectors", "3000", "--rounds", "3", "--out",
                  str(root / "cal.json")]) == 0
     from ccr.study.configure import load_config
 
@@ -42,6 +42,8 @@ def test_the_record_measures_the_studys_model_and_index(calibrated, capsys):
         assert e["call_items"] >= 8 * e["batch_size"]
         assert e["per_second"] == pytest.approx(e["items"] / e["seconds"], rel=1e-3)
         assert e["call_per_second"]["min"] <= e["call_per_second"]["median"] <= e["call_per_second"]["max"]
+        # three rounds, images and captions in turn: the record's rate is the median round's
+        assert len(e["rounds"]) == 3 and e["per_second"] == sorted(e["rounds"])[1] == rec[f"{m}_per_second"]
     i = rec["index"]
     assert i["kind"] == "ivfpq" and i["dim"] == 16 and i["vectors"] == 3000 and i["train_vectors"] == 3000
     assert i["sizes"] == {"nlist": 4, "pq_m": 4, "pq_nbits": 4, "opq": 0} and i["add_seconds_per_million"] > 0
@@ -128,6 +130,8 @@ def test_calibration_options_are_checked(calibrated, tmp_path, capsys):
     assert "cannot read it" in capsys.readouterr().err
     assert main(["calibrate", "--seconds", "0"]) == 2
     assert "--seconds must be above 0" in capsys.readouterr().err
+    assert main(["calibrate", "--rounds", "0"]) == 2
+    assert "--rounds at least 1, got 10, 200000 and 0" in capsys.readouterr().err
     assert main(["calibrate", "--set", "index.approx=ivfpq", "--set", "index.pq_m=5"]) == 2
     assert "index.pq_m': 5 sub-quantizers do not divide the 64-dimensional" in capsys.readouterr().err
     assert np.isfinite(rec["images_per_second"])

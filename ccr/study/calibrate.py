@@ -29,17 +29,24 @@ log = logging.getLogger(__name__)
 SAMPLE = 20000  # what a gallery trains its approximate index on (ccr.index.gallery.Gallery.sample)
 
 
-def calibrate(cfg: Config, seconds: float = 10.0, index_vectors: int = 200_000) -> dict[str, Any]:
-    """The calibration record of `cfg`'s model on the device `train.device` resolves to (see the module)."""
+def calibrate(cfg: Config, seconds: float = 10.0, index_vectors: int = 200_000, rounds: int = 1) -> dict[str, Any]:
+    """The calibration record of `cfg`'s model on the device `train.device` resolves to (see the module).
+    `rounds` > 1: images and captions measured in turn that many times, each rate the median of its rounds (all
+    kept): one measurement on a shared 2-core machine varied by about 7 % from the next (docs/benchmarks.md)."""
     from ccr.io.provenance import device_name, provenance
     from ccr.io.redact import redact_tree
 
-    if not seconds > 0 or index_vectors < 1:
-        raise ConfigError(f"calibration needs seconds > 0 and index vectors >= 1, got {seconds}, {index_vectors}")
+    if not seconds > 0 or index_vectors < 1 or rounds < 1:
+        raise ConfigError(f"calibration needs seconds > 0, index vectors >= 1 and rounds >= 1, got {seconds}, "
+                          f"{index_vectors}, {rounds}")
     cfg, ds, embedder = study_embedder(cfg)
     device = embedder.device
     items, what = calibration_items(ds)
-    rates = {m: _rate(embedder, m, items[m], seconds) for m in ("images", "captions")}
+    measured = [{m: _rate(embedder, m, items[m], seconds) for m in ("images", "captions")} for _ in range(rounds)]
+    rates = {}
+    for m in ("images", "captions"):
+        ranked = sorted((r[m] for r in measured), key=lambda r: r["per_second"])
+        rates[m] = {**ranked[(len(ranked) - 1) // 2], "rounds": [r[m]["per_second"] for r in measured]}
     index = index_rates(cfg.index, cfg.model.embed_dim, index_vectors, cfg.seed)
     config = json.loads(json.dumps(redact_tree(to_dict(cfg)), default=str))
     record = {"kind": KIND, "version": VERSION, "created": time.time(),
