@@ -25,7 +25,7 @@ import torch
 
 from ccr.errors import DataError, StorageError
 from ccr.io.images import Pixels
-from ccr.io.storage import Storage
+from ccr.io.storage import Storage, cache_root, cache_write, node_lock
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,6 @@ def scan_shards(location: str, limit: int = 0, cache_dir: str | None = None) -> 
     back from `cache_dir/distractors/` where this node scanned the same shards (names, sizes, modification times)
     before, else read in order, each sample checked (a tar file, an image and a caption per key: one DataError
     naming the shard and key otherwise), and kept there. One process per node scans; the others wait and read."""
-    from ccr.io.storage import cache_root, node_lock
-
     store = Storage(location)
     listing = shard_listing(store)
     key = hashlib.sha256(json.dumps({"format": SCAN_FORMAT, "uri": store.uri, "limit": limit, "shards": listing})
@@ -123,8 +121,6 @@ def _scan(store: Storage, names: list[str], limit: int) -> ShardIndex:
 def _write_scan(path: Path, index: ShardIndex) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from ccr.io.storage import cache_write
 
     table = pa.table({"shard": index.shard, "offset": index.offset, "size": index.size, "key": index.keys,
                       "caption": index.captions},

@@ -280,12 +280,8 @@ class Storage:
 
     def modified(self, rel: str) -> list[tuple[float, str]]:
         """(modification time, path) of every object below `rel` of an object store, as the store recorded it
-        when the write landed (its own clock, not the writer's)."""
-        import pyarrow.fs as pafs
-
-        infos = self.fs.get_file_info(pafs.FileSelector(self._p(rel), recursive=True, allow_not_found=True))
-        n = len(self.root) + 1
-        return sorted((i.mtime.timestamp(), i.path[n:]) for i in infos if i.type == pafs.FileType.File and i.mtime)
+        when the write landed (its own clock, not the writer's), oldest first."""
+        return sorted((mtime, path) for path, _, mtime in self.listing(rel) if mtime)
 
     # ---- folders between storage and a node's disk ----------------------------------------------
     def upload_dir(self, local: str | Path, rel: str, last: str | None = None) -> None:
