@@ -249,7 +249,7 @@ def test_ctrl_c_or_a_killed_driver_resumes_counting_and_never_rerunning_finished
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 130, err[-2000:]
-    complete = {n for n, r in results_in(tmp_path / "out").items() if r["status"] == "complete"}
+    complete = finished(tmp_path / "out")
     status = json.loads((tmp_path / "out" / "sweep_status.json").read_text())
     assert status["interrupted"] is True and set(status["trials"]) == complete, (status, complete)
     assert "?" not in status["trials"] and len(status["left"]) == 4 - len(complete) >= 2, status
